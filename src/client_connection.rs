@@ -1,0 +1,114 @@
+//! One client socket: a reader that decodes request frames and submits them, and a writer
+//! that sends the replies back.
+//!
+//! Invariants:
+//! - Replies leave in the order requests arrived: the reader queues each request's reply
+//!   task, the writer awaits them in queue order.
+//! - At most `max_in_flight_requests` requests are in flight; when the queue is full the
+//!   reader stops reading the socket (TCP backpressure), as a broker does.
+//! - Requests are submitted to backends in arrival order ([`dispatch::submit`] finishes
+//!   sending before the next request is read), so a producer's pipelined batches reach the
+//!   broker in the order it sent them.
+//! - A frame kshift cannot parse closes the connection after the replies already owed
+//!   have been written — the broker's behaviour. Nothing else is affected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::cluster::UpstreamConnections;
+use crate::codec::{self, Request};
+use crate::dispatch::{self, Reply};
+use crate::ProxyState;
+
+pub struct ClientConnection {
+    state: Arc<ProxyState>,
+    peer: SocketAddr,
+    /// This connection's own backend connections; dropped (and closed) with it.
+    upstream: Arc<UpstreamConnections>,
+}
+
+impl ClientConnection {
+    pub fn new(state: Arc<ProxyState>, peer: SocketAddr) -> ClientConnection {
+        ClientConnection {
+            state,
+            peer,
+            upstream: Arc::default(),
+        }
+    }
+
+    pub async fn run(self, socket: TcpStream, mut shutdown: watch::Receiver<bool>) {
+        tracing::debug!("client connected");
+        let (read_half, write_half) = socket.into_split();
+        // Each queued reply task is one request in flight: the queue is the window.
+        let (replies, replies_rx) = mpsc::channel(self.state.config.max_in_flight_requests);
+        let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
+        let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+        let limit = self.state.config.max_frame_bytes;
+        loop {
+            let frame = tokio::select! {
+                frame = codec::read_frame(&mut reader, limit) => frame,
+                _ = shutdown.changed() => break,
+                _ = &mut writer => return,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::info!(peer = %self.peer, %error, "closing client connection: unreadable frame");
+                    break;
+                }
+            };
+            let reply = match Request::parse(frame) {
+                Ok(request) => {
+                    let pending = dispatch::submit(&self.state, &self.upstream, request).await;
+                    tokio::spawn(pending)
+                }
+                Err(error) => {
+                    tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
+                    tokio::spawn(async move { Reply::Close(error.to_string()) })
+                }
+            };
+            if replies.send(reply).await.is_err() {
+                break;
+            }
+        }
+        drop(replies);
+        let _ = writer.await;
+        tracing::debug!("client disconnected");
+    }
+}
+
+async fn write_replies(write_half: OwnedWriteHalf, mut replies: mpsc::Receiver<JoinHandle<Reply>>) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    while let Some(reply) = replies.recv().await {
+        let chunks: Vec<Bytes> = match reply.await {
+            Ok(Reply::Frame(chunks)) => chunks,
+            Ok(Reply::None) => Vec::new(),
+            Ok(Reply::Close(reason)) => {
+                tracing::debug!(%reason, "closing client connection");
+                break;
+            }
+            Err(error) => {
+                tracing::error!(%error, "request handler failed; closing client connection");
+                break;
+            }
+        };
+        for chunk in &chunks {
+            if writer.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+        if replies.is_empty() && writer.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,519 @@
+//! The client of one backend cluster: bootstrap, the API versions its brokers speak, a
+//! metadata cache (brokers, controller, partition leaders) and a coordinator cache.
+//!
+//! kshift's own requests to a cluster (metadata, coordinator lookups) use one control
+//! connection per cluster. Client traffic never does: it goes over the
+//! [`UpstreamConnections`] owned by each client connection (see DESIGN.md, "one
+//! connection, one request at a time").
+//!
+//! Invariants:
+//! - Cached leaders are refreshed when older than `metadata_max_age_ms`, and dropped at
+//!   once when a broker answers with a leadership error, so the next request asks again.
+//! - Node ids and addresses learned here never leave kshift: the virtual cluster answers
+//!   clients with kshift's own.
+
+pub mod broker_connection;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+pub use broker_connection::{BrokerConnection, ResponseFuture};
+
+use crate::codec::{self, decode_body};
+use crate::config::ProxyConfig;
+use crate::ClusterId;
+
+/// A failure talking to a backend cluster. Cloneable: one broken connection fails every
+/// request waiting on it with the same error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: Arc<str>, reason: Arc<str> },
+    #[error("{address} did not answer within {after_ms} ms")]
+    Timeout { address: Arc<str>, after_ms: u64 },
+    #[error("connection to {address} closed: {reason}")]
+    Closed { address: Arc<str>, reason: Arc<str> },
+    #[error("protocol error from {address}: {reason}")]
+    Protocol { address: Arc<str>, reason: Arc<str> },
+    #[error("cluster {cluster}: no reachable broker ({reason})")]
+    Unreachable { cluster: Arc<str>, reason: Arc<str> },
+    #[error("cluster {cluster}: broker {node} is not in its metadata")]
+    UnknownBroker { cluster: Arc<str>, node: i32 },
+    #[error("cluster {cluster} answered {what} with error {code}")]
+    Kafka {
+        cluster: Arc<str>,
+        what: &'static str,
+        code: i16,
+    },
+}
+
+impl BackendError {
+    /// The Kafka error code a broker would have given the client for this failure.
+    pub fn client_error_code(&self) -> i16 {
+        match self {
+            BackendError::Timeout { .. } => ResponseError::RequestTimedOut.code(),
+            BackendError::Kafka { code, .. } => *code,
+            _ => ResponseError::NotLeaderOrFollower.code(),
+        }
+    }
+}
+
+/// Errors after which a partition's cached leader must be asked for again.
+pub fn is_leadership_error(code: i16) -> bool {
+    [
+        ResponseError::UnknownTopicOrPartition,
+        ResponseError::LeaderNotAvailable,
+        ResponseError::NotLeaderOrFollower,
+        ResponseError::FencedLeaderEpoch,
+        ResponseError::UnknownLeaderEpoch,
+    ]
+    .iter()
+    .any(|error| error.code() == code)
+}
+
+/// Timeouts that apply to every backend connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub metadata_max_age: Duration,
+}
+
+impl ConnectionSettings {
+    pub fn from_config(proxy: &ProxyConfig) -> ConnectionSettings {
+        ConnectionSettings {
+            connect_timeout: Duration::from_millis(proxy.connect_timeout_ms),
+            request_timeout: Duration::from_millis(proxy.request_timeout_ms),
+            metadata_max_age: Duration::from_millis(proxy.metadata_max_age_ms),
+        }
+    }
+}
+
+/// Version range per api key, as one cluster's brokers advertise it.
+pub type ApiVersionTable = HashMap<i16, (i16, i16)>;
+
+/// What kshift knows about one topic on one cluster.
+#[derive(Debug, Clone)]
+struct TopicLeaders {
+    /// Leader node per partition index; -1 where the partition has no leader.
+    leaders: Vec<i32>,
+    fetched_at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct ClusterState {
+    brokers: HashMap<i32, Arc<str>>,
+    controller: Option<i32>,
+    topics: HashMap<String, TopicLeaders>,
+    api_versions: Option<Arc<ApiVersionTable>>,
+}
+
+/// One backend cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub name: Arc<str>,
+    bootstrap: Vec<String>,
+    pub settings: ConnectionSettings,
+    state: RwLock<ClusterState>,
+    /// Coordinator node per (key type, key): groups are 0, transactional ids 1.
+    coordinators: Mutex<HashMap<(i8, String), i32>>,
+    /// kshift's own connection for metadata and coordinator lookups; replaced on failure.
+    control: tokio::sync::Mutex<Option<BrokerConnection>>,
+}
+
+/// Versions kshift itself sends to backends (the newest it handles, capped by the broker).
+const METADATA_VERSION: i16 = 12;
+const FIND_COORDINATOR_VERSION: i16 = 4;
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cluster {
+    pub fn new(
+        id: ClusterId,
+        name: &str,
+        bootstrap: Vec<String>,
+        settings: ConnectionSettings,
+    ) -> Cluster {
+        Cluster {
+            id,
+            name: name.into(),
+            bootstrap,
+            settings,
+            state: RwLock::default(),
+            coordinators: Mutex::default(),
+            control: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn kafka_error(&self, what: &'static str, code: i16) -> BackendError {
+        BackendError::Kafka {
+            cluster: self.name.clone(),
+            what,
+            code,
+        }
+    }
+
+    /// Sends one request on the control connection, opening it if needed.
+    async fn control_request(
+        &self,
+        api_key: ApiKey,
+        api_version: i16,
+        body: Bytes,
+    ) -> Result<Bytes, BackendError> {
+        let mut control = self.control.lock().await;
+        let connection = match control.as_ref() {
+            Some(connection) if !connection.is_poisoned() => connection.clone(),
+            _ => {
+                let connection = self.connect_any().await?;
+                *control = Some(connection.clone());
+                connection
+            }
+        };
+        drop(control);
+        let client_id = StrBytes::from_static_str("kshift");
+        let response = connection
+            .send(api_key, api_version, &client_id, body, true)?
+            .ok_or_else(|| BackendError::Protocol {
+                address: connection.address().clone(),
+                reason: "no response expected".into(),
+            })?;
+        response.wait(self.settings.request_timeout).await
+    }
+
+    /// Connects to any known broker, then to the bootstrap list.
+    async fn connect_any(&self) -> Result<BrokerConnection, BackendError> {
+        let mut candidates: Vec<String> = read(&self.state)
+            .brokers
+            .values()
+            .map(|address| address.to_string())
+            .collect();
+        candidates.extend(self.bootstrap.iter().cloned());
+        let mut last_error = None;
+        for address in candidates {
+            match BrokerConnection::connect(&address, self.settings.connect_timeout).await {
+                Ok(connection) => return Ok(connection),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(BackendError::Unreachable {
+            cluster: self.name.clone(),
+            reason: last_error.map_or_else(|| "no brokers".into(), |e| e.to_string().into()),
+        })
+    }
+
+    /// The API versions this cluster supports, asked once and cached.
+    pub async fn api_versions(&self) -> Result<Arc<ApiVersionTable>, BackendError> {
+        if let Some(versions) = read(&self.state).api_versions.clone() {
+            return Ok(versions);
+        }
+        let mut response = self.request_api_versions(3).await?;
+        if response.error_code == ResponseError::UnsupportedVersion.code() {
+            response = self.request_api_versions(0).await?;
+        }
+        if response.error_code != 0 {
+            return Err(self.kafka_error("ApiVersions", response.error_code));
+        }
+        let table: ApiVersionTable = response
+            .api_keys
+            .iter()
+            .map(|v| (v.api_key, (v.min_version, v.max_version)))
+            .collect();
+        let table = Arc::new(table);
+        write(&self.state).api_versions = Some(table.clone());
+        Ok(table)
+    }
+
+    /// API versions if already known, without asking.
+    pub fn known_api_versions(&self) -> Option<Arc<ApiVersionTable>> {
+        read(&self.state).api_versions.clone()
+    }
+
+    async fn request_api_versions(
+        &self,
+        version: i16,
+    ) -> Result<ApiVersionsResponse, BackendError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("kshift"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let body = self.encode(&request, version)?;
+        let response = self
+            .control_request(ApiKey::ApiVersions, version, body)
+            .await?;
+        // An ApiVersions error answer is always v0-shaped.
+        match decode_body::<ApiVersionsResponse>(response.clone(), version, "ApiVersions response")
+        {
+            Ok(decoded) => Ok(decoded),
+            Err(_) => self.decode(response, 0),
+        }
+    }
+
+    /// The version to send `api_key` at: the broker's newest, capped at `newest_known`.
+    pub async fn version_for(
+        &self,
+        api_key: ApiKey,
+        newest_known: i16,
+    ) -> Result<i16, BackendError> {
+        let versions = self.api_versions().await?;
+        match versions.get(&(api_key as i16)) {
+            Some(&(min, max)) if min <= newest_known => Ok(max.min(newest_known)),
+            _ => Err(self.kafka_error(
+                "version negotiation",
+                ResponseError::UnsupportedVersion.code(),
+            )),
+        }
+    }
+
+    fn encode<M: kafka_protocol::protocol::Encodable>(
+        &self,
+        message: &M,
+        version: i16,
+    ) -> Result<Bytes, BackendError> {
+        codec::encode_body(message, version).map_err(|e| BackendError::Protocol {
+            address: self.name.clone(),
+            reason: e.to_string().into(),
+        })
+    }
+
+    fn decode<M: kafka_protocol::protocol::Decodable>(
+        &self,
+        body: Bytes,
+        version: i16,
+    ) -> Result<M, BackendError> {
+        decode_body(body, version, "backend response").map_err(|e| BackendError::Protocol {
+            address: self.name.clone(),
+            reason: e.to_string().into(),
+        })
+    }
+
+    /// Asks the cluster for metadata (all topics when `topics` is `None`) and refreshes
+    /// the caches from the answer.
+    pub async fn metadata(
+        &self,
+        topics: Option<&[String]>,
+        allow_auto_topic_creation: bool,
+    ) -> Result<MetadataResponse, BackendError> {
+        let version = self.version_for(ApiKey::Metadata, METADATA_VERSION).await?;
+        let request = MetadataRequest::default()
+            .with_topics(topics.map(|topics| {
+                topics
+                    .iter()
+                    .map(|name| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(allow_auto_topic_creation);
+        let body = self.encode(&request, version)?;
+        let response = self
+            .control_request(ApiKey::Metadata, version, body)
+            .await?;
+        let response: MetadataResponse = self.decode(response, version)?;
+        self.absorb_metadata(&response);
+        Ok(response)
+    }
+
+    fn absorb_metadata(&self, response: &MetadataResponse) {
+        let now = Instant::now();
+        let mut state = write(&self.state);
+        for broker in &response.brokers {
+            state.brokers.insert(
+                broker.node_id.0,
+                format!("{}:{}", broker.host.as_str(), broker.port).into(),
+            );
+        }
+        if response.controller_id.0 >= 0 {
+            state.controller = Some(response.controller_id.0);
+        }
+        for topic in &response.topics {
+            let Some(name) = &topic.name else { continue };
+            if topic.error_code != 0 {
+                state.topics.remove(name.0.as_str());
+                continue;
+            }
+            let count = topic
+                .partitions
+                .iter()
+                .map(|p| p.partition_index + 1)
+                .max()
+                .unwrap_or(0)
+                .max(0) as usize;
+            let mut leaders = vec![-1; count];
+            for partition in &topic.partitions {
+                if let Some(slot) = leaders.get_mut(partition.partition_index as usize) {
+                    *slot = partition.leader_id.0;
+                }
+            }
+            state.topics.insert(
+                name.0.to_string(),
+                TopicLeaders {
+                    leaders,
+                    fetched_at: now,
+                },
+            );
+        }
+    }
+
+    /// The leader of `topic`/`partition`: `Ok(None)` when the cluster has no such
+    /// partition or it has no leader right now.
+    pub async fn leader(&self, topic: &str, partition: i32) -> Result<Option<i32>, BackendError> {
+        let cached = self.cached_leader(topic, partition);
+        if let Some(leader) = cached {
+            return Ok(Some(leader));
+        }
+        self.metadata(Some(&[topic.to_string()]), false).await?;
+        Ok(self.cached_leader(topic, partition))
+    }
+
+    fn cached_leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        let state = read(&self.state);
+        let leaders = state.topics.get(topic)?;
+        if leaders.fetched_at.elapsed() > self.settings.metadata_max_age {
+            return None;
+        }
+        let leader = *leaders.leaders.get(usize::try_from(partition).ok()?)?;
+        (leader >= 0).then_some(leader)
+    }
+
+    /// Forgets what is cached about `topic`, after a broker said it is not the leader.
+    pub fn forget_leaders(&self, topic: &str) {
+        write(&self.state).topics.remove(topic);
+    }
+
+    /// `host:port` of node `node`.
+    pub fn broker_address(&self, node: i32) -> Result<Arc<str>, BackendError> {
+        read(&self.state)
+            .brokers
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| BackendError::UnknownBroker {
+                cluster: self.name.clone(),
+                node,
+            })
+    }
+
+    /// A broker for requests any broker can serve: the controller if known, else any.
+    pub async fn any_broker(&self) -> Result<i32, BackendError> {
+        if let Some(node) = self.known_any_broker() {
+            return Ok(node);
+        }
+        self.metadata(Some(&[]), false).await?;
+        self.known_any_broker()
+            .ok_or_else(|| BackendError::Unreachable {
+                cluster: self.name.clone(),
+                reason: "metadata lists no brokers".into(),
+            })
+    }
+
+    fn known_any_broker(&self) -> Option<i32> {
+        let state = read(&self.state);
+        state
+            .controller
+            .filter(|node| state.brokers.contains_key(node))
+            .or_else(|| state.brokers.keys().min().copied())
+    }
+
+    /// The coordinator node for a group (`key_type` 0) or transactional id (1).
+    pub async fn coordinator(&self, key_type: i8, key: &str) -> Result<i32, BackendError> {
+        if let Some(node) = lock(&self.coordinators).get(&(key_type, key.to_string())) {
+            return Ok(*node);
+        }
+        let version = self
+            .version_for(ApiKey::FindCoordinator, FIND_COORDINATOR_VERSION)
+            .await?;
+        let mut request = FindCoordinatorRequest::default().with_key_type(key_type);
+        if version >= 4 {
+            request.coordinator_keys = vec![StrBytes::from_string(key.to_string())];
+        } else {
+            request.key = StrBytes::from_string(key.to_string());
+        }
+        let body = self.encode(&request, version)?;
+        let response = self
+            .control_request(ApiKey::FindCoordinator, version, body)
+            .await?;
+        let response: FindCoordinatorResponse = self.decode(response, version)?;
+        let (error_code, node, host, port) = match response.coordinators.first() {
+            Some(c) if version >= 4 => (c.error_code, c.node_id.0, c.host.clone(), c.port),
+            _ => (
+                response.error_code,
+                response.node_id.0,
+                response.host.clone(),
+                response.port,
+            ),
+        };
+        if error_code != 0 {
+            return Err(self.kafka_error("FindCoordinator", error_code));
+        }
+        write(&self.state)
+            .brokers
+            .insert(node, format!("{}:{}", host.as_str(), port).into());
+        lock(&self.coordinators).insert((key_type, key.to_string()), node);
+        Ok(node)
+    }
+
+    /// Forgets a coordinator after the broker said it is not (or no longer) it.
+    pub fn forget_coordinator(&self, key_type: i8, key: &str) {
+        lock(&self.coordinators).remove(&(key_type, key.to_string()));
+    }
+}
+
+/// Which of a client connection's connections to a broker a request uses. Fetches get
+/// their own, so a long poll never holds up that client's produce or commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Fetch,
+    Other,
+}
+
+/// The backend connections of one client connection, opened lazily, one per
+/// (cluster, broker, lane) — as the client would have had going direct.
+#[derive(Debug, Default)]
+pub struct UpstreamConnections {
+    /// Held across a connect so that requests of this client connection keep their order.
+    connections: tokio::sync::Mutex<HashMap<(ClusterId, i32, Lane), BrokerConnection>>,
+}
+
+impl UpstreamConnections {
+    /// The connection to `node` of `cluster` on `lane`, opened if needed.
+    pub async fn get(
+        &self,
+        cluster: &Cluster,
+        node: i32,
+        lane: Lane,
+    ) -> Result<BrokerConnection, BackendError> {
+        let key = (cluster.id, node, lane);
+        let mut connections = self.connections.lock().await;
+        if let Some(connection) = connections.get(&key) {
+            if !connection.is_poisoned() {
+                return Ok(connection.clone());
+            }
+        }
+        let address = cluster.broker_address(node)?;
+        let connection =
+            BrokerConnection::connect(&address, cluster.settings.connect_timeout).await?;
+        connections.insert(key, connection.clone());
+        Ok(connection)
+    }
+}

@@ -1,0 +1,306 @@
+//! One TCP connection to one backend broker.
+//!
+//! Shape (after rskafka's messenger): a writer task owns the write half and sends frames
+//! in the order [`BrokerConnection::send`] was called; a reader task owns the read half and
+//! hands each response to the request waiting for its correlation id.
+//!
+//! Invariants:
+//! - Requests reach the broker in the order `send` was called; `send` itself never awaits,
+//!   so a caller that calls it in request order keeps that order on the wire.
+//! - A read or write error poisons the connection: every pending request fails with that
+//!   error, later sends fail at once, and the owner opens a new connection.
+//! - A waiting request that is dropped (its client went away) leaves its entry until the
+//!   broker answers; the answer is then discarded. The broker answers every request it
+//!   read, so entries do not accumulate.
+//! - When every handle is dropped the writer closes the socket once queued frames are
+//!   written; the reader stops as soon as no response is awaited.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::BackendError;
+use crate::codec::{self, FrameError};
+
+/// Largest response frame accepted from a broker (fetch responses can be large).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+/// A handle to one broker connection; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BrokerConnection {
+    /// `host:port` of the broker, for errors and logs.
+    address: Arc<str>,
+    /// Frames to the writer task, in wire order. Unbounded because the client connection's
+    /// in-flight window already bounds what one connection can queue.
+    outbound: mpsc::UnboundedSender<[Bytes; 2]>,
+    state: Arc<SharedState>,
+}
+
+#[derive(Debug)]
+struct SharedState {
+    next_correlation_id: AtomicI32,
+    /// Requests awaiting a response, and the error that poisoned the connection; one lock
+    /// so that no request can be registered after the pending set was failed.
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: HashMap<i32, Waiter>,
+    poisoned: Option<BackendError>,
+    writer_closed: bool,
+    reader: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    header_version: i16,
+    reply: oneshot::Sender<Result<Bytes, BackendError>>,
+}
+
+/// The response to one request: the body after the response header.
+pub struct ResponseFuture {
+    address: Arc<str>,
+    receiver: oneshot::Receiver<Result<Bytes, BackendError>>,
+}
+
+impl ResponseFuture {
+    /// Waits for the response, at most `timeout`.
+    pub async fn wait(self, timeout: Duration) -> Result<Bytes, BackendError> {
+        match tokio::time::timeout(timeout, self.receiver).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(BackendError::Closed {
+                address: self.address,
+                reason: "connection dropped".into(),
+            }),
+            Err(_) => Err(BackendError::Timeout {
+                address: self.address,
+                after_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+impl BrokerConnection {
+    /// Opens a connection to `address` within `timeout`.
+    pub async fn connect(
+        address: &str,
+        timeout: Duration,
+    ) -> Result<BrokerConnection, BackendError> {
+        let address: Arc<str> = address.into();
+        let connect_error = |reason: String| BackendError::Connect {
+            address: address.clone(),
+            reason: reason.into(),
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(connect_error(e.to_string())),
+            Err(_) => return Err(connect_error(format!("no answer within {timeout:?}"))),
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_error(e.to_string()))?;
+        let (read_half, write_half) = stream.into_split();
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let state = Arc::new(SharedState {
+            next_correlation_id: AtomicI32::new(0),
+            pending: Mutex::new(Pending::default()),
+        });
+        let reader = tokio::spawn(run_reader(read_half, state.clone(), address.clone()));
+        lock(&state.pending).reader = Some(reader.abort_handle());
+        tokio::spawn(run_writer(
+            write_half,
+            outbound_rx,
+            state.clone(),
+            address.clone(),
+        ));
+        tracing::debug!(broker = %address, "connected to backend broker");
+        Ok(BrokerConnection {
+            address,
+            outbound,
+            state,
+        })
+    }
+
+    pub fn address(&self) -> &Arc<str> {
+        &self.address
+    }
+
+    /// True once a read or write error has made this connection unusable.
+    pub fn is_poisoned(&self) -> bool {
+        lock(&self.state.pending).poisoned.is_some()
+    }
+
+    /// Queues one request. `Ok(None)` when `expect_response` is false (acks=0 produce):
+    /// the broker sends nothing back for it.
+    pub fn send(
+        &self,
+        api_key: ApiKey,
+        api_version: i16,
+        client_id: &StrBytes,
+        body: Bytes,
+        expect_response: bool,
+    ) -> Result<Option<ResponseFuture>, BackendError> {
+        let correlation_id = self
+            .state
+            .next_correlation_id
+            .fetch_add(1, Ordering::Relaxed);
+        let head =
+            codec::request_frame_head(api_key, api_version, correlation_id, client_id, body.len())
+                .map_err(|e| BackendError::Protocol {
+                    address: self.address.clone(),
+                    reason: e.to_string().into(),
+                })?;
+        let mut pending = lock(&self.state.pending);
+        if let Some(error) = &pending.poisoned {
+            return Err(error.clone());
+        }
+        let receiver = if expect_response {
+            let (reply, receiver) = oneshot::channel();
+            pending.waiting.insert(
+                correlation_id,
+                Waiter {
+                    header_version: api_key.response_header_version(api_version),
+                    reply,
+                },
+            );
+            Some(receiver)
+        } else {
+            None
+        };
+        // Sent under the lock so frames enter the queue in correlation-id order.
+        if self.outbound.send([head, body]).is_err() {
+            pending.waiting.remove(&correlation_id);
+            return Err(BackendError::Closed {
+                address: self.address.clone(),
+                reason: "connection writer stopped".into(),
+            });
+        }
+        Ok(receiver.map(|receiver| ResponseFuture {
+            address: self.address.clone(),
+            receiver,
+        }))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Fails every pending request with `error` and refuses new ones.
+fn poison(state: &SharedState, error: BackendError) {
+    let mut pending = lock(&state.pending);
+    if pending.poisoned.is_none() {
+        tracing::debug!(%error, "backend connection failed");
+        pending.poisoned = Some(error.clone());
+    }
+    for (_, waiter) in pending.waiting.drain() {
+        let _ = waiter.reply.send(Err(error.clone()));
+    }
+}
+
+async fn run_writer(
+    write_half: OwnedWriteHalf,
+    mut outbound: mpsc::UnboundedReceiver<[Bytes; 2]>,
+    state: Arc<SharedState>,
+    address: Arc<str>,
+) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    while let Some(frame) = outbound.recv().await {
+        let mut result = write_frame(&mut writer, &frame).await;
+        // Batch whatever is already queued into the same flush.
+        while result.is_ok() {
+            match outbound.try_recv() {
+                Ok(frame) => result = write_frame(&mut writer, &frame).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = match result {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        } {
+            poison(
+                &state,
+                BackendError::Closed {
+                    address: address.clone(),
+                    reason: format!("write failed: {e}").into(),
+                },
+            );
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+    let mut pending = lock(&state.pending);
+    pending.writer_closed = true;
+    if pending.waiting.is_empty() {
+        if let Some(reader) = pending.reader.take() {
+            reader.abort();
+        }
+    }
+}
+
+async fn write_frame(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frame: &[Bytes; 2],
+) -> std::io::Result<()> {
+    for chunk in frame {
+        writer.write_all(chunk).await?;
+    }
+    Ok(())
+}
+
+async fn run_reader(mut read_half: OwnedReadHalf, state: Arc<SharedState>, address: Arc<str>) {
+    let closed = |reason: String| BackendError::Closed {
+        address: address.clone(),
+        reason: reason.into(),
+    };
+    let error = loop {
+        let frame = match codec::read_frame(&mut read_half, MAX_RESPONSE_BYTES).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break closed("broker closed the connection".into()),
+            Err(FrameError::Io(e)) => break closed(format!("read failed: {e}")),
+            Err(e) => {
+                break BackendError::Protocol {
+                    address: address.clone(),
+                    reason: e.to_string().into(),
+                }
+            }
+        };
+        let Some(correlation_id) = codec::response_correlation_id(&frame) else {
+            break BackendError::Protocol {
+                address: address.clone(),
+                reason: "response shorter than its header".into(),
+            };
+        };
+        let waiter = lock(&state.pending).waiting.remove(&correlation_id);
+        let Some(waiter) = waiter else {
+            break BackendError::Protocol {
+                address: address.clone(),
+                reason: format!("response to unknown correlation id {correlation_id}").into(),
+            };
+        };
+        let body = codec::split_response(frame, waiter.header_version)
+            .map(|(_, body)| body)
+            .map_err(|e| BackendError::Protocol {
+                address: address.clone(),
+                reason: e.to_string().into(),
+            });
+        let _ = waiter.reply.send(body);
+        let pending = lock(&state.pending);
+        if pending.writer_closed && pending.waiting.is_empty() {
+            return;
+        }
+    };
+    poison(&state, error);
+}

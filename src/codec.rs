@@ -1,0 +1,308 @@
+//! Kafka framing: a 4-byte big-endian length prefix, then a request or response header,
+//! then the body. This module reads and writes frames and parses headers; it never looks
+//! into bodies.
+//!
+//! Invariants:
+//! - A frame longer than the configured maximum, or with a negative length, is an error
+//!   before any of it is buffered: a client cannot make kshift allocate more than the limit.
+//! - Bodies stay `Bytes` slices of the frame they arrived in (zero-copy).
+//! - [`read_frame`] is not cancel-safe; callers own one reader per socket and never race it.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a frame or header could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {length} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { length: usize, limit: usize },
+    #[error("negative frame length {0}")]
+    NegativeLength(i32),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("frame of {0} bytes is too short for a header")]
+    TooShort(usize),
+    #[error("unknown api key {0}")]
+    UnknownApiKey(i16),
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one length-prefixed frame. `Ok(None)` is a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut prefix = [0u8; 4];
+    match reader.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let length = i32::from_be_bytes(prefix);
+    if length < 0 {
+        return Err(FrameError::NegativeLength(length));
+    }
+    let length = length as usize;
+    if length > limit {
+        return Err(FrameError::TooLarge { length, limit });
+    }
+    let mut frame = BytesMut::zeroed(length);
+    match reader.read_exact(&mut frame).await {
+        Ok(_) => Ok(Some(frame.freeze())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The fixed start of every request header: enough to answer or reject a request even
+/// when the rest of it cannot be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestPrefix {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+}
+
+impl RequestPrefix {
+    pub fn parse(frame: &[u8]) -> Result<RequestPrefix, FrameError> {
+        match frame {
+            [k0, k1, v0, v1, c0, c1, c2, c3, ..] => Ok(RequestPrefix {
+                api_key: i16::from_be_bytes([*k0, *k1]),
+                api_version: i16::from_be_bytes([*v0, *v1]),
+                correlation_id: i32::from_be_bytes([*c0, *c1, *c2, *c3]),
+            }),
+            _ => Err(FrameError::TooShort(frame.len())),
+        }
+    }
+}
+
+/// A client request split into its parsed header and its undecoded body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    /// The client's `client.id` ("" when absent), used for routing by client.
+    pub client_id: StrBytes,
+    /// The request body, a slice of the frame it arrived in.
+    pub body: Bytes,
+}
+
+impl Request {
+    /// Parses the header of a request frame whose api key kshift knows.
+    pub fn parse(frame: Bytes) -> Result<Request, FrameError> {
+        let prefix = RequestPrefix::parse(&frame)?;
+        let api_key = ApiKey::try_from(prefix.api_key)
+            .map_err(|_| FrameError::UnknownApiKey(prefix.api_key))?;
+        let header_version = api_key.request_header_version(prefix.api_version);
+        let mut body = frame;
+        let header = RequestHeader::decode(&mut body, header_version).map_err(|e| {
+            FrameError::Malformed {
+                what: "request header",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Request {
+            api_key,
+            api_version: prefix.api_version,
+            correlation_id: prefix.correlation_id,
+            client_id: header.client_id.unwrap_or_default(),
+            body,
+        })
+    }
+
+    /// Decodes the body as message `M` at the request's version.
+    pub fn decode<M: Decodable>(&self) -> Result<M, FrameError> {
+        decode_body(self.body.clone(), self.api_version, "request body")
+    }
+}
+
+/// Decodes `body` as `M`, requiring every byte to be consumed.
+pub fn decode_body<M: Decodable>(
+    mut body: Bytes,
+    version: i16,
+    what: &'static str,
+) -> Result<M, FrameError> {
+    let message = M::decode(&mut body, version).map_err(|e| FrameError::Malformed {
+        what,
+        reason: e.to_string(),
+    })?;
+    if !body.is_empty() {
+        return Err(FrameError::Malformed {
+            what,
+            reason: format!("{} trailing bytes", body.len()),
+        });
+    }
+    Ok(message)
+}
+
+/// Encodes a message body at `version`.
+pub fn encode_body<M: Encodable>(message: &M, version: i16) -> Result<Bytes, FrameError> {
+    let mut buf = BytesMut::new();
+    message
+        .encode(&mut buf, version)
+        .map_err(|e| FrameError::Malformed {
+            what: "message to encode",
+            reason: e.to_string(),
+        })?;
+    Ok(buf.freeze())
+}
+
+/// Builds the request frame prefix (length + header) for a body of `body_len` bytes.
+pub fn request_frame_head(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    client_id: &StrBytes,
+    body_len: usize,
+) -> Result<Bytes, FrameError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(api_version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(client_id.clone()));
+    let header_version = api_key.request_header_version(api_version);
+    frame_head(&header, header_version, body_len)
+}
+
+/// Builds the response frame prefix (length + header) for a body of `body_len` bytes.
+pub fn response_frame_head(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    body_len: usize,
+) -> Result<Bytes, FrameError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    frame_head(
+        &header,
+        api_key.response_header_version(api_version),
+        body_len,
+    )
+}
+
+fn frame_head<H: Encodable>(
+    header: &H,
+    header_version: i16,
+    body_len: usize,
+) -> Result<Bytes, FrameError> {
+    let malformed = |reason: String| FrameError::Malformed {
+        what: "header to encode",
+        reason,
+    };
+    let header_len = header
+        .compute_size(header_version)
+        .map_err(|e| malformed(e.to_string()))?;
+    let length = i32::try_from(header_len + body_len)
+        .map_err(|_| malformed(format!("frame of {} bytes", header_len + body_len)))?;
+    let mut buf = BytesMut::with_capacity(4 + header_len);
+    buf.put_i32(length);
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| malformed(e.to_string()))?;
+    Ok(buf.freeze())
+}
+
+/// Splits a response frame into its correlation id and the body after the header.
+pub fn split_response(mut frame: Bytes, header_version: i16) -> Result<(i32, Bytes), FrameError> {
+    let header =
+        ResponseHeader::decode(&mut frame, header_version).map_err(|e| FrameError::Malformed {
+            what: "response header",
+            reason: e.to_string(),
+        })?;
+    Ok((header.correlation_id, frame))
+}
+
+/// The correlation id of a response frame (its first four bytes).
+pub fn response_correlation_id(frame: &[u8]) -> Option<i32> {
+    match frame {
+        [a, b, c, d, ..] => Some(i32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, FrameError> {
+        let mut reader = bytes;
+        read_frame(&mut reader, limit).await
+    }
+
+    #[tokio::test]
+    async fn frame_at_limit_is_read_and_one_over_is_refused() {
+        let mut at_limit = 8i32.to_be_bytes().to_vec();
+        at_limit.extend_from_slice(&[7; 8]);
+        assert_eq!(read(&at_limit, 8).await.unwrap().unwrap().len(), 8);
+        match read(&at_limit, 7).await {
+            Err(FrameError::TooLarge {
+                length: 8,
+                limit: 7,
+            }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn negative_and_truncated_frames_are_errors() {
+        assert!(matches!(
+            read(&(-1i32).to_be_bytes(), 100).await,
+            Err(FrameError::NegativeLength(-1))
+        ));
+        let mut truncated = 10i32.to_be_bytes().to_vec();
+        truncated.extend_from_slice(&[1, 2, 3]);
+        assert!(matches!(
+            read(&truncated, 100).await,
+            Err(FrameError::Truncated)
+        ));
+        assert!(read(&[], 100).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn request_header_is_parsed_and_body_kept() {
+        // Metadata v1: api key 3, version 1, correlation id 42, client id "ab", body [9, 9].
+        let frame = Bytes::from_static(&[0, 3, 0, 1, 0, 0, 0, 42, 0, 2, b'a', b'b', 9, 9]);
+        let request = Request::parse(frame).unwrap();
+        assert_eq!(request.api_key, ApiKey::Metadata);
+        assert_eq!(request.api_version, 1);
+        assert_eq!(request.correlation_id, 42);
+        assert_eq!(&*request.client_id, "ab");
+        assert_eq!(&request.body[..], &[9, 9]);
+    }
+
+    #[test]
+    fn unknown_api_key_and_short_header_are_refused() {
+        let unknown = Bytes::from_static(&[0x7f, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff]);
+        assert!(matches!(
+            Request::parse(unknown),
+            Err(FrameError::UnknownApiKey(0x7f00))
+        ));
+        let short = Bytes::from_static(&[0, 3, 0]);
+        assert!(matches!(
+            Request::parse(short),
+            Err(FrameError::TooShort(3))
+        ));
+        // Client id claims 100 bytes but only 1 follows.
+        let lying = Bytes::from_static(&[0, 3, 0, 1, 0, 0, 0, 1, 0, 100, b'a']);
+        assert!(matches!(
+            Request::parse(lying),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn response_head_round_trips() {
+        let head = response_frame_head(ApiKey::Fetch, 12, 7, 3).unwrap();
+        // Fetch v12 is flexible: header v1 = correlation id + empty tagged fields.
+        assert_eq!(&head[..], &[0, 0, 0, 8, 0, 0, 0, 7, 0]);
+        let (correlation_id, body) =
+            split_response(Bytes::from_static(&[0, 0, 0, 7, 0, 1, 2, 3]), 1).unwrap();
+        assert_eq!(correlation_id, 7);
+        assert_eq!(&body[..], &[1, 2, 3]);
+    }
+}

@@ -1,0 +1,312 @@
+//! Configuration: the TOML file an operator writes, parsed with serde and checked by
+//! [`Config::validate`] before anything starts.
+//!
+//! Invariant: a [`Config`] that left [`Config::parse`] is valid as a whole: every cluster a
+//! route or group rule names exists, every glob compiles, every limit is in range. Errors
+//! name the offending field (`routes[2].write`), so an operator can fix the file without
+//! reading kshift's source.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::{GroupSpec, RouteSpec, RoutingError, RoutingSpec};
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("invalid config: {field}: {reason}")]
+    Field { field: String, reason: String },
+    #[error("invalid config: {0}")]
+    Routing(#[from] RoutingError),
+}
+
+impl ConfigError {
+    fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Field {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing side: listener, advertised address, limits.
+    pub proxy: ProxyConfig,
+    /// Backend clusters by name (`old`, `new`, …); routes refer to them by that name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// `[[routes]]`: which cluster each topic is written to, mirrored to and read from.
+    /// First match wins. Part of the routing table operators swap at run time.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// `[[groups]]`: which cluster hosts each consumer group. First match wins.
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+}
+
+/// `[proxy]`: how clients reach kshift and the limits of each client connection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Address the Kafka listener binds, e.g. `0.0.0.0:9092` (port 0 picks a free port).
+    pub listen: String,
+    /// `host:port` that clients are told to connect to (Metadata, FindCoordinator).
+    /// Defaults to the bound listen address.
+    #[serde(default)]
+    pub advertised: Option<String>,
+    /// Address of the admin HTTP API (metrics, health, routes); off when absent.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// Node id kshift presents as the broker (and controller) of its virtual cluster.
+    #[serde(default)]
+    pub node_id: i32,
+    /// Cluster id reported in Metadata and DescribeCluster.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    /// Largest request frame a client may send; larger ones close the connection.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Requests of one client connection handled concurrently; when full, kshift stops
+    /// reading that socket (backpressure), as a broker does.
+    #[serde(default = "default_max_in_flight_requests")]
+    pub max_in_flight_requests: usize,
+    /// Client connections served at once; further ones are closed right after accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time allowed to open a TCP connection to a backend broker.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for a backend broker to answer one request, on top of any time the
+    /// request itself asks the broker to wait (fetch `max_wait_ms`, produce `timeout_ms`).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Age after which cached backend metadata (leaders, brokers) is refreshed.
+    #[serde(default = "default_metadata_max_age_ms")]
+    pub metadata_max_age_ms: u64,
+}
+
+fn default_cluster_id() -> String {
+    "kshift".to_string()
+}
+fn default_max_frame_bytes() -> usize {
+    100 * 1024 * 1024
+}
+fn default_max_in_flight_requests() -> usize {
+    64
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_metadata_max_age_ms() -> u64 {
+    30_000
+}
+
+/// `[clusters.NAME]`: one backend Kafka cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Bootstrap brokers, `host:port` each.
+    pub bootstrap: Vec<String>,
+}
+
+impl Config {
+    /// Parses and validates a configuration from TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Cluster names in a stable order; a cluster's position is its [`crate::ClusterId`].
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
+    }
+
+    /// Checks every field; the first problem found is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let proxy = &self.proxy;
+        proxy
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::field("proxy.listen", format!("{:?}: {e}", proxy.listen)))?;
+        if let Some(advertised) = &proxy.advertised {
+            parse_host_port(advertised).map_err(|e| ConfigError::field("proxy.advertised", e))?;
+        }
+        if let Some(admin) = &proxy.admin_listen {
+            admin
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::field("proxy.admin_listen", format!("{admin:?}: {e}")))?;
+        }
+        if proxy.node_id < 0 {
+            return Err(ConfigError::field("proxy.node_id", "must be 0 or more"));
+        }
+        if proxy.cluster_id.is_empty() {
+            return Err(ConfigError::field("proxy.cluster_id", "must not be empty"));
+        }
+        // 12 bytes is the smallest request header; 1 GiB is beyond any broker's limit.
+        if !(12..=1 << 30).contains(&proxy.max_frame_bytes) {
+            return Err(ConfigError::field(
+                "proxy.max_frame_bytes",
+                "must be between 12 and 1073741824",
+            ));
+        }
+        for (field, value) in [
+            ("proxy.max_in_flight_requests", proxy.max_in_flight_requests),
+            ("proxy.max_connections", proxy.max_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::field(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("proxy.connect_timeout_ms", proxy.connect_timeout_ms),
+            ("proxy.request_timeout_ms", proxy.request_timeout_ms),
+            ("proxy.metadata_max_age_ms", proxy.metadata_max_age_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::field(field, "must be at least 1"));
+            }
+        }
+        if self.clusters.is_empty() {
+            return Err(ConfigError::field(
+                "clusters",
+                "at least one [clusters.NAME] section is required",
+            ));
+        }
+        for (name, cluster) in &self.clusters {
+            if cluster.bootstrap.is_empty() {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.bootstrap"),
+                    "must list at least one host:port",
+                ));
+            }
+            for (i, address) in cluster.bootstrap.iter().enumerate() {
+                parse_host_port(address).map_err(|e| {
+                    ConfigError::field(format!("clusters.{name}.bootstrap[{i}]"), e)
+                })?;
+            }
+        }
+        crate::routing::RoutingTable::build(&self.routing_spec(), &self.cluster_names(), 0)?;
+        Ok(())
+    }
+
+    /// The routing part of the file, as the routing table is built from it.
+    pub fn routing_spec(&self) -> RoutingSpec {
+        RoutingSpec {
+            routes: self.routes.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+/// Splits `host:port`, checking that the port is a number.
+pub fn parse_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{address:?}: port {port:?} is not a number from 0 to 65535"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{address:?} has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:9092"
+        [clusters.old]
+        bootstrap = ["127.0.0.1:9093"]
+        [[routes]]
+        topics = "*"
+        write = "old"
+        read = "old"
+    "#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.proxy.max_in_flight_requests, 64);
+        assert_eq!(config.proxy.cluster_id, "kshift");
+        assert_eq!(config.cluster_names(), vec!["old".to_string()]);
+    }
+
+    #[test]
+    fn bad_listen_names_the_field() {
+        let text = MINIMAL.replace("127.0.0.1:9092", "nowhere");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("proxy.listen"), "{error}");
+    }
+
+    #[test]
+    fn bad_bootstrap_names_the_field() {
+        let text = MINIMAL.replace("127.0.0.1:9093", "broker-without-port");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("clusters.old.bootstrap[0]"), "{error}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = MINIMAL.replace("[proxy]", "[proxy]\nlisten_port = 3");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("listen_port"), "{error}");
+    }
+
+    #[test]
+    fn zero_in_flight_window_is_rejected() {
+        let text = MINIMAL.replace("[proxy]", "[proxy]\nmax_in_flight_requests = 0");
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("proxy.max_in_flight_requests"), "{error}");
+    }
+
+    #[test]
+    fn frame_limit_bounds() {
+        let small = MINIMAL.replace("[proxy]", "[proxy]\nmax_frame_bytes = 11");
+        assert!(Config::parse(&small).is_err());
+        let smallest = MINIMAL.replace("[proxy]", "[proxy]\nmax_frame_bytes = 12");
+        assert!(Config::parse(&smallest).is_ok());
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            parse_host_port("[::1]:9092").unwrap(),
+            ("::1".to_string(), 9092)
+        );
+        assert!(parse_host_port("host:99999").is_err());
+        assert!(parse_host_port(":9092").is_err());
+    }
+}

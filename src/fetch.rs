@@ -1,0 +1,481 @@
+//! The read path: Fetch and ListOffsets, served from each partition's route's read cluster.
+//!
+//! Invariants:
+//! - Fetches are sessionless toward backends (session id 0, epoch -1) and toward clients
+//!   (session id 0): correct for every client and free of per-session state in kshift.
+//! - Leader epochs are never sent to a backend (-1: no check) nor shown to a client (-1),
+//!   and `preferred_read_replica`, `current_leader` and `diverging_epoch` are cleared: they
+//!   belong to one backend cluster and would break a client after a read switch.
+//! - A fetch spread over several brokers answers as soon as any of them returns data or
+//!   all have answered (each waits at most the client's `max_wait_ms`) — never the sum.
+//!   Partitions whose broker has not answered yet come back empty; the client fetches
+//!   them again from the same offset.
+//! - Record batches are passed through as `Bytes`.
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId,
+};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
+use crate::codec::{self, decode_body};
+use crate::dispatch::{Context, HandlerError, PendingReply};
+use crate::ClusterId;
+
+/// Where one partition of a read request goes.
+struct Target {
+    cluster: ClusterId,
+    node: i32,
+    backend_topic: String,
+}
+
+/// Partitions of one read request grouped by (cluster, broker), with the name mapping.
+struct Split<P> {
+    parts: Vec<SplitPart<P>>,
+    /// Partitions kshift answers itself: (client topic, partition, error code).
+    errors: Vec<(StrBytes, i32, i16)>,
+}
+
+struct SplitPart<P> {
+    cluster: ClusterId,
+    node: i32,
+    /// (name on the cluster, client-visible name, partitions).
+    topics: Vec<(String, StrBytes, Vec<P>)>,
+}
+
+impl<P> Split<P> {
+    fn new() -> Self {
+        Split {
+            parts: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, target: Target, client_topic: &StrBytes, partition: P) {
+        let part = match self
+            .parts
+            .iter()
+            .position(|p| p.cluster == target.cluster && p.node == target.node)
+        {
+            Some(i) => &mut self.parts[i],
+            None => {
+                self.parts.push(SplitPart {
+                    cluster: target.cluster,
+                    node: target.node,
+                    topics: Vec::new(),
+                });
+                let last = self.parts.len() - 1;
+                &mut self.parts[last]
+            }
+        };
+        match part
+            .topics
+            .iter_mut()
+            .find(|(name, _, _)| *name == target.backend_topic)
+        {
+            Some((_, _, partitions)) => partitions.push(partition),
+            None => part
+                .topics
+                .push((target.backend_topic, client_topic.clone(), vec![partition])),
+        }
+    }
+}
+
+/// Finds where `topic`/`partition` is read from: the route's read cluster's leader.
+async fn read_target(context: &Context, client_topic: &str, partition: i32) -> Result<Target, i16> {
+    let Some(route) = context.routing.route(client_topic, context.client_id()) else {
+        return Err(ResponseError::UnknownTopicOrPartition.code());
+    };
+    let cluster = context.cluster(route.read);
+    let backend_topic = route.topic_on(route.read, client_topic);
+    match cluster.leader(backend_topic, partition).await {
+        Ok(Some(node)) => Ok(Target {
+            cluster: route.read,
+            node,
+            backend_topic: backend_topic.to_string(),
+        }),
+        Ok(None) => Err(ResponseError::UnknownTopicOrPartition.code()),
+        Err(error) => {
+            tracing::debug!(cluster = %cluster.name, %error, "no leader for read");
+            Err(error.client_error_code())
+        }
+    }
+}
+
+async fn send_part(
+    context: &Context,
+    cluster: ClusterId,
+    node: i32,
+    lane: Lane,
+    body: bytes::Bytes,
+) -> Result<ResponseFuture, BackendError> {
+    let connection = context
+        .upstream
+        .get(context.cluster(cluster), node, lane)
+        .await?;
+    connection
+        .send(
+            context.request.api_key,
+            context.request.api_version,
+            &context.request.client_id,
+            body,
+            true,
+        )?
+        .ok_or_else(|| BackendError::Protocol {
+            address: connection.address().clone(),
+            reason: "no response expected".into(),
+        })
+}
+
+pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerError> {
+    let request: FetchRequest = context.request.decode()?;
+    let mut split = Split::new();
+    for topic in &request.topics {
+        for partition in &topic.partitions {
+            match read_target(context, &topic.topic.0, partition.partition).await {
+                Ok(target) => split.add(
+                    target,
+                    &topic.topic.0,
+                    FetchPartition::default()
+                        .with_partition(partition.partition)
+                        .with_fetch_offset(partition.fetch_offset)
+                        .with_log_start_offset(partition.log_start_offset)
+                        .with_partition_max_bytes(partition.partition_max_bytes),
+                ),
+                Err(code) => split
+                    .errors
+                    .push((topic.topic.0.clone(), partition.partition, code)),
+            }
+        }
+    }
+    let version = context.request.api_version;
+    let mut waiting = tokio::task::JoinSet::new();
+    let mut pending_parts = Vec::new();
+    let timeout = context.backend_timeout(request.max_wait_ms);
+    for (index, part) in split.parts.iter().enumerate() {
+        let sub_request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(request.max_wait_ms)
+            .with_min_bytes(request.min_bytes)
+            .with_max_bytes(request.max_bytes)
+            .with_isolation_level(request.isolation_level)
+            .with_rack_id(request.rack_id.clone())
+            .with_topics(
+                part.topics
+                    .iter()
+                    .map(|(name, _, partitions)| {
+                        FetchTopic::default()
+                            .with_topic(TopicName(StrBytes::from_string(name.clone())))
+                            .with_partitions(partitions.clone())
+                    })
+                    .collect(),
+            );
+        let body = codec::encode_body(&sub_request, version)?;
+        match send_part(context, part.cluster, part.node, Lane::Fetch, body).await {
+            Ok(response) => {
+                waiting.spawn(async move { (index, response.wait(timeout).await) });
+                pending_parts.push(index);
+            }
+            Err(error) => fail_part(context, part, &error, &mut split.errors),
+        }
+    }
+
+    let context = context.clone();
+    Ok(Box::pin(async move {
+        let mut merged = FetchResponse::default();
+        let mut answered = vec![false; split.parts.len()];
+        let mut have_data = false;
+        while !have_data {
+            let Some(joined) = waiting.join_next().await else {
+                break;
+            };
+            let Ok((index, result)) = joined else {
+                continue;
+            };
+            answered[index] = true;
+            have_data |= absorb_fetch(
+                &context,
+                &split.parts[index],
+                result,
+                &mut merged,
+                &mut split.errors,
+            );
+        }
+        // Take whatever else is already in, without waiting for it.
+        while let Some(joined) = waiting.try_join_next() {
+            if let Ok((index, result)) = joined {
+                answered[index] = true;
+                absorb_fetch(
+                    &context,
+                    &split.parts[index],
+                    result,
+                    &mut merged,
+                    &mut split.errors,
+                );
+            }
+        }
+        waiting.abort_all();
+        for (part, _) in split
+            .parts
+            .iter()
+            .zip(&answered)
+            .filter(|(_, done)| !**done)
+        {
+            for (_, client_topic, partitions) in &part.topics {
+                for partition in partitions {
+                    push_fetch_partition(
+                        &mut merged,
+                        client_topic,
+                        PartitionData::default()
+                            .with_partition_index(partition.partition)
+                            .with_high_watermark(-1)
+                            .with_aborted_transactions(None),
+                    );
+                }
+            }
+        }
+        for (topic, partition, code) in split.errors {
+            push_fetch_partition(
+                &mut merged,
+                &topic,
+                PartitionData::default()
+                    .with_partition_index(partition)
+                    .with_error_code(code)
+                    .with_high_watermark(-1)
+                    .with_aborted_transactions(None),
+            );
+        }
+        context.respond(&merged)
+    }))
+}
+
+/// Marks every partition of `part` failed with the error a broker would give.
+fn fail_part<P: PartitionIndex>(
+    context: &Context,
+    part: &SplitPart<P>,
+    error: &BackendError,
+    errors: &mut Vec<(StrBytes, i32, i16)>,
+) {
+    let cluster = context.cluster(part.cluster);
+    tracing::debug!(cluster = %cluster.name, %error, "read from backend failed");
+    for (backend_topic, client_topic, partitions) in &part.topics {
+        cluster.forget_leaders(backend_topic);
+        for partition in partitions {
+            errors.push((
+                client_topic.clone(),
+                partition.index(),
+                error.client_error_code(),
+            ));
+        }
+    }
+}
+
+trait PartitionIndex {
+    fn index(&self) -> i32;
+}
+impl PartitionIndex for FetchPartition {
+    fn index(&self) -> i32 {
+        self.partition
+    }
+}
+impl PartitionIndex for ListOffsetsPartition {
+    fn index(&self) -> i32 {
+        self.partition_index
+    }
+}
+
+/// Adds one broker's fetch answer to `merged`; true if it carried records or errors.
+fn absorb_fetch(
+    context: &Context,
+    part: &SplitPart<FetchPartition>,
+    result: Result<bytes::Bytes, BackendError>,
+    merged: &mut FetchResponse,
+    errors: &mut Vec<(StrBytes, i32, i16)>,
+) -> bool {
+    let response = result.and_then(|body| {
+        decode_body::<FetchResponse>(body, context.request.api_version, "fetch response").map_err(
+            |e| BackendError::Protocol {
+                address: context.cluster(part.cluster).name.clone(),
+                reason: e.to_string().into(),
+            },
+        )
+    });
+    let response = match response {
+        Ok(response) if response.error_code == 0 => response,
+        Ok(response) => {
+            let error = BackendError::Kafka {
+                cluster: context.cluster(part.cluster).name.clone(),
+                what: "Fetch",
+                code: response.error_code,
+            };
+            fail_part(context, part, &error, errors);
+            return true;
+        }
+        Err(error) => {
+            fail_part(context, part, &error, errors);
+            return true;
+        }
+    };
+    merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
+    let cluster = context.cluster(part.cluster);
+    let mut useful = false;
+    for topic in response.responses {
+        let backend_topic = topic.topic.0.as_str();
+        let client_topic = part
+            .topics
+            .iter()
+            .find(|(name, _, _)| name == backend_topic)
+            .map_or_else(|| topic.topic.0.clone(), |(_, client, _)| client.clone());
+        for mut partition in topic.partitions {
+            if is_leadership_error(partition.error_code) {
+                cluster.forget_leaders(backend_topic);
+            }
+            useful |= partition.error_code != 0
+                || partition.records.as_ref().is_some_and(|r| !r.is_empty());
+            partition.preferred_read_replica = BrokerId(-1);
+            partition.current_leader = LeaderIdAndEpoch::default();
+            partition.diverging_epoch = EpochEndOffset::default();
+            partition.snapshot_id = SnapshotId::default();
+            push_fetch_partition(merged, &client_topic, partition);
+        }
+    }
+    useful
+}
+
+fn push_fetch_partition(merged: &mut FetchResponse, topic: &StrBytes, partition: PartitionData) {
+    match merged.responses.iter_mut().find(|t| t.topic.0 == *topic) {
+        Some(existing) => existing.partitions.push(partition),
+        None => merged.responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(topic.clone()))
+                .with_partitions(vec![partition]),
+        ),
+    }
+}
+
+pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, HandlerError> {
+    let request: ListOffsetsRequest = context.request.decode()?;
+    let mut split = Split::new();
+    for topic in &request.topics {
+        for partition in &topic.partitions {
+            match read_target(context, &topic.name.0, partition.partition_index).await {
+                Ok(target) => split.add(
+                    target,
+                    &topic.name.0,
+                    partition.clone().with_current_leader_epoch(-1),
+                ),
+                Err(code) => {
+                    split
+                        .errors
+                        .push((topic.name.0.clone(), partition.partition_index, code))
+                }
+            }
+        }
+    }
+    let version = context.request.api_version;
+    let timeout = context.backend_timeout(request.timeout_ms);
+    let mut sent = Vec::new();
+    for (index, part) in split.parts.iter().enumerate() {
+        let sub_request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(request.isolation_level)
+            .with_timeout_ms(request.timeout_ms)
+            .with_topics(
+                part.topics
+                    .iter()
+                    .map(|(name, _, partitions)| {
+                        ListOffsetsTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(name.clone())))
+                            .with_partitions(partitions.clone())
+                    })
+                    .collect(),
+            );
+        let body = codec::encode_body(&sub_request, version)?;
+        sent.push((
+            index,
+            send_part(context, part.cluster, part.node, Lane::Other, body).await,
+        ));
+    }
+    let context = context.clone();
+    Ok(Box::pin(async move {
+        let mut merged = ListOffsetsResponse::default();
+        for (index, result) in sent {
+            let part = &split.parts[index];
+            let response = match result {
+                Ok(response) => response.wait(timeout).await,
+                Err(error) => Err(error),
+            }
+            .and_then(|body| {
+                decode_body::<ListOffsetsResponse>(body, version, "list offsets response").map_err(
+                    |e| BackendError::Protocol {
+                        address: context.cluster(part.cluster).name.clone(),
+                        reason: e.to_string().into(),
+                    },
+                )
+            });
+            let response = match response {
+                Ok(response) => response,
+                Err(error) => {
+                    fail_part(&context, part, &error, &mut split.errors);
+                    continue;
+                }
+            };
+            merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
+            let cluster = context.cluster(part.cluster);
+            for topic in response.topics {
+                let backend_topic = topic.name.0.as_str();
+                let client_topic = part
+                    .topics
+                    .iter()
+                    .find(|(name, _, _)| name == backend_topic)
+                    .map_or_else(|| topic.name.0.clone(), |(_, client, _)| client.clone());
+                for partition in topic.partitions {
+                    if is_leadership_error(partition.error_code) {
+                        cluster.forget_leaders(backend_topic);
+                    }
+                    push_offsets_partition(
+                        &mut merged,
+                        &client_topic,
+                        partition.with_leader_epoch(-1),
+                    );
+                }
+            }
+        }
+        for (topic, partition, code) in split.errors {
+            push_offsets_partition(
+                &mut merged,
+                &topic,
+                ListOffsetsPartitionResponse::default()
+                    .with_partition_index(partition)
+                    .with_error_code(code)
+                    .with_timestamp(-1)
+                    .with_offset(-1),
+            );
+        }
+        context.respond(&merged)
+    }))
+}
+
+fn push_offsets_partition(
+    merged: &mut ListOffsetsResponse,
+    topic: &StrBytes,
+    partition: ListOffsetsPartitionResponse,
+) {
+    match merged.topics.iter_mut().find(|t| t.name.0 == *topic) {
+        Some(existing) => existing.partitions.push(partition),
+        None => merged.topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(TopicName(topic.clone()))
+                .with_partitions(vec![partition]),
+        ),
+    }
+}

@@ -1,0 +1,331 @@
+//! Everything a client sends to a coordinator or to "any broker": consumer-group and
+//! offset APIs (to the group's cluster, per `[[groups]]`), producer-id and transaction APIs
+//! (to the write cluster's transaction coordinator) and admin APIs (to the write cluster
+//! of the topics they name).
+//!
+//! Invariants:
+//! - Requests are forwarded byte for byte on this client connection's own upstream
+//!   connection to the real coordinator, so a JoinGroup long poll holds only this client's
+//!   connection, as it would going direct.
+//! - A coordinator that answers NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE is forgotten;
+//!   the client's retry (after FindCoordinator, answered by kshift) asks the cluster again.
+//! - Transactions live on the write cluster: a transactional producer's groups should be
+//!   hosted there too (TxnOffsetCommit goes to the write cluster's group coordinator).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, EndTxnRequest, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ResponseKind, SyncGroupRequest,
+    TxnOffsetCommitRequest,
+};
+use kafka_protocol::ResponseError;
+
+use crate::cluster::{BackendError, Cluster, Lane};
+use crate::codec::decode_body;
+use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
+use crate::ClusterId;
+
+/// Key types of FindCoordinator.
+const GROUP: i8 = 0;
+const TRANSACTION: i8 = 1;
+
+/// Routes a request this module serves.
+pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
+    let routing = &context.routing;
+    let client_id = context.client_id();
+    match context.request.api_key {
+        ApiKey::JoinGroup => {
+            let request: JoinGroupRequest = context.request.decode()?;
+            let wait = request.rebalance_timeout_ms.max(request.session_timeout_ms);
+            to_group(context, &request.group_id.0, wait).await
+        }
+        ApiKey::SyncGroup => {
+            let request: SyncGroupRequest = context.request.decode()?;
+            to_group(context, &request.group_id.0, 0).await
+        }
+        ApiKey::Heartbeat => {
+            let request: HeartbeatRequest = context.request.decode()?;
+            to_group(context, &request.group_id.0, 0).await
+        }
+        ApiKey::LeaveGroup => {
+            let request: LeaveGroupRequest = context.request.decode()?;
+            to_group(context, &request.group_id.0, 0).await
+        }
+        ApiKey::OffsetCommit => {
+            let request: OffsetCommitRequest = context.request.decode()?;
+            to_group(context, &request.group_id.0, 0).await
+        }
+        ApiKey::OffsetFetch => {
+            let request: OffsetFetchRequest = context.request.decode()?;
+            to_group(context, &request.group_id.0, 0).await
+        }
+        ApiKey::OffsetDelete => {
+            let request: OffsetDeleteRequest = context.request.decode()?;
+            to_group(context, &request.group_id.0, 0).await
+        }
+        ApiKey::DescribeGroups => {
+            let request: DescribeGroupsRequest = context.request.decode()?;
+            let group = request
+                .groups
+                .first()
+                .map(|g| g.0.to_string())
+                .unwrap_or_default();
+            to_group(context, &group, 0).await
+        }
+        ApiKey::DeleteGroups => {
+            let request: DeleteGroupsRequest = context.request.decode()?;
+            let group = request
+                .groups_names
+                .first()
+                .map(|g| g.0.to_string())
+                .unwrap_or_default();
+            to_group(context, &group, 0).await
+        }
+        ApiKey::ListGroups => list_groups(context).await,
+        ApiKey::TxnOffsetCommit => {
+            let request: TxnOffsetCommitRequest = context.request.decode()?;
+            let cluster = routing.default_write_cluster(client_id);
+            to_coordinator(context, cluster, GROUP, &request.group_id.0, 0).await
+        }
+        ApiKey::InitProducerId => {
+            let request: InitProducerIdRequest = context.request.decode()?;
+            let cluster = routing.default_write_cluster(client_id);
+            match request.transactional_id {
+                Some(id) => to_coordinator(context, cluster, TRANSACTION, &id.0, 0).await,
+                None => to_any_broker(context, cluster).await,
+            }
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let request: AddPartitionsToTxnRequest = context.request.decode()?;
+            let cluster = routing.default_write_cluster(client_id);
+            let id = request.v3_and_below_transactional_id.0;
+            to_coordinator(context, cluster, TRANSACTION, &id, 0).await
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let request: AddOffsetsToTxnRequest = context.request.decode()?;
+            let cluster = routing.default_write_cluster(client_id);
+            to_coordinator(
+                context,
+                cluster,
+                TRANSACTION,
+                &request.transactional_id.0,
+                0,
+            )
+            .await
+        }
+        ApiKey::EndTxn => {
+            let request: EndTxnRequest = context.request.decode()?;
+            let cluster = routing.default_write_cluster(client_id);
+            to_coordinator(
+                context,
+                cluster,
+                TRANSACTION,
+                &request.transactional_id.0,
+                0,
+            )
+            .await
+        }
+        ApiKey::CreateTopics => {
+            let request: CreateTopicsRequest = context.request.decode()?;
+            let topic = request.topics.first().map(|t| t.name.0.to_string());
+            to_admin(context, topic.as_deref()).await
+        }
+        ApiKey::DeleteTopics => {
+            let request: DeleteTopicsRequest = context.request.decode()?;
+            let topic = request
+                .topic_names
+                .first()
+                .map(|t| t.0.to_string())
+                .or_else(|| {
+                    request
+                        .topics
+                        .first()
+                        .and_then(|t| t.name.as_ref())
+                        .map(|n| n.0.to_string())
+                });
+            to_admin(context, topic.as_deref()).await
+        }
+        ApiKey::CreatePartitions => {
+            let request: CreatePartitionsRequest = context.request.decode()?;
+            let topic = request.topics.first().map(|t| t.name.0.to_string());
+            to_admin(context, topic.as_deref()).await
+        }
+        ApiKey::DeleteRecords => {
+            let request: DeleteRecordsRequest = context.request.decode()?;
+            let topic = request.topics.first().map(|t| t.name.0.to_string());
+            to_admin(context, topic.as_deref()).await
+        }
+        ApiKey::DescribeConfigs => {
+            let request: DescribeConfigsRequest = context.request.decode()?;
+            // Resource type 2 is a topic.
+            let topic = request
+                .resources
+                .iter()
+                .find(|r| r.resource_type == 2)
+                .map(|r| r.resource_name.to_string());
+            to_admin(context, topic.as_deref()).await
+        }
+        ApiKey::AlterConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::DescribeAcls
+        | ApiKey::CreateAcls
+        | ApiKey::DeleteAcls => to_admin(context, None).await,
+        other => Ok(Box::pin(async move {
+            Reply::Close(format!("{other:?} is not served"))
+        })),
+    }
+}
+
+/// To the coordinator of `group` on the cluster the `[[groups]]` rules give it.
+async fn to_group(
+    context: &Context,
+    group: &str,
+    requested_wait_ms: i32,
+) -> Result<PendingReply, HandlerError> {
+    let cluster = context.routing.group_cluster(group);
+    to_coordinator(context, cluster, GROUP, group, requested_wait_ms).await
+}
+
+async fn to_coordinator(
+    context: &Context,
+    cluster_id: ClusterId,
+    key_type: i8,
+    key: &str,
+    requested_wait_ms: i32,
+) -> Result<PendingReply, HandlerError> {
+    let cluster = context.cluster(cluster_id).clone();
+    let node = cluster.coordinator(key_type, key).await?;
+    let key = key.to_string();
+    context
+        .forward(cluster_id, node, requested_wait_ms, move |context, body| {
+            if let Some(code) = coordinator_error(context, body) {
+                tracing::debug!(cluster = %cluster.name, key, code, "coordinator moved; forgetting it");
+                cluster.forget_coordinator(key_type, &key);
+            }
+        })
+        .await
+}
+
+/// Admin APIs go to the write cluster of the (first) topic they name, else to the
+/// client's default write cluster; any broker there accepts them.
+async fn to_admin(context: &Context, topic: Option<&str>) -> Result<PendingReply, HandlerError> {
+    let client_id = context.client_id();
+    let cluster = topic
+        .and_then(|topic| context.routing.route(topic, client_id))
+        .map_or_else(
+            || context.routing.default_write_cluster(client_id),
+            |r| r.write,
+        );
+    to_any_broker(context, cluster).await
+}
+
+async fn to_any_broker(
+    context: &Context,
+    cluster: ClusterId,
+) -> Result<PendingReply, HandlerError> {
+    let node = context.cluster(cluster).any_broker().await?;
+    context.forward(cluster, node, 0, |_, _| {}).await
+}
+
+/// ListGroups asks every broker of every cluster that hosts groups, and merges.
+async fn list_groups(context: &Context) -> Result<PendingReply, HandlerError> {
+    let mut sent = Vec::new();
+    for cluster_id in context.routing.group_clusters() {
+        let cluster: Arc<Cluster> = context.cluster(cluster_id).clone();
+        let node = cluster.any_broker().await?;
+        let connection = context.upstream.get(&cluster, node, Lane::Other).await?;
+        let response = connection
+            .send(
+                ApiKey::ListGroups,
+                context.request.api_version,
+                &context.request.client_id,
+                context.request.body.clone(),
+                true,
+            )?
+            .ok_or_else(|| BackendError::Protocol {
+                address: connection.address().clone(),
+                reason: "no response expected".into(),
+            })?;
+        sent.push(response);
+    }
+    let context = context.clone();
+    let timeout = context.backend_timeout(0);
+    Ok(Box::pin(async move {
+        let version = context.request.api_version;
+        let mut merged = ListGroupsResponse::default();
+        for response in sent {
+            let body: Result<Bytes, BackendError> = response.wait(timeout).await;
+            match body.map(|body| {
+                decode_body::<ListGroupsResponse>(body, version, "list groups response")
+            }) {
+                Ok(Ok(response)) => {
+                    merged.throttle_time_ms =
+                        merged.throttle_time_ms.max(response.throttle_time_ms);
+                    if response.error_code != 0 {
+                        merged.error_code = response.error_code;
+                    }
+                    merged.groups.extend(response.groups);
+                }
+                Ok(Err(error)) => return Reply::Close(error.to_string()),
+                Err(error) => {
+                    tracing::debug!(%error, "list groups failed");
+                    merged.error_code = ResponseError::CoordinatorNotAvailable.code();
+                }
+            }
+        }
+        context.respond(&merged)
+    }))
+}
+
+/// The coordinator error in a coordinator's answer, if it says it is not (or not yet)
+/// the coordinator.
+fn coordinator_error(context: &Context, body: &Bytes) -> Option<i16> {
+    let mut body = body.clone();
+    let response = ResponseKind::decode(
+        context.request.api_key,
+        &mut body,
+        context.request.api_version,
+    )
+    .ok()?;
+    let codes: Vec<i16> = match response {
+        ResponseKind::JoinGroup(r) => vec![r.error_code],
+        ResponseKind::SyncGroup(r) => vec![r.error_code],
+        ResponseKind::Heartbeat(r) => vec![r.error_code],
+        ResponseKind::LeaveGroup(r) => vec![r.error_code],
+        ResponseKind::OffsetFetch(r) => vec![r.error_code],
+        ResponseKind::InitProducerId(r) => vec![r.error_code],
+        ResponseKind::AddOffsetsToTxn(r) => vec![r.error_code],
+        ResponseKind::EndTxn(r) => vec![r.error_code],
+        ResponseKind::AddPartitionsToTxn(r) => r
+            .results_by_topic_v3_and_below
+            .iter()
+            .flat_map(|t| {
+                t.results_by_partition
+                    .iter()
+                    .map(|p| p.partition_error_code)
+            })
+            .collect(),
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::TxnOffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::DescribeGroups(r) => r.groups.iter().map(|g| g.error_code).collect(),
+        _ => Vec::new(),
+    };
+    let moved = [
+        ResponseError::NotCoordinator.code(),
+        ResponseError::CoordinatorNotAvailable.code(),
+    ];
+    codes.into_iter().find(|code| moved.contains(code))
+}

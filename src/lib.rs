@@ -1,0 +1,180 @@
+//! kshift: a Kafka-protocol proxy that presents one virtual cluster to unmodified clients
+//! and splits their traffic across backend clusters per a hot-swappable routing table.
+//!
+//! The data's path, module by module:
+//! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each to
+//! - [`client_connection`], one task pair per socket: reads frames ([`codec`]), keeps a
+//!   bounded window of requests in flight and writes responses in request order;
+//! - [`dispatch`] sends each request by api key to its handler:
+//!   - [`virtual_cluster`] answers ApiVersions, Metadata, FindCoordinator and
+//!     DescribeCluster itself, with kshift as the only broker;
+//!   - [`produce`] routes records to the route's write cluster;
+//!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
+//!   - [`groups`] forwards group, offset and transaction APIs to the right coordinator;
+//! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
+//!   coordinator cache) plus the upstream broker connections each client connection owns;
+//! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
+//! - [`config`] parses and validates the TOML configuration.
+
+pub mod client_connection;
+pub mod cluster;
+pub mod codec;
+pub mod config;
+pub mod dispatch;
+pub mod fetch;
+pub mod groups;
+pub mod listener;
+pub mod produce;
+pub mod routing;
+pub mod virtual_cluster;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cluster::{Cluster, ConnectionSettings};
+use config::{parse_host_port, Config, ProxyConfig};
+use routing::{Routing, RoutingTable};
+
+/// Index of a backend cluster in [`ProxyState::clusters`] (clusters sorted by name).
+pub type ClusterId = usize;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// The state every connection shares.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub config: ProxyConfig,
+    /// Backend clusters, indexed by [`ClusterId`].
+    pub clusters: Vec<Arc<Cluster>>,
+    pub routing: Routing,
+    /// The broker kshift presents to clients.
+    pub node: VirtualNode,
+}
+
+/// kshift as a broker: what Metadata and FindCoordinator tell clients.
+#[derive(Debug, Clone)]
+pub struct VirtualNode {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+/// A started proxy.
+pub struct Proxy;
+
+/// A running proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
+pub struct RunningProxy {
+    local_addr: SocketAddr,
+    state: Arc<ProxyState>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds the listener and starts serving. Backends need not be up yet: kshift connects
+    /// to them when the first request needs them.
+    pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
+        config.validate()?;
+        let tcp = tokio::net::TcpListener::bind(&config.proxy.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: config.proxy.listen.clone(),
+                source,
+            })?;
+        let local_addr = tcp.local_addr().map_err(|source| StartError::Bind {
+            address: config.proxy.listen.clone(),
+            source,
+        })?;
+        let node = match &config.proxy.advertised {
+            Some(advertised) => {
+                let (host, port) =
+                    parse_host_port(advertised).map_err(|reason| config::ConfigError::Field {
+                        field: "proxy.advertised".into(),
+                        reason,
+                    })?;
+                VirtualNode {
+                    node_id: config.proxy.node_id,
+                    host,
+                    port: i32::from(port),
+                }
+            }
+            None => VirtualNode {
+                node_id: config.proxy.node_id,
+                host: local_addr.ip().to_string(),
+                port: i32::from(local_addr.port()),
+            },
+        };
+        let settings = ConnectionSettings::from_config(&config.proxy);
+        let names = config.cluster_names();
+        let clusters = names
+            .iter()
+            .enumerate()
+            .map(|(id, name)| {
+                Arc::new(Cluster::new(
+                    id,
+                    name,
+                    config.clusters[name].bootstrap.clone(),
+                    settings,
+                ))
+            })
+            .collect();
+        let table = RoutingTable::build(&config.routing_spec(), &names, 1)
+            .map_err(config::ConfigError::from)?;
+        let state = Arc::new(ProxyState {
+            config: config.proxy.clone(),
+            clusters,
+            routing: Routing::new(table),
+            node,
+        });
+        for cluster in &state.clusters {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                if let Err(error) = cluster.api_versions().await {
+                    tracing::warn!(cluster = %cluster.name, %error, "backend not reachable at start; will retry on demand");
+                }
+            });
+        }
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let listener = tokio::spawn(listener::run(tcp, state.clone(), shutdown_rx));
+        tracing::info!(listen = %local_addr, advertised = %format!("{}:{}", state.node.host, state.node.port), "kshift listening");
+        Ok(RunningProxy {
+            local_addr,
+            state,
+            shutdown,
+            listener,
+        })
+    }
+}
+
+impl RunningProxy {
+    /// The address the Kafka listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The state shared by all connections (routing table, clusters).
+    pub fn state(&self) -> &Arc<ProxyState> {
+        &self.state
+    }
+
+    /// Stops accepting, closes client connections and waits for the listener to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.listener.await;
+    }
+
+    /// Waits until the proxy stops (it runs until [`RunningProxy::shutdown`]).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.listener).await;
+    }
+}

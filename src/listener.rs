@@ -1,0 +1,56 @@
+//! The accept loop: one task per client socket, at most `max_connections` at once.
+//!
+//! Invariants: a connection over the limit is closed right after accept (counted in the
+//! log), never queued; on shutdown the loop stops accepting and every connection task is
+//! told to stop.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use crate::client_connection::ClientConnection;
+use crate::ProxyState;
+
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Permits for client connections: one held by each connection task.
+    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = state.config.max_connections, "connection refused: max_connections reached");
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let connection = ClientConnection::new(state.clone(), peer);
+        let shutdown = shutdown.clone();
+        connections.spawn(
+            async move {
+                connection.run(socket, shutdown).await;
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("client", %peer)),
+        );
+    }
+    connections.shutdown().await;
+}

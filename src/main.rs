@@ -1,0 +1,152 @@
+//! The `kshift` command: parses arguments, loads the configuration, sets up logging and
+//! runs the chosen subcommand. Exit codes: 0 success, 1 runtime failure, 64 bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kshift::config::Config;
+
+/// Exit code for a configuration error (EX_USAGE in sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "kshift",
+    version,
+    about = "Kafka-protocol proxy for zero-downtime cluster migration"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print its routing table.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(config) => {
+                print_routing(&config);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("kshift: {error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("kshift: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let proxy = kshift::Proxy::start(config).await?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
+    tracing::info!("shutting down");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await
+}
+
+fn print_routing(config: &Config) {
+    println!(
+        "config OK: listen {}, {} cluster(s)",
+        config.proxy.listen,
+        config.clusters.len()
+    );
+    for (name, cluster) in &config.clusters {
+        println!("  cluster {name}: {}", cluster.bootstrap.join(", "));
+    }
+    println!("routes (first match wins):");
+    for (i, route) in config.routes.iter().enumerate() {
+        let mirror = if route.mirror.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " mirror={:?} ({:?}, {}%)",
+                route.mirror, route.mirror_mode, route.mirror_percent
+            )
+        };
+        println!(
+            "  [{i}] topics={:?} clients={:?} write={}{} read={} partitioning={:?}",
+            route.topics,
+            route.clients,
+            route.write,
+            mirror,
+            route.read.as_deref().unwrap_or(&route.write),
+            route.partitioning
+        );
+    }
+    println!("groups (first match wins; unmatched groups use the first route's read cluster):");
+    for (i, group) in config.groups.iter().enumerate() {
+        println!(
+            "  [{i}] groups={:?} cluster={}",
+            group.groups, group.cluster
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! The routing table: which backend cluster each topic is written to, mirrored to and read
+//! from, and which cluster hosts each consumer group.
+//!
+//! Invariants:
+//! - A [`RoutingTable`] is immutable and valid as a whole; [`RoutingTable::build`] checks the
+//!   entire table before one exists, and errors name the rule and field (`routes[2].write`).
+//! - The table in force lives in one [`Routing`] (one `ArcSwap`); every request loads it
+//!   once and finishes on that snapshot, so a swap never splits a request across two tables.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use globset::{Glob, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+use crate::ClusterId;
+
+/// A routing table as operators write it (`[[routes]]`, `[[groups]]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSpec {
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+}
+
+/// One `[[routes]]` rule as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Glob on the client-visible topic name.
+    pub topics: String,
+    /// Glob on the client's `client.id`, for per-service rollout.
+    #[serde(default = "match_all")]
+    pub clients: String,
+    /// Cluster whose answer the producer gets.
+    pub write: String,
+    /// Clusters that also receive the produced records.
+    #[serde(default)]
+    pub mirror: Vec<String>,
+    /// `async` never delays the client; `sync` answers after every mirror succeeded.
+    #[serde(default)]
+    pub mirror_mode: MirrorMode,
+    /// Share of records mirrored (0–100), chosen by a hash of the record key.
+    #[serde(default = "full_percent")]
+    pub mirror_percent: u8,
+    /// Cluster serving Fetch and ListOffsets; defaults to `write`.
+    #[serde(default)]
+    pub read: Option<String>,
+    /// How partitions map between clusters.
+    #[serde(default)]
+    pub partitioning: Partitioning,
+    /// Topic name per cluster, where it differs from the client-visible name.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// One `[[groups]]` rule as written.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// Glob on `group.id` (and on `transactional.id`, for transaction coordinators).
+    pub groups: String,
+    /// Cluster hosting these groups and their committed offsets.
+    pub cluster: String,
+}
+
+fn match_all() -> String {
+    "*".to_string()
+}
+fn full_percent() -> u8 {
+    100
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorMode {
+    #[default]
+    Async,
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioning {
+    #[default]
+    Identity,
+    Murmur2,
+}
+
+/// Why a routing table was refused; the message names the rule and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RoutingError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn error(field: String, reason: impl Into<String>) -> RoutingError {
+    RoutingError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A validated route, with its globs compiled and clusters resolved to ids.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the table, used in logs and metric labels (`routes[3]`).
+    pub index: usize,
+    topics: GlobMatcher,
+    clients: GlobMatcher,
+    pub write: ClusterId,
+    pub mirror: Vec<ClusterId>,
+    pub mirror_mode: MirrorMode,
+    pub mirror_percent: u8,
+    pub read: ClusterId,
+    pub partitioning: Partitioning,
+    /// Topic name per cluster id, where it differs from the client-visible name.
+    rename: BTreeMap<ClusterId, String>,
+}
+
+impl Route {
+    /// The topic's name on `cluster`.
+    pub fn topic_on<'a>(&'a self, cluster: ClusterId, topic: &'a str) -> &'a str {
+        self.rename.get(&cluster).map_or(topic, String::as_str)
+    }
+}
+
+#[derive(Debug)]
+struct GroupRule {
+    groups: GlobMatcher,
+    cluster: ClusterId,
+}
+
+/// One immutable, validated routing table.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Increases on every swap; shown by `/routes` and in logs.
+    pub version: u64,
+    /// What the table was built from, for display and rollback.
+    pub spec: RoutingSpec,
+    routes: Vec<Route>,
+    groups: Vec<GroupRule>,
+    /// Cluster for groups no `[[groups]]` rule matches: the first route's read cluster.
+    default_group_cluster: ClusterId,
+}
+
+impl RoutingTable {
+    /// Validates `spec` against the configured cluster names and compiles it.
+    pub fn build(
+        spec: &RoutingSpec,
+        clusters: &[String],
+        version: u64,
+    ) -> Result<RoutingTable, RoutingError> {
+        let cluster_id = |field: String, name: &str| -> Result<ClusterId, RoutingError> {
+            clusters.iter().position(|c| c == name).ok_or_else(|| {
+                error(
+                    field,
+                    format!(
+                        "unknown cluster {name:?} (configured: {})",
+                        clusters.join(", ")
+                    ),
+                )
+            })
+        };
+        if spec.routes.is_empty() {
+            return Err(error(
+                "routes".into(),
+                "at least one [[routes]] rule is required",
+            ));
+        }
+        let mut routes = Vec::with_capacity(spec.routes.len());
+        for (index, rule) in spec.routes.iter().enumerate() {
+            let field = |name: &str| format!("routes[{index}].{name}");
+            let topics = compile_glob(field("topics"), &rule.topics)?;
+            let clients = compile_glob(field("clients"), &rule.clients)?;
+            let write = cluster_id(field("write"), &rule.write)?;
+            let read = match &rule.read {
+                Some(name) => cluster_id(field("read"), name)?,
+                None => write,
+            };
+            let mut mirror = Vec::with_capacity(rule.mirror.len());
+            for (i, name) in rule.mirror.iter().enumerate() {
+                let id = cluster_id(format!("routes[{index}].mirror[{i}]"), name)?;
+                if id == write {
+                    return Err(error(
+                        format!("routes[{index}].mirror[{i}]"),
+                        format!(
+                            "{name:?} is this route's write cluster; it cannot also be its mirror"
+                        ),
+                    ));
+                }
+                if mirror.contains(&id) {
+                    return Err(error(
+                        format!("routes[{index}].mirror[{i}]"),
+                        format!("{name:?} is listed twice"),
+                    ));
+                }
+                mirror.push(id);
+            }
+            if rule.mirror_percent > 100 {
+                return Err(error(
+                    field("mirror_percent"),
+                    format!("{} is outside 0–100", rule.mirror_percent),
+                ));
+            }
+            if rule.mirror_mode == MirrorMode::Sync && mirror.is_empty() {
+                return Err(error(
+                    field("mirror_mode"),
+                    "\"sync\" needs at least one cluster in `mirror`",
+                ));
+            }
+            let mut rename = BTreeMap::new();
+            for (name, topic) in &rule.rename {
+                let id = cluster_id(format!("routes[{index}].rename.{name}"), name)?;
+                if topic.is_empty() || topic.len() > 249 {
+                    return Err(error(
+                        format!("routes[{index}].rename.{name}"),
+                        "a topic name has 1 to 249 characters",
+                    ));
+                }
+                rename.insert(id, topic.clone());
+            }
+            if let Some(earlier) = spec.routes[..index].iter().position(|earlier| {
+                is_match_all(&earlier.topics) && is_match_all(&earlier.clients)
+                    || earlier.topics == rule.topics && earlier.clients == rule.clients
+                    || is_match_all(&earlier.clients) && earlier.topics == rule.topics
+                    || is_match_all(&earlier.topics) && earlier.clients == rule.clients
+            }) {
+                return Err(error(
+                    format!("routes[{index}]"),
+                    format!("can never match: routes[{earlier}] matches every topic and client it would"),
+                ));
+            }
+            routes.push(Route {
+                index,
+                topics,
+                clients,
+                write,
+                mirror,
+                mirror_mode: rule.mirror_mode,
+                mirror_percent: rule.mirror_percent,
+                read,
+                partitioning: rule.partitioning,
+                rename,
+            });
+        }
+        let mut groups = Vec::with_capacity(spec.groups.len());
+        for (index, rule) in spec.groups.iter().enumerate() {
+            let matcher = compile_glob(format!("groups[{index}].groups"), &rule.groups)?;
+            let cluster = cluster_id(format!("groups[{index}].cluster"), &rule.cluster)?;
+            if let Some(earlier) = spec.groups[..index]
+                .iter()
+                .position(|earlier| is_match_all(&earlier.groups) || earlier.groups == rule.groups)
+            {
+                return Err(error(
+                    format!("groups[{index}]"),
+                    format!("can never match: groups[{earlier}] matches every group it would"),
+                ));
+            }
+            groups.push(GroupRule {
+                groups: matcher,
+                cluster,
+            });
+        }
+        let default_group_cluster = routes[0].read;
+        Ok(RoutingTable {
+            version,
+            spec: spec.clone(),
+            routes,
+            groups,
+            default_group_cluster,
+        })
+    }
+
+    /// The first route matching `topic` for `client_id`, if any.
+    pub fn route(&self, topic: &str, client_id: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|route| route.topics.is_match(topic) && route.clients.is_match(client_id))
+    }
+
+    /// The cluster hosting group (or transactional id) `group`.
+    pub fn group_cluster(&self, group: &str) -> ClusterId {
+        self.groups
+            .iter()
+            .find(|rule| rule.groups.is_match(group))
+            .map_or(self.default_group_cluster, |rule| rule.cluster)
+    }
+
+    /// The write cluster for requests that name no topic (InitProducerId without a
+    /// transactional id): that of the first route this client can match.
+    pub fn default_write_cluster(&self, client_id: &str) -> ClusterId {
+        self.routes
+            .iter()
+            .find(|route| route.clients.is_match(client_id))
+            .unwrap_or(&self.routes[0])
+            .write
+    }
+
+    /// Every cluster that serves reads for some route.
+    pub fn read_clusters(&self) -> Vec<ClusterId> {
+        let mut clusters: Vec<ClusterId> = self.routes.iter().map(|r| r.read).collect();
+        clusters.sort_unstable();
+        clusters.dedup();
+        clusters
+    }
+
+    /// Every cluster hosting some groups.
+    pub fn group_clusters(&self) -> Vec<ClusterId> {
+        let mut clusters: Vec<ClusterId> = self.groups.iter().map(|g| g.cluster).collect();
+        clusters.push(self.default_group_cluster);
+        clusters.sort_unstable();
+        clusters.dedup();
+        clusters
+    }
+}
+
+fn is_match_all(glob: &str) -> bool {
+    !glob.is_empty() && glob.chars().all(|c| c == '*')
+}
+
+fn compile_glob(field: String, pattern: &str) -> Result<GlobMatcher, RoutingError> {
+    if pattern.is_empty() {
+        return Err(error(field, "empty glob; use \"*\" to match everything"));
+    }
+    Glob::new(pattern)
+        .map(|glob| glob.compile_matcher())
+        .map_err(|e| error(field, format!("invalid glob {pattern:?}: {e}")))
+}
+
+/// The routing table in force: one snapshot behind one `ArcSwap`.
+#[derive(Debug)]
+pub struct Routing {
+    /// Swapped whole; readers take a snapshot with [`Routing::load`] once per request.
+    current: ArcSwap<RoutingTable>,
+}
+
+impl Routing {
+    pub fn new(table: RoutingTable) -> Routing {
+        Routing {
+            current: ArcSwap::from_pointee(table),
+        }
+    }
+
+    /// The table in force. Hold it for the whole request.
+    pub fn load(&self) -> Arc<RoutingTable> {
+        self.current.load_full()
+    }
+
+    /// Puts `table` in force; requests already running finish on the table they loaded.
+    pub fn store(&self, table: RoutingTable) {
+        self.current.store(Arc::new(table));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clusters() -> Vec<String> {
+        vec!["new".to_string(), "old".to_string()]
+    }
+
+    fn spec(toml_text: &str) -> RoutingSpec {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    fn build(toml_text: &str) -> Result<RoutingTable, RoutingError> {
+        RoutingTable::build(&spec(toml_text), &clusters(), 1)
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let table = build(
+            r#"
+            [[routes]]
+            topics = "orders.*"
+            clients = "billing-*"
+            write = "new"
+            [[routes]]
+            topics = "*"
+            write = "old"
+            read = "new"
+            "#,
+        )
+        .unwrap();
+        let route = table.route("orders.eu", "billing-7").unwrap();
+        assert_eq!((route.index, route.write, route.read), (0, 0, 0));
+        let route = table.route("orders.eu", "shop").unwrap();
+        assert_eq!((route.index, route.write, route.read), (1, 1, 0));
+    }
+
+    #[test]
+    fn unmatched_topic_has_no_route() {
+        let table = build("[[routes]]\ntopics = \"orders\"\nwrite = \"old\"").unwrap();
+        assert!(table.route("payments", "any").is_none());
+    }
+
+    #[test]
+    fn groups_default_to_first_route_read_cluster() {
+        let table = build(
+            r#"
+            [[routes]]
+            topics = "*"
+            write = "old"
+            read = "new"
+            [[groups]]
+            groups = "legacy-*"
+            cluster = "old"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(table.group_cluster("legacy-app"), 1);
+        assert_eq!(table.group_cluster("app"), 0);
+    }
+
+    #[test]
+    fn rename_maps_per_cluster() {
+        let table = build(
+            r#"
+            [[routes]]
+            topics = "orders"
+            write = "old"
+            mirror = ["new"]
+            rename = { new = "orders.v2" }
+            "#,
+        )
+        .unwrap();
+        let route = table.route("orders", "x").unwrap();
+        assert_eq!(route.topic_on(0, "orders"), "orders.v2");
+        assert_eq!(route.topic_on(1, "orders"), "orders");
+    }
+
+    fn rejected(toml_text: &str) -> String {
+        build(toml_text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn invalid_tables_name_rule_and_field() {
+        let unknown = rejected("[[routes]]\ntopics = \"*\"\nwrite = \"neww\"");
+        assert!(
+            unknown.starts_with("routes[0].write: unknown cluster \"neww\""),
+            "{unknown}"
+        );
+
+        let own_mirror =
+            rejected("[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"old\"]");
+        assert!(
+            own_mirror.starts_with("routes[0].mirror[0]"),
+            "{own_mirror}"
+        );
+
+        let percent = rejected(
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_percent = 101",
+        );
+        assert!(percent.starts_with("routes[0].mirror_percent"), "{percent}");
+
+        let sync = rejected("[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror_mode = \"sync\"");
+        assert!(sync.starts_with("routes[0].mirror_mode"), "{sync}");
+
+        let glob = rejected("[[routes]]\ntopics = \"orders[\"\nwrite = \"old\"");
+        assert!(glob.starts_with("routes[0].topics: invalid glob"), "{glob}");
+
+        let shadowed = rejected(
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n[[routes]]\ntopics = \"orders\"\nwrite = \"new\"",
+        );
+        assert!(
+            shadowed.starts_with("routes[1]: can never match: routes[0]"),
+            "{shadowed}"
+        );
+
+        let empty = rejected("");
+        assert!(empty.starts_with("routes:"), "{empty}");
+
+        let group = rejected(
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"gone\"",
+        );
+        assert!(group.starts_with("groups[0].cluster"), "{group}");
+    }
+
+    #[test]
+    fn narrower_rule_after_wider_clients_is_allowed() {
+        build(
+            "[[routes]]\ntopics = \"orders\"\nclients = \"a*\"\nwrite = \"old\"\n[[routes]]\ntopics = \"orders\"\nwrite = \"new\"",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn swap_keeps_old_snapshot_alive_for_running_requests() {
+        let routing = Routing::new(build("[[routes]]\ntopics = \"*\"\nwrite = \"old\"").unwrap());
+        let held = routing.load();
+        let next = RoutingTable::build(
+            &spec("[[routes]]\ntopics = \"*\"\nwrite = \"new\""),
+            &clusters(),
+            2,
+        )
+        .unwrap();
+        routing.store(next);
+        assert_eq!(held.route("t", "c").unwrap().write, 1);
+        assert_eq!(routing.load().route("t", "c").unwrap().write, 0);
+        assert_eq!(routing.load().version, 2);
+    }
+}
