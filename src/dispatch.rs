@@ -145,7 +145,10 @@ impl Context {
     /// (which every client treats as retriable).
     pub fn error_reply(&self, error: &HandlerError) -> Reply {
         let code = match error {
-            HandlerError::Malformed(error) => return Reply::Close(error.to_string()),
+            HandlerError::Malformed(error) => {
+                tracing::info!(api = ?self.request.api_key, %error, "closing client connection: malformed request");
+                return Reply::Close(error.to_string());
+            }
             HandlerError::Backend(error) => {
                 tracing::debug!(api = ?self.request.api_key, %error, "backend failed");
                 match error {
