@@ -11,6 +11,8 @@
 //! - Every partition the client sent appears in the answer: with the broker's result, or
 //!   with the retriable error a broker would give when its backend could not be reached.
 
+pub mod batch;
+
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};

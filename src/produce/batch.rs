@@ -1,0 +1,281 @@
+//! Record batches (magic 2) as bytes: walking the batches of a produce partition, and
+//! rewriting a batch for a mirror cluster, plus the Java client's murmur2 partitioner.
+//!
+//! Layout of a v2 batch header (offsets in bytes):
+//! `0 baseOffset i64 · 8 batchLength i32 · 12 partitionLeaderEpoch i32 · 16 magic i8 ·
+//! 17 crc u32 · 21 attributes i16 · 23 lastOffsetDelta i32 · 27 baseTimestamp i64 ·
+//! 35 maxTimestamp i64 · 43 producerId i64 · 51 producerEpoch i16 · 53 baseSequence i32 ·
+//! 57 recordCount i32 · 61 records…`. The CRC-32C covers `attributes` to the end, so
+//! changing the producer identity means recomputing it; base offset, length and leader
+//! epoch sit outside it.
+//!
+//! Invariant: nothing here panics on bytes from the network; a malformed batch is an error.
+
+use bytes::{Bytes, BytesMut};
+
+const HEADER_LEN: usize = 61;
+const MAGIC_OFFSET: usize = 16;
+const CRC_OFFSET: usize = 17;
+const ATTRIBUTES_OFFSET: usize = 21;
+const PRODUCER_ID_OFFSET: usize = 43;
+const PRODUCER_EPOCH_OFFSET: usize = 51;
+const BASE_SEQUENCE_OFFSET: usize = 53;
+const RECORD_COUNT_OFFSET: usize = 57;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("record batch truncated: {0}")]
+    Truncated(&'static str),
+    #[error("record batch magic {0} is not supported (only v2)")]
+    Magic(i8),
+}
+
+/// One record batch, still encoded.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    bytes: Bytes,
+}
+
+impl Batch {
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    fn i16_at(&self, offset: usize) -> i16 {
+        i16::from_be_bytes([self.bytes[offset], self.bytes[offset + 1]])
+    }
+
+    fn i32_at(&self, offset: usize) -> i32 {
+        let b = &self.bytes[offset..offset + 4];
+        i32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    pub fn record_count(&self) -> i32 {
+        self.i32_at(RECORD_COUNT_OFFSET)
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.i16_at(ATTRIBUTES_OFFSET) & TRANSACTIONAL_BIT != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.i16_at(ATTRIBUTES_OFFSET) & CONTROL_BIT != 0
+    }
+
+    /// The batch as kshift's own producer sends it to a mirror: kshift's producer id,
+    /// epoch and sequence, not transactional (only committed records are mirrored), base
+    /// offset 0, no leader epoch; CRC recomputed.
+    pub fn for_mirror(&self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Bytes {
+        let mut bytes = BytesMut::from(&self.bytes[..]);
+        bytes[0..8].copy_from_slice(&0i64.to_be_bytes());
+        bytes[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+        let attributes = self.i16_at(ATTRIBUTES_OFFSET) & !TRANSACTIONAL_BIT;
+        bytes[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+        bytes[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8]
+            .copy_from_slice(&producer_id.to_be_bytes());
+        bytes[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
+            .copy_from_slice(&producer_epoch.to_be_bytes());
+        bytes[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+            .copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[ATTRIBUTES_OFFSET..]);
+        bytes[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        bytes.freeze()
+    }
+
+    /// True when the stored CRC matches the contents.
+    pub fn crc_is_valid(&self) -> bool {
+        let stored = u32::from_be_bytes([
+            self.bytes[CRC_OFFSET],
+            self.bytes[CRC_OFFSET + 1],
+            self.bytes[CRC_OFFSET + 2],
+            self.bytes[CRC_OFFSET + 3],
+        ]);
+        stored == crc32c::crc32c(&self.bytes[ATTRIBUTES_OFFSET..])
+    }
+}
+
+/// Splits the records of one produce partition into its batches (zero-copy slices).
+pub fn split_batches(mut records: Bytes) -> Result<Vec<Batch>, BatchError> {
+    let mut batches = Vec::new();
+    while !records.is_empty() {
+        if records.len() < HEADER_LEN {
+            return Err(BatchError::Truncated("header"));
+        }
+        let length = i32::from_be_bytes([records[8], records[9], records[10], records[11]]);
+        let total = usize::try_from(length)
+            .ok()
+            .and_then(|length| length.checked_add(12))
+            .filter(|total| *total >= HEADER_LEN && *total <= records.len())
+            .ok_or(BatchError::Truncated("batch length"))?;
+        let magic = records[MAGIC_OFFSET] as i8;
+        if magic != 2 {
+            return Err(BatchError::Magic(magic));
+        }
+        batches.push(Batch {
+            bytes: records.split_to(total),
+        });
+    }
+    Ok(batches)
+}
+
+/// Kafka's murmur2 hash, as `org.apache.kafka.common.utils.Utils.murmur2`.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition the Java client's default partitioner gives a keyed record.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    if partitions <= 0 {
+        return 0;
+    }
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Vectors from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
+
+    fn encoded(count: usize, transactional: bool) -> Bytes {
+        let records: Vec<Record> = (0..count)
+            .map(|i| Record {
+                transactional,
+                control: false,
+                partition_leader_epoch: 7,
+                producer_id: 42,
+                producer_epoch: 3,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: 100 + i as i32,
+                timestamp: 1_700_000_000_000,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("v{i}"))),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::Lz4,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn mirror_rewrite_changes_identity_and_keeps_records() {
+        let source = encoded(3, true);
+        let batches = split_batches(source).unwrap();
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        assert!(batch.is_transactional());
+        assert!(batch.crc_is_valid());
+        assert_eq!(batch.record_count(), 3);
+
+        let rewritten = batch.for_mirror(9000, 1, 55);
+        let mirrored = &split_batches(rewritten.clone()).unwrap()[0];
+        assert!(mirrored.crc_is_valid());
+        assert!(!mirrored.is_transactional());
+        let mut buf = rewritten;
+        let set = RecordBatchDecoder::decode(&mut buf).unwrap();
+        assert_eq!(set.records.len(), 3);
+        assert_eq!(set.records[0].producer_id, 9000);
+        assert_eq!(set.records[0].producer_epoch, 1);
+        assert_eq!(set.records[0].sequence, 55);
+        assert_eq!(set.records[2].sequence, 57);
+        assert_eq!(set.records[2].value.as_deref(), Some(&b"v2"[..]));
+        assert_eq!(set.records[0].partition_leader_epoch, -1);
+    }
+
+    #[test]
+    fn several_batches_split_and_bad_lengths_are_errors() {
+        let mut two = BytesMut::from(&encoded(2, false)[..]);
+        two.extend_from_slice(&encoded(1, false));
+        let batches = split_batches(two.freeze()).unwrap();
+        assert_eq!(
+            batches.iter().map(Batch::record_count).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+
+        let whole = encoded(1, false);
+        assert_eq!(
+            split_batches(whole.slice(..whole.len() - 1)).unwrap_err(),
+            BatchError::Truncated("batch length")
+        );
+        assert_eq!(
+            split_batches(whole.slice(..20)).unwrap_err(),
+            BatchError::Truncated("header")
+        );
+        let mut negative = BytesMut::from(&whole[..]);
+        negative[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(split_batches(negative.freeze()).is_err());
+        let mut magic = BytesMut::from(&whole[..]);
+        magic[16] = 1;
+        assert_eq!(
+            split_batches(magic.freeze()).unwrap_err(),
+            BatchError::Magic(1)
+        );
+    }
+
+    #[test]
+    fn keyed_partitioning_matches_the_java_default() {
+        // Utils.toPositive(murmur2("foobar")) % 3 etc., computed from the vectors above.
+        assert_eq!(
+            partition_for_key(b"foobar", 3),
+            (-790332482i32 & 0x7fffffff) % 3
+        );
+        assert_eq!(partition_for_key(b"abc", 5), 479470107 % 5);
+        assert_eq!(partition_for_key(b"abc", 0), 0);
+    }
+}
