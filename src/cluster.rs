@@ -387,6 +387,22 @@ impl Cluster {
         Ok(self.cached_leader(topic, partition))
     }
 
+    /// The number of partitions of `topic`, `Ok(None)` when the cluster has no such topic.
+    pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, BackendError> {
+        if let Some(count) = self.cached_partition_count(topic) {
+            return Ok(Some(count));
+        }
+        self.metadata(Some(&[topic.to_string()]), false).await?;
+        Ok(self.cached_partition_count(topic))
+    }
+
+    fn cached_partition_count(&self, topic: &str) -> Option<i32> {
+        let state = read(&self.state);
+        let leaders = state.topics.get(topic)?;
+        (leaders.fetched_at.elapsed() <= self.settings.metadata_max_age)
+            .then(|| i32::try_from(leaders.leaders.len()).unwrap_or(i32::MAX))
+    }
+
     fn cached_leader(&self, topic: &str, partition: i32) -> Option<i32> {
         let state = read(&self.state);
         let leaders = state.topics.get(topic)?;
@@ -471,6 +487,18 @@ impl Cluster {
             .insert(node, format!("{}:{}", host.as_str(), port).into());
         lock(&self.coordinators).insert((key_type, key.to_string()), node);
         Ok(node)
+    }
+
+    /// Sends an admin request (CreateTopics, …) to any broker over the control connection
+    /// and returns the raw answer.
+    pub async fn admin_request<M: kafka_protocol::protocol::Encodable>(
+        &self,
+        api_key: ApiKey,
+        version: i16,
+        request: &M,
+    ) -> Result<Bytes, BackendError> {
+        let body = self.encode(request, version)?;
+        self.control_request(api_key, version, body).await
     }
 
     /// Forgets a coordinator after the broker said it is not (or no longer) it.

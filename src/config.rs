@@ -125,6 +125,15 @@ fn default_metadata_max_age_ms() -> u64 {
 pub struct ClusterConfig {
     /// Bootstrap brokers, `host:port` each.
     pub bootstrap: Vec<String>,
+    /// Bytes of records waiting to be mirrored to this cluster; when full, `async` routes
+    /// drop (and count, and log) what does not fit and `sync` routes fail the produce with
+    /// a retriable error.
+    #[serde(default = "default_mirror_queue_bytes")]
+    pub mirror_queue_bytes: usize,
+}
+
+fn default_mirror_queue_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 impl Config {
@@ -205,6 +214,12 @@ impl Config {
                 return Err(ConfigError::field(
                     format!("clusters.{name}.bootstrap"),
                     "must list at least one host:port",
+                ));
+            }
+            if cluster.mirror_queue_bytes == 0 {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.mirror_queue_bytes"),
+                    "must be at least 1",
                 ));
             }
             for (i, address) in cluster.bootstrap.iter().enumerate() {

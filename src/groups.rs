@@ -18,11 +18,12 @@ use bytes::Bytes;
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, CreatePartitionsRequest,
     CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, EndTxnRequest, HeartbeatRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, EndTxnRequest, EndTxnResponse, HeartbeatRequest,
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsResponse,
     OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, ResponseKind, SyncGroupRequest,
-    TxnOffsetCommitRequest,
+    TopicName, TxnOffsetCommitRequest,
 };
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::cluster::{BackendError, Cluster, Lane};
@@ -96,7 +97,12 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
             let request: InitProducerIdRequest = context.request.decode()?;
             let cluster = routing.default_write_cluster(client_id);
             match request.transactional_id {
-                Some(id) => to_coordinator(context, cluster, TRANSACTION, &id.0, 0).await,
+                Some(id) => {
+                    // A new producer instance fences the old one: its open transaction
+                    // will be aborted, so its records must never reach a mirror.
+                    context.state.mirrors.end_transaction(id.0.as_str(), false);
+                    to_coordinator(context, cluster, TRANSACTION, &id.0, 0).await
+                }
                 None => to_any_broker(context, cluster).await,
             }
         }
@@ -121,17 +127,35 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         ApiKey::EndTxn => {
             let request: EndTxnRequest = context.request.decode()?;
             let cluster = routing.default_write_cluster(client_id);
-            to_coordinator(
-                context,
-                cluster,
-                TRANSACTION,
-                &request.transactional_id.0,
-                0,
-            )
-            .await
+            let id = request.transactional_id.0.to_string();
+            let pending = to_coordinator(context, cluster, TRANSACTION, &id, 0).await?;
+            let context = context.clone();
+            Ok(Box::pin(async move {
+                let reply = pending.await;
+                // Release (commit) or discard (abort) the held mirror records once the
+                // coordinator has accepted the outcome.
+                if let Reply::Frame(chunks) = &reply {
+                    let ended = chunks.last().and_then(|body| {
+                        decode_body::<EndTxnResponse>(
+                            body.clone(),
+                            context.request.api_version,
+                            "EndTxn response",
+                        )
+                        .ok()
+                    });
+                    if ended.is_some_and(|r| r.error_code == 0) {
+                        context
+                            .state
+                            .mirrors
+                            .end_transaction(&id, request.committed);
+                    }
+                }
+                reply
+            }))
         }
         ApiKey::CreateTopics => {
             let request: CreateTopicsRequest = context.request.decode()?;
+            create_on_mirrors(context, &request);
             let topic = request.topics.first().map(|t| t.name.0.to_string());
             to_admin(context, topic.as_deref()).await
         }
@@ -178,6 +202,43 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         other => Ok(Box::pin(async move {
             Reply::Close(format!("{other:?} is not served"))
         })),
+    }
+}
+
+/// Creates the topics of a CreateTopics request on their routes' mirror clusters too, under
+/// their names there (in the background; the client gets the write cluster's answer).
+fn create_on_mirrors(context: &Context, request: &CreateTopicsRequest) {
+    if request.validate_only {
+        return;
+    }
+    let client_id = context.client_id();
+    let mut per_cluster: Vec<(ClusterId, CreateTopicsRequest)> = Vec::new();
+    for topic in &request.topics {
+        let Some(route) = context.routing.route(&topic.name.0, client_id) else {
+            continue;
+        };
+        for &mirror in &route.mirror {
+            let mut renamed = topic.clone();
+            renamed.name = TopicName(StrBytes::from_string(
+                route.topic_on(mirror, &topic.name.0).to_string(),
+            ));
+            match per_cluster.iter_mut().find(|(id, _)| *id == mirror) {
+                Some((_, mirror_request)) => mirror_request.topics.push(renamed),
+                None => per_cluster.push((mirror, request.clone().with_topics(vec![renamed]))),
+            }
+        }
+    }
+    for (mirror, mirror_request) in per_cluster {
+        let cluster = context.cluster(mirror).clone();
+        let version = context.request.api_version;
+        tokio::spawn(async move {
+            if let Err(error) = cluster
+                .admin_request(ApiKey::CreateTopics, version, &mirror_request)
+                .await
+            {
+                tracing::warn!(cluster = %cluster.name, %error, "creating topics on mirror failed");
+            }
+        });
     }
 }
 

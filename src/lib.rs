@@ -57,6 +57,8 @@ pub struct ProxyState {
     /// Backend clusters, indexed by [`ClusterId`].
     pub clusters: Vec<Arc<Cluster>>,
     pub routing: Routing,
+    /// Mirror queues and writers (one per cluster), the offset map, held transactions.
+    pub mirrors: Arc<produce::mirror::Mirrors>,
     /// The broker kshift presents to clients.
     pub node: VirtualNode,
 }
@@ -116,7 +118,7 @@ impl Proxy {
         };
         let settings = ConnectionSettings::from_config(&config.proxy);
         let names = config.cluster_names();
-        let clusters = names
+        let clusters: Vec<Arc<Cluster>> = names
             .iter()
             .enumerate()
             .map(|(id, name)| {
@@ -130,8 +132,14 @@ impl Proxy {
             .collect();
         let table = RoutingTable::build(&config.routing_spec(), &names, 1)
             .map_err(config::ConfigError::from)?;
+        let queue_limits: Vec<usize> = names
+            .iter()
+            .map(|name| config.clusters[name].mirror_queue_bytes)
+            .collect();
+        let mirrors = produce::mirror::Mirrors::start(&clusters, &queue_limits);
         let state = Arc::new(ProxyState {
             config: config.proxy.clone(),
+            mirrors,
             clusters,
             routing: Routing::new(table),
             node,

@@ -12,6 +12,11 @@
 //!   with the retriable error a broker would give when its backend could not be reached.
 
 pub mod batch;
+pub mod mirror;
+pub mod offset_map;
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -23,7 +28,10 @@ use kafka_protocol::ResponseError;
 use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
 use crate::codec::{self, decode_body};
 use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
+use crate::routing::MirrorMode;
 use crate::ClusterId;
+use mirror::MirrorItem;
+use tokio::sync::oneshot;
 
 /// The partitions of one request that go to one broker.
 struct Part {
@@ -64,11 +72,23 @@ struct LocalError {
     code: i16,
 }
 
+/// Mirror bookkeeping of one partition of the request.
+struct MirroredPartition {
+    topic: StrBytes,
+    partition: i32,
+    /// Told the write cluster's base offset (or `None` on failure), one per mirror item.
+    written: Vec<oneshot::Sender<Option<i64>>>,
+    /// `sync` routes: one per mirror cluster; `Err` when a mirror failed or refused.
+    mirrored: Vec<oneshot::Receiver<Result<(), String>>>,
+    refused: bool,
+}
+
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
     let request: ProduceRequest = context.request.decode()?;
     let client_id = context.client_id();
     let mut parts: Vec<Part> = Vec::new();
     let mut errors = Vec::new();
+    let mut mirrored = Vec::new();
     let mut renamed = false;
     for topic in request.topic_data.iter() {
         let client_name = &topic.name.0;
@@ -106,6 +126,18 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
                     continue;
                 }
             };
+            if !route.mirror.is_empty() && route.mirror_percent > 0 {
+                if let Some(records) = &partition.records {
+                    mirrored.push(plan_mirror(
+                        context,
+                        &request,
+                        route,
+                        client_name,
+                        partition.index,
+                        records,
+                    ));
+                }
+            }
             let part = match parts
                 .iter()
                 .position(|p| p.cluster == route.write && p.node == node)
@@ -118,15 +150,24 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
                         topics: Vec::new(),
                         names: Vec::new(),
                     });
-                    parts.last_mut().expect("just pushed")
+                    let last = parts.len() - 1;
+                    &mut parts[last]
                 }
             };
             part.push(backend_name, client_name, partition.clone());
         }
     }
 
-    let passthrough = parts.len() == 1 && errors.is_empty() && !renamed;
-    let expect_response = request.acks != 0;
+    // An acks=0 request that is mirrored is written with acks=1: kshift needs the write
+    // offsets to mirror in order. The client still gets no answer.
+    let client_expects_answer = request.acks != 0;
+    let upstream_acks = if !client_expects_answer && !mirrored.is_empty() {
+        1
+    } else {
+        request.acks
+    };
+    let passthrough =
+        parts.len() == 1 && errors.is_empty() && !renamed && upstream_acks == request.acks;
     let mut sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)> = Vec::new();
     for part in parts {
         let body = if passthrough {
@@ -134,107 +175,227 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         } else {
             let sub_request = ProduceRequest::default()
                 .with_transactional_id(request.transactional_id.clone())
-                .with_acks(request.acks)
+                .with_acks(upstream_acks)
                 .with_timeout_ms(request.timeout_ms)
                 .with_topic_data(part.topics.clone());
             codec::encode_body(&sub_request, context.request.api_version)?
         };
-        let result = send(context, &part, body, expect_response).await;
+        let result = send(context, &part, body, upstream_acks != 0).await;
         sent.push((part, result));
     }
-    if !expect_response {
-        for (part, result) in &sent {
-            if let Err(error) = result {
-                tracing::debug!(%error, node = part.node, "acks=0 produce not delivered");
-            }
-        }
-        return Ok(Box::pin(async { Reply::None }));
-    }
-
     let context = context.clone();
     let timeout = context.backend_timeout(request.timeout_ms);
+    let completion = complete(
+        context.clone(),
+        sent,
+        errors,
+        mirrored,
+        passthrough,
+        timeout,
+    );
+    if !client_expects_answer {
+        tokio::spawn(completion);
+        return Ok(Box::pin(async { Reply::None }));
+    }
     Ok(Box::pin(async move {
-        let mut merged = ProduceResponse::default();
-        for (part, result) in sent {
-            let cluster = context.cluster(part.cluster).clone();
-            let response = match result {
-                Ok(Some(response)) => response.wait(timeout).await,
-                Ok(None) => unreachable_no_response(&part),
-                Err(error) => Err(error),
-            };
-            let body = match response {
-                Ok(body) => body,
-                Err(error) => {
-                    tracing::debug!(cluster = %cluster.name, %error, "produce failed");
-                    for (backend_name, _) in &part.names {
-                        cluster.forget_leaders(backend_name);
-                    }
-                    for (topic, (_, client_name)) in part.topics.iter().zip(&part.names) {
-                        for partition in &topic.partition_data {
-                            errors.push(LocalError {
-                                topic: client_name.clone(),
-                                partition: partition.index,
-                                code: error.client_error_code(),
-                            });
-                        }
-                    }
-                    continue;
-                }
-            };
-            let response: ProduceResponse = match decode_body(
-                body.clone(),
-                context.request.api_version,
-                "produce response",
-            ) {
-                Ok(response) => response,
-                Err(error) => return Reply::Close(error.to_string()),
-            };
-            for topic in &response.responses {
-                if topic
-                    .partition_responses
-                    .iter()
-                    .any(|p| is_leadership_error(p.error_code))
-                {
-                    cluster.forget_leaders(topic.name.0.as_str());
-                }
-            }
-            if passthrough {
-                return context.respond_raw(body);
-            }
-            merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
-            for mut topic in response.responses {
-                if let Some((_, client_name)) = part
-                    .names
-                    .iter()
-                    .find(|(name, _)| name == topic.name.0.as_str())
-                {
-                    topic.name = TopicName(client_name.clone());
-                }
-                merged.responses.push(topic);
-            }
+        match completion.await {
+            Ok(Answer::Raw(body)) => context.respond_raw(body),
+            Ok(Answer::Merged(response)) => context.respond(&response),
+            Err(error) => Reply::Close(error.to_string()),
         }
-        for error in errors {
-            let partition = PartitionProduceResponse::default()
-                .with_index(error.partition)
-                .with_error_code(error.code)
-                .with_base_offset(-1)
-                .with_log_append_time_ms(-1)
-                .with_log_start_offset(-1);
-            match merged
-                .responses
-                .iter_mut()
-                .find(|t| t.name.0 == error.topic)
-            {
-                Some(topic) => topic.partition_responses.push(partition),
-                None => merged.responses.push(
-                    TopicProduceResponse::default()
-                        .with_name(TopicName(error.topic))
-                        .with_partition_responses(vec![partition]),
-                ),
-            }
-        }
-        context.respond(&merged)
     }))
+}
+
+/// The answer to a produce request: the broker's bytes unchanged, or a merged response.
+enum Answer {
+    Raw(Bytes),
+    Merged(ProduceResponse),
+}
+
+/// Queues (or holds, inside a transaction) one partition's records for each mirror of its
+/// route. The items wait in their queues until the write's outcome is known.
+fn plan_mirror(
+    context: &Context,
+    request: &ProduceRequest,
+    route: &crate::routing::Route,
+    topic: &StrBytes,
+    partition: i32,
+    records: &Bytes,
+) -> MirroredPartition {
+    let record_count: i64 = batch::split_batches(records.clone())
+        .map(|batches| batches.iter().map(|b| i64::from(b.record_count())).sum())
+        .unwrap_or(0);
+    let sync = route.mirror_mode == MirrorMode::Sync && request.transactional_id.is_none();
+    let mut planned = MirroredPartition {
+        topic: topic.clone(),
+        partition,
+        written: Vec::new(),
+        mirrored: Vec::new(),
+        refused: false,
+    };
+    let topic_name: Arc<str> = topic.as_str().into();
+    for &mirror in &route.mirror {
+        let (written, written_rx) = oneshot::channel();
+        let (done, done_rx) = if sync {
+            let (done, done_rx) = oneshot::channel();
+            (Some(done), Some(done_rx))
+        } else {
+            (None, None)
+        };
+        let item = MirrorItem {
+            route: route.index,
+            topic: topic_name.clone(),
+            mirror_topic: route.topic_on(mirror, topic).into(),
+            write_partition: partition,
+            records: records.clone(),
+            record_count,
+            partitioning: route.partitioning,
+            mirror_percent: route.mirror_percent,
+            written: written_rx,
+            done,
+            enqueued_at: Instant::now(),
+        };
+        planned.written.push(written);
+        match &request.transactional_id {
+            Some(id) => context.state.mirrors.hold(id.0.as_str(), mirror, item),
+            None => match context.state.mirrors.offer(mirror, item) {
+                Ok(()) => planned.mirrored.extend(done_rx),
+                Err((reason, item)) => {
+                    mirror::log_dropped(&item, mirror, &reason);
+                    planned.refused |= sync;
+                }
+            },
+        }
+    }
+    planned
+}
+
+/// Waits for the write cluster's answers, releases the mirror items, waits for `sync`
+/// mirrors, and builds the client's answer.
+async fn complete(
+    context: Context,
+    sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)>,
+    mut errors: Vec<LocalError>,
+    mirrored: Vec<MirroredPartition>,
+    passthrough: bool,
+    timeout: std::time::Duration,
+) -> Result<Answer, HandlerError> {
+    let version = context.request.api_version;
+    let mut merged = ProduceResponse::default();
+    let mut raw = None;
+    for (part, result) in sent {
+        let cluster = context.cluster(part.cluster).clone();
+        let response = match result {
+            Ok(Some(response)) => response.wait(timeout).await,
+            Ok(None) => {
+                // acks=0 without mirroring: nothing comes back.
+                continue;
+            }
+            Err(error) => Err(error),
+        };
+        let body = match response {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::debug!(cluster = %cluster.name, %error, "produce failed");
+                for (backend_name, _) in &part.names {
+                    cluster.forget_leaders(backend_name);
+                }
+                for (topic, (_, client_name)) in part.topics.iter().zip(&part.names) {
+                    for partition in &topic.partition_data {
+                        errors.push(LocalError {
+                            topic: client_name.clone(),
+                            partition: partition.index,
+                            code: error.client_error_code(),
+                        });
+                    }
+                }
+                continue;
+            }
+        };
+        let response: ProduceResponse = decode_body(body.clone(), version, "produce response")?;
+        for topic in &response.responses {
+            if topic
+                .partition_responses
+                .iter()
+                .any(|p| is_leadership_error(p.error_code))
+            {
+                cluster.forget_leaders(topic.name.0.as_str());
+            }
+        }
+        if passthrough {
+            raw = Some(body);
+        }
+        merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
+        for mut topic in response.responses {
+            if let Some((_, client_name)) = part
+                .names
+                .iter()
+                .find(|(name, _)| name == topic.name.0.as_str())
+            {
+                topic.name = TopicName(client_name.clone());
+            }
+            merged.responses.push(topic);
+        }
+    }
+    for error in errors {
+        let partition = PartitionProduceResponse::default()
+            .with_index(error.partition)
+            .with_error_code(error.code)
+            .with_base_offset(-1)
+            .with_log_append_time_ms(-1)
+            .with_log_start_offset(-1);
+        match merged
+            .responses
+            .iter_mut()
+            .find(|t| t.name.0 == error.topic)
+        {
+            Some(topic) => topic.partition_responses.push(partition),
+            None => merged.responses.push(
+                TopicProduceResponse::default()
+                    .with_name(TopicName(error.topic))
+                    .with_partition_responses(vec![partition]),
+            ),
+        }
+    }
+    let mut mirror_failed = false;
+    for planned in mirrored {
+        let outcome = merged
+            .responses
+            .iter_mut()
+            .find(|t| t.name.0 == planned.topic)
+            .and_then(|t| {
+                t.partition_responses
+                    .iter_mut()
+                    .find(|p| p.index == planned.partition)
+            });
+        let Some(outcome) = outcome else { continue };
+        let written = (outcome.error_code == 0).then_some(outcome.base_offset);
+        for sender in planned.written {
+            let _ = sender.send(written);
+        }
+        if written.is_none() {
+            continue;
+        }
+        let mut failure = planned.refused.then(|| "mirror queue full".to_string());
+        for done in planned.mirrored {
+            match tokio::time::timeout(timeout, done).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => failure = Some(error),
+                Ok(Err(_)) => failure = Some("mirror writer stopped".into()),
+                Err(_) => failure = Some("mirror did not answer in time".into()),
+            }
+        }
+        if let Some(reason) = failure {
+            tracing::debug!(topic = %planned.topic, partition = planned.partition, %reason, "sync mirror failed");
+            // Written to the write cluster but not mirrored: the retriable "after append".
+            outcome.error_code = ResponseError::NotEnoughReplicasAfterAppend.code();
+            mirror_failed = true;
+        }
+    }
+    match raw {
+        Some(body) if !mirror_failed => Ok(Answer::Raw(body)),
+        _ => Ok(Answer::Merged(merged)),
+    }
 }
 
 async fn send(
@@ -254,11 +415,4 @@ async fn send(
         body,
         expect_response,
     )
-}
-
-fn unreachable_no_response(part: &Part) -> Result<Bytes, BackendError> {
-    Err(BackendError::Protocol {
-        address: format!("node {}", part.node).into(),
-        reason: "produce sent without expecting a response".into(),
-    })
 }

@@ -283,6 +283,11 @@ impl RoutingTable {
             .find(|route| route.topics.is_match(topic) && route.clients.is_match(client_id))
     }
 
+    /// The route at position `index` (as recorded in a request's routing decisions).
+    pub fn route_at(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
     /// The cluster hosting group (or transactional id) `group`.
     pub fn group_cluster(&self, group: &str) -> ClusterId {
         self.groups

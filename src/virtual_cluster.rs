@@ -161,12 +161,18 @@ async fn listed_topics(
             ));
             continue;
         };
-        if auto_create && route.write != route.read {
-            // Created where records are written; read from the read cluster below.
-            let write = context.cluster(route.write);
-            let name = route.topic_on(route.write, &topic).to_string();
-            if let Err(error) = write.metadata(Some(&[name]), true).await {
-                tracing::warn!(cluster = %write.name, %error, "auto-creating topic on write cluster failed");
+        if auto_create {
+            // Created where records are written and mirrored; read from the read cluster
+            // below (which auto-creates it there too if it is one of them).
+            for &cluster_id in std::iter::once(&route.write).chain(&route.mirror) {
+                if cluster_id == route.read {
+                    continue;
+                }
+                let cluster = context.cluster(cluster_id);
+                let name = route.topic_on(cluster_id, &topic).to_string();
+                if let Err(error) = cluster.metadata(Some(&[name]), true).await {
+                    tracing::warn!(cluster = %cluster.name, %error, "auto-creating topic failed");
+                }
             }
         }
         let backend_name = route.topic_on(route.read, &topic).to_string();

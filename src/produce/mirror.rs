@@ -1,0 +1,680 @@
+//! Mirroring: every record a client writes to a route's write cluster is copied to the
+//! route's mirror clusters by one [`MirrorWriter`] task per mirror cluster, under kshift's
+//! own producer identity there.
+//!
+//! Invariants:
+//! - Order: items enter a mirror cluster's queue in the order their produce requests were
+//!   sent to the write cluster (the submit phase of one client connection is sequential),
+//!   and the writer mirrors them one at a time in that order. For one producer connection
+//!   per partition — the normal case — the mirror therefore receives batches in the write
+//!   cluster's offset order. Producers on different connections writing the same partition
+//!   may interleave differently on the mirror.
+//! - Identity: a mirror never sees the client's producer id, epoch or sequences. The writer
+//!   calls InitProducerId on the mirror, numbers each mirror partition's batches itself and
+//!   retries with the same sequence, so the mirror broker drops kshift's own duplicates.
+//! - Memory: each queue is bounded in bytes. When full, an `async` route's item is dropped
+//!   and counted (never blocking the write path); a `sync` route's client gets a retriable
+//!   error. Every record that fails to mirror or is dropped is logged with its
+//!   (topic, partition, write-offset range), for a later repair.
+//! - Transactions: records produced in a transaction are held until the client's EndTxn
+//!   commits (then queued in order) or aborts (then discarded).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::ResponseError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::batch::{self, Batch};
+use super::offset_map::{OffsetMap, OffsetMapping};
+use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
+use crate::codec::{self, decode_body};
+use crate::routing::Partitioning;
+use crate::ClusterId;
+
+/// Attempts per mirror batch before it is counted as failed.
+const MAX_ATTEMPTS: u32 = 5;
+/// Pause between attempts, doubled each time.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Versions kshift's own mirror producer sends (capped by the mirror's brokers).
+const PRODUCE_VERSION: i16 = 9;
+const INIT_PRODUCER_ID_VERSION: i16 = 4;
+/// Uncommitted transactional records older than this are dropped (the transaction timed
+/// out at its coordinator without an EndTxn through kshift).
+const TRANSACTION_HOLD_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// One write-cluster append to copy to one mirror cluster.
+pub struct MirrorItem {
+    pub route: usize,
+    /// The client-visible topic, for logs and the offset map.
+    pub topic: Arc<str>,
+    /// The topic's name on the mirror cluster.
+    pub mirror_topic: Arc<str>,
+    pub write_partition: i32,
+    /// The batches as the client sent them.
+    pub records: Bytes,
+    pub record_count: i64,
+    pub partitioning: Partitioning,
+    pub mirror_percent: u8,
+    /// Resolves to the write cluster's base offset once the write succeeded; `None` (or a
+    /// dropped sender) when it failed, and there is nothing to mirror.
+    pub written: oneshot::Receiver<Option<i64>>,
+    /// For `sync` routes: told when the mirror has the records (or failed).
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+    pub enqueued_at: Instant,
+}
+
+/// Counters of one mirror cluster, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    pub mirrored_batches: AtomicU64,
+    pub mirrored_records: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub failed_records: AtomicU64,
+    pub dropped_batches: AtomicU64,
+    pub dropped_records: AtomicU64,
+    /// Records queued and not yet mirrored.
+    pub lag_records: AtomicU64,
+    pub queued_bytes: AtomicUsize,
+}
+
+/// A snapshot of [`MirrorStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorCounts {
+    pub mirrored_batches: u64,
+    pub mirrored_records: u64,
+    pub failed_batches: u64,
+    pub failed_records: u64,
+    pub dropped_batches: u64,
+    pub dropped_records: u64,
+    pub lag_records: u64,
+    pub queued_bytes: usize,
+}
+
+impl MirrorStats {
+    pub fn snapshot(&self) -> MirrorCounts {
+        MirrorCounts {
+            mirrored_batches: self.mirrored_batches.load(Ordering::Relaxed),
+            mirrored_records: self.mirrored_records.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            failed_records: self.failed_records.load(Ordering::Relaxed),
+            dropped_batches: self.dropped_batches.load(Ordering::Relaxed),
+            dropped_records: self.dropped_records.load(Ordering::Relaxed),
+            lag_records: self.lag_records.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The queue in front of one mirror cluster's writer.
+struct MirrorQueue {
+    items: mpsc::UnboundedSender<MirrorItem>,
+    /// Bytes of records queued; the queue is full at `limit_bytes`.
+    limit_bytes: usize,
+    stats: Arc<MirrorStats>,
+}
+
+/// Why an item was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    QueueFull,
+    NoMirror,
+}
+
+/// Everything about mirroring that all connections share.
+pub struct Mirrors {
+    /// One queue per cluster, indexed by [`ClusterId`].
+    queues: Vec<MirrorQueue>,
+    pub offsets: Arc<OffsetMap>,
+    /// Items of open transactions, by transactional id, in produce order.
+    transactions: Mutex<HashMap<String, Vec<(MirrorItem, ClusterId)>>>,
+}
+
+impl std::fmt::Debug for Mirrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirrors")
+            .field("queues", &self.queues.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mirrors {
+    /// Starts one writer per cluster (idle until a route mirrors to it).
+    pub fn start(clusters: &[Arc<Cluster>], queue_limits: &[usize]) -> Arc<Mirrors> {
+        let offsets = Arc::new(OffsetMap::default());
+        let queues = clusters
+            .iter()
+            .zip(queue_limits)
+            .map(|(cluster, limit)| {
+                let (items, receiver) = mpsc::unbounded_channel();
+                let stats = Arc::new(MirrorStats::default());
+                let writer = MirrorWriter {
+                    cluster: cluster.clone(),
+                    stats: stats.clone(),
+                    offsets: offsets.clone(),
+                    producer: None,
+                    sequences: HashMap::new(),
+                    connections: HashMap::new(),
+                };
+                tokio::spawn(writer.run(receiver));
+                MirrorQueue {
+                    items,
+                    limit_bytes: *limit,
+                    stats,
+                }
+            })
+            .collect();
+        Arc::new(Mirrors {
+            queues,
+            offsets,
+            transactions: Mutex::default(),
+        })
+    }
+
+    pub fn stats(&self, cluster: ClusterId) -> MirrorCounts {
+        self.queues
+            .get(cluster)
+            .map(|q| q.stats.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Queues `item` for `cluster`, or refuses it (and counts the drop) when the queue is
+    /// full. A refused item is handed back so a `sync` caller can fail its client.
+    pub fn offer(&self, cluster: ClusterId, item: MirrorItem) -> Result<(), (Refused, MirrorItem)> {
+        let Some(queue) = self.queues.get(cluster) else {
+            return Err((Refused::NoMirror, item));
+        };
+        let size = item.records.len();
+        let queued = queue.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued + size > queue.limit_bytes {
+            queue.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            queue.stats.dropped_batches.fetch_add(1, Ordering::Relaxed);
+            queue
+                .stats
+                .dropped_records
+                .fetch_add(item.record_count as u64, Ordering::Relaxed);
+            return Err((Refused::QueueFull, item));
+        }
+        queue
+            .stats
+            .lag_records
+            .fetch_add(item.record_count as u64, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError(item)) = queue.items.send(item) {
+            queue.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err((Refused::NoMirror, item));
+        }
+        Ok(())
+    }
+
+    /// Holds `item` until transaction `transactional_id` ends.
+    pub fn hold(&self, transactional_id: &str, cluster: ClusterId, item: MirrorItem) {
+        let mut transactions = lock(&self.transactions);
+        transactions.retain(|id, items| {
+            let stale = items
+                .first()
+                .is_some_and(|(item, _)| item.enqueued_at.elapsed() > TRANSACTION_HOLD_LIMIT);
+            if stale {
+                tracing::warn!(transactional_id = %id, "dropping mirror records of a transaction that never ended through kshift");
+            }
+            !stale
+        });
+        transactions
+            .entry(transactional_id.to_string())
+            .or_default()
+            .push((item, cluster));
+    }
+
+    /// The client's EndTxn succeeded: queue the transaction's records, or drop them.
+    pub fn end_transaction(&self, transactional_id: &str, committed: bool) {
+        let items = lock(&self.transactions)
+            .remove(transactional_id)
+            .unwrap_or_default();
+        if !committed {
+            tracing::debug!(
+                transactional_id,
+                batches = items.len(),
+                "transaction aborted; not mirrored"
+            );
+            return;
+        }
+        for (item, cluster) in items {
+            if let Err((reason, item)) = self.offer(cluster, item) {
+                log_dropped(&item, cluster, &reason);
+            }
+        }
+    }
+}
+
+/// Logs a refused item with the write-offset range a repair would replay. The offsets
+/// are known only once the write has been acknowledged, so this waits for it.
+pub fn log_dropped(item: &MirrorItem, cluster: ClusterId, reason: &Refused) {
+    tracing::warn!(
+        topic = %item.topic,
+        partition = item.write_partition,
+        records = item.record_count,
+        mirror_cluster = cluster,
+        route = item.route,
+        ?reason,
+        "mirror queue refused records; they exist only on the write cluster"
+    );
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// kshift's idempotent producer on one mirror cluster.
+struct MirrorWriter {
+    cluster: Arc<Cluster>,
+    stats: Arc<MirrorStats>,
+    offsets: Arc<OffsetMap>,
+    /// Producer id and epoch from the mirror's InitProducerId.
+    producer: Option<(i64, i16)>,
+    /// Next sequence per (mirror topic, partition).
+    sequences: HashMap<(Arc<str>, i32), i32>,
+    /// kshift's own connections to the mirror's brokers.
+    connections: HashMap<i32, BrokerConnection>,
+}
+
+/// Why a mirror attempt failed, and whether trying again can help.
+enum AttemptError {
+    Retry(String),
+    /// The mirror lost kshift's producer state: start a new producer, then retry.
+    ResetProducer(String),
+    Fatal(String),
+}
+
+impl MirrorWriter {
+    async fn run(mut self, mut items: mpsc::UnboundedReceiver<MirrorItem>) {
+        while let Some(item) = items.recv().await {
+            let size = item.records.len();
+            let count = item.record_count as u64;
+            self.mirror(item).await;
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.stats.lag_records.fetch_sub(count, Ordering::Relaxed);
+        }
+    }
+
+    async fn mirror(&mut self, mut item: MirrorItem) {
+        let write_base_offset = match (&mut item.written).await {
+            Ok(Some(offset)) => offset,
+            _ => {
+                // The write failed: the client was told, nothing to mirror.
+                if let Some(done) = item.done.take() {
+                    let _ = done.send(Ok(()));
+                }
+                return;
+            }
+        };
+        let result = match self.plan(&item).await {
+            Ok(batches) => {
+                let mut result = Ok(());
+                for (partition, batch) in batches {
+                    if let Err(error) = self
+                        .send_batch(&item, write_base_offset, partition, batch)
+                        .await
+                    {
+                        result = Err(error);
+                    }
+                }
+                result
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .failed_records
+                .fetch_add(item.record_count as u64, Ordering::Relaxed);
+            tracing::warn!(
+                mirror_cluster = %self.cluster.name,
+                route = item.route,
+                topic = %item.topic,
+                partition = item.write_partition,
+                write_offsets = %format!("{}..={}", write_base_offset, write_base_offset + item.record_count - 1),
+                %error,
+                "mirroring failed; these records exist only on the write cluster"
+            );
+        }
+        if let Some(done) = item.done.take() {
+            let _ = done.send(result);
+        }
+    }
+
+    /// The batches to send: (mirror partition, batch). The client's batches as they are
+    /// for identity partitioning of everything; re-encoded subsets otherwise.
+    async fn plan(&self, item: &MirrorItem) -> Result<Vec<(i32, Batch)>, String> {
+        let batches = batch::split_batches(item.records.clone()).map_err(|e| e.to_string())?;
+        if item.partitioning == Partitioning::Identity && item.mirror_percent >= 100 {
+            return Ok(batches
+                .into_iter()
+                .filter(|b| !b.is_control())
+                .map(|b| (item.write_partition, b))
+                .collect());
+        }
+        let partitions = match item.partitioning {
+            Partitioning::Identity => None,
+            Partitioning::Murmur2 => Some(
+                self.cluster
+                    .partition_count(&item.mirror_topic)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!("topic {} does not exist on the mirror", item.mirror_topic)
+                    })?,
+            ),
+        };
+        let mut planned = Vec::new();
+        for source in batches {
+            let mut bytes = source.bytes().clone();
+            let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| e.to_string())?;
+            let mut by_partition: Vec<(i32, Vec<kafka_protocol::records::Record>)> = Vec::new();
+            for mut record in set.records {
+                let selected = match &record.key {
+                    Some(key) => percent_selects(key, item.mirror_percent),
+                    // Unkeyed records are chosen per batch, by the batch's first sequence
+                    // position in the write partition.
+                    None => {
+                        percent_selects(&item.write_partition.to_be_bytes(), item.mirror_percent)
+                    }
+                };
+                if !selected {
+                    continue;
+                }
+                let partition = match (partitions, &record.key) {
+                    (Some(count), Some(key)) => batch::partition_for_key(key, count),
+                    (Some(count), None) => item.write_partition % count.max(1),
+                    (None, _) => item.write_partition,
+                };
+                record.transactional = false;
+                record.producer_id = -1;
+                record.producer_epoch = -1;
+                record.sequence = -1;
+                match by_partition.iter_mut().find(|(p, _)| *p == partition) {
+                    Some((_, records)) => records.push(record),
+                    None => by_partition.push((partition, vec![record])),
+                }
+            }
+            for (partition, mut records) in by_partition {
+                for (i, record) in records.iter_mut().enumerate() {
+                    record.offset = i as i64;
+                }
+                let mut encoded = BytesMut::new();
+                RecordBatchEncoder::encode(
+                    &mut encoded,
+                    &records,
+                    &RecordEncodeOptions {
+                        version: 2,
+                        compression: set.compression,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                for batch in batch::split_batches(encoded.freeze()).map_err(|e| e.to_string())? {
+                    planned.push((partition, batch));
+                }
+            }
+        }
+        Ok(planned)
+    }
+
+    async fn send_batch(
+        &mut self,
+        item: &MirrorItem,
+        write_base_offset: i64,
+        partition: i32,
+        batch: Batch,
+    ) -> Result<(), String> {
+        let mut backoff = RETRY_BACKOFF;
+        let mut last_error = String::new();
+        for attempt in 1..=MAX_ATTEMPTS {
+            match self.attempt(item, partition, &batch).await {
+                Ok(mirror_base_offset) => {
+                    let count = i64::from(batch.record_count());
+                    let key = (item.mirror_topic.clone(), partition);
+                    let sequence = self.sequences.entry(key).or_insert(0);
+                    *sequence = sequence.wrapping_add(batch.record_count()) & i32::MAX;
+                    self.stats.mirrored_batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .mirrored_records
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    self.offsets.record(OffsetMapping {
+                        topic: item.topic.clone(),
+                        write_partition: item.write_partition,
+                        write_base_offset,
+                        mirror_cluster: self.cluster.id,
+                        mirror_partition: partition,
+                        mirror_base_offset,
+                        record_count: count,
+                    });
+                    return Ok(());
+                }
+                Err(AttemptError::Fatal(error)) => return Err(error),
+                Err(AttemptError::ResetProducer(error)) => {
+                    tracing::info!(mirror_cluster = %self.cluster.name, %error, "mirror producer state lost; starting a new producer id");
+                    self.producer = None;
+                    self.sequences.clear();
+                    last_error = error;
+                }
+                Err(AttemptError::Retry(error)) => last_error = error,
+            }
+            if attempt < MAX_ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        Err(format!(
+            "gave up after {MAX_ATTEMPTS} attempts: {last_error}"
+        ))
+    }
+
+    async fn attempt(
+        &mut self,
+        item: &MirrorItem,
+        partition: i32,
+        batch: &Batch,
+    ) -> Result<i64, AttemptError> {
+        let (producer_id, producer_epoch) = self.producer().await.map_err(retry)?;
+        let sequence = *self
+            .sequences
+            .get(&(item.mirror_topic.clone(), partition))
+            .unwrap_or(&0);
+        let node = self
+            .cluster
+            .leader(&item.mirror_topic, partition)
+            .await
+            .map_err(retry)?
+            .ok_or_else(|| {
+                AttemptError::Retry(format!(
+                    "no leader for {}/{partition} on the mirror (does the topic exist there with enough partitions?)",
+                    item.mirror_topic
+                ))
+            })?;
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(self.cluster.settings.request_timeout.as_millis() as i32)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(
+                    item.mirror_topic.to_string(),
+                )))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch.for_mirror(
+                        producer_id,
+                        producer_epoch,
+                        sequence,
+                    )))])]);
+        let version = self
+            .cluster
+            .version_for(ApiKey::Produce, PRODUCE_VERSION)
+            .await
+            .map_err(retry)?;
+        let body = codec::encode_body(&request, version)
+            .map_err(|e| AttemptError::Fatal(e.to_string()))?;
+        let connection = self.connection(node).await.map_err(retry)?;
+        let response = connection
+            .send(
+                ApiKey::Produce,
+                version,
+                &StrBytes::from_static_str("kshift-mirror"),
+                body,
+                true,
+            )
+            .map_err(retry)?
+            .ok_or_else(|| AttemptError::Fatal("produce sent without a response".into()))?
+            .wait(self.cluster.settings.request_timeout * 2)
+            .await
+            .map_err(|e| {
+                self.connections.remove(&node);
+                retry(e)
+            })?;
+        let response: ProduceResponse = decode_body(response, version, "mirror produce response")
+            .map_err(|e| AttemptError::Fatal(e.to_string()))?;
+        let result = response
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or_else(|| AttemptError::Fatal("empty produce response".into()))?;
+        match ResponseError::try_from_code(result.error_code) {
+            None => Ok(result.base_offset),
+            // Already written by an earlier attempt whose answer was lost.
+            Some(ResponseError::DuplicateSequenceNumber) => Ok(result.base_offset),
+            Some(
+                error @ (ResponseError::OutOfOrderSequenceNumber
+                | ResponseError::UnknownProducerId
+                | ResponseError::InvalidProducerEpoch
+                | ResponseError::ProducerFenced),
+            ) => Err(AttemptError::ResetProducer(error.to_string())),
+            Some(error) => {
+                if is_leadership_error(result.error_code) {
+                    self.cluster.forget_leaders(&item.mirror_topic);
+                }
+                if error.is_retriable() {
+                    Err(AttemptError::Retry(error.to_string()))
+                } else {
+                    Err(AttemptError::Fatal(error.to_string()))
+                }
+            }
+        }
+    }
+
+    async fn producer(&mut self) -> Result<(i64, i16), BackendError> {
+        if let Some(producer) = self.producer {
+            return Ok(producer);
+        }
+        let version = self
+            .cluster
+            .version_for(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION)
+            .await?;
+        let node = self.cluster.any_broker().await?;
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id((-1).into())
+            .with_producer_epoch(-1);
+        let body = codec::encode_body(&request, version).map_err(|e| BackendError::Protocol {
+            address: self.cluster.name.clone(),
+            reason: e.to_string().into(),
+        })?;
+        let connection = self.connection(node).await?;
+        let response = connection
+            .send(
+                ApiKey::InitProducerId,
+                version,
+                &StrBytes::from_static_str("kshift-mirror"),
+                body,
+                true,
+            )?
+            .ok_or_else(|| BackendError::Protocol {
+                address: connection.address().clone(),
+                reason: "no response expected".into(),
+            })?
+            .wait(self.cluster.settings.request_timeout)
+            .await?;
+        let response: InitProducerIdResponse =
+            decode_body(response, version, "InitProducerId response").map_err(|e| {
+                BackendError::Protocol {
+                    address: self.cluster.name.clone(),
+                    reason: e.to_string().into(),
+                }
+            })?;
+        if response.error_code != 0 {
+            return Err(BackendError::Kafka {
+                cluster: self.cluster.name.clone(),
+                what: "InitProducerId",
+                code: response.error_code,
+            });
+        }
+        let producer = (response.producer_id.0, response.producer_epoch);
+        tracing::info!(mirror_cluster = %self.cluster.name, producer_id = producer.0, epoch = producer.1, "mirror producer initialised");
+        self.producer = Some(producer);
+        Ok(producer)
+    }
+
+    async fn connection(&mut self, node: i32) -> Result<BrokerConnection, BackendError> {
+        if let Some(connection) = self.connections.get(&node) {
+            if !connection.is_poisoned() {
+                return Ok(connection.clone());
+            }
+        }
+        let address = self.cluster.broker_address(node)?;
+        let connection =
+            BrokerConnection::connect(&address, self.cluster.settings.connect_timeout).await?;
+        self.connections.insert(node, connection.clone());
+        Ok(connection)
+    }
+}
+
+fn retry(error: impl std::fmt::Display) -> AttemptError {
+    AttemptError::Retry(error.to_string())
+}
+
+/// Whether a record with `key` falls in the mirrored `percent`: stable per key, so all
+/// of a key's records are mirrored or none are.
+pub fn percent_selects(key: &[u8], percent: u8) -> bool {
+    if percent >= 100 {
+        return true;
+    }
+    ((batch::murmur2(key) & 0x7fff_ffff) % 100) < i32::from(percent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_selection_is_stable_and_proportional() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i}")).collect();
+        let selected = keys
+            .iter()
+            .filter(|k| percent_selects(k.as_bytes(), 50))
+            .count();
+        assert!(
+            (4_500..5_500).contains(&selected),
+            "{selected} of 10000 at 50%"
+        );
+        for key in &keys[..100] {
+            assert_eq!(
+                percent_selects(key.as_bytes(), 30),
+                percent_selects(key.as_bytes(), 30)
+            );
+            // A key mirrored at 30% stays mirrored when the ramp goes to 50%.
+            if percent_selects(key.as_bytes(), 30) {
+                assert!(percent_selects(key.as_bytes(), 50));
+            }
+        }
+        assert!(keys.iter().all(|k| percent_selects(k.as_bytes(), 100)));
+        assert!(!keys.iter().any(|k| percent_selects(k.as_bytes(), 0)));
+    }
+}
