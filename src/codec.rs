@@ -122,23 +122,17 @@ impl Request {
     }
 }
 
-/// Decodes `body` as `M`, requiring every byte to be consumed.
+/// Decodes `body` as `M`. Bytes after the message are ignored, as Kafka brokers do:
+/// librdkafka 2.12, for one, sends an all-topics Metadata v12 with three extra zero bytes.
 pub fn decode_body<M: Decodable>(
     mut body: Bytes,
     version: i16,
     what: &'static str,
 ) -> Result<M, FrameError> {
-    let message = M::decode(&mut body, version).map_err(|e| FrameError::Malformed {
+    M::decode(&mut body, version).map_err(|e| FrameError::Malformed {
         what,
         reason: e.to_string(),
-    })?;
-    if !body.is_empty() {
-        return Err(FrameError::Malformed {
-            what,
-            reason: format!("{} trailing bytes", body.len()),
-        });
-    }
-    Ok(message)
+    })
 }
 
 /// Encodes a message body at `version`.

@@ -63,6 +63,13 @@ pub struct ProxyState {
     pub node: VirtualNode,
 }
 
+impl ProxyState {
+    /// The id of the cluster configured as `name`.
+    pub fn cluster_id(&self, name: &str) -> Option<ClusterId> {
+        self.clusters.iter().position(|c| &*c.name == name)
+    }
+}
+
 /// kshift as a broker: what Metadata and FindCoordinator tell clients.
 #[derive(Debug, Clone)]
 pub struct VirtualNode {

@@ -110,7 +110,10 @@ pub fn metadata(context: Context) -> PendingReply {
     Box::pin(async move {
         let request: MetadataRequest = match context.request.decode() {
             Ok(request) => request,
-            Err(error) => return Reply::Close(error.to_string()),
+            Err(error) => {
+                tracing::info!(version = context.request.api_version, body = ?context.request.body, %error, "closing client connection: malformed Metadata request");
+                return Reply::Close(error.to_string());
+            }
         };
         let version = context.request.api_version;
         let node = &context.state.node;

@@ -1,0 +1,395 @@
+//! Traffic splitting against two real brokers: records produced through kshift land on the
+//! route's write cluster and are mirrored to its mirror cluster — in the same per-partition
+//! order, by key percentage, re-partitioned by murmur2, renamed, committed transactions
+//! only — and a mirror that goes down neither fails nor slows async producers.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Broker, Received};
+use kshift::config::Config;
+use kshift::produce::batch::partition_for_key;
+use kshift::produce::mirror::percent_selects;
+use kshift::{Proxy, RunningProxy};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{FutureRecord, Producer};
+
+/// `old` is written and read, `new` mirrors; `route` is spliced into the route.
+async fn start(old: &Broker, new: &Broker, route: &str) -> RunningProxy {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let toml = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+connect_timeout_ms = 1000
+request_timeout_ms = 3000
+[clusters.old]
+bootstrap = ["{old}"]
+[clusters.new]
+bootstrap = ["{new}"]
+[[routes]]
+topics = "*"
+write = "old"
+read = "old"
+{route}
+[[groups]]
+groups = "*"
+cluster = "old"
+"#,
+        old = old.bootstrap(),
+        new = new.bootstrap()
+    );
+    Proxy::start(Config::parse(&toml).expect("valid config"))
+        .await
+        .expect("kshift starts")
+}
+
+/// The id of the mirror cluster `new`.
+fn new_id(proxy: &RunningProxy) -> usize {
+    proxy.state().cluster_id("new").expect("cluster new")
+}
+
+fn bootstrap(proxy: &RunningProxy) -> String {
+    proxy.local_addr().to_string()
+}
+
+/// Reads everything (`expected` records) from `topic` on a cluster directly.
+async fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Received> {
+    let consumer = common::assigned_consumer(bootstrap, topic, partitions, &[]);
+    common::consume_n(&consumer, expected, Duration::from_secs(30)).await
+}
+
+/// Per partition, the (key, value) sequence in offset order.
+fn by_partition(records: &[Received]) -> BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+    let mut sorted: Vec<&Received> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut map: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+    for record in sorted {
+        map.entry(record.partition)
+            .or_default()
+            .push((record.key.clone(), record.value.clone()));
+    }
+    map
+}
+
+async fn produce_keyed(
+    bootstrap: &str,
+    topic: &str,
+    settings: &[(&str, &str)],
+    keys: usize,
+    per_key: usize,
+) {
+    let producer = common::producer(bootstrap, settings);
+    let mut deliveries = Vec::new();
+    for round in 0..per_key {
+        for key in 0..keys {
+            let key = format!("key-{key}");
+            let value = format!("value-{key}-{round}");
+            deliveries.push(
+                producer
+                    .send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                    .expect("queue"),
+            );
+        }
+    }
+    for delivery in deliveries {
+        delivery
+            .await
+            .expect("delivery")
+            .expect("record acknowledged");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_reach_both_clusters_in_the_same_per_partition_order() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]").await;
+    let through = bootstrap(&proxy);
+    for (topic, settings) in [
+        (
+            common::unique_topic("mirror-idempotent"),
+            vec![("enable.idempotence", "true")],
+        ),
+        (
+            common::unique_topic("mirror-plain"),
+            vec![("enable.idempotence", "false"), ("acks", "1")],
+        ),
+    ] {
+        // Created through kshift: on the write cluster and on the mirror.
+        common::create_topic(&through, &topic, 3).await;
+        common::wait_for_topic(&new.bootstrap(), &topic, 3);
+        produce_keyed(&through, &topic, &settings, 30, 5).await;
+
+        let on_old = read_all(&old.bootstrap(), &topic, 3, 150).await;
+        let on_new = read_all(&new.bootstrap(), &topic, 3, 150).await;
+        assert_eq!(
+            by_partition(&on_old),
+            by_partition(&on_new),
+            "{topic}: per-partition sequences differ"
+        );
+        let counts = proxy.state().mirrors.stats(new_id(&proxy));
+        assert_eq!(
+            counts.failed_records + counts.dropped_records,
+            0,
+            "{counts:?}"
+        );
+        // Every mirrored batch is in the offset map.
+        let mapped: i64 = (0..3)
+            .flat_map(|p| {
+                proxy
+                    .state()
+                    .mirrors
+                    .offsets
+                    .mappings(&topic, p, new_id(&proxy))
+            })
+            .map(|m| m.record_count)
+            .sum();
+        assert_eq!(mapped, 150, "{topic}");
+    }
+    let counts = proxy.state().mirrors.stats(new_id(&proxy));
+    assert_eq!(counts.mirrored_records, 300, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_map_translates_every_mirrored_record() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("offset-map");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    produce_keyed(&through, &topic, &[("linger.ms", "0")], 10, 4).await;
+    let on_old = read_all(&old.bootstrap(), &topic, 1, 40).await;
+    let on_new = read_all(&new.bootstrap(), &topic, 1, 40).await;
+    let new_offset_of: BTreeMap<_, _> =
+        on_new.iter().map(|r| (r.value.clone(), r.offset)).collect();
+    for record in &on_old {
+        let translated =
+            proxy
+                .state()
+                .mirrors
+                .offsets
+                .translate(&topic, 0, new_id(&proxy), record.offset);
+        assert_eq!(
+            translated,
+            Some((0, new_offset_of[&record.value])),
+            "offset {}",
+            record.offset
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_percent_mirrors_about_half_the_keys_each_completely() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]\nmirror_percent = 50").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("mirror-percent");
+    common::create_topic(&through, &topic, 2).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 2);
+    produce_keyed(&through, &topic, &[], 100, 3).await;
+
+    let expected_keys: BTreeSet<String> = (0..100)
+        .map(|k| format!("key-{k}"))
+        .filter(|k| percent_selects(k.as_bytes(), 50))
+        .collect();
+    assert!(
+        (30..70).contains(&expected_keys.len()),
+        "{} keys selected",
+        expected_keys.len()
+    );
+    let on_new = read_all(&new.bootstrap(), &topic, 2, expected_keys.len() * 3).await;
+    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for record in &on_new {
+        let key = String::from_utf8(record.key.clone().unwrap()).unwrap();
+        *per_key.entry(key).or_default() += 1;
+    }
+    assert_eq!(
+        per_key.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_keys
+    );
+    assert!(
+        per_key.values().all(|count| *count == 3),
+        "a mirrored key is incomplete: {per_key:?}"
+    );
+    // The write cluster has everything.
+    read_all(&old.bootstrap(), &topic, 2, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn murmur2_repartitions_three_partitions_onto_five_like_the_java_client() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]\npartitioning = \"murmur2\"").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("murmur2");
+    common::create_topic(&old.bootstrap(), &topic, 3).await;
+    common::create_topic(&new.bootstrap(), &topic, 5).await;
+    produce_keyed(&through, &topic, &[("compression.type", "zstd")], 40, 2).await;
+
+    let on_new = read_all(&new.bootstrap(), &topic, 5, 80).await;
+    for record in &on_new {
+        let key = record.key.clone().unwrap();
+        assert_eq!(
+            record.partition,
+            partition_for_key(&key, 5),
+            "key {} on the wrong partition",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    // Per key, the mirror keeps the write order.
+    let mut rounds: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut sorted = on_new.clone();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    for record in sorted {
+        rounds
+            .entry(record.key.unwrap())
+            .or_default()
+            .push(record.value.unwrap());
+    }
+    for (key, values) in rounds {
+        let key = String::from_utf8(key).unwrap();
+        assert_eq!(
+            values,
+            vec![
+                format!("value-{key}-0").into_bytes(),
+                format!("value-{key}-1").into_bytes()
+            ]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_writes_orders_on_old_and_orders_v2_on_new() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let suffix = common::unique_topic("");
+    let (orders, renamed) = (format!("orders{suffix}"), format!("orders{suffix}.v2"));
+    let route = format!("mirror = [\"new\"]\nrename = {{ new = \"{renamed}\" }}");
+    let proxy = start(&old, &new, &route).await;
+    let through = bootstrap(&proxy);
+    common::create_topic(&through, &orders, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &renamed, 1);
+    produce_keyed(&through, &orders, &[], 5, 2).await;
+    let on_old = read_all(&old.bootstrap(), &orders, 1, 10).await;
+    let on_new = read_all(&new.bootstrap(), &renamed, 1, 10).await;
+    assert_eq!(by_partition(&on_old), by_partition(&on_new));
+    // The renamed name stays a backend detail: through kshift the topic is `orders`.
+    let consumer = common::consumer(&through, &[]);
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(names.contains(&orders.as_str()), "{names:?}");
+    assert!(!names.contains(&renamed.as_str()), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_transactions_never_reach_the_mirror_and_committed_ones_do() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("mirror-txn");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    let transactional_id = common::unique_topic("txn");
+    let producer = common::producer(&through, &[("transactional.id", transactional_id.as_str())]);
+    producer
+        .init_transactions(Duration::from_secs(15))
+        .expect("init transactions");
+    for (round, commit) in [(0, true), (1, false), (2, true)] {
+        producer.begin_transaction().expect("begin");
+        for i in 0..3 {
+            let value = format!("txn-{round}-{i}");
+            producer
+                .send(
+                    FutureRecord::to(&topic).key("k").payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("delivered");
+        }
+        if commit {
+            producer
+                .commit_transaction(Duration::from_secs(15))
+                .expect("commit");
+        } else {
+            producer
+                .abort_transaction(Duration::from_secs(15))
+                .expect("abort");
+        }
+    }
+    let on_new = read_all(&new.bootstrap(), &topic, 1, 6).await;
+    let values: Vec<String> = on_new
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        ["txn-0-0", "txn-0-1", "txn-0-2", "txn-2-0", "txn-2-1", "txn-2-2"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_down_async_producers_see_nothing_and_failures_are_counted() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("mirror-down");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    produce_keyed(&through, &topic, &[], 5, 1).await;
+    read_all(&new.bootstrap(), &topic, 1, 5).await;
+
+    drop(new);
+    produce_keyed(&through, &topic, &[], 5, 4).await;
+    read_all(&old.bootstrap(), &topic, 1, 25).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = proxy.state().mirrors.stats(new_id(&proxy));
+        if counts.lag_records == 0 && counts.failed_records == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "failures not counted: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_down_sync_producers_get_retriable_errors() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]\nmirror_mode = \"sync\"").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("mirror-sync");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    produce_keyed(&through, &topic, &[], 3, 1).await;
+    read_all(&new.bootstrap(), &topic, 1, 3).await;
+
+    drop(new);
+    // With retries off, the client sees the retriable error itself.
+    let producer = common::producer(
+        &through,
+        &[("retries", "0"), ("enable.idempotence", "false")],
+    );
+    let delivery = producer
+        .send(
+            FutureRecord::to(&topic).key("k").payload("v"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let (error, _) = delivery.expect_err("a sync mirror failure fails the produce");
+    let code = error.rdkafka_error_code().expect("a broker error code");
+    assert_eq!(
+        code,
+        rdkafka::types::RDKafkaErrorCode::NotEnoughReplicasAfterAppend,
+        "{error}"
+    );
+}
