@@ -6,6 +6,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY vendor vendor
 COPY src src
+COPY benches benches
 RUN cargo build --release --locked --bin kshift && strip target/release/kshift
 
 FROM debian:bookworm-slim

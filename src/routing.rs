@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use globset::{Glob, GlobMatcher};
+use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::ClusterId;
@@ -110,7 +110,6 @@ fn error(field: String, reason: impl Into<String>) -> RoutingError {
 pub struct Route {
     /// Position in the table, used in logs and metric labels (`routes[3]`).
     pub index: usize,
-    topics: GlobMatcher,
     clients: GlobMatcher,
     pub write: ClusterId,
     pub mirror: Vec<ClusterId>,
@@ -143,6 +142,8 @@ pub struct RoutingTable {
     /// What the table was built from, for display and rollback.
     pub spec: RoutingSpec,
     routes: Vec<Route>,
+    /// Every route's `topics` glob, compiled together: one pass finds all candidates.
+    topic_set: GlobSet,
     groups: Vec<GroupRule>,
     /// Cluster for groups no `[[groups]]` rule matches: the first route's read cluster.
     default_group_cluster: ClusterId,
@@ -175,7 +176,7 @@ impl RoutingTable {
         let mut routes = Vec::with_capacity(spec.routes.len());
         for (index, rule) in spec.routes.iter().enumerate() {
             let field = |name: &str| format!("routes[{index}].{name}");
-            let topics = compile_glob(field("topics"), &rule.topics)?;
+            compile_glob(field("topics"), &rule.topics)?;
             let clients = compile_glob(field("clients"), &rule.clients)?;
             let write = cluster_id(field("write"), &rule.write)?;
             let read = match &rule.read {
@@ -237,7 +238,6 @@ impl RoutingTable {
             }
             routes.push(Route {
                 index,
-                topics,
                 clients,
                 write,
                 mirror,
@@ -267,10 +267,24 @@ impl RoutingTable {
             });
         }
         let default_group_cluster = routes[0].read;
+        let mut topic_set = GlobSetBuilder::new();
+        for (index, rule) in spec.routes.iter().enumerate() {
+            let glob = Glob::new(&rule.topics).map_err(|e| {
+                error(
+                    format!("routes[{index}].topics"),
+                    format!("invalid glob: {e}"),
+                )
+            })?;
+            topic_set.add(glob);
+        }
+        let topic_set = topic_set
+            .build()
+            .map_err(|e| error("routes".into(), format!("cannot compile topic globs: {e}")))?;
         Ok(RoutingTable {
             version,
             spec: spec.clone(),
             routes,
+            topic_set,
             groups,
             default_group_cluster,
         })
@@ -278,9 +292,18 @@ impl RoutingTable {
 
     /// The first route matching `topic` for `client_id`, if any.
     pub fn route(&self, topic: &str, client_id: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|route| route.topics.is_match(topic) && route.clients.is_match(client_id))
+        thread_local! {
+            static CANDIDATES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CANDIDATES.with(|candidates| {
+            let mut candidates = candidates.borrow_mut();
+            self.topic_set.matches_into(topic, &mut candidates);
+            candidates.sort_unstable();
+            candidates
+                .iter()
+                .filter_map(|&index| self.routes.get(index))
+                .find(|route| route.clients.is_match(client_id))
+        })
     }
 
     /// The route at position `index` (as recorded in a request's routing decisions).
