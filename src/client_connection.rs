@@ -45,6 +45,7 @@ impl ClientConnection {
 
     pub async fn run(self, socket: TcpStream, mut shutdown: watch::Receiver<bool>) {
         tracing::debug!("client connected");
+        self.state.metrics.client_connections.inc();
         let (read_half, write_half) = socket.into_split();
         // Each queued reply task is one request in flight: the queue is the window.
         let (replies, replies_rx) = mpsc::channel(self.state.config.max_in_flight_requests);
@@ -55,7 +56,7 @@ impl ClientConnection {
             let frame = tokio::select! {
                 frame = codec::read_frame(&mut reader, limit) => frame,
                 _ = shutdown.changed() => break,
-                _ = &mut writer => return,
+                _ = &mut writer => break,
             };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
@@ -67,8 +68,15 @@ impl ClientConnection {
             };
             let reply = match Request::parse(frame) {
                 Ok(request) => {
+                    let started = std::time::Instant::now();
+                    let api_key = request.api_key;
                     let pending = dispatch::submit(&self.state, &self.upstream, request).await;
-                    tokio::spawn(pending)
+                    let metrics = self.state.metrics.clone();
+                    tokio::spawn(async move {
+                        let reply = pending.await;
+                        metrics.client_request(api_key, started.elapsed());
+                        reply
+                    })
                 }
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
@@ -81,6 +89,7 @@ impl ClientConnection {
         }
         drop(replies);
         let _ = writer.await;
+        self.state.metrics.client_connections.dec();
         tracing::debug!("client disconnected");
     }
 }

@@ -27,10 +27,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-pub use broker_connection::{BrokerConnection, ResponseFuture};
+pub use broker_connection::{BrokerConnection, Observer, ResponseFuture};
 
 use crate::codec::{self, decode_body};
 use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
 use crate::ClusterId;
 
 /// A failure talking to a backend cluster. Cloneable: one broken connection fails every
@@ -125,6 +126,7 @@ pub struct Cluster {
     pub name: Arc<str>,
     bootstrap: Vec<String>,
     pub settings: ConnectionSettings,
+    pub metrics: Arc<Metrics>,
     state: RwLock<ClusterState>,
     /// Coordinator node per (key type, key): groups are 0, transactional ids 1.
     coordinators: Mutex<HashMap<(i8, String), i32>>,
@@ -155,12 +157,14 @@ impl Cluster {
         name: &str,
         bootstrap: Vec<String>,
         settings: ConnectionSettings,
+        metrics: Arc<Metrics>,
     ) -> Cluster {
         Cluster {
             id,
             name: name.into(),
             bootstrap,
             settings,
+            metrics,
             state: RwLock::default(),
             coordinators: Mutex::default(),
             control: tokio::sync::Mutex::new(None),
@@ -202,6 +206,15 @@ impl Cluster {
         response.wait(self.settings.request_timeout).await
     }
 
+    /// Opens a connection to `address`, one of this cluster's brokers.
+    pub async fn connect(&self, address: &str) -> Result<BrokerConnection, BackendError> {
+        let observer = Observer {
+            metrics: self.metrics.clone(),
+            cluster: self.name.clone(),
+        };
+        BrokerConnection::connect(address, self.settings.connect_timeout, Some(observer)).await
+    }
+
     /// Connects to any known broker, then to the bootstrap list.
     async fn connect_any(&self) -> Result<BrokerConnection, BackendError> {
         let mut candidates: Vec<String> = read(&self.state)
@@ -212,7 +225,7 @@ impl Cluster {
         candidates.extend(self.bootstrap.iter().cloned());
         let mut last_error = None;
         for address in candidates {
-            match BrokerConnection::connect(&address, self.settings.connect_timeout).await {
+            match self.connect(&address).await {
                 Ok(connection) => return Ok(connection),
                 Err(e) => last_error = Some(e),
             }
@@ -539,8 +552,7 @@ impl UpstreamConnections {
             }
         }
         let address = cluster.broker_address(node)?;
-        let connection =
-            BrokerConnection::connect(&address, cluster.settings.connect_timeout).await?;
+        let connection = cluster.connect(&address).await?;
         connections.insert(key, connection.clone());
         Ok(connection)
     }

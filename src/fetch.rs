@@ -21,7 +21,7 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -29,6 +29,7 @@ use kafka_protocol::ResponseError;
 use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
 use crate::codec::{self, decode_body};
 use crate::dispatch::{Context, HandlerError, PendingReply};
+use crate::metrics::BackendFailure;
 use crate::ClusterId;
 
 /// Where one partition of a read request goes.
@@ -336,6 +337,8 @@ fn absorb_fetch(
             .find(|(name, _, _)| name == backend_topic)
             .map_or_else(|| topic.topic.0.clone(), |(_, client, _)| client.clone());
         for mut partition in topic.partitions {
+            let code = BackendFailure::Code(partition.error_code);
+            cluster.metrics.backend_error(&cluster.name, ApiKey::Fetch, code);
             if is_leadership_error(partition.error_code) {
                 cluster.forget_leaders(backend_topic);
             }

@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod fetch;
 pub mod groups;
 pub mod listener;
+pub mod metrics;
 pub mod produce;
 pub mod routing;
 pub mod virtual_cluster;
@@ -57,6 +58,7 @@ pub struct ProxyState {
     /// Backend clusters, indexed by [`ClusterId`].
     pub clusters: Vec<Arc<Cluster>>,
     pub routing: Routing,
+    pub metrics: Arc<metrics::Metrics>,
     /// Mirror queues and writers (one per cluster), the offset map, held transactions.
     pub mirrors: Arc<produce::mirror::Mirrors>,
     /// The broker kshift presents to clients.
@@ -124,6 +126,7 @@ impl Proxy {
             },
         };
         let settings = ConnectionSettings::from_config(&config.proxy);
+        let metrics = Arc::new(metrics::Metrics::new());
         let names = config.cluster_names();
         let clusters: Vec<Arc<Cluster>> = names
             .iter()
@@ -134,6 +137,7 @@ impl Proxy {
                     name,
                     config.clusters[name].bootstrap.clone(),
                     settings,
+                    metrics.clone(),
                 ))
             })
             .collect();
@@ -146,6 +150,7 @@ impl Proxy {
         let mirrors = produce::mirror::Mirrors::start(&clusters, &queue_limits);
         let state = Arc::new(ProxyState {
             config: config.proxy.clone(),
+            metrics,
             mirrors,
             clusters,
             routing: Routing::new(table),

@@ -38,6 +38,7 @@ pub async fn run(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = state.config.max_connections, "connection refused: max_connections reached");
+            state.metrics.client_connections_refused.inc();
             drop(socket);
             continue;
         };

@@ -28,6 +28,7 @@ use kafka_protocol::ResponseError;
 use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
 use crate::codec::{self, decode_body};
 use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
+use crate::metrics::BackendFailure;
 use crate::routing::MirrorMode;
 use crate::ClusterId;
 use mirror::MirrorItem;
@@ -314,6 +315,10 @@ async fn complete(
         };
         let response: ProduceResponse = decode_body(body.clone(), version, "produce response")?;
         for topic in &response.responses {
+            for partition in &topic.partition_responses {
+                let code = BackendFailure::Code(partition.error_code);
+                cluster.metrics.backend_error(&cluster.name, ApiKey::Produce, code);
+            }
             if topic
                 .partition_responses
                 .iter()

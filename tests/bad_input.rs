@@ -32,8 +32,9 @@ async fn start() -> (Broker, Kshift) {
 
 fn metadata_for(topic: &str, auto_create: bool) -> MetadataRequest {
     MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default()
-            .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]))
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_string())),
+        ))]))
         .with_allow_auto_topic_creation(auto_create)
 }
 
@@ -126,7 +127,9 @@ async fn unknown_api_key_and_unsupported_version_close_the_connection() {
 
     // OffsetForLeaderEpoch is deliberately not served (leader epochs are per cluster).
     let mut unserved = RawClient::connect(kshift.addr()).await;
-    unserved.send_body(ApiKey::OffsetForLeaderEpoch, 3, 1, &[]).await;
+    unserved
+        .send_body(ApiKey::OffsetForLeaderEpoch, 3, 1, &[])
+        .await;
     unserved.assert_closed().await;
     assert_serving(&kshift).await;
 }
@@ -135,10 +138,15 @@ async fn unknown_api_key_and_unsupported_version_close_the_connection() {
 async fn api_versions_newer_than_kshift_knows_gets_the_v0_error_answer() {
     let (_broker, kshift) = start().await;
     let mut client = RawClient::connect(kshift.addr()).await;
-    client.send_body(ApiKey::ApiVersions, 99, 5, &[0, 0, 0]).await;
+    client
+        .send_body(ApiKey::ApiVersions, 99, 5, &[0, 0, 0])
+        .await;
     // The answer is v0-shaped whatever version was asked.
     let response: ApiVersionsResponse = client.receive(ApiKey::ApiVersions, 0, 5).await;
-    assert_eq!(response.error_code, ResponseError::UnsupportedVersion.code());
+    assert_eq!(
+        response.error_code,
+        ResponseError::UnsupportedVersion.code()
+    );
     let api_versions = response
         .api_keys
         .iter()
@@ -146,14 +154,19 @@ async fn api_versions_newer_than_kshift_knows_gets_the_v0_error_answer() {
         .expect("ApiVersions range in the error answer");
     assert_eq!((api_versions.min_version, api_versions.max_version), (0, 4));
     // The connection stays usable: the client retries with a version from the answer.
-    client.send(ApiKey::ApiVersions, 3, 6, &ApiVersionsRequest::default()).await;
+    client
+        .send(ApiKey::ApiVersions, 3, 6, &ApiVersionsRequest::default())
+        .await;
     let retried: ApiVersionsResponse = client.receive(ApiKey::ApiVersions, 3, 6).await;
     assert_eq!(retried.error_code, 0);
     let advertised: Vec<i16> = retried.api_keys.iter().map(|v| v.api_key).collect();
     assert!(advertised.contains(&(ApiKey::Produce as i16)));
     assert!(!advertised.contains(&(ApiKey::OffsetForLeaderEpoch as i16)));
     let produce = retried.api_keys.iter().find(|v| v.api_key == 0).unwrap();
-    assert!(produce.max_version <= 9, "Produce v10+ carries broker endpoints");
+    assert!(
+        produce.max_version <= 9,
+        "Produce v10+ carries broker endpoints"
+    );
     let fetch = retried.api_keys.iter().find(|v| v.api_key == 1).unwrap();
     assert!(fetch.max_version <= 12, "Fetch v13+ names topics by id");
 }
@@ -175,19 +188,35 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
     let (_broker, kshift) = start().await;
     let topic = common::unique_topic("pipelined");
     let mut client = RawClient::connect(kshift.addr()).await;
-    client.send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true)).await;
+    client
+        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
+        .await;
     let created: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
     assert_eq!(created.topics[0].error_code, 0, "topic auto-created");
 
     // Sent back to back without reading: acks=0 produce, ApiVersions, acks=1 produce, Metadata.
     client
-        .send(ApiKey::Produce, 7, 2, &produce_request(&topic, 0, record_batch(5)))
+        .send(
+            ApiKey::Produce,
+            7,
+            2,
+            &produce_request(&topic, 0, record_batch(5)),
+        )
         .await;
-    client.send(ApiKey::ApiVersions, 3, 3, &ApiVersionsRequest::default()).await;
     client
-        .send(ApiKey::Produce, 7, 4, &produce_request(&topic, 1, record_batch(2)))
+        .send(ApiKey::ApiVersions, 3, 3, &ApiVersionsRequest::default())
         .await;
-    client.send(ApiKey::Metadata, 9, 5, &metadata_for(&topic, false)).await;
+    client
+        .send(
+            ApiKey::Produce,
+            7,
+            4,
+            &produce_request(&topic, 1, record_batch(2)),
+        )
+        .await;
+    client
+        .send(ApiKey::Metadata, 9, 5, &metadata_for(&topic, false))
+        .await;
 
     // No answer for correlation id 2: the first answer is for 3.
     let versions: ApiVersionsResponse = client.receive(ApiKey::ApiVersions, 3, 3).await;
@@ -195,7 +224,10 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
     let produced: ProduceResponse = client.receive(ApiKey::Produce, 7, 4).await;
     let partition = &produced.responses[0].partition_responses[0];
     assert_eq!(partition.error_code, 0);
-    assert_eq!(partition.base_offset, 5, "the acks=0 batch was written first");
+    assert_eq!(
+        partition.base_offset, 5,
+        "the acks=0 batch was written first"
+    );
     let metadata: MetadataResponse = client.receive(ApiKey::Metadata, 9, 5).await;
     assert_eq!(metadata.topics[0].name.as_ref().unwrap().0.as_str(), topic);
 }
@@ -205,17 +237,29 @@ async fn dead_backend_gets_a_retriable_error_not_a_hang() {
     let (broker, kshift) = start().await;
     let topic = common::unique_topic("dead-backend");
     let mut client = RawClient::connect(kshift.addr()).await;
-    client.send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true)).await;
+    client
+        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
+        .await;
     let _: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
     client
-        .send(ApiKey::Produce, 7, 2, &produce_request(&topic, 1, record_batch(1)))
+        .send(
+            ApiKey::Produce,
+            7,
+            2,
+            &produce_request(&topic, 1, record_batch(1)),
+        )
         .await;
     let first: ProduceResponse = client.receive(ApiKey::Produce, 7, 2).await;
     assert_eq!(first.responses[0].partition_responses[0].error_code, 0);
 
     drop(broker);
     client
-        .send(ApiKey::Produce, 7, 3, &produce_request(&topic, 1, record_batch(1)))
+        .send(
+            ApiKey::Produce,
+            7,
+            3,
+            &produce_request(&topic, 1, record_batch(1)),
+        )
         .await;
     let failed: ProduceResponse = client.receive(ApiKey::Produce, 7, 3).await;
     let code = failed.responses[0].partition_responses[0].error_code;
@@ -223,7 +267,9 @@ async fn dead_backend_gets_a_retriable_error_not_a_hang() {
     assert!(error.is_retriable(), "{error:?} is not retriable");
 
     // Metadata still answers (topics the backend cannot describe are retriable errors).
-    client.send(ApiKey::Metadata, 9, 4, &metadata_for(&topic, false)).await;
+    client
+        .send(ApiKey::Metadata, 9, 4, &metadata_for(&topic, false))
+        .await;
     let metadata: MetadataResponse = client.receive(ApiKey::Metadata, 9, 4).await;
     let error = ResponseError::try_from_code(metadata.topics[0].error_code).expect("an error code");
     assert!(error.is_retriable(), "{error:?} is not retriable");

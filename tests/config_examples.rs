@@ -62,25 +62,53 @@ fn check_prints_the_routing_table_of_a_valid_config() {
 #[test]
 fn check_rejects_bad_configs_with_exit_64_naming_the_field() {
     let cases = [
-        (VALID.replace("write = \"new\"", "write = \"neww\""), "routes[0].write"),
-        (VALID.replace("127.0.0.1:9093", "no-port"), "clusters.old.bootstrap[0]"),
-        (VALID.replace("listen = \"127.0.0.1:9092\"", "listen = \"x\""), "proxy.listen"),
-        (VALID.replace("[proxy]", "[proxy]\nmax_frame_bytes = 0"), "proxy.max_frame_bytes"),
-        (VALID.replace("topics = \"orders.*\"", "topics = \"orders.[\""), "routes[0].topics"),
-        (VALID.replace("[[routes]]\ntopics = \"orders.*\"", "[[routes]]\ntopic = \"orders.*\""), "topic"),
+        (
+            VALID.replace("write = \"new\"", "write = \"neww\""),
+            "routes[0].write",
+        ),
+        (
+            VALID.replace("127.0.0.1:9093", "no-port"),
+            "clusters.old.bootstrap[0]",
+        ),
+        (
+            VALID.replace("listen = \"127.0.0.1:9092\"", "listen = \"x\""),
+            "proxy.listen",
+        ),
+        (
+            VALID.replace("[proxy]", "[proxy]\nmax_frame_bytes = 0"),
+            "proxy.max_frame_bytes",
+        ),
+        (
+            VALID.replace("topics = \"orders.*\"", "topics = \"orders.[\""),
+            "routes[0].topics",
+        ),
+        (
+            VALID.replace(
+                "[[routes]]\ntopics = \"orders.*\"",
+                "[[routes]]\ntopic = \"orders.*\"",
+            ),
+            "topic",
+        ),
         ("not toml at all [".to_string(), "invalid config"),
     ];
     for (text, field) in cases {
         let (code, _, stderr) = check(&text);
         assert_eq!(code, 64, "expected exit 64 for {field}: {stderr}");
-        assert!(stderr.contains(field), "message should name {field}: {stderr}");
+        assert!(
+            stderr.contains(field),
+            "message should name {field}: {stderr}"
+        );
     }
     let (code, _, stderr) = {
         let output = Command::new(env!("CARGO_BIN_EXE_kshift"))
             .args(["check", "--config", "/nonexistent/kshift.toml"])
             .output()
             .unwrap();
-        (output.status.code().unwrap_or(-1), (), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status.code().unwrap_or(-1),
+            (),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     };
     assert_eq!(code, 64);
     assert!(stderr.contains("/nonexistent/kshift.toml"), "{stderr}");

@@ -50,12 +50,19 @@ async fn a_long_poll_fetch_does_not_delay_another_clients_produce() {
     assert_eq!(created.topics[0].error_code, 0);
 
     // The consumer parks a fetch on the empty partition; give it time to reach the broker.
-    consumer.send(ApiKey::Fetch, 11, 2, &long_poll(&topic)).await;
+    consumer
+        .send(ApiKey::Fetch, 11, 2, &long_poll(&topic))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut producer = RawClient::connect(kshift.addr()).await;
     producer
-        .send(ApiKey::Produce, 7, 1, &produce_request(&topic, 1, record_batch(3)))
+        .send(
+            ApiKey::Produce,
+            7,
+            1,
+            &produce_request(&topic, 1, record_batch(3)),
+        )
         .await;
 
     // Whichever answer comes first tells whether the produce waited behind the fetch.

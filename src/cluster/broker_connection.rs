@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::BackendError;
 use crate::codec::{self, FrameError};
+use crate::metrics::{BackendFailure, Metrics};
 
 /// Largest response frame accepted from a broker (fetch responses can be large).
 const MAX_RESPONSE_BYTES: usize = 1 << 30;
@@ -39,6 +40,8 @@ const MAX_RESPONSE_BYTES: usize = 1 << 30;
 pub struct BrokerConnection {
     /// `host:port` of the broker, for errors and logs.
     address: Arc<str>,
+    /// Where round trips and failures are counted, labelled with the cluster's name.
+    observer: Option<Observer>,
     /// Frames to the writer task, in wire order. Unbounded because the client connection's
     /// in-flight window already bounds what one connection can queue.
     outbound: mpsc::UnboundedSender<[Bytes; 2]>,
@@ -67,16 +70,26 @@ struct Waiter {
     reply: oneshot::Sender<Result<Bytes, BackendError>>,
 }
 
+/// Metrics of the cluster a connection belongs to.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    pub metrics: Arc<Metrics>,
+    pub cluster: Arc<str>,
+}
+
 /// The response to one request: the body after the response header.
 pub struct ResponseFuture {
     address: Arc<str>,
     receiver: oneshot::Receiver<Result<Bytes, BackendError>>,
+    api_key: ApiKey,
+    sent_at: std::time::Instant,
+    observer: Option<Observer>,
 }
 
 impl ResponseFuture {
     /// Waits for the response, at most `timeout`.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes, BackendError> {
-        match tokio::time::timeout(timeout, self.receiver).await {
+        let result = match tokio::time::timeout(timeout, self.receiver).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(BackendError::Closed {
                 address: self.address,
@@ -86,7 +99,24 @@ impl ResponseFuture {
                 address: self.address,
                 after_ms: timeout.as_millis() as u64,
             }),
+        };
+        if let Some(observer) = &self.observer {
+            let metrics = &observer.metrics;
+            match &result {
+                Ok(_) => {
+                    metrics.backend_request(&observer.cluster, self.api_key, self.sent_at.elapsed())
+                }
+                Err(BackendError::Timeout { .. }) => {
+                    metrics.backend_error(&observer.cluster, self.api_key, BackendFailure::Timeout)
+                }
+                Err(_) => metrics.backend_error(
+                    &observer.cluster,
+                    self.api_key,
+                    BackendFailure::Connection,
+                ),
+            }
         }
+        result
     }
 }
 
@@ -95,6 +125,7 @@ impl BrokerConnection {
     pub async fn connect(
         address: &str,
         timeout: Duration,
+        observer: Option<Observer>,
     ) -> Result<BrokerConnection, BackendError> {
         let address: Arc<str> = address.into();
         let connect_error = |reason: String| BackendError::Connect {
@@ -126,6 +157,7 @@ impl BrokerConnection {
         tracing::debug!(broker = %address, "connected to backend broker");
         Ok(BrokerConnection {
             address,
+            observer,
             outbound,
             state,
         })
@@ -188,6 +220,9 @@ impl BrokerConnection {
         Ok(receiver.map(|receiver| ResponseFuture {
             address: self.address.clone(),
             receiver,
+            api_key,
+            sent_at: std::time::Instant::now(),
+            observer: self.observer.clone(),
         }))
     }
 }

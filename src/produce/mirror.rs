@@ -86,6 +86,8 @@ pub struct MirrorStats {
     /// Records queued and not yet mirrored.
     pub lag_records: AtomicU64,
     pub queued_bytes: AtomicUsize,
+    /// When the item being mirrored now was queued; `None` while idle.
+    pub current_since: Mutex<Option<Instant>>,
 }
 
 /// A snapshot of [`MirrorStats`].
@@ -102,6 +104,11 @@ pub struct MirrorCounts {
 }
 
 impl MirrorStats {
+    /// How long the item being mirrored now has waited since it was queued.
+    pub fn lag_seconds(&self) -> f64 {
+        lock(&self.current_since).map_or(0.0, |since| since.elapsed().as_secs_f64())
+    }
+
     pub fn snapshot(&self) -> MirrorCounts {
         MirrorCounts {
             mirrored_batches: self.mirrored_batches.load(Ordering::Relaxed),
@@ -118,6 +125,7 @@ impl MirrorStats {
 
 /// The queue in front of one mirror cluster's writer.
 struct MirrorQueue {
+    cluster: Arc<Cluster>,
     items: mpsc::UnboundedSender<MirrorItem>,
     /// Bytes of records queued; the queue is full at `limit_bytes`.
     limit_bytes: usize,
@@ -168,6 +176,7 @@ impl Mirrors {
                 };
                 tokio::spawn(writer.run(receiver));
                 MirrorQueue {
+                    cluster: cluster.clone(),
                     items,
                     limit_bytes: *limit,
                     stats,
@@ -179,6 +188,10 @@ impl Mirrors {
             offsets,
             transactions: Mutex::default(),
         })
+    }
+
+    pub fn stats_of(&self, cluster: ClusterId) -> Option<&MirrorStats> {
+        self.queues.get(cluster).map(|q| &*q.stats)
     }
 
     pub fn stats(&self, cluster: ClusterId) -> MirrorCounts {
@@ -203,6 +216,12 @@ impl Mirrors {
                 .stats
                 .dropped_records
                 .fetch_add(item.record_count as u64, Ordering::Relaxed);
+            queue.cluster.metrics.mirror_outcome(
+                &queue.cluster.name,
+                item.route,
+                "dropped",
+                item.record_count as u64,
+            );
             return Err((Refused::QueueFull, item));
         }
         queue
@@ -301,7 +320,9 @@ impl MirrorWriter {
         while let Some(item) = items.recv().await {
             let size = item.records.len();
             let count = item.record_count as u64;
+            *lock(&self.stats.current_since) = Some(item.enqueued_at);
             self.mirror(item).await;
+            *lock(&self.stats.current_since) = None;
             self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.lag_records.fetch_sub(count, Ordering::Relaxed);
         }
@@ -333,6 +354,13 @@ impl MirrorWriter {
             }
             Err(error) => Err(error),
         };
+        let outcome = if result.is_ok() { "mirrored" } else { "failed" };
+        self.cluster.metrics.mirror_outcome(
+            &self.cluster.name,
+            item.route,
+            outcome,
+            item.record_count as u64,
+        );
         if let Err(error) = &result {
             self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -629,8 +657,7 @@ impl MirrorWriter {
             }
         }
         let address = self.cluster.broker_address(node)?;
-        let connection =
-            BrokerConnection::connect(&address, self.cluster.settings.connect_timeout).await?;
+        let connection = self.cluster.connect(&address).await?;
         self.connections.insert(node, connection.clone());
         Ok(connection)
     }

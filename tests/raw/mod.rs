@@ -31,7 +31,9 @@ pub enum Read {
 impl RawClient {
     pub async fn connect(address: SocketAddr) -> RawClient {
         RawClient {
-            stream: TcpStream::connect(address).await.expect("connect to kshift"),
+            stream: TcpStream::connect(address)
+                .await
+                .expect("connect to kshift"),
         }
     }
 
@@ -50,11 +52,18 @@ impl RawClient {
     ) {
         let mut body = BytesMut::new();
         message.encode(&mut body, version).expect("encode request");
-        self.send_body(api_key, version, correlation_id, &body).await;
+        self.send_body(api_key, version, correlation_id, &body)
+            .await;
     }
 
     /// Sends an already-encoded body under a proper header.
-    pub async fn send_body(&mut self, api_key: ApiKey, version: i16, correlation_id: i32, body: &[u8]) {
+    pub async fn send_body(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        body: &[u8],
+    ) {
         let header = RequestHeader::default()
             .with_request_api_key(api_key as i16)
             .with_request_api_version(version)
@@ -84,11 +93,18 @@ impl RawClient {
             }
             Read::Frame(Bytes::from(frame))
         };
-        tokio::time::timeout(timeout, read).await.unwrap_or(Read::Silent)
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Read::Silent)
     }
 
     /// Reads the response to `api_key` v`version`, checks its correlation id, decodes it.
-    pub async fn receive<M: Decodable>(&mut self, api_key: ApiKey, version: i16, correlation_id: i32) -> M {
+    pub async fn receive<M: Decodable>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    ) -> M {
         let frame = match self.read(Duration::from_secs(15)).await {
             Read::Frame(frame) => frame,
             other => panic!("expected a response to {api_key:?}, got {other:?}"),
@@ -96,7 +112,10 @@ impl RawClient {
         let mut body = frame;
         let header = ResponseHeader::decode(&mut body, api_key.response_header_version(version))
             .expect("response header");
-        assert_eq!(header.correlation_id, correlation_id, "responses out of order");
+        assert_eq!(
+            header.correlation_id, correlation_id,
+            "responses out of order"
+        );
         M::decode(&mut body, version).expect("decode response")
     }
 

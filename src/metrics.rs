@@ -1,0 +1,282 @@
+//! Prometheus metrics (prefix `kshift_`), registered once per proxy and rendered by the
+//! admin API's `/metrics`.
+//!
+//! Invariant: label sets are bounded — api names, configured cluster names, route
+//! positions, Kafka error names and a few outcome words. Never a client id or a topic.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::ResponseError;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::ProxyState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub cluster: String,
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendErrorLabels {
+    pub cluster: String,
+    pub api: String,
+    /// A Kafka error name (`NotLeaderOrFollower`), or `timeout` / `connection`.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub cluster: String,
+    pub route: String,
+    /// `mirrored`, `failed` or `dropped`.
+    pub outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric kshift exports.
+pub struct Metrics {
+    registry: Registry,
+    pub client_connections: Gauge,
+    pub client_connections_refused: Counter,
+    pub client_requests: Family<ApiLabels, Counter>,
+    pub client_request_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
+    pub backend_requests: Family<BackendLabels, Counter>,
+    pub backend_request_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
+    pub backend_errors: Family<BackendErrorLabels, Counter>,
+    pub mirror_records: Family<MirrorLabels, Counter>,
+    mirror_queue_bytes: Family<ClusterLabels, Gauge>,
+    mirror_lag_records: Family<ClusterLabels, Gauge>,
+    mirror_lag_seconds: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    routing_version: Gauge,
+    pub routing_updates: Family<OutcomeLabels, Counter>,
+    /// Serialises rendering (gauges are refreshed from live state first).
+    render: Mutex<()>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `applied` or `rejected`.
+    pub outcome: String,
+    /// `file`, `admin`, `redis`, `start`.
+    pub source: String,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kshift");
+        let metrics = Metrics {
+            client_connections: Gauge::default(),
+            client_connections_refused: Counter::default(),
+            client_requests: Family::default(),
+            client_request_seconds: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+            backend_requests: Family::default(),
+            backend_request_seconds: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+            backend_errors: Family::default(),
+            mirror_records: Family::default(),
+            mirror_queue_bytes: Family::default(),
+            mirror_lag_records: Family::default(),
+            mirror_lag_seconds: Family::default(),
+            routing_version: Gauge::default(),
+            routing_updates: Family::default(),
+            registry: Registry::default(),
+            render: Mutex::new(()),
+        };
+        registry.register(
+            "client_connections",
+            "Client connections open",
+            metrics.client_connections.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Client connections closed at accept because max_connections was reached",
+            metrics.client_connections_refused.clone(),
+        );
+        registry.register(
+            "client_requests",
+            "Client requests by api",
+            metrics.client_requests.clone(),
+        );
+        registry.register(
+            "client_request_duration_seconds",
+            "Time from a client request's arrival to its answer being ready",
+            metrics.client_request_seconds.clone(),
+        );
+        registry.register(
+            "backend_requests",
+            "Requests sent to backend brokers",
+            metrics.backend_requests.clone(),
+        );
+        registry.register(
+            "backend_request_duration_seconds",
+            "Backend round-trip time (including any wait the request asked for)",
+            metrics.backend_request_seconds.clone(),
+        );
+        registry.register(
+            "backend_errors",
+            "Backend failures: Kafka error codes in answers, timeouts, broken connections",
+            metrics.backend_errors.clone(),
+        );
+        registry.register(
+            "mirror_records",
+            "Records handed to mirror clusters, by outcome",
+            metrics.mirror_records.clone(),
+        );
+        registry.register(
+            "mirror_queue_bytes",
+            "Bytes waiting in a mirror queue",
+            metrics.mirror_queue_bytes.clone(),
+        );
+        registry.register(
+            "mirror_lag_records",
+            "Records waiting to be mirrored",
+            metrics.mirror_lag_records.clone(),
+        );
+        registry.register(
+            "mirror_lag_seconds",
+            "Age of the record being mirrored now (0 when the queue is empty)",
+            metrics.mirror_lag_seconds.clone(),
+        );
+        registry.register(
+            "routing_version",
+            "Version of the routing table in force",
+            metrics.routing_version.clone(),
+        );
+        registry.register(
+            "routing_updates",
+            "Routing table updates, applied or rejected, by source",
+            metrics.routing_updates.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn client_request(&self, api: ApiKey, elapsed: Duration) {
+        let labels = ApiLabels {
+            api: format!("{api:?}"),
+        };
+        self.client_requests.get_or_create(&labels).inc();
+        self.client_request_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn backend_request(&self, cluster: &str, api: ApiKey, elapsed: Duration) {
+        let labels = BackendLabels {
+            cluster: cluster.to_string(),
+            api: format!("{api:?}"),
+        };
+        self.backend_requests.get_or_create(&labels).inc();
+        self.backend_request_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failure: a Kafka error code (0 is ignored) or a named failure.
+    pub fn backend_error(&self, cluster: &str, api: ApiKey, error: BackendFailure) {
+        let error = match error {
+            BackendFailure::Code(0) => return,
+            BackendFailure::Code(code) => match ResponseError::try_from_code(code) {
+                Some(ResponseError::Unknown(code)) => format!("code_{code}"),
+                Some(error) => format!("{error:?}"),
+                None => return,
+            },
+            BackendFailure::Timeout => "timeout".to_string(),
+            BackendFailure::Connection => "connection".to_string(),
+        };
+        self.backend_errors
+            .get_or_create(&BackendErrorLabels {
+                cluster: cluster.to_string(),
+                api: format!("{api:?}"),
+                error,
+            })
+            .inc();
+    }
+
+    pub fn mirror_outcome(&self, cluster: &str, route: usize, outcome: &str, records: u64) {
+        self.mirror_records
+            .get_or_create(&MirrorLabels {
+                cluster: cluster.to_string(),
+                route: route.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc_by(records);
+    }
+
+    /// The text exposition, with gauges refreshed from `state`.
+    pub fn render(&self, state: &ProxyState) -> String {
+        let _guard = self.render.lock().unwrap_or_else(|p| p.into_inner());
+        self.routing_version
+            .set(state.routing.load().version as i64);
+        for cluster in &state.clusters {
+            let labels = ClusterLabels {
+                cluster: cluster.name.to_string(),
+            };
+            let stats = state.mirrors.stats_of(cluster.id);
+            if let Some(stats) = stats {
+                self.mirror_queue_bytes
+                    .get_or_create(&labels)
+                    .set(stats.queued_bytes.load(Ordering::Relaxed) as i64);
+                self.mirror_lag_records
+                    .get_or_create(&labels)
+                    .set(stats.lag_records.load(Ordering::Relaxed) as i64);
+                self.mirror_lag_seconds
+                    .get_or_create(&labels)
+                    .set(stats.lag_seconds());
+            }
+        }
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// What went wrong with a backend request, for [`Metrics::backend_error`].
+#[derive(Debug, Clone, Copy)]
+pub enum BackendFailure {
+    Code(i16),
+    Timeout,
+    Connection,
+}
