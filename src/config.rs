@@ -54,6 +54,26 @@ pub struct Config {
     /// `[[groups]]`: which cluster hosts each consumer group. First match wins.
     #[serde(default)]
     pub groups: Vec<GroupSpec>,
+    /// `[routing]`: where the routing table is shared across a fleet.
+    #[serde(default)]
+    pub routing: RoutingSourceConfig,
+}
+
+/// `[routing]`: optional fleet-wide routing through Redis.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSourceConfig {
+    /// `redis://host:port[/db]`: the table lives in a Redis key and changes are announced on
+    /// a pub/sub channel, so every kshift sharing it applies the same table.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// The Redis key (and pub/sub channel) holding the table.
+    #[serde(default = "default_redis_key")]
+    pub redis_key: String,
+}
+
+fn default_redis_key() -> String {
+    "kshift:routing".to_string()
 }
 
 /// `[proxy]`: how clients reach kshift and the limits of each client connection.
@@ -153,6 +173,22 @@ impl Config {
         Config::parse(&text)
     }
 
+    /// Reads and parses a configuration file without validating it (the routing table is
+    /// validated when it is applied, which names the failing rule).
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(toml::from_str(&text)?)
+    }
+
+    /// True when `[proxy]` or `[clusters]` differ from `other` (they need a restart).
+    pub fn proxy_and_clusters_differ(&self, other: &Config) -> bool {
+        let parts = |c: &Config| serde_json::to_value((&c.proxy, &c.clusters, &c.routing)).ok();
+        parts(self) != parts(other)
+    }
+
     /// Cluster names in a stable order; a cluster's position is its [`crate::ClusterId`].
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.keys().cloned().collect()
@@ -226,6 +262,14 @@ impl Config {
                 parse_host_port(address).map_err(|e| {
                     ConfigError::field(format!("clusters.{name}.bootstrap[{i}]"), e)
                 })?;
+            }
+        }
+        if let Some(url) = &self.routing.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::field(
+                    "routing.redis",
+                    format!("{url:?} is not a redis:// URL"),
+                ));
             }
         }
         crate::routing::RoutingTable::build(&self.routing_spec(), &self.cluster_names(), 0)?;

@@ -21,7 +21,8 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -338,7 +339,9 @@ fn absorb_fetch(
             .map_or_else(|| topic.topic.0.clone(), |(_, client, _)| client.clone());
         for mut partition in topic.partitions {
             let code = BackendFailure::Code(partition.error_code);
-            cluster.metrics.backend_error(&cluster.name, ApiKey::Fetch, code);
+            cluster
+                .metrics
+                .backend_error(&cluster.name, ApiKey::Fetch, code);
             if is_leadership_error(partition.error_code) {
                 cluster.forget_leaders(backend_topic);
             }

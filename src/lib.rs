@@ -16,6 +16,7 @@
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
 //! - [`config`] parses and validates the TOML configuration.
 
+pub mod admin;
 pub mod client_connection;
 pub mod cluster;
 pub mod codec;
@@ -36,6 +37,9 @@ use cluster::{Cluster, ConnectionSettings};
 use config::{parse_host_port, Config, ProxyConfig};
 use routing::{Routing, RoutingTable};
 
+/// Routing tables kept for `POST /routes/rollback`.
+const ROUTING_HISTORY: usize = 10;
+
 /// Index of a backend cluster in [`ProxyState::clusters`] (clusters sorted by name).
 pub type ClusterId = usize;
 
@@ -44,6 +48,8 @@ pub type ClusterId = usize;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("cannot watch config file {path}: {source}")]
+    Watch { path: String, source: notify::Error },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -86,6 +92,7 @@ pub struct Proxy;
 /// A running proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     state: Arc<ProxyState>,
     shutdown: tokio::sync::watch::Sender<bool>,
     listener: tokio::task::JoinHandle<()>,
@@ -153,7 +160,7 @@ impl Proxy {
             metrics,
             mirrors,
             clusters,
-            routing: Routing::new(table),
+            routing: Routing::new(table, names.clone(), ROUTING_HISTORY),
             node,
         });
         for cluster in &state.clusters {
@@ -165,10 +172,26 @@ impl Proxy {
             });
         }
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let admin_addr = match &config.proxy.admin_listen {
+            Some(address) => {
+                let admin = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        address: address.clone(),
+                        source,
+                    })?;
+                let admin_addr = admin.local_addr().ok();
+                tokio::spawn(admin::run(admin, state.clone(), shutdown_rx.clone()));
+                tracing::info!(admin = ?admin_addr, "admin API listening");
+                admin_addr
+            }
+            None => None,
+        };
         let listener = tokio::spawn(listener::run(tcp, state.clone(), shutdown_rx));
         tracing::info!(listen = %local_addr, advertised = %format!("{}:{}", state.node.host, state.node.port), "kshift listening");
         Ok(RunningProxy {
             local_addr,
+            admin_addr,
             state,
             shutdown,
             listener,
@@ -180,6 +203,26 @@ impl RunningProxy {
     /// The address the Kafka listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin API, when `admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Re-applies `[[routes]]`/`[[groups]]` from `path` whenever it changes and on SIGHUP.
+    /// `running` is the configuration kshift started with.
+    pub fn watch_config_file(
+        &self,
+        path: std::path::PathBuf,
+        running: Config,
+    ) -> Result<(), StartError> {
+        routing::file::spawn_watch(self.state.clone(), path.clone(), running).map_err(|source| {
+            StartError::Watch {
+                path: path.display().to_string(),
+                source,
+            }
+        })
     }
 
     /// The state shared by all connections (routing table, clusters).

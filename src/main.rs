@@ -55,14 +55,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            let config = match Config::load(&config) {
+            let config_path = config;
+            let config = match Config::load(&config_path) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("kshift: {error}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match serve(config) {
+            match serve(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("kshift: {error:#}");
@@ -87,8 +88,9 @@ fn init_tracing(json: bool) {
 }
 
 #[tokio::main]
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let proxy = kshift::Proxy::start(config).await?;
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let proxy = kshift::Proxy::start(config.clone()).await?;
+    proxy.watch_config_file(path, config)?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate() => {}

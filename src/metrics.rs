@@ -233,6 +233,15 @@ impl Metrics {
             .inc();
     }
 
+    pub fn routing_update(&self, outcome: &str, source: &str) {
+        self.routing_updates
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
     pub fn mirror_outcome(&self, cluster: &str, route: usize, outcome: &str, records: u64) {
         self.mirror_records
             .get_or_create(&MirrorLabels {

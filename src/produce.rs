@@ -317,7 +317,9 @@ async fn complete(
         for topic in &response.responses {
             for partition in &topic.partition_responses {
                 let code = BackendFailure::Code(partition.error_code);
-                cluster.metrics.backend_error(&cluster.name, ApiKey::Produce, code);
+                cluster
+                    .metrics
+                    .backend_error(&cluster.name, ApiKey::Produce, code);
             }
             if topic
                 .partition_responses

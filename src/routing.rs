@@ -8,13 +8,15 @@
 //!   once and finishes on that snapshot, so a swap never splits a request across two tables.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::ClusterId;
+
+pub mod file;
 
 /// A routing table as operators write it (`[[routes]]`, `[[groups]]`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -360,17 +362,44 @@ fn compile_glob(field: String, pattern: &str) -> Result<GlobMatcher, RoutingErro
         .map_err(|e| error(field, format!("invalid glob {pattern:?}: {e}")))
 }
 
-/// The routing table in force: one snapshot behind one `ArcSwap`.
+/// The routing table in force: one snapshot behind one `ArcSwap`, and the one updater
+/// every source (file, SIGHUP, admin API, Redis) goes through.
 #[derive(Debug)]
 pub struct Routing {
     /// Swapped whole; readers take a snapshot with [`Routing::load`] once per request.
     current: ArcSwap<RoutingTable>,
+    /// Configured cluster names, what tables are validated against.
+    clusters: Vec<String>,
+    /// Tables replaced so far, newest last, for rollback; at most `history_limit`.
+    /// The lock also serialises updates so versions increase one swap at a time.
+    history: Mutex<Vec<RoutingSpec>>,
+    history_limit: usize,
+}
+
+/// Why an update was refused; the table in force is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("invalid routing table: {0}")]
+    Invalid(#[from] RoutingError),
+    #[error("no earlier routing table to roll back to")]
+    NoHistory,
+}
+
+/// What an update changed.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub version: u64,
+    /// One line per changed rule (`routes[0]: {…} -> {…}`); empty when nothing changed.
+    pub diff: Vec<String>,
 }
 
 impl Routing {
-    pub fn new(table: RoutingTable) -> Routing {
+    pub fn new(table: RoutingTable, clusters: Vec<String>, history_limit: usize) -> Routing {
         Routing {
             current: ArcSwap::from_pointee(table),
+            clusters,
+            history: Mutex::default(),
+            history_limit: history_limit.max(1),
         }
     }
 
@@ -379,10 +408,78 @@ impl Routing {
         self.current.load_full()
     }
 
-    /// Puts `table` in force; requests already running finish on the table they loaded.
-    pub fn store(&self, table: RoutingTable) {
+    /// Validates `spec` as a whole and puts it in force under the next version (or
+    /// `version`, when a fleet source dictates it and it is newer). Requests already
+    /// running finish on the table they loaded; no connection is touched.
+    pub fn apply(
+        &self,
+        spec: &RoutingSpec,
+        source: &str,
+        version: Option<u64>,
+    ) -> Result<Applied, UpdateError> {
+        let mut history = lock(&self.history);
+        let current = self.load();
+        let version = version
+            .filter(|v| *v > current.version)
+            .unwrap_or(current.version + 1);
+        let table = match RoutingTable::build(spec, &self.clusters, version) {
+            Ok(table) => table,
+            Err(error) => {
+                tracing::warn!(source, %error, "routing update rejected; the table in force is unchanged");
+                return Err(error.into());
+            }
+        };
+        let diff = diff(&current.spec, spec);
+        history.push(current.spec.clone());
+        let excess = history.len().saturating_sub(self.history_limit);
+        history.drain(..excess);
         self.current.store(Arc::new(table));
+        tracing::info!(source, version, changes = %diff.join("; "), "routing table applied");
+        Ok(Applied { version, diff })
     }
+
+    /// Puts the previous table back in force (under a new version).
+    pub fn rollback(&self, source: &str) -> Result<Applied, UpdateError> {
+        let mut history = lock(&self.history);
+        let previous = history.pop().ok_or(UpdateError::NoHistory)?;
+        let current = self.load();
+        let version = current.version + 1;
+        let table = RoutingTable::build(&previous, &self.clusters, version)?;
+        let diff = diff(&current.spec, &previous);
+        self.current.store(Arc::new(table));
+        tracing::info!(source, version, changes = %diff.join("; "), "routing table rolled back");
+        Ok(Applied { version, diff })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Human-readable changes from `before` to `after`, one line per rule.
+pub fn diff(before: &RoutingSpec, after: &RoutingSpec) -> Vec<String> {
+    fn show<T: Serialize>(rule: Option<&T>) -> String {
+        rule.map_or_else(
+            || "(none)".to_string(),
+            |r| serde_json::to_string(r).unwrap_or_default(),
+        )
+    }
+    let mut lines = Vec::new();
+    for i in 0..before.routes.len().max(after.routes.len()) {
+        let (old, new) = (before.routes.get(i), after.routes.get(i));
+        if old != new {
+            lines.push(format!("routes[{i}]: {} -> {}", show(old), show(new)));
+        }
+    }
+    for i in 0..before.groups.len().max(after.groups.len()) {
+        let (old, new) = (before.groups.get(i), after.groups.get(i));
+        if old != new {
+            lines.push(format!("groups[{i}]: {} -> {}", show(old), show(new)));
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -520,17 +617,81 @@ mod tests {
 
     #[test]
     fn swap_keeps_old_snapshot_alive_for_running_requests() {
-        let routing = Routing::new(build("[[routes]]\ntopics = \"*\"\nwrite = \"old\"").unwrap());
+        let routing = Routing::new(
+            build("[[routes]]\ntopics = \"*\"\nwrite = \"old\"").unwrap(),
+            clusters(),
+            3,
+        );
         let held = routing.load();
-        let next = RoutingTable::build(
-            &spec("[[routes]]\ntopics = \"*\"\nwrite = \"new\""),
-            &clusters(),
-            2,
-        )
-        .unwrap();
-        routing.store(next);
+        let applied = routing
+            .apply(
+                &spec("[[routes]]\ntopics = \"*\"\nwrite = \"new\""),
+                "test",
+                None,
+            )
+            .unwrap();
+        assert_eq!(applied.version, 2);
+        assert_eq!(applied.diff.len(), 1);
+        assert!(
+            applied.diff[0].starts_with("routes[0]: "),
+            "{:?}",
+            applied.diff
+        );
         assert_eq!(held.route("t", "c").unwrap().write, 1);
         assert_eq!(routing.load().route("t", "c").unwrap().write, 0);
         assert_eq!(routing.load().version, 2);
+    }
+
+    #[test]
+    fn invalid_update_changes_nothing_and_rollback_restores() {
+        let routing = Routing::new(
+            build("[[routes]]\ntopics = \"*\"\nwrite = \"old\"").unwrap(),
+            clusters(),
+            2,
+        );
+        assert_eq!(
+            routing.rollback("test").unwrap_err(),
+            UpdateError::NoHistory
+        );
+        let error = routing
+            .apply(
+                &spec("[[routes]]\ntopics = \"*\"\nwrite = \"gone\""),
+                "test",
+                None,
+            )
+            .unwrap_err();
+        assert!(error.to_string().contains("routes[0].write"), "{error}");
+        assert_eq!(routing.load().version, 1);
+        for write in ["new", "old", "new"] {
+            let text = format!("[[routes]]\ntopics = \"*\"\nwrite = \"{write}\"");
+            routing.apply(&spec(&text), "test", None).unwrap();
+        }
+        assert_eq!(routing.load().version, 4);
+        assert_eq!(routing.rollback("test").unwrap().version, 5);
+        assert_eq!(routing.load().route("t", "c").unwrap().write, 1);
+        assert_eq!(routing.rollback("test").unwrap().version, 6);
+        assert_eq!(routing.load().route("t", "c").unwrap().write, 0);
+        // History keeps two tables only.
+        assert_eq!(
+            routing.rollback("test").unwrap_err(),
+            UpdateError::NoHistory
+        );
+        // A fleet version newer than ours is adopted; an older one is not.
+        let fleet = routing
+            .apply(
+                &spec("[[routes]]\ntopics = \"*\"\nwrite = \"old\""),
+                "redis",
+                Some(40),
+            )
+            .unwrap();
+        assert_eq!(fleet.version, 40);
+        let stale = routing
+            .apply(
+                &spec("[[routes]]\ntopics = \"*\"\nwrite = \"new\""),
+                "redis",
+                Some(3),
+            )
+            .unwrap();
+        assert_eq!(stale.version, 41);
     }
 }

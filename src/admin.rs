@@ -1,0 +1,178 @@
+//! The admin HTTP API (default 127.0.0.1 only): health, readiness, Prometheus metrics, the
+//! routing table (read, replace, roll back) and a JSON status.
+//!
+//! Invariant: a `PUT /routes` is validated as a whole before anything changes; a 400
+//! carries the reason, naming the rule and field, and the table in force stays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::routing::{RoutingSpec, UpdateError};
+use crate::ProxyState;
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/routes", get(get_routes).put(put_routes))
+        .route("/routes/rollback", post(rollback))
+        .route("/status", get(status))
+        .with_state(state);
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(%error, "admin API stopped");
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when every backend cluster answered ApiVersions (asked now if not yet known).
+async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
+    let mut clusters = serde_json::Map::new();
+    let mut all_ready = true;
+    for cluster in &state.clusters {
+        let reachable = match cluster.known_api_versions() {
+            Some(_) => true,
+            None => matches!(
+                tokio::time::timeout(Duration::from_secs(2), cluster.api_versions()).await,
+                Ok(Ok(_))
+            ),
+        };
+        all_ready &= reachable;
+        clusters.insert(cluster.name.to_string(), json!({ "reachable": reachable }));
+    }
+    let code = if all_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({ "ready": all_ready, "clusters": clusters })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
+    let text = state.metrics.render(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn routes_json(state: &ProxyState) -> serde_json::Value {
+    let table = state.routing.load();
+    json!({
+        "version": table.version,
+        "routes": table.spec.routes,
+        "groups": table.spec.groups,
+    })
+}
+
+async fn get_routes(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+    Json(routes_json(&state))
+}
+
+/// Parses a table from a JSON body (`Content-Type: application/json`, or a body that
+/// starts with `{`) or a TOML one (`[[routes]]` …).
+fn parse_spec(headers: &HeaderMap, body: &str) -> Result<RoutingSpec, String> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
+        || body.trim_start().starts_with('{');
+    if is_json {
+        serde_json::from_str(body).map_err(|e| format!("invalid JSON routing table: {e}"))
+    } else {
+        toml::from_str(body).map_err(|e| format!("invalid TOML routing table: {e}"))
+    }
+}
+
+fn rejected(state: &ProxyState, code: StatusCode, error: String) -> Response {
+    state.metrics.routing_update("rejected", "admin");
+    (code, Json(json!({ "error": error }))).into_response()
+}
+
+async fn put_routes(
+    State(state): State<Arc<ProxyState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let spec = match parse_spec(&headers, &body) {
+        Ok(spec) => spec,
+        Err(error) => return rejected(&state, StatusCode::BAD_REQUEST, error),
+    };
+    match state.routing.apply(&spec, "admin", None) {
+        Ok(applied) => {
+            state.metrics.routing_update("applied", "admin");
+            Json(json!({ "version": applied.version, "changes": applied.diff })).into_response()
+        }
+        Err(error) => rejected(&state, StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+async fn rollback(State(state): State<Arc<ProxyState>>) -> Response {
+    match state.routing.rollback("admin") {
+        Ok(applied) => {
+            state.metrics.routing_update("applied", "admin");
+            Json(json!({ "version": applied.version, "changes": applied.diff })).into_response()
+        }
+        Err(error @ UpdateError::NoHistory) => {
+            rejected(&state, StatusCode::CONFLICT, error.to_string())
+        }
+        Err(error) => rejected(&state, StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+    let clusters: Vec<serde_json::Value> = state
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let mirror = state.mirrors.stats(cluster.id);
+            json!({
+                "name": &*cluster.name,
+                "reachable": cluster.known_api_versions().is_some(),
+                "mirror": {
+                    "mirrored_records": mirror.mirrored_records,
+                    "failed_records": mirror.failed_records,
+                    "dropped_records": mirror.dropped_records,
+                    "lag_records": mirror.lag_records,
+                    "queued_bytes": mirror.queued_bytes,
+                },
+            })
+        })
+        .collect();
+    Json(json!({
+        "routing": routes_json(&state),
+        "clusters": clusters,
+        "client_connections": state.metrics.client_connections.get(),
+    }))
+}
