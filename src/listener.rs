@@ -42,6 +42,7 @@ pub async fn run(
             drop(socket);
             continue;
         };
+        state.metrics.client_connections_accepted.inc();
         let _ = socket.set_nodelay(true);
         let connection = ClientConnection::new(state.clone(), peer);
         let shutdown = shutdown.clone();

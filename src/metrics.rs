@@ -60,6 +60,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub client_connections: Gauge,
+    pub client_connections_accepted: Counter,
     pub client_connections_refused: Counter,
     pub client_requests: Family<ApiLabels, Counter>,
     pub client_request_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
@@ -101,6 +102,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kshift");
         let metrics = Metrics {
             client_connections: Gauge::default(),
+            client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
             client_requests: Family::default(),
             client_request_seconds: Family::new_with_constructor(
@@ -124,6 +126,11 @@ impl Metrics {
             "client_connections",
             "Client connections open",
             metrics.client_connections.clone(),
+        );
+        registry.register(
+            "client_connections_accepted",
+            "Client connections accepted",
+            metrics.client_connections_accepted.clone(),
         );
         registry.register(
             "client_connections_refused",
