@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::routing::redis::RedisSourceError;
 use crate::routing::{RoutingSpec, UpdateError};
 use crate::ProxyState;
 
@@ -68,11 +69,13 @@ async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        Json(json!({ "ready": all_ready, "clusters": clusters })),
-    )
-        .into_response()
+    // Redis down does not make kshift unready: it keeps serving on the table in force.
+    let redis = state
+        .redis
+        .as_ref()
+        .map(|redis| json!({ "connected": redis.is_connected() }));
+    let body = json!({ "ready": all_ready, "clusters": clusters, "redis": redis });
+    (code, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
@@ -129,16 +132,43 @@ async fn put_routes(
         Ok(spec) => spec,
         Err(error) => return rejected(&state, StatusCode::BAD_REQUEST, error),
     };
-    match state.routing.apply(&spec, "admin", None) {
+    submit(&state, &spec).await
+}
+
+/// Applies `spec` here, or through Redis (and so on every instance) when configured.
+async fn submit(state: &ProxyState, spec: &RoutingSpec) -> Response {
+    let result = match &state.redis {
+        Some(redis) => redis.publish(state, spec, "admin").await,
+        None => state
+            .routing
+            .apply(spec, "admin", None)
+            .map_err(RedisSourceError::from),
+    };
+    match result {
         Ok(applied) => {
             state.metrics.routing_update("applied", "admin");
             Json(json!({ "version": applied.version, "changes": applied.diff })).into_response()
         }
-        Err(error) => rejected(&state, StatusCode::BAD_REQUEST, error.to_string()),
+        Err(RedisSourceError::Unavailable(error)) => rejected(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("redis unavailable, table unchanged: {error}"),
+        ),
+        Err(error) => rejected(state, StatusCode::BAD_REQUEST, error.to_string()),
     }
 }
 
 async fn rollback(State(state): State<Arc<ProxyState>>) -> Response {
+    if state.redis.is_some() {
+        return match state.routing.previous_spec() {
+            Some(previous) => submit(&state, &previous).await,
+            None => rejected(
+                &state,
+                StatusCode::CONFLICT,
+                UpdateError::NoHistory.to_string(),
+            ),
+        };
+    }
     match state.routing.rollback("admin") {
         Ok(applied) => {
             state.metrics.routing_update("applied", "admin");

@@ -65,6 +65,8 @@ pub struct ProxyState {
     pub clusters: Vec<Arc<Cluster>>,
     pub routing: Routing,
     pub metrics: Arc<metrics::Metrics>,
+    /// The fleet-wide routing source, when `[routing] redis` is set: updates go through it.
+    pub redis: Option<Arc<routing::redis::RedisSource>>,
     /// Mirror queues and writers (one per cluster), the offset map, held transactions.
     pub mirrors: Arc<produce::mirror::Mirrors>,
     /// The broker kshift presents to clients.
@@ -155,9 +157,21 @@ impl Proxy {
             .map(|name| config.clusters[name].mirror_queue_bytes)
             .collect();
         let mirrors = produce::mirror::Mirrors::start(&clusters, &queue_limits);
+        let redis = match &config.routing.redis {
+            Some(url) => Some(Arc::new(
+                routing::redis::RedisSource::new(url, &config.routing.redis_key).map_err(|e| {
+                    config::ConfigError::Field {
+                        field: "routing.redis".into(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            )),
+            None => None,
+        };
         let state = Arc::new(ProxyState {
             config: config.proxy.clone(),
             metrics,
+            redis: redis.clone(),
             mirrors,
             clusters,
             routing: Routing::new(table, names.clone(), ROUTING_HISTORY),
@@ -170,6 +184,9 @@ impl Proxy {
                     tracing::warn!(cluster = %cluster.name, %error, "backend not reachable at start; will retry on demand");
                 }
             });
+        }
+        if let Some(redis) = &redis {
+            redis.spawn_sync(state.clone());
         }
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let admin_addr = match &config.proxy.admin_listen {

@@ -72,6 +72,7 @@ pub struct Metrics {
     mirror_lag_records: Family<ClusterLabels, Gauge>,
     mirror_lag_seconds: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     routing_version: Gauge,
+    routing_redis_connected: Gauge,
     pub routing_updates: Family<OutcomeLabels, Counter>,
     /// Serialises rendering (gauges are refreshed from live state first).
     render: Mutex<()>,
@@ -118,6 +119,7 @@ impl Metrics {
             mirror_lag_records: Family::default(),
             mirror_lag_seconds: Family::default(),
             routing_version: Gauge::default(),
+            routing_redis_connected: Gauge::default(),
             routing_updates: Family::default(),
             registry: Registry::default(),
             render: Mutex::new(()),
@@ -186,6 +188,11 @@ impl Metrics {
             "routing_version",
             "Version of the routing table in force",
             metrics.routing_version.clone(),
+        );
+        registry.register(
+            "routing_redis_connected",
+            "1 while the Redis routing subscription is up (absent without [routing] redis)",
+            metrics.routing_redis_connected.clone(),
         );
         registry.register(
             "routing_updates",

@@ -261,7 +261,8 @@ fn plan_mirror(
             Some(id) => context.state.mirrors.hold(id.0.as_str(), mirror, item),
             None => match context.state.mirrors.offer(mirror, item) {
                 Ok(()) => planned.mirrored.extend(done_rx),
-                Err((reason, item)) => {
+                Err(refused) => {
+                    let (reason, item) = *refused;
                     mirror::log_dropped(&item, mirror, &reason);
                     planned.refused |= sync;
                 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::ClusterId;
 
 pub mod file;
+pub mod redis;
 
 /// A routing table as operators write it (`[[routes]]`, `[[groups]]`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -401,6 +402,16 @@ impl Routing {
             history: Mutex::default(),
             history_limit: history_limit.max(1),
         }
+    }
+
+    /// The cluster names tables are validated against.
+    pub fn cluster_names(&self) -> &[String] {
+        &self.clusters
+    }
+
+    /// The table a rollback would restore, if any.
+    pub fn previous_spec(&self) -> Option<RoutingSpec> {
+        lock(&self.history).last().cloned()
     }
 
     /// The table in force. Hold it for the whole request.

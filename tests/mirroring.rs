@@ -65,7 +65,10 @@ async fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize
 }
 
 /// Per partition, the (key, value) sequence in offset order.
-fn by_partition(records: &[Received]) -> BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+/// (key, value) of one record.
+type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn by_partition(records: &[Received]) -> BTreeMap<i32, Vec<KeyValue>> {
     let mut sorted: Vec<&Received> = records.iter().collect();
     sorted.sort_by_key(|r| (r.partition, r.offset));
     let mut map: BTreeMap<i32, Vec<_>> = BTreeMap::new();

@@ -203,9 +203,13 @@ impl Mirrors {
 
     /// Queues `item` for `cluster`, or refuses it (and counts the drop) when the queue is
     /// full. A refused item is handed back so a `sync` caller can fail its client.
-    pub fn offer(&self, cluster: ClusterId, item: MirrorItem) -> Result<(), (Refused, MirrorItem)> {
+    pub fn offer(
+        &self,
+        cluster: ClusterId,
+        item: MirrorItem,
+    ) -> Result<(), Box<(Refused, MirrorItem)>> {
         let Some(queue) = self.queues.get(cluster) else {
-            return Err((Refused::NoMirror, item));
+            return Err(Box::new((Refused::NoMirror, item)));
         };
         let size = item.records.len();
         let queued = queue.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
@@ -222,7 +226,7 @@ impl Mirrors {
                 "dropped",
                 item.record_count as u64,
             );
-            return Err((Refused::QueueFull, item));
+            return Err(Box::new((Refused::QueueFull, item)));
         }
         queue
             .stats
@@ -230,7 +234,7 @@ impl Mirrors {
             .fetch_add(item.record_count as u64, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(item)) = queue.items.send(item) {
             queue.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            return Err((Refused::NoMirror, item));
+            return Err(Box::new((Refused::NoMirror, item)));
         }
         Ok(())
     }
@@ -267,7 +271,8 @@ impl Mirrors {
             return;
         }
         for (item, cluster) in items {
-            if let Err((reason, item)) = self.offer(cluster, item) {
+            if let Err(refused) = self.offer(cluster, item) {
+                let (reason, item) = *refused;
                 log_dropped(&item, cluster, &reason);
             }
         }

