@@ -17,6 +17,7 @@
 //! - [`config`] parses and validates the TOML configuration.
 
 pub mod admin;
+pub mod cli;
 pub mod client_connection;
 pub mod cluster;
 pub mod codec;

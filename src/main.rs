@@ -38,6 +38,27 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read or change the routing table of a running kshift through its admin API.
+    Routes {
+        /// The admin API, e.g. http://127.0.0.1:9644.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9644")]
+        admin: String,
+        #[command(subcommand)]
+        action: RoutesAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesAction {
+    /// Print the table in force (TOML) with its version.
+    Get,
+    /// Put the table in FILE in force (a table alone, or a whole kshift config) and print
+    /// what changed.
+    Set { file: PathBuf },
+    /// Put the previous table back in force and print what changed.
+    Rollback,
+    /// Print what putting FILE in force would change, without changing anything.
+    Diff { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +75,35 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Routes { admin, action } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("kshift: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                match action {
+                    RoutesAction::Get => kshift::cli::routes::get(&admin).await,
+                    RoutesAction::Set { file } => kshift::cli::routes::set(&admin, &file).await,
+                    RoutesAction::Rollback => kshift::cli::routes::rollback(&admin).await,
+                    RoutesAction::Diff { file } => {
+                        kshift::cli::routes::diff_file(&admin, &file).await
+                    }
+                }
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let config_path = config;
             let config = match Config::load(&config_path) {

@@ -1,0 +1,3 @@
+//! Operator subcommands beyond `serve` and `check`, each a client of a running kshift.
+
+pub mod routes;
