@@ -1,3 +1,4 @@
 //! Operator subcommands beyond `serve` and `check`, each a client of a running kshift.
 
+pub mod bench;
 pub mod routes;

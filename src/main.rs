@@ -38,6 +38,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Measure produce latency and throughput of several targets side by side.
+    Bench(BenchArgs),
     /// Read or change the routing table of a running kshift through its admin API.
     Routes {
         /// The admin API, e.g. http://127.0.0.1:9644.
@@ -46,6 +48,40 @@ enum Command {
         #[command(subcommand)]
         action: RoutesAction,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// A target to measure, NAME=HOST:PORT (repeatable; the first is the baseline).
+    #[arg(long = "target", value_parser = kshift::cli::bench::parse_target, required = true)]
+    targets: Vec<(String, String)>,
+    /// Topic to produce to (created on each target if missing).
+    #[arg(long, default_value = "kshift-bench")]
+    topic: String,
+    /// Records per target, over all rounds.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Producer acks: 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// Records outstanding per target (1: the pure round-trip cost).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Rounds; targets take turns every round.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Producer linger.ms.
+    #[arg(long, default_value_t = 0)]
+    linger_ms: u32,
+    /// Producer compression.type.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Also write the results as JSON (OpenMessaging-Benchmark-style field names).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +111,30 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Bench(args) => {
+            let options = kshift::cli::bench::BenchOptions {
+                targets: args.targets,
+                topic: args.topic,
+                messages: args.messages,
+                size: args.size,
+                acks: args.acks,
+                inflight: args.inflight,
+                rounds: args.rounds,
+                linger_ms: args.linger_ms,
+                compression: args.compression,
+                json: args.json,
+            };
+            match tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(kshift::cli::bench::run(options)))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Routes { admin, action } => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
