@@ -115,6 +115,14 @@ pub struct ProxyConfig {
     /// Age after which cached backend metadata (leaders, brokers) is refreshed.
     #[serde(default = "default_metadata_max_age_ms")]
     pub metadata_max_age_ms: u64,
+    /// On SIGTERM/SIGINT: how long in-flight requests may finish and mirror queues may
+    /// flush before kshift exits anyway.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_cluster_id() -> String {
@@ -234,6 +242,7 @@ impl Config {
             ("proxy.connect_timeout_ms", proxy.connect_timeout_ms),
             ("proxy.request_timeout_ms", proxy.request_timeout_ms),
             ("proxy.metadata_max_age_ms", proxy.metadata_max_age_ms),
+            ("proxy.drain_timeout_ms", proxy.drain_timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));

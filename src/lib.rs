@@ -249,9 +249,18 @@ impl RunningProxy {
     }
 
     /// Stops accepting, closes client connections and waits for the listener to end.
+    /// Graceful stop: stop accepting, let every connection answer the requests it has read,
+    /// then wait for the mirror queues to empty — all within `drain_timeout_ms`.
     pub async fn shutdown(self) {
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(self.state.config.drain_timeout_ms);
         let _ = self.shutdown.send(true);
         let _ = self.listener.await;
+        let remaining = self.state.mirrors.flush(deadline).await;
+        if remaining > 0 {
+            tracing::warn!(records = remaining, "drain deadline reached with records not yet mirrored; they exist only on the write cluster");
+        }
+        tracing::info!("kshift stopped");
     }
 
     /// Waits until the proxy stops (it runs until [`RunningProxy::shutdown`]).

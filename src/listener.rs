@@ -1,8 +1,9 @@
 //! The accept loop: one task per client socket, at most `max_connections` at once.
 //!
 //! Invariants: a connection over the limit is closed right after accept (counted in the
-//! log), never queued; on shutdown the loop stops accepting and every connection task is
-//! told to stop.
+//! log), never queued. On shutdown the loop stops accepting and every connection stops
+//! reading new requests, answers the ones it has, and closes; connections still busy at
+//! the drain deadline (`drain_timeout_ms`) are cut.
 
 use std::sync::Arc;
 
@@ -52,6 +53,17 @@ pub async fn run(
                 drop(permit);
             }
             .instrument(tracing::info_span!("client", %peer)),
+        );
+    }
+    let drain = std::time::Duration::from_millis(state.config.drain_timeout_ms);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "drain deadline reached; closing the remaining client connections"
         );
     }
     connections.shutdown().await;

@@ -205,9 +205,19 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate() => {}
     }
-    tracing::info!("shutting down");
-    proxy.shutdown().await;
-    Ok(())
+    tracing::info!(
+        "shutting down: draining connections and mirror queues (a second signal stops at once)"
+    );
+    tokio::select! {
+        _ = proxy.shutdown() => Ok(()),
+        _ = tokio::signal::ctrl_c() => second_signal(),
+        _ = terminate() => second_signal(),
+    }
+}
+
+fn second_signal() -> anyhow::Result<()> {
+    tracing::warn!("second signal: exiting without finishing the drain");
+    std::process::exit(130)
 }
 
 #[cfg(unix)]

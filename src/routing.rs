@@ -419,8 +419,9 @@ impl Routing {
         self.current.load_full()
     }
 
-    /// Validates `spec` as a whole and puts it in force under the next version (or
-    /// `version`, when a fleet source dictates it and it is newer). Requests already
+    /// Validates `spec` as a whole and puts it in force under the next version, or under
+    /// `version` when a fleet source dictates it (a version not newer than the one in
+    /// force is ignored, so every instance ends on the same version numbers). Requests already
     /// running finish on the table they loaded; no connection is touched.
     pub fn apply(
         &self,
@@ -430,9 +431,18 @@ impl Routing {
     ) -> Result<Applied, UpdateError> {
         let mut history = lock(&self.history);
         let current = self.load();
-        let version = version
-            .filter(|v| *v > current.version)
-            .unwrap_or(current.version + 1);
+        let version = match version {
+            // A fleet version this instance already has (it may arrive twice: applied by
+            // the publisher itself and announced back to it): nothing to do.
+            Some(version) if version <= current.version => {
+                return Ok(Applied {
+                    version: current.version,
+                    diff: Vec::new(),
+                })
+            }
+            Some(version) => version,
+            None => current.version + 1,
+        };
         let table = match RoutingTable::build(spec, &self.clusters, version) {
             Ok(table) => table,
             Err(error) => {
@@ -703,6 +713,10 @@ mod tests {
                 Some(3),
             )
             .unwrap();
-        assert_eq!(stale.version, 41);
+        assert_eq!(
+            stale.version, 40,
+            "an old fleet version is not applied again"
+        );
+        assert_eq!(routing.load().route("t", "c").unwrap().write, 1);
     }
 }

@@ -14,6 +14,10 @@ use kshift::{Proxy, RunningProxy};
 use redis::Redis;
 
 async fn start(old: &Broker, new: &Broker, redis_url: &str) -> RunningProxy {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let text = format!(
         r#"
 [proxy]

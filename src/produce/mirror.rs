@@ -201,6 +201,22 @@ impl Mirrors {
             .unwrap_or_default()
     }
 
+    /// Waits until every mirror queue is empty or `deadline` passes; returns the records
+    /// still waiting.
+    pub async fn flush(&self, deadline: Instant) -> u64 {
+        loop {
+            let waiting: u64 = self
+                .queues
+                .iter()
+                .map(|q| q.stats.lag_records.load(Ordering::Relaxed))
+                .sum();
+            if waiting == 0 || Instant::now() >= deadline {
+                return waiting;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Queues `item` for `cluster`, or refuses it (and counts the drop) when the queue is
     /// full. A refused item is handed back so a `sync` caller can fail its client.
     pub fn offer(
