@@ -197,12 +197,7 @@ impl Cluster {
         };
         drop(control);
         let client_id = StrBytes::from_static_str("kshift");
-        let response = connection
-            .send(api_key, api_version, &client_id, body, true)?
-            .ok_or_else(|| BackendError::Protocol {
-                address: connection.address().clone(),
-                reason: "no response expected".into(),
-            })?;
+        let response = connection.request(api_key, api_version, &client_id, body)?;
         response.wait(self.settings.request_timeout).await
     }
 

@@ -115,18 +115,12 @@ impl Context {
             .upstream
             .get(self.cluster(cluster), node, Lane::Other)
             .await?;
-        let response = connection
-            .send(
-                self.request.api_key,
-                self.request.api_version,
-                &self.request.client_id,
-                self.request.body.clone(),
-                true,
-            )?
-            .ok_or_else(|| BackendError::Protocol {
-                address: connection.address().clone(),
-                reason: "no response expected".into(),
-            })?;
+        let response = connection.request(
+            self.request.api_key,
+            self.request.api_version,
+            &self.request.client_id,
+            self.request.body.clone(),
+        )?;
         let context = self.clone();
         let timeout = self.backend_timeout(requested_wait_ms);
         Ok(Box::pin(async move {

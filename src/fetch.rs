@@ -124,18 +124,12 @@ async fn send_part(
         .upstream
         .get(context.cluster(cluster), node, lane)
         .await?;
-    connection
-        .send(
-            context.request.api_key,
-            context.request.api_version,
-            &context.request.client_id,
-            body,
-            true,
-        )?
-        .ok_or_else(|| BackendError::Protocol {
-            address: connection.address().clone(),
-            reason: "no response expected".into(),
-        })
+    connection.request(
+        context.request.api_key,
+        context.request.api_version,
+        &context.request.client_id,
+        body,
+    )
 }
 
 pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerError> {

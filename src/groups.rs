@@ -300,18 +300,12 @@ async fn list_groups(context: &Context) -> Result<PendingReply, HandlerError> {
         let cluster: Arc<Cluster> = context.cluster(cluster_id).clone();
         let node = cluster.any_broker().await?;
         let connection = context.upstream.get(&cluster, node, Lane::Other).await?;
-        let response = connection
-            .send(
-                ApiKey::ListGroups,
-                context.request.api_version,
-                &context.request.client_id,
-                context.request.body.clone(),
-                true,
-            )?
-            .ok_or_else(|| BackendError::Protocol {
-                address: connection.address().clone(),
-                reason: "no response expected".into(),
-            })?;
+        let response = connection.request(
+            ApiKey::ListGroups,
+            context.request.api_version,
+            &context.request.client_id,
+            context.request.body.clone(),
+        )?;
         sent.push(response);
     }
     let context = context.clone();

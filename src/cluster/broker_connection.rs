@@ -172,6 +172,21 @@ impl BrokerConnection {
         lock(&self.state.pending).poisoned.is_some()
     }
 
+    /// Queues one request that the broker answers.
+    pub fn request(
+        &self,
+        api_key: ApiKey,
+        api_version: i16,
+        client_id: &StrBytes,
+        body: Bytes,
+    ) -> Result<ResponseFuture, BackendError> {
+        self.send(api_key, api_version, client_id, body, true)?
+            .ok_or_else(|| BackendError::Protocol {
+                address: self.address.clone(),
+                reason: "no response registered".into(),
+            })
+    }
+
     /// Queues one request. `Ok(None)` when `expect_response` is false (acks=0 produce):
     /// the broker sends nothing back for it.
     pub fn send(

@@ -573,15 +573,13 @@ impl MirrorWriter {
             .map_err(|e| AttemptError::Fatal(e.to_string()))?;
         let connection = self.connection(node).await.map_err(retry)?;
         let response = connection
-            .send(
+            .request(
                 ApiKey::Produce,
                 version,
                 &StrBytes::from_static_str("kshift-mirror"),
                 body,
-                true,
             )
             .map_err(retry)?
-            .ok_or_else(|| AttemptError::Fatal("produce sent without a response".into()))?
             .wait(self.cluster.settings.request_timeout * 2)
             .await
             .map_err(|e| {
@@ -638,17 +636,12 @@ impl MirrorWriter {
         })?;
         let connection = self.connection(node).await?;
         let response = connection
-            .send(
+            .request(
                 ApiKey::InitProducerId,
                 version,
                 &StrBytes::from_static_str("kshift-mirror"),
                 body,
-                true,
             )?
-            .ok_or_else(|| BackendError::Protocol {
-                address: connection.address().clone(),
-                reason: "no response expected".into(),
-            })?
             .wait(self.cluster.settings.request_timeout)
             .await?;
         let response: InitProducerIdResponse =
