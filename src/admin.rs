@@ -33,6 +33,7 @@ pub async fn run(
         .route("/routes", get(get_routes).put(put_routes))
         .route("/routes/rollback", post(rollback))
         .route("/status", get(status))
+        .route("/", get(status_page))
         .with_state(state);
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
@@ -94,6 +95,7 @@ fn routes_json(state: &ProxyState) -> serde_json::Value {
     let table = state.routing.load();
     json!({
         "version": table.version,
+        "age_seconds": table.built_at.elapsed().as_secs(),
         "routes": table.spec.routes,
         "groups": table.spec.groups,
     })
@@ -205,4 +207,66 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         "clusters": clusters,
         "client_connections": state.metrics.client_connections.get(),
     }))
+}
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A human-readable status page (refreshes itself every 5 s): the routing table in force,
+/// each cluster's health and mirror progress, client connections.
+async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Html<String> {
+    let table = state.routing.load();
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>kshift status</title><style>body{font-family:sans-serif;margin:2em}\
+         table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #999;padding:4px 8px}\
+         .down{color:#b00}.up{color:#070}</style></head><body><h1>kshift status</h1>",
+    );
+    html.push_str(&format!(
+        "<p id=\"routing\">Routing table <b>version {}</b>, in force for {} s. Client connections: <b id=\"connections\">{}</b>.</p>",
+        table.version,
+        table.built_at.elapsed().as_secs(),
+        state.metrics.client_connections.get()
+    ));
+    html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>#</th><th>topics</th><th>clients</th><th>write</th><th>mirror</th><th>mode</th><th>%</th><th>read</th><th>partitioning</th></tr>");
+    for (index, route) in table.spec.routes.iter().enumerate() {
+        html.push_str(&format!(
+            "<tr><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:?}</td></tr>",
+            escape(&route.topics),
+            escape(&route.clients),
+            escape(&route.write),
+            escape(&route.mirror.join(", ")),
+            route.mirror_mode,
+            route.mirror_percent,
+            escape(route.read.as_deref().unwrap_or(&route.write)),
+            route.partitioning,
+        ));
+    }
+    html.push_str("</table><h2>Clusters</h2><table id=\"clusters\"><tr><th>cluster</th><th>health</th><th>mirrored records</th><th>mirror lag (records)</th><th>mirror lag (s)</th><th>failed</th><th>dropped</th></tr>");
+    for cluster in &state.clusters {
+        let mirror = state.mirrors.stats(cluster.id);
+        let lag_seconds = state
+            .mirrors
+            .stats_of(cluster.id)
+            .map_or(0.0, |s| s.lag_seconds());
+        let (class, health) = match cluster.known_api_versions() {
+            Some(_) => ("up", "reachable"),
+            None => ("down", "not reached yet"),
+        };
+        html.push_str(&format!(
+            "<tr><td>{}</td><td class=\"{class}\">{health}</td><td>{}</td><td>{}</td><td>{lag_seconds:.1}</td><td>{}</td><td>{}</td></tr>",
+            escape(&cluster.name),
+            mirror.mirrored_records,
+            mirror.lag_records,
+            mirror.failed_records,
+            mirror.dropped_records,
+        ));
+    }
+    html.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/status\">status (JSON)</a> · <a href=\"/routes\">routes (JSON)</a></p></body></html>");
+    axum::response::Html(html)
 }

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Exit 0 when a running kshift's admin API answers /health (for container health checks).
+    Health {
+        /// The admin API.
+        #[arg(long, default_value = "http://127.0.0.1:9644")]
+        admin: String,
+    },
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
     /// Read or change the routing table of a running kshift through its admin API.
@@ -128,6 +134,20 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|runtime| runtime.block_on(kshift::cli::bench::run(options)))
             {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Health { admin } => {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(kshift::cli::routes::health(&admin)));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("kshift: {error:#}");

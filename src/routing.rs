@@ -144,6 +144,8 @@ pub struct RoutingTable {
     pub version: u64,
     /// What the table was built from, for display and rollback.
     pub spec: RoutingSpec,
+    /// When this table was built (put in force right after), for its age in `/status`.
+    pub built_at: std::time::Instant,
     routes: Vec<Route>,
     /// Every route's `topics` glob, compiled together: one pass finds all candidates.
     topic_set: GlobSet,
@@ -286,6 +288,7 @@ impl RoutingTable {
         Ok(RoutingTable {
             version,
             spec: spec.clone(),
+            built_at: std::time::Instant::now(),
             routes,
             topic_set,
             groups,

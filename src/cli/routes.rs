@@ -144,3 +144,13 @@ pub async fn rollback(admin: &str) -> anyhow::Result<()> {
     print_changes(&diff(&before.spec, &after.spec));
     Ok(())
 }
+
+/// `kshift health`: exit 0 when the admin API answers `/health` (container health checks).
+pub async fn health(admin: &str) -> anyhow::Result<()> {
+    let (status, body) = request(admin, "GET", "/health", "").await?;
+    if status != 200 {
+        bail!("/health answered {status}: {body}");
+    }
+    println!("{}", body.trim());
+    Ok(())
+}
