@@ -15,5 +15,7 @@ COPY --from=build /src/target/release/kshift /usr/local/bin/kshift
 COPY config/kshift.toml /etc/kshift/kshift.toml
 USER kshift
 EXPOSE 9092
+# Needs [proxy] admin_listen = "127.0.0.1:9644" (as in the bundled config).
+HEALTHCHECK --interval=10s --timeout=3s CMD ["kshift", "health", "--admin", "http://127.0.0.1:9644"]
 ENTRYPOINT ["/usr/local/bin/kshift"]
 CMD ["serve", "--config", "/etc/kshift/kshift.toml"]

@@ -288,6 +288,11 @@ impl Metrics {
                     .set(stats.lag_seconds());
             }
         }
+        self.exposition()
+    }
+
+    /// The text exposition as it stands (gauges as last refreshed).
+    pub fn exposition(&self) -> String {
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();

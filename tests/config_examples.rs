@@ -113,3 +113,84 @@ fn check_rejects_bad_configs_with_exit_64_naming_the_field() {
     assert_eq!(code, 64);
     assert!(stderr.contains("/nonexistent/kshift.toml"), "{stderr}");
 }
+
+/// The `kshift_…` metric names an expression refers to, without exposition suffixes.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("kshift_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let mut name = tail[..end].to_string();
+        for suffix in ["_bucket", "_count", "_sum", "_total"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                name = base.to_string();
+            }
+        }
+        names.push(name);
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_use_only_metrics_kshift_exports() {
+    // A proxy (no backend is contacted) with one sample of every family.
+    let text = VALID.replace("127.0.0.1:9092", "127.0.0.1:0");
+    let proxy = kshift::Proxy::start(Config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let state = proxy.state();
+    let metrics = &state.metrics;
+    let api = kafka_protocol::messages::ApiKey::Produce;
+    metrics.client_request(api, std::time::Duration::from_millis(1));
+    metrics.backend_request("old", api, std::time::Duration::from_millis(1));
+    metrics.backend_error("old", api, kshift::metrics::BackendFailure::Code(6));
+    metrics.mirror_outcome("new", 0, "failed", 1);
+    metrics.routing_update("rejected", "admin");
+    let exposition = metrics.render(state);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let dashboard = std::fs::read_to_string(config.join("grafana/kshift.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut expressions = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            expressions.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    assert!(expressions.len() >= 8);
+    expressions.push(std::fs::read_to_string(config.join("prometheus/alerts.yml")).unwrap());
+    for expression in &expressions {
+        let names = metric_names(expression);
+        assert!(!names.is_empty(), "no kshift metric in {expression}");
+        for name in names {
+            assert!(
+                exposition.contains(&format!("# TYPE {name} ")),
+                "{name} (in {expression}) is not exported:\n{exposition}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kubernetes_configmap_holds_a_valid_config() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/kshift.yaml"),
+    )
+    .unwrap();
+    let (_, rest) = manifest
+        .split_once("kshift.toml: |\n")
+        .expect("ConfigMap with kshift.toml");
+    let embedded: String = rest
+        .lines()
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    let config = Config::parse(&embedded).unwrap_or_else(|e| panic!("{e}\n{embedded}"));
+    assert!(
+        config.routing.redis.is_some(),
+        "the fleet shares routing through Redis"
+    );
+}

@@ -33,7 +33,11 @@ fn chromium_dump_dom(url: &str) -> String {
         .unwrap_or_else(|error| {
             panic!("cannot run chromium ({error}): install it with `apt-get install -y chromium` (or run .ci/run)")
         });
-    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -69,7 +73,10 @@ write = "old"
     let producer = common::producer(&through, &[]);
     for i in 0..5 {
         producer
-            .send(FutureRecord::to(&topic).key("k").payload(&format!("v{i}")), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key("k").payload(&format!("v{i}")),
+                Duration::from_secs(10),
+            )
             .await
             .expect("delivered");
     }
@@ -81,13 +88,21 @@ write = "old"
     }
 
     let url = format!("http://{admin}/");
-    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&url)).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&url))
+        .await
+        .unwrap();
     assert!(dom.contains("<h1>kshift status</h1>"), "{dom}");
     assert!(dom.contains("<b>version 1</b>"), "{dom}");
     assert!(dom.contains("<td>orders.*</td>"), "{dom}");
     // Cluster rows: name, health, mirrored records (5 reached `new`).
-    assert!(dom.contains("<td>new</td><td class=\"up\">reachable</td><td>5</td>"), "{dom}");
-    assert!(dom.contains("<td>old</td><td class=\"up\">reachable</td>"), "{dom}");
+    assert!(
+        dom.contains("<td>new</td><td class=\"up\">reachable</td><td>5</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<td>old</td><td class=\"up\">reachable</td>"),
+        "{dom}"
+    );
 
     let (status, json) = http::request(admin, "GET", "/status", "").await;
     assert_eq!(status, 200);
@@ -99,15 +114,30 @@ write = "old"
 
     let (status, metrics) = http::request(admin, "GET", "/metrics", "").await;
     assert_eq!(status, 200);
-    assert!(metrics.contains("kshift_mirror_records_total{cluster=\"new\",route=\"0\",outcome=\"mirrored\"} 5"), "{metrics}");
-    assert!(metrics.contains("kshift_backend_requests_total{cluster=\"old\",api=\"Produce\"}"), "{metrics}");
-    assert!(metrics.contains("kshift_client_requests_total{api=\"Produce\"}"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "kshift_mirror_records_total{cluster=\"new\",route=\"0\",outcome=\"mirrored\"} 5"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kshift_backend_requests_total{cluster=\"old\",api=\"Produce\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kshift_client_requests_total{api=\"Produce\"}"),
+        "{metrics}"
+    );
 
     let health = Command::new(env!("CARGO_BIN_EXE_kshift"))
         .args(["health", "--admin", &format!("http://{admin}")])
         .output()
         .unwrap();
-    assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
     let unhealthy = Command::new(env!("CARGO_BIN_EXE_kshift"))
         .args(["health", "--admin", "http://127.0.0.1:1"])
         .output()
