@@ -39,6 +39,13 @@ pub struct BackendErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendBytesLabels {
+    pub cluster: String,
+    /// `sent` or `received`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster: String,
 }
@@ -67,6 +74,7 @@ pub struct Metrics {
     pub backend_requests: Family<BackendLabels, Counter>,
     pub backend_request_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
+    pub backend_bytes: Family<BackendBytesLabels, Counter>,
     pub mirror_records: Family<MirrorLabels, Counter>,
     mirror_queue_bytes: Family<ClusterLabels, Gauge>,
     mirror_lag_records: Family<ClusterLabels, Gauge>,
@@ -114,6 +122,7 @@ impl Metrics {
                 latency_histogram as fn() -> Histogram,
             ),
             backend_errors: Family::default(),
+            backend_bytes: Family::default(),
             mirror_records: Family::default(),
             mirror_queue_bytes: Family::default(),
             mirror_lag_records: Family::default(),
@@ -163,6 +172,11 @@ impl Metrics {
             "backend_errors",
             "Backend failures: Kafka error codes in answers, timeouts, broken connections",
             metrics.backend_errors.clone(),
+        );
+        registry.register(
+            "backend_bytes",
+            "Bytes of request and response bodies exchanged with backend brokers",
+            metrics.backend_bytes.clone(),
         );
         registry.register(
             "mirror_records",
@@ -224,6 +238,15 @@ impl Metrics {
         self.backend_request_seconds
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn backend_bytes(&self, cluster: &str, direction: &str, bytes: usize) {
+        self.backend_bytes
+            .get_or_create(&BackendBytesLabels {
+                cluster: cluster.to_string(),
+                direction: direction.to_string(),
+            })
+            .inc_by(bytes as u64);
     }
 
     /// Counts a failure: a Kafka error code (0 is ignored) or a named failure.

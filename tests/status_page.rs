@@ -128,6 +128,11 @@ write = "old"
         metrics.contains("kshift_client_requests_total{api=\"Produce\"}"),
         "{metrics}"
     );
+    // The mirror writes went to `new`: bytes were sent there.
+    assert!(
+        metrics.contains("kshift_backend_bytes_total{cluster=\"new\",direction=\"sent\"}"),
+        "{metrics}"
+    );
 
     let health = Command::new(env!("CARGO_BIN_EXE_kshift"))
         .args(["health", "--admin", &format!("http://{admin}")])

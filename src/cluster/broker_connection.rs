@@ -103,8 +103,13 @@ impl ResponseFuture {
         if let Some(observer) = &self.observer {
             let metrics = &observer.metrics;
             match &result {
-                Ok(_) => {
-                    metrics.backend_request(&observer.cluster, self.api_key, self.sent_at.elapsed())
+                Ok(body) => {
+                    metrics.backend_request(
+                        &observer.cluster,
+                        self.api_key,
+                        self.sent_at.elapsed(),
+                    );
+                    metrics.backend_bytes(&observer.cluster, "received", body.len());
                 }
                 Err(BackendError::Timeout { .. }) => {
                     metrics.backend_error(&observer.cluster, self.api_key, BackendFailure::Timeout)
@@ -207,6 +212,11 @@ impl BrokerConnection {
                     address: self.address.clone(),
                     reason: e.to_string().into(),
                 })?;
+        if let Some(observer) = &self.observer {
+            observer
+                .metrics
+                .backend_bytes(&observer.cluster, "sent", body.len());
+        }
         let mut pending = lock(&self.state.pending);
         if let Some(error) = &pending.poisoned {
             return Err(error.clone());
