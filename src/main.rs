@@ -44,6 +44,19 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9644")]
         admin: String,
     },
+    /// Compare each mirrored topic's records on its write cluster and its mirrors, per
+    /// partition (counts and digests); exit 1 on any difference.
+    Verify {
+        /// The kshift configuration (clusters and routes).
+        #[arg(long)]
+        config: PathBuf,
+        /// Glob of client-visible topic names to verify.
+        #[arg(long, default_value = "*")]
+        topics: String,
+        /// Only records from this time on (milliseconds since the epoch).
+        #[arg(long)]
+        since: Option<i64>,
+    },
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
     /// Read or change the routing table of a running kshift through its admin API.
@@ -138,6 +151,27 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("kshift: {error:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Verify {
+            config,
+            topics,
+            since,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("kshift: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match kshift::cli::verify::run(&config, &topics, since) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::from(2)
                 }
             }
         }
