@@ -360,7 +360,7 @@ impl MirrorWriter {
                 return;
             }
         };
-        let result = match self.plan(&item).await {
+        let result = match self.plan(&item, write_base_offset).await {
             Ok(batches) => {
                 let mut result = Ok(());
                 for (partition, batch) in batches {
@@ -404,7 +404,11 @@ impl MirrorWriter {
 
     /// The batches to send: (mirror partition, batch). The client's batches as they are
     /// for identity partitioning of everything; re-encoded subsets otherwise.
-    async fn plan(&self, item: &MirrorItem) -> Result<Vec<(i32, Batch)>, String> {
+    async fn plan(
+        &self,
+        item: &MirrorItem,
+        write_base_offset: i64,
+    ) -> Result<Vec<(i32, Batch)>, String> {
         let batches = batch::split_batches(item.records.clone()).map_err(|e| e.to_string())?;
         if item.partitioning == Partitioning::Identity && item.mirror_percent >= 100 {
             return Ok(batches
@@ -433,10 +437,12 @@ impl MirrorWriter {
             for mut record in set.records {
                 let selected = match &record.key {
                     Some(key) => percent_selects(key, item.mirror_percent),
-                    // Unkeyed records are chosen per batch, by the batch's first sequence
-                    // position in the write partition.
+                    // Unkeyed records are chosen per produced batch: by the partition and
+                    // the write offset it landed at.
                     None => {
-                        percent_selects(&item.write_partition.to_be_bytes(), item.mirror_percent)
+                        let mut batch_id = item.write_partition.to_be_bytes().to_vec();
+                        batch_id.extend_from_slice(&write_base_offset.to_be_bytes());
+                        percent_selects(&batch_id, item.mirror_percent)
                     }
                 };
                 if !selected {
