@@ -9,6 +9,8 @@
 //! - Requests are submitted to backends in arrival order ([`dispatch::submit`] finishes
 //!   sending before the next request is read), so a producer's pipelined batches reach the
 //!   broker in the order it sent them.
+//! - A connection that sends no request for `idle_timeout_ms` is closed (answers owed are
+//!   still written first).
 //! - A frame kshift cannot parse closes the connection after the replies already owed
 //!   have been written — the broker's behaviour. Nothing else is affected.
 
@@ -52,9 +54,16 @@ impl ClientConnection {
         let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
         let mut reader = BufReader::with_capacity(64 * 1024, read_half);
         let limit = self.state.config.max_frame_bytes;
+        let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
         loop {
+            // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms).
             let frame = tokio::select! {
                 frame = codec::read_frame(&mut reader, limit) => frame,
+                _ = tokio::time::sleep(idle_timeout) => {
+                    tracing::debug!(peer = %self.peer, "closing idle client connection");
+                    self.state.metrics.client_connections_idle_closed.inc();
+                    break;
+                }
                 _ = shutdown.changed() => break,
                 _ = &mut writer => break,
             };

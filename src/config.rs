@@ -115,10 +115,18 @@ pub struct ProxyConfig {
     /// Age after which cached backend metadata (leaders, brokers) is refreshed.
     #[serde(default = "default_metadata_max_age_ms")]
     pub metadata_max_age_ms: u64,
+    /// A client connection that sends no request for this long is closed (Kafka's
+    /// `connections.max.idle.ms`; clients reconnect when they need to).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// On SIGTERM/SIGINT: how long in-flight requests may finish and mirror queues may
     /// flush before kshift exits anyway.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    600_000
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -243,6 +251,7 @@ impl Config {
             ("proxy.request_timeout_ms", proxy.request_timeout_ms),
             ("proxy.metadata_max_age_ms", proxy.metadata_max_age_ms),
             ("proxy.drain_timeout_ms", proxy.drain_timeout_ms),
+            ("proxy.idle_timeout_ms", proxy.idle_timeout_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));

@@ -69,6 +69,7 @@ pub struct Metrics {
     pub client_connections: Gauge,
     pub client_connections_accepted: Counter,
     pub client_connections_refused: Counter,
+    pub client_connections_idle_closed: Counter,
     pub client_requests: Family<ApiLabels, Counter>,
     pub client_request_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
     pub backend_requests: Family<BackendLabels, Counter>,
@@ -113,6 +114,7 @@ impl Metrics {
             client_connections: Gauge::default(),
             client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
+            client_connections_idle_closed: Counter::default(),
             client_requests: Family::default(),
             client_request_seconds: Family::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
@@ -147,6 +149,11 @@ impl Metrics {
             "client_connections_refused",
             "Client connections closed at accept because max_connections was reached",
             metrics.client_connections_refused.clone(),
+        );
+        registry.register(
+            "client_connections_idle_closed",
+            "Client connections closed after idle_timeout_ms without a request",
+            metrics.client_connections_idle_closed.clone(),
         );
         registry.register(
             "client_requests",

@@ -129,3 +129,28 @@ mirror = ["new"]
         proxy.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_silent_connections_and_keeps_busy_ones() {
+    let broker = Broker::start().await;
+    let text =
+        common::single_cluster_toml(&broker).replace("[proxy]", "[proxy]\nidle_timeout_ms = 400");
+    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let mut busy = RawClient::connect(proxy.local_addr()).await;
+    let mut silent = RawClient::connect(proxy.local_addr()).await;
+    api_versions_answered(&mut silent, 1).await;
+    // The busy client asks every 100 ms for 1.2 s: never idle for 400 ms.
+    for correlation_id in 0..12 {
+        api_versions_answered(&mut busy, correlation_id).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match silent.read(Duration::from_secs(5)).await {
+        Read::Closed => {}
+        other => panic!("the idle connection was not closed: {other:?}"),
+    }
+    api_versions_answered(&mut busy, 100).await;
+    assert_eq!(
+        proxy.state().metrics.client_connections_idle_closed.get(),
+        1
+    );
+}
