@@ -154,3 +154,85 @@ async fn idle_timeout_closes_silent_connections_and_keeps_busy_ones() {
         1
     );
 }
+
+/// A TCP proxy in front of `backend` that holds every chunk the backend sends for `delay`.
+async fn slow_proxy(backend: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(server) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(
+                    async move { tokio::io::copy(&mut client_read, &mut server_write).await },
+                );
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_a_slow_backend_with_a_retriable_timeout() {
+    let broker = Broker::start().await;
+    let topic = common::unique_topic("slow");
+    common::create_topic(&broker.bootstrap(), &topic, 1).await;
+    for (delay_ms, expect_timeout) in [(100u64, false), (3_000, true)] {
+        // The cluster's bootstrap is the slow proxy, so kshift's own requests (metadata on
+        // its control connection) wait `delay_ms` for every answer. (Tansu advertises its
+        // own port, so produce and fetch would bypass the proxy: metadata is what is slowed.)
+        let slow = slow_proxy(broker.addr(), Duration::from_millis(delay_ms)).await;
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = 1000\n[clusters.old]\nbootstrap = [\"{slow}\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n"
+        );
+        let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+        let mut client = RawClient::connect(proxy.local_addr()).await;
+        let started = std::time::Instant::now();
+        client
+            .send(
+                ApiKey::Metadata,
+                9,
+                1,
+                &kafka_protocol::messages::MetadataRequest::default().with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(kafka_protocol::messages::TopicName(
+                            kafka_protocol::protocol::StrBytes::from_string(topic.clone()),
+                        ))),
+                ])),
+            )
+            .await;
+        let metadata: kafka_protocol::messages::MetadataResponse =
+            client.receive(ApiKey::Metadata, 9, 1).await;
+        let elapsed = started.elapsed();
+        let code = metadata.topics[0].error_code;
+        if expect_timeout {
+            // The backend answers after 3 s; kshift gives up after request_timeout_ms and
+            // answers a retriable error instead of hanging.
+            assert_ne!(code, 0, "a 3 s backend should not look healthy");
+            let error = kafka_protocol::ResponseError::try_from_code(code).unwrap();
+            assert!(error.is_retriable(), "{error:?}");
+            assert!(
+                elapsed < Duration::from_millis(2_900),
+                "kshift waited for the slow backend: {elapsed:?}"
+            );
+        } else {
+            assert_eq!(code, 0, "a 100 ms backend is within request_timeout_ms");
+        }
+        proxy.shutdown().await;
+    }
+}
