@@ -2,8 +2,8 @@
 //! that sends the replies back.
 //!
 //! Invariants:
-//! - Replies leave in the order requests arrived: the reader queues each request's reply
-//!   task, the writer awaits them in queue order.
+//! - Replies leave in the order requests arrived: the reader hands each request's pending
+//!   reply to the writer, which awaits them concurrently and writes them in arrival order.
 //! - At most `max_in_flight_requests` requests are in flight; when the queue is full the
 //!   reader stops reading the socket (TCP backpressure), as a broker does.
 //! - Requests are submitted to backends in arrival order ([`dispatch::submit`] finishes
@@ -18,15 +18,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
-use crate::dispatch::{self, Reply};
+use crate::dispatch::{self, PendingReply, Reply};
 use crate::ProxyState;
 
 pub struct ClientConnection {
@@ -49,9 +49,11 @@ impl ClientConnection {
         tracing::debug!("client connected");
         self.state.metrics.client_connections.inc();
         let (read_half, write_half) = socket.into_split();
-        // Each queued reply task is one request in flight: the queue is the window.
-        let (replies, replies_rx) = mpsc::channel(self.state.config.max_in_flight_requests);
-        let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
+        // The writer holds up to `max_in_flight_requests` pending replies; when it is full
+        // it stops taking more, this one-slot channel fills, and the reader stops reading.
+        let (replies, replies_rx) = mpsc::channel(1);
+        let window = self.state.config.max_in_flight_requests;
+        let mut writer = tokio::spawn(write_replies(write_half, replies_rx, window));
         let mut reader = BufReader::with_capacity(64 * 1024, read_half);
         let limit = self.state.config.max_frame_bytes;
         let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
@@ -75,13 +77,13 @@ impl ClientConnection {
                     break;
                 }
             };
-            let reply = match Request::parse(frame) {
+            let reply: PendingReply = match Request::parse(frame) {
                 Ok(request) => {
                     let started = std::time::Instant::now();
                     let api_key = request.api_key;
                     let pending = dispatch::submit(&self.state, &self.upstream, request).await;
                     let metrics = self.state.metrics.clone();
-                    tokio::spawn(async move {
+                    Box::pin(async move {
                         let reply = pending.await;
                         metrics.client_request(api_key, started.elapsed());
                         reply
@@ -89,7 +91,7 @@ impl ClientConnection {
                 }
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
-                    tokio::spawn(async move { Reply::Close(error.to_string()) })
+                    Box::pin(async move { Reply::Close(error.to_string()) })
                 }
             };
             if replies.send(reply).await.is_err() {
@@ -103,28 +105,41 @@ impl ClientConnection {
     }
 }
 
-async fn write_replies(write_half: OwnedWriteHalf, mut replies: mpsc::Receiver<JoinHandle<Reply>>) {
+/// Awaits the pending replies concurrently (at most `window` at once) and writes them in
+/// the order their requests arrived.
+async fn write_replies(
+    write_half: OwnedWriteHalf,
+    mut replies: mpsc::Receiver<PendingReply>,
+    window: usize,
+) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(reply) = replies.recv().await {
-        let chunks: Vec<Bytes> = match reply.await {
-            Ok(Reply::Frame(chunks)) => chunks,
-            Ok(Reply::None) => Vec::new(),
-            Ok(Reply::Close(reason)) => {
-                tracing::debug!(%reason, "closing client connection");
-                break;
+    let mut in_flight = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            pending = replies.recv(), if reading && in_flight.len() < window => match pending {
+                Some(pending) => in_flight.push_back(pending),
+                None => reading = false,
+            },
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                let chunks: Vec<Bytes> = match reply {
+                    Reply::Frame(chunks) => chunks,
+                    Reply::None => Vec::new(),
+                    Reply::Close(reason) => {
+                        tracing::debug!(%reason, "closing client connection");
+                        break;
+                    }
+                };
+                for chunk in &chunks {
+                    if writer.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                if replies.is_empty() && writer.flush().await.is_err() {
+                    return;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "request handler failed; closing client connection");
-                break;
-            }
-        };
-        for chunk in &chunks {
-            if writer.write_all(chunk).await.is_err() {
-                return;
-            }
-        }
-        if replies.is_empty() && writer.flush().await.is_err() {
-            return;
+            else => break,
         }
     }
     let _ = writer.flush().await;
