@@ -115,6 +115,11 @@ pub struct ProxyConfig {
     /// Age after which cached backend metadata (leaders, brokers) is refreshed.
     #[serde(default = "default_metadata_max_age_ms")]
     pub metadata_max_age_ms: u64,
+    /// Journal of the offset map (write offset -> mirror offset per mirrored batch), one
+    /// JSON line per batch, read back at start so a restarted kshift translates committed
+    /// offsets as before. In memory only when absent.
+    #[serde(default)]
+    pub offset_map_file: Option<String>,
     /// A client connection that sends no request for this long is closed (Kafka's
     /// `connections.max.idle.ms`; clients reconnect when they need to).
     #[serde(default = "default_idle_timeout_ms")]

@@ -51,6 +51,11 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot watch config file {path}: {source}")]
     Watch { path: String, source: notify::Error },
+    #[error("cannot open the offset map file {path}: {source}")]
+    OffsetMap {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -157,7 +162,15 @@ impl Proxy {
             .iter()
             .map(|name| config.clusters[name].mirror_queue_bytes)
             .collect();
-        let mirrors = produce::mirror::Mirrors::start(&clusters, &queue_limits);
+        let offsets = match &config.proxy.offset_map_file {
+            Some(path) => produce::offset_map::OffsetMap::open(std::path::Path::new(path), &names)
+                .map_err(|source| StartError::OffsetMap {
+                    path: path.clone(),
+                    source,
+                })?,
+            None => produce::offset_map::OffsetMap::default(),
+        };
+        let mirrors = produce::mirror::Mirrors::start(&clusters, &queue_limits, Arc::new(offsets));
         let redis = match &config.routing.redis {
             Some(url) => Some(Arc::new(
                 routing::redis::RedisSource::new(url, &config.routing.redis_key).map_err(|e| {

@@ -396,3 +396,50 @@ async fn mirror_down_sync_producers_get_retriable_errors() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_map_survives_a_kshift_restart() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("offsets.jsonl");
+    let config = |old: &Broker, new: &Broker| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\noffset_map_file = \"{}\"\n[clusters.old]\nbootstrap = [\"{}\"]\n[clusters.new]\nbootstrap = [\"{}\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\n",
+            journal.display(),
+            old.bootstrap(),
+            new.bootstrap()
+        )
+    };
+    let proxy = Proxy::start(Config::parse(&config(&old, &new)).unwrap())
+        .await
+        .unwrap();
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("journal");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    produce_keyed(&through, &topic, &[("linger.ms", "0")], 4, 3).await;
+    proxy.shutdown().await;
+
+    let restarted = Proxy::start(Config::parse(&config(&old, &new)).unwrap())
+        .await
+        .unwrap();
+    let on_old = read_all(&old.bootstrap(), &topic, 1, 12).await;
+    let on_new = read_all(&new.bootstrap(), &topic, 1, 12).await;
+    let new_offset_of: BTreeMap<_, _> =
+        on_new.iter().map(|r| (r.value.clone(), r.offset)).collect();
+    let new_cluster = new_id(&restarted);
+    for record in &on_old {
+        let translated =
+            restarted
+                .state()
+                .mirrors
+                .offsets
+                .translate(&topic, 0, new_cluster, record.offset);
+        assert_eq!(
+            translated,
+            Some((0, new_offset_of[&record.value])),
+            "offset {} after restart",
+            record.offset
+        );
+    }
+}

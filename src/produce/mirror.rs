@@ -158,8 +158,11 @@ impl std::fmt::Debug for Mirrors {
 
 impl Mirrors {
     /// Starts one writer per cluster (idle until a route mirrors to it).
-    pub fn start(clusters: &[Arc<Cluster>], queue_limits: &[usize]) -> Arc<Mirrors> {
-        let offsets = Arc::new(OffsetMap::default());
+    pub fn start(
+        clusters: &[Arc<Cluster>],
+        queue_limits: &[usize],
+        offsets: Arc<OffsetMap>,
+    ) -> Arc<Mirrors> {
         let queues = clusters
             .iter()
             .zip(queue_limits)

@@ -2,12 +2,20 @@
 //! where it landed on the write cluster. Consumer cutover translates committed offsets
 //! with it.
 //!
-//! Invariant: entries of one (topic, write partition, mirror cluster) are kept in the
-//! order they were recorded, which is the write cluster's offset order (see the mirror's
-//! ordering invariant); lookups binary-search them.
+//! Invariants:
+//! - Entries of one (topic, write partition, mirror cluster) are kept in the order they
+//!   were recorded, which is the write cluster's offset order (see the mirror's ordering
+//!   invariant); lookups binary-search them.
+//! - With a journal file (`[proxy] offset_map_file`), every entry is appended as one JSON
+//!   line before it is visible, and the file is read back at start, so a restarted kshift
+//!   translates as before. Mirror clusters are journalled by name, not id.
 
 use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use crate::ClusterId;
 
@@ -29,10 +37,118 @@ type Key = (Arc<str>, i32, ClusterId);
 #[derive(Debug, Default)]
 pub struct OffsetMap {
     entries: Mutex<HashMap<Key, Vec<OffsetMapping>>>,
+    journal: Option<Journal>,
+}
+
+#[derive(Debug)]
+struct Journal {
+    file: Mutex<std::fs::File>,
+    /// Cluster names by id, as the journal names them.
+    clusters: Vec<String>,
+}
+
+/// One journal line.
+#[derive(Debug, Serialize, Deserialize)]
+struct JournalEntry {
+    topic: String,
+    write_partition: i32,
+    write_base_offset: i64,
+    mirror_cluster: String,
+    mirror_partition: i32,
+    mirror_base_offset: i64,
+    record_count: i64,
 }
 
 impl OffsetMap {
+    /// An offset map journalled to `path` (created if missing), loaded with what the
+    /// file already holds. Lines naming clusters not configured any more are skipped.
+    pub fn open(path: &Path, clusters: &[String]) -> std::io::Result<OffsetMap> {
+        let mut entries: HashMap<Key, Vec<OffsetMapping>> = HashMap::new();
+        let mut loaded = 0usize;
+        if path.exists() {
+            let file = std::fs::File::open(path)?;
+            for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let entry: JournalEntry = match serde_json::from_str(&line) {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        // A torn last line after a crash: keep what came before it.
+                        tracing::warn!(path = %path.display(), line = number + 1, %error, "skipping unreadable offset map line");
+                        continue;
+                    }
+                };
+                let Some(mirror_cluster) = clusters.iter().position(|c| *c == entry.mirror_cluster)
+                else {
+                    continue;
+                };
+                let mapping = OffsetMapping {
+                    topic: entry.topic.into(),
+                    write_partition: entry.write_partition,
+                    write_base_offset: entry.write_base_offset,
+                    mirror_cluster,
+                    mirror_partition: entry.mirror_partition,
+                    mirror_base_offset: entry.mirror_base_offset,
+                    record_count: entry.record_count,
+                };
+                let key = (
+                    mapping.topic.clone(),
+                    mapping.write_partition,
+                    mirror_cluster,
+                );
+                entries.entry(key).or_default().push(mapping);
+                loaded += 1;
+            }
+        }
+        for list in entries.values_mut() {
+            list.sort_by_key(|m| m.write_base_offset);
+        }
+        tracing::info!(path = %path.display(), entries = loaded, "offset map loaded");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        // After a torn last line, start the next entry on a line of its own.
+        let ends_cleanly = std::fs::read(path)
+            .map(|bytes| bytes.last().is_none_or(|b| *b == b'\n'))
+            .unwrap_or(true);
+        if !ends_cleanly {
+            file.write_all(b"\n")?;
+        }
+        Ok(OffsetMap {
+            entries: Mutex::new(entries),
+            journal: Some(Journal {
+                file: Mutex::new(file),
+                clusters: clusters.to_vec(),
+            }),
+        })
+    }
+
     pub fn record(&self, mapping: OffsetMapping) {
+        if let Some(journal) = &self.journal {
+            let entry = JournalEntry {
+                topic: mapping.topic.to_string(),
+                write_partition: mapping.write_partition,
+                write_base_offset: mapping.write_base_offset,
+                mirror_cluster: journal
+                    .clusters
+                    .get(mapping.mirror_cluster)
+                    .cloned()
+                    .unwrap_or_default(),
+                mirror_partition: mapping.mirror_partition,
+                mirror_base_offset: mapping.mirror_base_offset,
+                record_count: mapping.record_count,
+            };
+            if let Ok(mut line) = serde_json::to_string(&entry) {
+                line.push('\n');
+                let mut file = journal.file.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(error) = file.write_all(line.as_bytes()) {
+                    tracing::error!(%error, "cannot append to the offset map file; cutover translation will miss this batch");
+                }
+            }
+        }
         let key = (
             mapping.topic.clone(),
             mapping.write_partition,
@@ -110,5 +226,34 @@ mod tests {
         assert_eq!(map.translate("orders", 0, 1, 117), None);
         assert_eq!(map.translate("orders", 1, 1, 100), None);
         assert_eq!(map.mappings("orders", 0, 1).len(), 2);
+    }
+
+    #[test]
+    fn journal_survives_a_restart_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offsets.jsonl");
+        let clusters = vec!["new".to_string(), "old".to_string()];
+        {
+            let map = OffsetMap::open(&path, &clusters).unwrap();
+            map.record(mapping(100, 0, 10));
+            map.record(mapping(112, 10, 5));
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"topic\": \"orders\", \"write_par")
+            .unwrap();
+        let reopened = OffsetMap::open(&path, &clusters).unwrap();
+        assert_eq!(reopened.translate("orders", 0, 1, 114), Some((0, 12)));
+        assert_eq!(reopened.mappings("orders", 0, 1).len(), 2);
+        // Entries recorded after the torn line are read back too.
+        reopened.record(mapping(117, 15, 3));
+        drop(reopened);
+        let again = OffsetMap::open(&path, &clusters).unwrap();
+        assert_eq!(again.translate("orders", 0, 1, 119), Some((0, 17)));
+        // Clusters are journalled by name: a different cluster list maps by name.
+        let renumbered = OffsetMap::open(&path, &["old".to_string()]).unwrap();
+        assert_eq!(renumbered.translate("orders", 0, 0, 114), Some((0, 12)));
     }
 }
