@@ -14,23 +14,8 @@ use rdkafka::producer::FutureRecord;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_under_load_loses_no_acknowledged_record_and_flushes_the_mirror() {
     let (old, new) = (Broker::start().await, Broker::start().await);
-    let text = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-drain_timeout_ms = 10000
-[clusters.old]
-bootstrap = ["{}"]
-[clusters.new]
-bootstrap = ["{}"]
-[[routes]]
-topics = "*"
-write = "old"
-mirror = ["new"]
-"#,
-        old.bootstrap(),
-        new.bootstrap()
-    );
+    let routes = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]";
+    let text = common::two_cluster_toml(&old, &new, "drain_timeout_ms = 10000", routes);
     let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
     let through = proxy.local_addr().to_string();
     let topic = common::unique_topic("drain");

@@ -22,27 +22,14 @@ async fn start(old: &Broker, new: &Broker, route: &str) -> RunningProxy {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let toml = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-connect_timeout_ms = 1000
-request_timeout_ms = 3000
-[clusters.old]
-bootstrap = ["{old}"]
-[clusters.new]
-bootstrap = ["{new}"]
-[[routes]]
-topics = "*"
-write = "old"
-read = "old"
-{route}
-[[groups]]
-groups = "*"
-cluster = "old"
-"#,
-        old = old.bootstrap(),
-        new = new.bootstrap()
+    let routing = format!(
+        "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n{route}\n[[groups]]\ngroups = \"*\"\ncluster = \"old\""
+    );
+    let toml = common::two_cluster_toml(
+        old,
+        new,
+        "connect_timeout_ms = 1000\nrequest_timeout_ms = 3000",
+        &routing,
     );
     Proxy::start(Config::parse(&toml).expect("valid config"))
         .await
@@ -403,12 +390,9 @@ async fn offset_map_survives_a_kshift_restart() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("offsets.jsonl");
     let config = |old: &Broker, new: &Broker| {
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\noffset_map_file = \"{}\"\n[clusters.old]\nbootstrap = [\"{}\"]\n[clusters.new]\nbootstrap = [\"{}\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\n",
-            journal.display(),
-            old.bootstrap(),
-            new.bootstrap()
-        )
+        let proxy_lines = format!("offset_map_file = \"{}\"", journal.display());
+        let routes = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]";
+        common::two_cluster_toml(old, new, &proxy_lines, routes)
     };
     let proxy = Proxy::start(Config::parse(&config(&old, &new)).unwrap())
         .await

@@ -18,25 +18,10 @@ async fn start(old: &Broker, new: &Broker, redis_url: &str) -> RunningProxy {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let text = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[clusters.old]
-bootstrap = ["{}"]
-[clusters.new]
-bootstrap = ["{}"]
-[routing]
-redis = "{redis_url}"
-redis_key = "kshift:test"
-[[routes]]
-topics = "*"
-write = "old"
-"#,
-        old.bootstrap(),
-        new.bootstrap()
+    let routing = format!(
+        "[routing]\nredis = \"{redis_url}\"\nredis_key = \"kshift:test\"\n[[routes]]\ntopics = \"*\"\nwrite = \"old\""
     );
+    let text = common::two_cluster_toml(old, new, "admin_listen = \"127.0.0.1:0\"", &routing);
     Proxy::start(Config::parse(&text).unwrap()).await.unwrap()
 }
 

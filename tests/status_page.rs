@@ -44,26 +44,8 @@ fn chromium_dump_dom(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_shows_routes_clusters_and_mirror_progress_in_a_browser() {
     let (old, new) = (Broker::start().await, Broker::start().await);
-    let text = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-[clusters.old]
-bootstrap = ["{}"]
-[clusters.new]
-bootstrap = ["{}"]
-[[routes]]
-topics = "orders.*"
-write = "old"
-mirror = ["new"]
-[[routes]]
-topics = "*"
-write = "old"
-"#,
-        old.bootstrap(),
-        new.bootstrap()
-    );
+    let routes = "[[routes]]\ntopics = \"orders.*\"\nwrite = \"old\"\nmirror = [\"new\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"";
+    let text = common::two_cluster_toml(&old, &new, "admin_listen = \"127.0.0.1:0\"", routes);
     let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
     let admin = proxy.admin_addr().unwrap();
     let through = proxy.local_addr().to_string();

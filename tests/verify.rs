@@ -14,25 +14,8 @@ use rdkafka::producer::FutureRecord;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_parity_then_names_the_missing_range() {
     let (old, new) = (Broker::start().await, Broker::start().await);
-    let text = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-[clusters.old]
-bootstrap = ["{}"]
-[clusters.new]
-bootstrap = ["{}"]
-[[routes]]
-topics = "verify-*"
-write = "old"
-mirror = ["new"]
-[[routes]]
-topics = "*"
-write = "old"
-"#,
-        old.bootstrap(),
-        new.bootstrap()
-    );
+    let routes = "[[routes]]\ntopics = \"verify-*\"\nwrite = \"old\"\nmirror = [\"new\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"";
+    let text = common::two_cluster_toml(&old, &new, "", routes);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, &text).unwrap();

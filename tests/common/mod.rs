@@ -275,6 +275,16 @@ cluster = "old"
     )
 }
 
+/// The config of a kshift in front of two clusters, `old` and `new`: `[proxy]` listens on a
+/// free port plus `proxy_lines`; `routing` (routes, groups, `[routing]`) follows the clusters.
+pub fn two_cluster_toml(old: &Broker, new: &Broker, proxy_lines: &str, routing: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_lines}\n[clusters.old]\nbootstrap = [\"{}\"]\n[clusters.new]\nbootstrap = [\"{}\"]\n{routing}\n",
+        old.bootstrap(),
+        new.bootstrap()
+    )
+}
+
 /// The context of every test client: with `KSHIFT_TEST_RDKAFKA_DEBUG` set (to librdkafka debug
 /// contexts, e.g. `cgrp,fetch,protocol`, or `all`) it prints librdkafka's log lines and errors to
 /// stderr; otherwise they are dropped (the test's assertions tell what went wrong).
