@@ -101,6 +101,12 @@ struct BenchArgs {
     /// Also write the results as JSON (OpenMessaging-Benchmark-style field names).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Open loop: records per second per target (latency from each record's due time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds to run each target (over all rounds) instead of --messages.
+    #[arg(long)]
+    duration: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -142,6 +148,8 @@ fn main() -> ExitCode {
                 linger_ms: args.linger_ms,
                 compression: args.compression,
                 json: args.json,
+                rate: args.rate,
+                duration: args.duration.map(std::time::Duration::from_secs_f64),
             };
             match tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

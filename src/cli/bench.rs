@@ -3,13 +3,15 @@
 //! machine hits every target alike.
 //!
 //! Closed loop: `--inflight N` records outstanding per target at any time (`--inflight 1`
-//! is the pure per-hop cost); latency is from `send` to the delivery report, recorded in an
-//! HdrHistogram per target. Figures are ratios to the first target, from the same run.
+//! is the pure per-hop cost); latency is from `send` to the delivery report. Open loop
+//! (`--rate R`): records are due at a fixed rate and latency runs from when each was due,
+//! so a stall is charged to every record it held up (no coordinated omission). Latencies go
+//! to an HdrHistogram per target; figures are ratios to the first target, same run.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -31,6 +33,24 @@ pub struct BenchOptions {
     pub linger_ms: u32,
     pub compression: String,
     pub json: Option<std::path::PathBuf>,
+    /// Open loop: records per second per target, latency measured from each record's
+    /// intended send time (no coordinated omission). Closed loop when absent.
+    pub rate: Option<f64>,
+    /// Run each target for this long in total (split over the rounds) instead of
+    /// `messages` records.
+    pub duration: Option<Duration>,
+}
+
+/// How records are offered to a target in one round.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    /// Closed loop: this many records outstanding. Open loop: unbounded.
+    inflight: usize,
+    rate: Option<f64>,
+    /// Stop after this many records…
+    count: u64,
+    /// …or once this long has passed, whichever is first.
+    budget: Option<Duration>,
 }
 
 /// Parses `NAME=HOST:PORT`.
@@ -76,30 +96,29 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         });
     }
     let payload = vec![b'x'; options.size];
+    let rounds = options.rounds.max(1);
     // Warm-up: connections, metadata, producer ids.
+    let warm_up = Load {
+        inflight: options.inflight,
+        rate: None,
+        count: 50.min(options.messages),
+        budget: None,
+    };
     for target in &mut targets {
-        measure(
-            target,
-            &options.topic,
-            &payload,
-            50.min(options.messages),
-            options.inflight,
-            false,
-        )
-        .await?;
+        measure(target, &options.topic, &payload, warm_up, false).await?;
     }
-    let per_round = (options.messages / u64::from(options.rounds.max(1))).max(1);
-    for round in 1..=options.rounds.max(1) {
+    let load = Load {
+        inflight: options.inflight,
+        rate: options.rate,
+        count: match options.duration {
+            Some(_) => u64::MAX,
+            None => (options.messages / u64::from(rounds)).max(1),
+        },
+        budget: options.duration.map(|d| d / rounds),
+    };
+    for round in 1..=rounds {
         for target in &mut targets {
-            measure(
-                target,
-                &options.topic,
-                &payload,
-                per_round,
-                options.inflight,
-                true,
-            )
-            .await?;
+            measure(target, &options.topic, &payload, load, true).await?;
             let p = |q: f64| target.latency.value_at_quantile(q);
             eprintln!(
                 "round {round}/{} {:>10}: {} records sent, p50 {} us, p99 {} us, max {} us",
@@ -137,42 +156,55 @@ async fn create_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `count` records keeping `inflight` outstanding; records latencies if `record`.
+/// Offers records to `target` as `load` says; records latencies if `record`. Closed loop:
+/// latency from send to delivery. Open loop: from the intended send time, so a stall
+/// counts against every record it delayed.
 async fn measure(
     target: &mut Target,
     topic: &str,
     payload: &[u8],
-    count: u64,
-    inflight: usize,
+    load: Load,
     record: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut outstanding = VecDeque::new();
+    let interval = load
+        .rate
+        .map(|rate| Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    let mut outstanding = FuturesUnordered::new();
     let mut next = 0u64;
-    while next < count || !outstanding.is_empty() {
-        while next < count && outstanding.len() < inflight.max(1) {
-            let key = next.to_string();
-            let sent_at = Instant::now();
-            let delivery = target
-                .producer
-                .send_result(FutureRecord::to(topic).key(&key).payload(payload))
-                .map_err(|(error, _)| anyhow!("{}: cannot queue: {error}", target.name))?;
-            outstanding.push_back((sent_at, delivery));
-            next += 1;
+    let more = |next: u64| next < load.count && load.budget.is_none_or(|b| started.elapsed() < b);
+    loop {
+        let may_send =
+            more(next) && (interval.is_some() || outstanding.len() < load.inflight.max(1));
+        if !may_send && outstanding.is_empty() {
+            break;
         }
-        if let Some((sent_at, delivery)) = outstanding.pop_front() {
-            delivery
-                .await
-                .map_err(|_| anyhow!("{}: delivery cancelled", target.name))?
-                .map_err(|(error, _)| anyhow!("{}: delivery failed: {error}", target.name))?;
-            if record {
-                let micros = sent_at.elapsed().as_micros().max(1) as u64;
-                target.latency.saturating_record(micros);
+        let due = interval.map_or(started, |interval| started + interval * next as u32);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()), if may_send => {
+                let key = next.to_string();
+                // Open loop: the clock starts when the record was due, not when sent.
+                let since = if interval.is_some() { due } else { Instant::now() };
+                let delivery = target
+                    .producer
+                    .send_result(FutureRecord::to(topic).key(&key).payload(payload))
+                    .map_err(|(error, _)| anyhow!("{}: cannot queue: {error}", target.name))?;
+                outstanding.push(async move { (since, delivery.await) });
+                next += 1;
+            }
+            Some((since, delivered)) = outstanding.next(), if !outstanding.is_empty() => {
+                delivered
+                    .map_err(|_| anyhow!("{}: delivery cancelled", target.name))?
+                    .map_err(|(error, _)| anyhow!("{}: delivery failed: {error}", target.name))?;
+                if record {
+                    let micros = since.elapsed().as_micros().max(1) as u64;
+                    target.latency.saturating_record(micros);
+                }
             }
         }
     }
     if record {
-        target.sent += count;
+        target.sent += next;
         target.busy += started.elapsed();
     }
     Ok(())
@@ -182,14 +214,13 @@ fn report(targets: &[Target], options: &BenchOptions) -> anyhow::Result<()> {
     let quantiles = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
     let baseline = &targets[0];
     let rate = |t: &Target| t.sent as f64 / t.busy.as_secs_f64().max(f64::EPSILON);
+    let load = match options.rate {
+        Some(rate) => format!("open loop at {rate} records/s"),
+        None => format!("closed loop, {} in flight", options.inflight),
+    };
     println!(
-        "\n{} records of {} B per target, acks={}, {} in flight, {} rounds (ratios vs {})",
-        options.messages,
-        options.size,
-        options.acks,
-        options.inflight,
-        options.rounds,
-        baseline.name
+        "\n{} records of {} B sent to {}, acks={}, {load}, {} rounds (ratios vs {})",
+        baseline.sent, options.size, baseline.name, options.acks, options.rounds, baseline.name
     );
     println!(
         "{:>12} {:>16} {:>16} {:>16} {:>16} {:>16} {:>18} {:>10}",

@@ -1,0 +1,111 @@
+//! `kshift bench` against a real broker, directly and through kshift: both targets in the
+//! table with ratios to the first, closed and open loop, and the JSON file.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Broker, Kshift};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_targets_side_by_side() {
+    let broker = Broker::start().await;
+    let kshift = Kshift::start_single(&broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let direct = format!("direct={}", broker.bootstrap());
+    let through = format!("kshift={}", kshift.bootstrap());
+    let args = vec![
+        "bench".to_string(),
+        "--target".into(),
+        direct.clone(),
+        "--target".into(),
+        through.clone(),
+        "--messages".into(),
+        "300".into(),
+        "--rounds".into(),
+        "3".into(),
+        "--json".into(),
+        json.to_str().unwrap().into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("300 records of 100 B sent to direct"),
+        "{stdout}"
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("direct ") || l.contains("kshift "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(
+        rows[0].contains("(1.00x)"),
+        "the first target is the baseline: {stdout}"
+    );
+    let document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let targets = document["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for target in targets {
+        assert!(
+            target["aggregatedPublishLatency50"].as_f64().unwrap() > 0.0,
+            "{document}"
+        );
+        assert!(
+            target["aggregatedPublishLatency99"].as_f64().unwrap() > 0.0,
+            "{document}"
+        );
+        assert!(target["publishRate"].as_f64().unwrap() > 0.0, "{document}");
+    }
+
+    // Open loop for a fixed time: about rate x duration records.
+    let args = vec![
+        "bench".to_string(),
+        "--target".into(),
+        through,
+        "--rate".into(),
+        "200".into(),
+        "--duration".into(),
+        "1".into(),
+        "--rounds".into(),
+        "2".into(),
+    ];
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("open loop at 200 records/s"), "{stdout}");
+    let sent: u64 = stdout
+        .lines()
+        .find(|line| line.contains("records of"))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (150..=250).contains(&sent),
+        "expected about 200 records in 1 s at 200/s, got {sent}: {stdout}"
+    );
+}
