@@ -1,13 +1,18 @@
 //! The admin HTTP API (default 127.0.0.1 only): health, readiness, Prometheus metrics, the
 //! routing table (read, replace, roll back) and a JSON status.
 //!
-//! Invariant: a `PUT /routes` is validated as a whole before anything changes; a 400
-//! carries the reason, naming the rule and field, and the table in force stays.
+//! Invariants:
+//! - A `PUT /routes` is validated as a whole before anything changes; a 400 carries the
+//!   reason, naming the rule and field, and the table in force stays.
+//! - With a token configured, every endpoint but /health and /ready answers 401 without
+//!   `Authorization: Bearer <token>` (compared in constant time); the token is never logged.
+//! - Routing changes are logged with the caller's address (audit).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,29 +26,79 @@ use crate::routing::{RoutingSpec, UpdateError};
 use crate::ProxyState;
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
+/// Reads the admin token from `path` (surrounding whitespace trimmed).
+pub fn read_token(path: &str) -> Result<String, String> {
+    let token = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "the token in {path} must have at least 16 characters"
+        ));
+    }
+    Ok(token)
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
 pub async fn run(
     listener: TcpListener,
     state: Arc<ProxyState>,
+    token: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+    let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/routes", get(get_routes).put(put_routes))
         .route("/routes/rollback", post(rollback))
         .route("/status", get(status))
         .route("/", get(status_page))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        ));
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(protected)
         .with_state(state);
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    if let Err(error) = axum::serve(listener, app)
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(error) = axum::serve(listener, service)
         .with_graceful_shutdown(stopped)
         .await
     {
         tracing::error!(%error, "admin API stopped");
     }
+}
+
+/// Refuses requests without the configured bearer token.
+async fn require_token(
+    State(token): State<Arc<Option<String>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = token.as_deref() {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({ "error": "missing or wrong bearer token" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health() -> &'static str {
@@ -127,9 +182,11 @@ fn rejected(state: &ProxyState, code: StatusCode, error: String) -> Response {
 
 async fn put_routes(
     State(state): State<Arc<ProxyState>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    tracing::info!(%caller, "PUT /routes");
     let spec = match parse_spec(&headers, &body) {
         Ok(spec) => spec,
         Err(error) => return rejected(&state, StatusCode::BAD_REQUEST, error),
@@ -160,7 +217,11 @@ async fn submit(state: &ProxyState, spec: &RoutingSpec) -> Response {
     }
 }
 
-async fn rollback(State(state): State<Arc<ProxyState>>) -> Response {
+async fn rollback(
+    State(state): State<Arc<ProxyState>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+) -> Response {
+    tracing::info!(%caller, "POST /routes/rollback");
     if state.redis.is_some() {
         return match state.routing.previous_spec() {
             Some(previous) => submit(&state, &previous).await,

@@ -86,9 +86,14 @@ pub struct ProxyConfig {
     /// Defaults to the bound listen address.
     #[serde(default)]
     pub advertised: Option<String>,
-    /// Address of the admin HTTP API (metrics, health, routes); off when absent.
+    /// Address of the admin HTTP API (metrics, health, routes); off when absent. Anything
+    /// but a loopback address requires `admin_token_file`.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// File holding the bearer token the admin API requires (`Authorization: Bearer …`)
+    /// on every endpoint but /health and /ready. The token stays out of the config file.
+    #[serde(default)]
+    pub admin_token_file: Option<String>,
     /// Node id kshift presents as the broker (and controller) of its virtual cluster.
     #[serde(default)]
     pub node_id: i32,
@@ -226,9 +231,15 @@ impl Config {
             parse_host_port(advertised).map_err(|e| ConfigError::field("proxy.advertised", e))?;
         }
         if let Some(admin) = &proxy.admin_listen {
-            admin
+            let address = admin
                 .parse::<SocketAddr>()
                 .map_err(|e| ConfigError::field("proxy.admin_listen", format!("{admin:?}: {e}")))?;
+            if !address.ip().is_loopback() && proxy.admin_token_file.is_none() {
+                return Err(ConfigError::field(
+                    "proxy.admin_token_file",
+                    format!("admin_listen {admin:?} is reachable from other hosts: set a token file (or bind 127.0.0.1)"),
+                ));
+            }
         }
         if proxy.node_id < 0 {
             return Err(ConfigError::field("proxy.node_id", "must be 0 or more"));
@@ -372,6 +383,20 @@ mod tests {
         let text = MINIMAL.replace("[proxy]", "[proxy]\nmax_in_flight_requests = 0");
         let error = Config::parse(&text).unwrap_err().to_string();
         assert!(error.contains("proxy.max_in_flight_requests"), "{error}");
+    }
+
+    #[test]
+    fn admin_api_beyond_loopback_needs_a_token() {
+        let open = MINIMAL.replace("[proxy]", "[proxy]\nadmin_listen = \"0.0.0.0:9644\"");
+        let error = Config::parse(&open).unwrap_err().to_string();
+        assert!(error.contains("proxy.admin_token_file"), "{error}");
+        let with_token = open.replace(
+            "[proxy]",
+            "[proxy]\nadmin_token_file = \"/run/secrets/token\"",
+        );
+        assert!(Config::parse(&with_token).is_ok());
+        let loopback = MINIMAL.replace("[proxy]", "[proxy]\nadmin_listen = \"127.0.0.1:9644\"");
+        assert!(Config::parse(&loopback).is_ok());
     }
 
     #[test]

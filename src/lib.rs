@@ -212,7 +212,16 @@ impl Proxy {
                         source,
                     })?;
                 let admin_addr = admin.local_addr().ok();
-                tokio::spawn(admin::run(admin, state.clone(), shutdown_rx.clone()));
+                let token = match &config.proxy.admin_token_file {
+                    Some(path) => Some(admin::read_token(path).map_err(|reason| {
+                        config::ConfigError::Field {
+                            field: "proxy.admin_token_file".into(),
+                            reason,
+                        }
+                    })?),
+                    None => None,
+                };
+                tokio::spawn(admin::run(admin, state.clone(), token, shutdown_rx.clone()));
                 tracing::info!(admin = ?admin_addr, "admin API listening");
                 admin_addr
             }

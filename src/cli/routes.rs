@@ -1,5 +1,6 @@
 //! `kshift routes get|set|rollback|diff --admin URL`: the operator's client for the admin
-//! API's routing endpoints, with a readable before/after diff.
+//! API's routing endpoints, with a readable before/after diff. When the API requires a
+//! token, it is taken from the `KSHIFT_ADMIN_TOKEN` environment variable.
 
 use std::path::Path;
 
@@ -49,8 +50,12 @@ async fn request(
     let mut stream = TcpStream::connect(authority)
         .await
         .with_context(|| format!("cannot reach the admin API at {admin}"))?;
+    // The admin token, when the API requires one, comes from the environment.
+    let authorization = std::env::var("KSHIFT_ADMIN_TOKEN")
+        .map(|token| format!("Authorization: Bearer {}\r\n", token.trim()))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{authorization}Content-Type: application/toml\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;

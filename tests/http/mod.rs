@@ -8,11 +8,25 @@ use tokio::net::TcpStream;
 
 /// Sends `method path` with `body`; returns the status code and the body.
 pub async fn request(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    request_with_token(address, method, path, body, None).await
+}
+
+/// As [`request`], with `Authorization: Bearer <token>` when a token is given.
+pub async fn request_with_token(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(address)
         .await
         .expect("connect to admin API");
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{authorization}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("send");
