@@ -1,5 +1,6 @@
 //! Operator subcommands beyond `serve` and `check`, each a client of a running kshift.
 
 pub mod bench;
+pub mod repair;
 pub mod routes;
 pub mod verify;

@@ -125,6 +125,10 @@ pub struct ProxyConfig {
     /// offsets as before. In memory only when absent.
     #[serde(default)]
     pub offset_map_file: Option<String>,
+    /// Journal of batches that reached the write cluster but not a mirror (failed after
+    /// retries, or dropped by a full queue), with their write offsets, for `kshift repair`.
+    #[serde(default)]
+    pub mirror_failures_file: Option<String>,
     /// A client connection that sends no request for this long is closed (Kafka's
     /// `connections.max.idle.ms`; clients reconnect when they need to).
     #[serde(default = "default_idle_timeout_ms")]

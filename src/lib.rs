@@ -51,7 +51,7 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error("cannot watch config file {path}: {source}")]
     Watch { path: String, source: notify::Error },
-    #[error("cannot open the offset map file {path}: {source}")]
+    #[error("cannot open {path}: {source}")]
     OffsetMap {
         path: String,
         source: std::io::Error,
@@ -170,7 +170,20 @@ impl Proxy {
                 })?,
             None => produce::offset_map::OffsetMap::default(),
         };
-        let mirrors = produce::mirror::Mirrors::start(&clusters, &queue_limits, Arc::new(offsets));
+        let failures = match &config.proxy.mirror_failures_file {
+            Some(path) => produce::failures::FailureJournal::open(std::path::Path::new(path))
+                .map_err(|source| StartError::OffsetMap {
+                    path: path.clone(),
+                    source,
+                })?,
+            None => produce::failures::FailureJournal::default(),
+        };
+        let mirrors = produce::mirror::Mirrors::start(
+            &clusters,
+            &queue_limits,
+            Arc::new(offsets),
+            Arc::new(failures),
+        );
         let redis = match &config.routing.redis {
             Some(url) => Some(Arc::new(
                 routing::redis::RedisSource::new(url, &config.routing.redis_key).map_err(|e| {

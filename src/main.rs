@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         since: Option<i64>,
     },
+    /// Replay the write-offset ranges the mirror failure journal lists (mirror_failures_file)
+    /// from the write cluster to the mirror; ranges done are not replayed again.
+    Repair {
+        /// The kshift configuration (clusters, routes, mirror_failures_file).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
     /// Read or change the routing table of a running kshift through its admin API.
@@ -180,6 +187,25 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("kshift: {error:#}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Command::Repair { config } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("kshift: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(kshift::cli::repair::run(&config)));
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::FAILURE
                 }
             }
         }

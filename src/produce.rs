@@ -12,6 +12,7 @@
 //!   with the retriable error a broker would give when its backend could not be reached.
 
 pub mod batch;
+pub mod failures;
 pub mod mirror;
 pub mod offset_map;
 
@@ -82,6 +83,9 @@ struct MirroredPartition {
     /// `sync` routes: one per mirror cluster; `Err` when a mirror failed or refused.
     mirrored: Vec<oneshot::Receiver<Result<(), String>>>,
     refused: bool,
+    /// Mirror clusters whose queue refused these records (journalled once written).
+    dropped: Vec<ClusterId>,
+    record_count: i64,
 }
 
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
@@ -233,6 +237,8 @@ fn plan_mirror(
         written: Vec::new(),
         mirrored: Vec::new(),
         refused: false,
+        dropped: Vec::new(),
+        record_count,
     };
     let topic_name: Arc<str> = topic.as_str().into();
     for &mirror in &route.mirror {
@@ -265,6 +271,7 @@ fn plan_mirror(
                     let (reason, item) = *refused;
                     mirror::log_dropped(&item, mirror, &reason);
                     planned.refused |= sync;
+                    planned.dropped.push(mirror);
                 }
             },
         }
@@ -381,8 +388,17 @@ async fn complete(
         for sender in planned.written {
             let _ = sender.send(written);
         }
-        if written.is_none() {
+        let Some(write_base_offset) = written else {
             continue;
+        };
+        for &cluster in &planned.dropped {
+            context.state.mirrors.journal_dropped_range(
+                &planned.topic,
+                planned.partition,
+                planned.record_count,
+                cluster,
+                write_base_offset,
+            );
         }
         let mut failure = planned.refused.then(|| "mirror queue full".to_string());
         for done in planned.mirrored {

@@ -36,6 +36,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{self, Batch};
+use super::failures::{FailedRange, FailureJournal};
 use super::offset_map::{OffsetMap, OffsetMapping};
 use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
 use crate::codec::{self, decode_body};
@@ -144,6 +145,8 @@ pub struct Mirrors {
     /// One queue per cluster, indexed by [`ClusterId`].
     queues: Vec<MirrorQueue>,
     pub offsets: Arc<OffsetMap>,
+    /// Where batches missing from a mirror are journalled for `kshift repair`.
+    pub failures: Arc<FailureJournal>,
     /// Items of open transactions, by transactional id, in produce order.
     transactions: Mutex<HashMap<String, Vec<(MirrorItem, ClusterId)>>>,
 }
@@ -162,6 +165,7 @@ impl Mirrors {
         clusters: &[Arc<Cluster>],
         queue_limits: &[usize],
         offsets: Arc<OffsetMap>,
+        failures: Arc<FailureJournal>,
     ) -> Arc<Mirrors> {
         let queues = clusters
             .iter()
@@ -173,6 +177,7 @@ impl Mirrors {
                     cluster: cluster.clone(),
                     stats: stats.clone(),
                     offsets: offsets.clone(),
+                    failures: failures.clone(),
                     producer: None,
                     sequences: HashMap::new(),
                     connections: HashMap::new(),
@@ -189,6 +194,7 @@ impl Mirrors {
         Arc::new(Mirrors {
             queues,
             offsets,
+            failures,
             transactions: Mutex::default(),
         })
     }
@@ -258,6 +264,39 @@ impl Mirrors {
         Ok(())
     }
 
+    /// Journals a refused item once its write offset is known.
+    pub fn journal_dropped(&self, item: &MirrorItem, cluster: ClusterId, write_base_offset: i64) {
+        self.journal_dropped_range(
+            &item.topic,
+            item.write_partition,
+            item.record_count,
+            cluster,
+            write_base_offset,
+        );
+    }
+
+    /// Journals `record_count` records at `write_base_offset` refused by `cluster`'s queue.
+    pub fn journal_dropped_range(
+        &self,
+        topic: &str,
+        write_partition: i32,
+        record_count: i64,
+        cluster: ClusterId,
+        write_base_offset: i64,
+    ) {
+        let Some(queue) = self.queues.get(cluster) else {
+            return;
+        };
+        self.failures.record(&FailedRange {
+            topic: topic.to_string(),
+            write_partition,
+            first_offset: write_base_offset,
+            last_offset: write_base_offset + record_count - 1,
+            mirror_cluster: queue.cluster.name.to_string(),
+            reason: "mirror queue full".into(),
+        });
+    }
+
     /// Holds `item` until transaction `transactional_id` ends.
     pub fn hold(&self, transactional_id: &str, cluster: ClusterId, item: MirrorItem) {
         let mut transactions = lock(&self.transactions);
@@ -291,8 +330,11 @@ impl Mirrors {
         }
         for (item, cluster) in items {
             if let Err(refused) = self.offer(cluster, item) {
-                let (reason, item) = *refused;
+                let (reason, mut item) = *refused;
                 log_dropped(&item, cluster, &reason);
+                if let Ok(Some(offset)) = item.written.try_recv() {
+                    self.journal_dropped(&item, cluster, offset);
+                }
             }
         }
     }
@@ -323,6 +365,7 @@ struct MirrorWriter {
     cluster: Arc<Cluster>,
     stats: Arc<MirrorStats>,
     offsets: Arc<OffsetMap>,
+    failures: Arc<FailureJournal>,
     /// Producer id and epoch from the mirror's InitProducerId.
     producer: Option<(i64, i16)>,
     /// Next sequence per (mirror topic, partition).
@@ -399,6 +442,14 @@ impl MirrorWriter {
                 %error,
                 "mirroring failed; these records exist only on the write cluster"
             );
+            self.failures.record(&FailedRange {
+                topic: item.topic.to_string(),
+                write_partition: item.write_partition,
+                first_offset: write_base_offset,
+                last_offset: write_base_offset + item.record_count - 1,
+                mirror_cluster: self.cluster.name.to_string(),
+                reason: error.clone(),
+            });
         }
         if let Some(done) = item.done.take() {
             let _ = done.send(result);

@@ -1,0 +1,186 @@
+//! `kshift repair --config FILE`: replays the write-offset ranges the mirror failure journal
+//! lists, from the write cluster to the mirror, in journal order, with an idempotent
+//! producer; each range done is marked repaired, so running it again only does what is
+//! left. Partitioning, `mirror_percent` and `rename` follow the route in the config.
+//!
+//! A repaired batch lands after whatever the mirror received since it failed: per-partition
+//! order on the mirror matches the write cluster only if nothing was mirrored in between
+//! (as when the mirror was down). `kshift verify` tells.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::produce::batch::partition_for_key;
+use crate::produce::failures::{self, FailedRange};
+use crate::produce::mirror::percent_selects;
+use crate::routing::{Partitioning, RoutingTable};
+
+/// Runs the repair; returns (ranges repaired, records copied).
+pub async fn run(config: &Config) -> anyhow::Result<(usize, usize)> {
+    let path = config
+        .proxy
+        .mirror_failures_file
+        .as_deref()
+        .ok_or_else(|| {
+            anyhow!("the config sets no [proxy] mirror_failures_file: nothing to repair")
+        })?;
+    let path = Path::new(path);
+    let pending = failures::pending(path).with_context(|| format!("reading {}", path.display()))?;
+    let names = config.cluster_names();
+    let table = RoutingTable::build(&config.routing_spec(), &names, 0)?;
+    let (mut ranges, mut records) = (0, 0);
+    for range in &pending {
+        let copied = repair(config, &names, &table, range)
+            .await
+            .with_context(|| format!("repairing {}", range.key()))?;
+        failures::mark_repaired(path, range)?;
+        println!("repaired {} ({copied} records)", range.key());
+        ranges += 1;
+        records += copied;
+    }
+    println!("{ranges} range(s) repaired, {records} record(s) copied; nothing left pending");
+    Ok((ranges, records))
+}
+
+fn bootstrap(config: &Config, cluster: &str) -> anyhow::Result<String> {
+    config
+        .clusters
+        .get(cluster)
+        .map(|c| c.bootstrap.join(","))
+        .ok_or_else(|| anyhow!("cluster {cluster:?} is not configured"))
+}
+
+async fn repair(
+    config: &Config,
+    names: &[String],
+    table: &RoutingTable,
+    range: &FailedRange,
+) -> anyhow::Result<usize> {
+    let route = table
+        .route(&range.topic, "")
+        .ok_or_else(|| anyhow!("no route matches topic {:?}", range.topic))?;
+    let write_name = &names[route.write];
+    let mirror = names
+        .iter()
+        .position(|n| *n == range.mirror_cluster)
+        .ok_or_else(|| anyhow!("cluster {:?} is not configured", range.mirror_cluster))?;
+    let write_topic = route.topic_on(route.write, &range.topic).to_string();
+    let mirror_topic = route.topic_on(mirror, &range.topic).to_string();
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(config, write_name)?)
+        .set("group.id", "kshift-repair")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set(
+            "bootstrap.servers",
+            bootstrap(config, &range.mirror_cluster)?,
+        )
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let mirror_partitions = match route.partitioning {
+        Partitioning::Identity => None,
+        Partitioning::Murmur2 => {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&mirror_topic), Duration::from_secs(10))?;
+            let count = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len() as i32);
+            if count == 0 {
+                bail!(
+                    "topic {mirror_topic} does not exist on {}",
+                    range.mirror_cluster
+                );
+            }
+            Some(count)
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(
+        &write_topic,
+        range.write_partition,
+        Offset::Offset(range.first_offset),
+    )?;
+    consumer.assign(&assignment)?;
+    let mut deliveries = Vec::new();
+    loop {
+        let message = match consumer.poll(Duration::from_secs(10)) {
+            None => bail!("no data from {write_name} within 10 s"),
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(message)) => message,
+        };
+        if message.offset() > range.last_offset {
+            break;
+        }
+        let selected = match message.key() {
+            Some(key) => percent_selects(key, route.mirror_percent),
+            None => {
+                let mut batch_id = range.write_partition.to_be_bytes().to_vec();
+                batch_id.extend_from_slice(&range.first_offset.to_be_bytes());
+                percent_selects(&batch_id, route.mirror_percent)
+            }
+        };
+        if !selected {
+            continue;
+        }
+        let partition = match (mirror_partitions, message.key()) {
+            (Some(count), Some(key)) => partition_for_key(key, count),
+            (Some(count), None) => range.write_partition % count,
+            (None, _) => range.write_partition,
+        };
+        let mut headers = OwnedHeaders::new();
+        if let Some(source) = message.headers() {
+            for header in source.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        let mut record = FutureRecord::to(&mirror_topic)
+            .partition(partition)
+            .headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(timestamp) = message.timestamp().to_millis() {
+            record = record.timestamp(timestamp);
+        }
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(error, _)| anyhow!("cannot queue a record: {error}"))?,
+        );
+    }
+    let copied = deliveries.len();
+    for delivery in deliveries {
+        delivery
+            .await
+            .map_err(|_| anyhow!("delivery cancelled"))?
+            .map_err(|(error, _)| {
+                anyhow!("delivery to {} failed: {error}", range.mirror_cluster)
+            })?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(copied)
+}
