@@ -4,8 +4,9 @@
 //! Invariants:
 //! - Replies leave in the order requests arrived: the reader hands each request's pending
 //!   reply to the writer, which awaits them concurrently and writes them in arrival order.
-//! - At most `max_in_flight_requests` requests are in flight; when the queue is full the
-//!   reader stops reading the socket (TCP backpressure), as a broker does.
+//! - At most `max_in_flight_requests` requests are in flight — read, submitted and not yet
+//!   answered; while that many are, the reader does not read the socket (TCP
+//!   backpressure), as a broker does.
 //! - Requests are submitted to backends in arrival order ([`dispatch::submit`] finishes
 //!   sending before the next request is read), so a producer's pipelined batches reach the
 //!   broker in the order it sent them.
@@ -22,7 +23,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
@@ -49,15 +50,23 @@ impl ClientConnection {
         tracing::debug!("client connected");
         self.state.metrics.client_connections.inc();
         let (read_half, write_half) = socket.into_split();
-        // The writer holds up to `max_in_flight_requests` pending replies; when it is full
-        // it stops taking more, this one-slot channel fills, and the reader stops reading.
-        let (replies, replies_rx) = mpsc::channel(1);
-        let window = self.state.config.max_in_flight_requests;
-        let mut writer = tokio::spawn(write_replies(write_half, replies_rx, window));
+        // One permit per request in flight, taken before the request is read and given back
+        // when it is answered: with all taken, the socket is not read (backpressure).
+        let window = Arc::new(Semaphore::new(self.state.config.max_in_flight_requests));
+        let (replies, replies_rx) = mpsc::unbounded_channel();
+        let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
         let mut reader = BufReader::with_capacity(64 * 1024, read_half);
         let limit = self.state.config.max_frame_bytes;
         let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
         loop {
+            let permit = tokio::select! {
+                permit = window.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+                _ = &mut writer => break,
+            };
             // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms).
             let frame = tokio::select! {
                 frame = codec::read_frame(&mut reader, limit) => frame,
@@ -85,16 +94,18 @@ impl ClientConnection {
                     let metrics = self.state.metrics.clone();
                     Box::pin(async move {
                         let reply = pending.await;
+                        drop(permit);
                         metrics.client_request(api_key, started.elapsed());
                         reply
                     })
                 }
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
+                    drop(permit);
                     Box::pin(async move { Reply::Close(error.to_string()) })
                 }
             };
-            if replies.send(reply).await.is_err() {
+            if replies.send(reply).is_err() {
                 break;
             }
         }
@@ -105,19 +116,18 @@ impl ClientConnection {
     }
 }
 
-/// Awaits the pending replies concurrently (at most `window` at once) and writes them in
-/// the order their requests arrived.
+/// Awaits the pending replies concurrently and writes them in the order their requests
+/// arrived (the reader's permits bound how many there are).
 async fn write_replies(
     write_half: OwnedWriteHalf,
-    mut replies: mpsc::Receiver<PendingReply>,
-    window: usize,
+    mut replies: mpsc::UnboundedReceiver<PendingReply>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
     loop {
         tokio::select! {
-            pending = replies.recv(), if reading && in_flight.len() < window => match pending {
+            pending = replies.recv(), if reading => match pending {
                 Some(pending) => in_flight.push_back(pending),
                 None => reading = false,
             },

@@ -8,7 +8,7 @@ mod raw;
 use std::time::Duration;
 
 use common::Broker;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse};
 use kshift::config::Config;
 use kshift::Proxy;
 use raw::{RawClient, Read};
@@ -235,4 +235,90 @@ async fn request_timeout_answers_a_slow_backend_with_a_retriable_timeout() {
         }
         proxy.shutdown().await;
     }
+}
+
+/// Sends a parked long-poll Fetch and then a Produce on one connection; returns whether the
+/// produced record became visible (to another connection) while the fetch was still parked.
+async fn produce_runs_behind_a_parked_fetch(window: usize) -> bool {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{BrokerId, FetchRequest, MetadataRequest, TopicName};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    use kafka_protocol::protocol::StrBytes;
+
+    let broker = Broker::start().await;
+    let text = common::single_cluster_toml(&broker).replace(
+        "[proxy]",
+        &format!("[proxy]\nmax_in_flight_requests = {window}"),
+    );
+    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let topic = common::unique_topic("window");
+    let name = TopicName(StrBytes::from_string(topic.clone()));
+    let mut client = RawClient::connect(proxy.local_addr()).await;
+    let metadata = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name.clone()))
+        ]))
+        .with_allow_auto_topic_creation(true);
+    client.send(ApiKey::Metadata, 9, 1, &metadata).await;
+    let _: kafka_protocol::messages::MetadataResponse =
+        client.receive(ApiKey::Metadata, 9, 1).await;
+
+    // Parked for 4 s on the empty partition... (offset 1: nothing there even after the
+    // produce below, so the fetch stays parked for its whole max_wait_ms)
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(4_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name.clone())
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1)
+                .with_partition_max_bytes(1 << 20)])]);
+    client.send(ApiKey::Fetch, 11, 2, &fetch).await;
+    // ...then a produce pipelined behind it on the same connection.
+    client
+        .send(
+            ApiKey::Produce,
+            7,
+            3,
+            &raw::produce_request(&topic, 1, raw::record_batch(1)),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Is the record on the broker already? Ask it directly (ListOffsets LATEST).
+    let mut direct = RawClient::connect(broker.addr()).await;
+    let latest = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name)
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    direct.send(ApiKey::ListOffsets, 7, 1, &latest).await;
+    let answer: ListOffsetsResponse = direct.receive(ApiKey::ListOffsets, 7, 1).await;
+    let visible = answer.topics[0].partitions[0].offset > 0;
+    // Both answers still arrive, in order.
+    let _: FetchResponse = client.receive(ApiKey::Fetch, 11, 2).await;
+    let produced: kafka_protocol::messages::ProduceResponse =
+        client.receive(ApiKey::Produce, 7, 3).await;
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    visible
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_requests_bounds_what_runs_behind_a_parked_request() {
+    // A window of 2: the produce runs while the fetch is parked (pipelining).
+    assert!(
+        produce_runs_behind_a_parked_fetch(2).await,
+        "window 2 did not pipeline"
+    );
+    // A window of 1: kshift does not even read the produce until the fetch is answered.
+    assert!(
+        !produce_runs_behind_a_parked_fetch(1).await,
+        "window 1 ran a second request"
+    );
 }
