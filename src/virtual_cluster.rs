@@ -199,7 +199,7 @@ async fn listed_topics(
                             .is_some_and(|n| n.0.as_str() == backend_name)
                     });
                     answered.push(match found {
-                        Some(topic) => present_topic(context, client_name, topic),
+                        Some(topic) => present_topic(node_id(context), client_name, topic),
                         None => {
                             topic_error(client_name, ResponseError::UnknownTopicOrPartition.code())
                         }
@@ -240,7 +240,7 @@ async fn all_topics(context: &Context) -> Vec<MetadataResponseTopic> {
                 continue;
             };
             if route.read == cluster_id && route.topic_on(cluster_id, name) == name {
-                answered.push(present_topic(context, name, topic));
+                answered.push(present_topic(node_id(context), name, topic));
             }
         }
     }
@@ -248,12 +248,11 @@ async fn all_topics(context: &Context) -> Vec<MetadataResponseTopic> {
 }
 
 /// A backend topic as the client sees it: kshift leads every partition, epochs unknown.
-fn present_topic(
-    context: &Context,
+pub fn present_topic(
+    node: BrokerId,
     client_name: &str,
     backend: &MetadataResponseTopic,
 ) -> MetadataResponseTopic {
-    let node = node_id(context);
     let partitions = backend
         .partitions
         .iter()
