@@ -123,4 +123,47 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("routes[0].write"), "{body}");
     assert_eq!(b.state().routing.load().version, version);
+
+    // An invalid table written into Redis behind kshift's back (newer version, announced):
+    // every instance keeps its table and counts the rejection.
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let bad = r#"{"routes":[{"topics":"*","write":"nowhere"}]}"#;
+    let _: () = ::redis::pipe()
+        .set("kshift:test", bad)
+        .set("kshift:test:version", version + 10)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: i64 = ::redis::cmd("PUBLISH")
+        .arg("kshift:test")
+        .arg(version + 10)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    for proxy in [&a, &b] {
+        let admin = proxy.admin_addr().unwrap();
+        wait_until(
+            "the bad table being rejected",
+            Duration::from_secs(5),
+            || {
+                proxy
+                    .state()
+                    .metrics
+                    .routing_updates
+                    .get_or_create(&kshift::metrics::OutcomeLabels {
+                        outcome: "rejected".into(),
+                        source: "redis".into(),
+                    })
+                    .get()
+                    > 0
+            },
+        )
+        .await;
+        assert_eq!(proxy.state().routing.load().version, version, "{admin}");
+        assert_eq!(
+            proxy.state().routing.load().route("t", "c").unwrap().write,
+            old_id
+        );
+    }
 }
