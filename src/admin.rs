@@ -263,11 +263,29 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
             })
         })
         .collect();
+    let lag: Vec<serde_json::Value> = mirror_lag_by_route(&state)
+        .into_iter()
+        .map(|(route, records)| json!({ "route": route, "lag_records": records }))
+        .collect();
     Json(json!({
         "routing": routes_json(&state),
+        "mirror_lag_by_route": lag,
         "clusters": clusters,
         "client_connections": state.metrics.client_connections.get(),
     }))
+}
+
+/// Records waiting to be mirrored per route position, over all mirror clusters.
+fn mirror_lag_by_route(state: &ProxyState) -> std::collections::BTreeMap<usize, u64> {
+    let mut lag = std::collections::BTreeMap::new();
+    for cluster in &state.clusters {
+        if let Some(stats) = state.mirrors.stats_of(cluster.id) {
+            for (route, records) in stats.lag_by_route() {
+                *lag.entry(route).or_default() += records;
+            }
+        }
+    }
+    lag
 }
 
 /// Escapes text for HTML.
@@ -294,10 +312,11 @@ async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Ht
         table.built_at.elapsed().as_secs(),
         state.metrics.client_connections.get()
     ));
-    html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>#</th><th>topics</th><th>clients</th><th>write</th><th>mirror</th><th>mode</th><th>%</th><th>read</th><th>partitioning</th></tr>");
+    html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>#</th><th>topics</th><th>clients</th><th>write</th><th>mirror</th><th>mode</th><th>%</th><th>read</th><th>partitioning</th><th>mirror lag (records)</th></tr>");
+    let lag = mirror_lag_by_route(&state);
     for (index, route) in table.spec.routes.iter().enumerate() {
         html.push_str(&format!(
-            "<tr><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:?}</td></tr>",
+            "<tr><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
             escape(&route.topics),
             escape(&route.clients),
             escape(&route.write),
@@ -306,6 +325,7 @@ async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Ht
             route.mirror_percent,
             escape(route.read.as_deref().unwrap_or(&route.write)),
             route.partitioning,
+            lag.get(&index).copied().unwrap_or(0),
         ));
     }
     html.push_str("</table><h2>Clusters</h2><table id=\"clusters\"><tr><th>cluster</th><th>health</th><th>mirrored records</th><th>mirror lag (records)</th><th>mirror lag (s)</th><th>failed</th><th>dropped</th></tr>");

@@ -76,6 +76,8 @@ async fn status_page_shows_routes_clusters_and_mirror_progress_in_a_browser() {
     assert!(dom.contains("<h1>kshift status</h1>"), "{dom}");
     assert!(dom.contains("<b>version 1</b>"), "{dom}");
     assert!(dom.contains("<td>orders.*</td>"), "{dom}");
+    // The mirrored route's row ends with its mirror lag: nothing waiting.
+    assert!(dom.contains("<td>Identity</td><td>0</td></tr>"), "{dom}");
     // Cluster rows: name, health, mirrored records (5 reached `new`).
     assert!(
         dom.contains("<td>new</td><td class=\"up\">reachable</td><td>5</td>"),
@@ -90,6 +92,8 @@ async fn status_page_shows_routes_clusters_and_mirror_progress_in_a_browser() {
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["routing"]["version"], 1);
+    assert_eq!(json["mirror_lag_by_route"][0]["route"], 0);
+    assert_eq!(json["mirror_lag_by_route"][0]["lag_records"], 0);
     let clusters = json["clusters"].as_array().unwrap();
     let new_status = clusters.iter().find(|c| c["name"] == "new").unwrap();
     assert_eq!(new_status["mirror"]["mirrored_records"], 5);

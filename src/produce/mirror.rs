@@ -86,6 +86,8 @@ pub struct MirrorStats {
     pub dropped_records: AtomicU64,
     /// Records queued and not yet mirrored.
     pub lag_records: AtomicU64,
+    /// The same, per route position (for the status page).
+    pub lag_records_by_route: Mutex<std::collections::BTreeMap<usize, u64>>,
     pub queued_bytes: AtomicUsize,
     /// When the item being mirrored now was queued; `None` while idle.
     pub current_since: Mutex<Option<Instant>>,
@@ -105,6 +107,24 @@ pub struct MirrorCounts {
 }
 
 impl MirrorStats {
+    fn add_lag(&self, route: usize, records: u64) {
+        self.lag_records.fetch_add(records, Ordering::Relaxed);
+        *lock(&self.lag_records_by_route).entry(route).or_default() += records;
+    }
+
+    fn remove_lag(&self, route: usize, records: u64) {
+        self.lag_records.fetch_sub(records, Ordering::Relaxed);
+        let mut by_route = lock(&self.lag_records_by_route);
+        if let Some(lag) = by_route.get_mut(&route) {
+            *lag = lag.saturating_sub(records);
+        }
+    }
+
+    /// Records waiting for this mirror, per route position.
+    pub fn lag_by_route(&self) -> std::collections::BTreeMap<usize, u64> {
+        lock(&self.lag_records_by_route).clone()
+    }
+
     /// How long the item being mirrored now has waited since it was queued.
     pub fn lag_seconds(&self) -> f64 {
         lock(&self.current_since).map_or(0.0, |since| since.elapsed().as_secs_f64())
@@ -253,12 +273,10 @@ impl Mirrors {
             );
             return Err(Box::new((Refused::QueueFull, item)));
         }
-        queue
-            .stats
-            .lag_records
-            .fetch_add(item.record_count as u64, Ordering::Relaxed);
+        queue.stats.add_lag(item.route, item.record_count as u64);
         if let Err(mpsc::error::SendError(item)) = queue.items.send(item) {
             queue.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            queue.stats.remove_lag(item.route, item.record_count as u64);
             return Err(Box::new((Refused::NoMirror, item)));
         }
         Ok(())
@@ -386,12 +404,12 @@ impl MirrorWriter {
     async fn run(mut self, mut items: mpsc::UnboundedReceiver<MirrorItem>) {
         while let Some(item) = items.recv().await {
             let size = item.records.len();
-            let count = item.record_count as u64;
+            let (count, route) = (item.record_count as u64, item.route);
             *lock(&self.stats.current_since) = Some(item.enqueued_at);
             self.mirror(item).await;
             *lock(&self.stats.current_since) = None;
             self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.stats.lag_records.fetch_sub(count, Ordering::Relaxed);
+            self.stats.remove_lag(route, count);
         }
     }
 
@@ -777,5 +795,19 @@ mod tests {
         }
         assert!(keys.iter().all(|k| percent_selects(k.as_bytes(), 100)));
         assert!(!keys.iter().any(|k| percent_selects(k.as_bytes(), 0)));
+    }
+
+    #[test]
+    fn lag_is_kept_per_route_and_in_total() {
+        let stats = MirrorStats::default();
+        stats.add_lag(0, 5);
+        stats.add_lag(1, 3);
+        stats.remove_lag(0, 2);
+        assert_eq!(stats.lag_by_route(), [(0, 3), (1, 3)].into_iter().collect());
+        assert_eq!(stats.snapshot().lag_records, 6);
+        stats.remove_lag(1, 3);
+        stats.remove_lag(0, 3);
+        assert_eq!(stats.snapshot().lag_records, 0);
+        assert_eq!(stats.lag_by_route(), [(0, 0), (1, 0)].into_iter().collect());
     }
 }
