@@ -83,9 +83,8 @@ struct MirroredPartition {
     /// `sync` routes: one per mirror cluster; `Err` when a mirror failed or refused.
     mirrored: Vec<oneshot::Receiver<Result<(), String>>>,
     refused: bool,
-    /// Mirror clusters whose queue refused these records (journalled once written).
-    dropped: Vec<ClusterId>,
-    record_count: i64,
+    /// Items a mirror queue refused (journalled once the write offset is known).
+    dropped: Vec<(ClusterId, MirrorItem)>,
 }
 
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
@@ -238,7 +237,6 @@ fn plan_mirror(
         mirrored: Vec::new(),
         refused: false,
         dropped: Vec::new(),
-        record_count,
     };
     let topic_name: Arc<str> = topic.as_str().into();
     for &mirror in &route.mirror {
@@ -271,7 +269,7 @@ fn plan_mirror(
                     let (reason, item) = *refused;
                     mirror::log_dropped(&item, mirror, &reason);
                     planned.refused |= sync;
-                    planned.dropped.push(mirror);
+                    planned.dropped.push((mirror, item));
                 }
             },
         }
@@ -391,14 +389,11 @@ async fn complete(
         let Some(write_base_offset) = written else {
             continue;
         };
-        for &cluster in &planned.dropped {
-            context.state.mirrors.journal_dropped_range(
-                &planned.topic,
-                planned.partition,
-                planned.record_count,
-                cluster,
-                write_base_offset,
-            );
+        for (cluster, item) in &planned.dropped {
+            context
+                .state
+                .mirrors
+                .journal_dropped(item, *cluster, write_base_offset);
         }
         let mut failure = planned.refused.then(|| "mirror queue full".to_string());
         for done in planned.mirrored {

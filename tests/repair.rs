@@ -72,6 +72,13 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         .map(|r| r.last_offset - r.first_offset + 1)
         .sum();
     assert_eq!(journalled_records, 20, "{journalled:?}");
+    // Each entry says how it was to be mirrored, independent of later routing changes.
+    assert!(
+        journalled
+            .iter()
+            .all(|r| r.mirror.as_ref().is_some_and(|m| m.mirror_topic == topic)),
+        "{journalled:?}"
+    );
 
     // The mirror comes right; repair copies what is missing.
     common::create_topic(&new.bootstrap(), &topic, 2).await;

@@ -74,7 +74,19 @@ async fn repair(
         .position(|n| *n == range.mirror_cluster)
         .ok_or_else(|| anyhow!("cluster {:?} is not configured", range.mirror_cluster))?;
     let write_topic = route.topic_on(route.write, &range.topic).to_string();
-    let mirror_topic = route.topic_on(mirror, &range.topic).to_string();
+    // How it was to be mirrored when it failed; older journals: as the route says now.
+    let (mirror_topic, partitioning, mirror_percent) = match &range.mirror {
+        Some(target) => (
+            target.mirror_topic.clone(),
+            target.partitioning,
+            target.mirror_percent,
+        ),
+        None => (
+            route.topic_on(mirror, &range.topic).to_string(),
+            route.partitioning,
+            route.mirror_percent,
+        ),
+    };
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap(config, write_name)?)
@@ -92,7 +104,7 @@ async fn repair(
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
         .create()?;
-    let mirror_partitions = match route.partitioning {
+    let mirror_partitions = match partitioning {
         Partitioning::Identity => None,
         Partitioning::Murmur2 => {
             let metadata = producer
@@ -130,11 +142,11 @@ async fn repair(
             break;
         }
         let selected = match message.key() {
-            Some(key) => percent_selects(key, route.mirror_percent),
+            Some(key) => percent_selects(key, mirror_percent),
             None => {
                 let mut batch_id = range.write_partition.to_be_bytes().to_vec();
                 batch_id.extend_from_slice(&range.first_offset.to_be_bytes());
-                percent_selects(&batch_id, route.mirror_percent)
+                percent_selects(&batch_id, mirror_percent)
             }
         };
         if !selected {

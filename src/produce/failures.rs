@@ -22,6 +22,18 @@ pub struct FailedRange {
     pub last_offset: i64,
     pub mirror_cluster: String,
     pub reason: String,
+    /// How the batch was to be mirrored, as the route said when it failed (so a repair
+    /// does not depend on the routing table in force later). Absent in older journals.
+    #[serde(default)]
+    pub mirror: Option<MirrorTarget>,
+}
+
+/// Where and how a batch is mirrored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorTarget {
+    pub mirror_topic: String,
+    pub partitioning: crate::routing::Partitioning,
+    pub mirror_percent: u8,
 }
 
 impl FailedRange {
@@ -115,6 +127,7 @@ mod tests {
             last_offset: first + 4,
             mirror_cluster: "new".into(),
             reason: "test".into(),
+            mirror: None,
         }
     }
 

@@ -36,7 +36,7 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{self, Batch};
-use super::failures::{FailedRange, FailureJournal};
+use super::failures::{FailedRange, FailureJournal, MirrorTarget};
 use super::offset_map::{OffsetMap, OffsetMapping};
 use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
 use crate::codec::{self, decode_body};
@@ -73,6 +73,17 @@ pub struct MirrorItem {
     /// For `sync` routes: told when the mirror has the records (or failed).
     pub done: Option<oneshot::Sender<Result<(), String>>>,
     pub enqueued_at: Instant,
+}
+
+impl MirrorItem {
+    /// Where and how this item is mirrored, for the failure journal.
+    pub fn target(&self) -> MirrorTarget {
+        MirrorTarget {
+            mirror_topic: self.mirror_topic.to_string(),
+            partitioning: self.partitioning,
+            mirror_percent: self.mirror_percent,
+        }
+    }
 }
 
 /// Counters of one mirror cluster, for metrics and tests.
@@ -284,34 +295,17 @@ impl Mirrors {
 
     /// Journals a refused item once its write offset is known.
     pub fn journal_dropped(&self, item: &MirrorItem, cluster: ClusterId, write_base_offset: i64) {
-        self.journal_dropped_range(
-            &item.topic,
-            item.write_partition,
-            item.record_count,
-            cluster,
-            write_base_offset,
-        );
-    }
-
-    /// Journals `record_count` records at `write_base_offset` refused by `cluster`'s queue.
-    pub fn journal_dropped_range(
-        &self,
-        topic: &str,
-        write_partition: i32,
-        record_count: i64,
-        cluster: ClusterId,
-        write_base_offset: i64,
-    ) {
         let Some(queue) = self.queues.get(cluster) else {
             return;
         };
         self.failures.record(&FailedRange {
-            topic: topic.to_string(),
-            write_partition,
+            topic: item.topic.to_string(),
+            write_partition: item.write_partition,
             first_offset: write_base_offset,
-            last_offset: write_base_offset + record_count - 1,
+            last_offset: write_base_offset + item.record_count - 1,
             mirror_cluster: queue.cluster.name.to_string(),
             reason: "mirror queue full".into(),
+            mirror: Some(item.target()),
         });
     }
 
@@ -467,6 +461,7 @@ impl MirrorWriter {
                 last_offset: write_base_offset + item.record_count - 1,
                 mirror_cluster: self.cluster.name.to_string(),
                 reason: error.clone(),
+                mirror: Some(item.target()),
             });
         }
         if let Some(done) = item.done.take() {
