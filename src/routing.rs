@@ -296,6 +296,21 @@ impl RoutingTable {
         })
     }
 
+    /// Whether some client can reach `topic` through the route at `index`: the route's
+    /// topic glob matches and no earlier route takes the topic for every client.
+    pub fn route_serves_topic(&self, index: usize, topic: &str) -> bool {
+        let matching = self.topic_set.matches(topic);
+        matching.contains(&index)
+            && !matching.iter().any(|&earlier| {
+                earlier < index
+                    && self
+                        .spec
+                        .routes
+                        .get(earlier)
+                        .is_some_and(|r| is_match_all(&r.clients))
+            })
+    }
+
     /// The first route matching `topic` for `client_id`, if any.
     pub fn route(&self, topic: &str, client_id: &str) -> Option<&Route> {
         thread_local! {
@@ -541,6 +556,30 @@ mod tests {
         assert_eq!((route.index, route.write, route.read), (0, 0, 0));
         let route = table.route("orders.eu", "shop").unwrap();
         assert_eq!((route.index, route.write, route.read), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_route_serves_a_topic_unless_an_earlier_route_takes_it_for_everyone() {
+        let table = build(
+            r#"
+            [[routes]]
+            topics = "orders"
+            clients = "billing-*"
+            write = "new"
+            [[routes]]
+            topics = "orders*"
+            write = "old"
+            [[routes]]
+            topics = "*"
+            write = "new"
+            "#,
+        )
+        .unwrap();
+        assert!(table.route_serves_topic(0, "orders"));
+        assert!(table.route_serves_topic(1, "orders"));
+        assert!(!table.route_serves_topic(2, "orders"));
+        assert!(table.route_serves_topic(2, "payments"));
+        assert!(!table.route_serves_topic(0, "payments"));
     }
 
     #[test]

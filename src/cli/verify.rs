@@ -205,9 +205,7 @@ pub fn run(config: &Config, topics: &str, since: Option<i64>) -> anyhow::Result<
         let write_bootstrap = config.clusters[write_name].bootstrap.join(",");
         let listed = list_topics(&write_bootstrap)?;
         for (topic, partitions) in listed {
-            if !pattern.is_match(&topic)
-                || table.route(&topic, "").map(|r| r.index) != Some(route_index)
-            {
+            if !pattern.is_match(&topic) || !table.route_serves_topic(route_index, &topic) {
                 continue;
             }
             for &mirror in &route.mirror {
