@@ -31,66 +31,8 @@ use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
 use crate::codec::{self, decode_body};
 use crate::dispatch::{Context, HandlerError, PendingReply};
 use crate::metrics::BackendFailure;
+use crate::split::{Split, SplitPart, Target};
 use crate::ClusterId;
-
-/// Where one partition of a read request goes.
-struct Target {
-    cluster: ClusterId,
-    node: i32,
-    backend_topic: String,
-}
-
-/// Partitions of one read request grouped by (cluster, broker), with the name mapping.
-struct Split<P> {
-    parts: Vec<SplitPart<P>>,
-    /// Partitions kshift answers itself: (client topic, partition, error code).
-    errors: Vec<(StrBytes, i32, i16)>,
-}
-
-struct SplitPart<P> {
-    cluster: ClusterId,
-    node: i32,
-    /// (name on the cluster, client-visible name, partitions).
-    topics: Vec<(String, StrBytes, Vec<P>)>,
-}
-
-impl<P> Split<P> {
-    fn new() -> Self {
-        Split {
-            parts: Vec::new(),
-            errors: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, target: Target, client_topic: &StrBytes, partition: P) {
-        let part = match self
-            .parts
-            .iter()
-            .position(|p| p.cluster == target.cluster && p.node == target.node)
-        {
-            Some(i) => &mut self.parts[i],
-            None => {
-                self.parts.push(SplitPart {
-                    cluster: target.cluster,
-                    node: target.node,
-                    topics: Vec::new(),
-                });
-                let last = self.parts.len() - 1;
-                &mut self.parts[last]
-            }
-        };
-        match part
-            .topics
-            .iter_mut()
-            .find(|(name, _, _)| *name == target.backend_topic)
-        {
-            Some((_, _, partitions)) => partitions.push(partition),
-            None => part
-                .topics
-                .push((target.backend_topic, client_topic.clone(), vec![partition])),
-        }
-    }
-}
 
 /// Finds where `topic`/`partition` is read from: the route's read cluster's leader.
 async fn read_target(context: &Context, client_topic: &str, partition: i32) -> Result<Target, i16> {
@@ -134,7 +76,7 @@ async fn send_part(
 
 pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerError> {
     let request: FetchRequest = context.request.decode()?;
-    let mut split = Split::new();
+    let mut split = Split::default();
     for topic in &request.topics {
         for partition in &topic.partitions {
             match read_target(context, &topic.topic.0, partition.partition).await {
@@ -327,10 +269,9 @@ fn absorb_fetch(
     for topic in response.responses {
         let backend_topic = topic.topic.0.as_str();
         let client_topic = part
-            .topics
-            .iter()
-            .find(|(name, _, _)| name == backend_topic)
-            .map_or_else(|| topic.topic.0.clone(), |(_, client, _)| client.clone());
+            .client_topic(backend_topic)
+            .cloned()
+            .unwrap_or_else(|| topic.topic.0.clone());
         for mut partition in topic.partitions {
             let code = BackendFailure::Code(partition.error_code);
             cluster
@@ -364,7 +305,7 @@ fn push_fetch_partition(merged: &mut FetchResponse, topic: &StrBytes, partition:
 
 pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, HandlerError> {
     let request: ListOffsetsRequest = context.request.decode()?;
-    let mut split = Split::new();
+    let mut split = Split::default();
     for topic in &request.topics {
         for partition in &topic.partitions {
             match read_target(context, &topic.name.0, partition.partition_index).await {
@@ -434,10 +375,9 @@ pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, Hand
             for topic in response.topics {
                 let backend_topic = topic.name.0.as_str();
                 let client_topic = part
-                    .topics
-                    .iter()
-                    .find(|(name, _, _)| name == backend_topic)
-                    .map_or_else(|| topic.name.0.clone(), |(_, client, _)| client.clone());
+                    .client_topic(backend_topic)
+                    .cloned()
+                    .unwrap_or_else(|| topic.name.0.clone());
                 for partition in topic.partitions {
                     if is_leadership_error(partition.error_code) {
                         cluster.forget_leaders(backend_topic);

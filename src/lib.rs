@@ -11,6 +11,7 @@
 //!   - [`produce`] routes records to the route's write cluster;
 //!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
 //!   - [`groups`] forwards group, offset and transaction APIs to the right coordinator;
+//!   - [`split`] groups a request's partitions by the broker that must serve them;
 //! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
 //!   coordinator cache) plus the upstream broker connections each client connection owns;
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
@@ -29,6 +30,7 @@ pub mod listener;
 pub mod metrics;
 pub mod produce;
 pub mod routing;
+pub mod split;
 pub mod virtual_cluster;
 
 use std::net::SocketAddr;

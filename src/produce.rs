@@ -31,48 +31,13 @@ use crate::codec::{self, decode_body};
 use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
 use crate::metrics::BackendFailure;
 use crate::routing::MirrorMode;
+use crate::split::{Split, SplitPart, Target};
 use crate::ClusterId;
 use mirror::MirrorItem;
 use tokio::sync::oneshot;
 
-/// The partitions of one request that go to one broker.
-struct Part {
-    cluster: ClusterId,
-    node: i32,
-    /// Topics under their names on `cluster`.
-    topics: Vec<TopicProduceData>,
-    /// (name on the cluster, client-visible name) for each entry of `topics`.
-    names: Vec<(String, StrBytes)>,
-}
-
-impl Part {
-    fn push(
-        &mut self,
-        backend_name: &str,
-        client_name: &StrBytes,
-        partition: PartitionProduceData,
-    ) {
-        match self.names.iter().position(|(name, _)| name == backend_name) {
-            Some(i) => self.topics[i].partition_data.push(partition),
-            None => {
-                self.names
-                    .push((backend_name.to_string(), client_name.clone()));
-                self.topics.push(
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(backend_name.to_string())))
-                        .with_partition_data(vec![partition]),
-                );
-            }
-        }
-    }
-}
-
-/// A partition answered by kshift itself, with an error.
-struct LocalError {
-    topic: StrBytes,
-    partition: i32,
-    code: i16,
-}
+/// The partitions of one produce request that go to one broker.
+type Part = SplitPart<PartitionProduceData>;
 
 /// Mirror bookkeeping of one partition of the request.
 struct MirroredPartition {
@@ -90,19 +55,18 @@ struct MirroredPartition {
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
     let request: ProduceRequest = context.request.decode()?;
     let client_id = context.client_id();
-    let mut parts: Vec<Part> = Vec::new();
-    let mut errors = Vec::new();
+    let mut split = Split::default();
     let mut mirrored = Vec::new();
     let mut renamed = false;
     for topic in request.topic_data.iter() {
         let client_name = &topic.name.0;
         let Some(route) = context.routing.route(client_name, client_id) else {
             for partition in &topic.partition_data {
-                errors.push(LocalError {
-                    topic: client_name.clone(),
-                    partition: partition.index,
-                    code: ResponseError::UnknownTopicOrPartition.code(),
-                });
+                split.errors.push((
+                    client_name.clone(),
+                    partition.index,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                ));
             }
             continue;
         };
@@ -113,20 +77,20 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
             let node = match cluster.leader(backend_name, partition.index).await {
                 Ok(Some(node)) => node,
                 Ok(None) => {
-                    errors.push(LocalError {
-                        topic: client_name.clone(),
-                        partition: partition.index,
-                        code: ResponseError::UnknownTopicOrPartition.code(),
-                    });
+                    split.errors.push((
+                        client_name.clone(),
+                        partition.index,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    ));
                     continue;
                 }
                 Err(error) => {
                     tracing::debug!(cluster = %cluster.name, %error, "no leader for produce");
-                    errors.push(LocalError {
-                        topic: client_name.clone(),
-                        partition: partition.index,
-                        code: error.client_error_code(),
-                    });
+                    split.errors.push((
+                        client_name.clone(),
+                        partition.index,
+                        error.client_error_code(),
+                    ));
                     continue;
                 }
             };
@@ -142,23 +106,12 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
                     ));
                 }
             }
-            let part = match parts
-                .iter()
-                .position(|p| p.cluster == route.write && p.node == node)
-            {
-                Some(i) => &mut parts[i],
-                None => {
-                    parts.push(Part {
-                        cluster: route.write,
-                        node,
-                        topics: Vec::new(),
-                        names: Vec::new(),
-                    });
-                    let last = parts.len() - 1;
-                    &mut parts[last]
-                }
+            let target = Target {
+                cluster: route.write,
+                node,
+                backend_topic: backend_name.to_string(),
             };
-            part.push(backend_name, client_name, partition.clone());
+            split.add(target, client_name, partition.clone());
         }
     }
 
@@ -170,6 +123,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
     } else {
         request.acks
     };
+    let Split { parts, errors } = split;
     let passthrough =
         parts.len() == 1 && errors.is_empty() && !renamed && upstream_acks == request.acks;
     let mut sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)> = Vec::new();
@@ -181,7 +135,16 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
                 .with_transactional_id(request.transactional_id.clone())
                 .with_acks(upstream_acks)
                 .with_timeout_ms(request.timeout_ms)
-                .with_topic_data(part.topics.clone());
+                .with_topic_data(
+                    part.topics
+                        .iter()
+                        .map(|(name, _, partitions)| {
+                            TopicProduceData::default()
+                                .with_name(TopicName(StrBytes::from_string(name.clone())))
+                                .with_partition_data(partitions.clone())
+                        })
+                        .collect(),
+                );
             codec::encode_body(&sub_request, context.request.api_version)?
         };
         let result = send(context, &part, body, upstream_acks != 0).await;
@@ -282,7 +245,7 @@ fn plan_mirror(
 async fn complete(
     context: Context,
     sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)>,
-    mut errors: Vec<LocalError>,
+    mut errors: Vec<(StrBytes, i32, i16)>,
     mirrored: Vec<MirroredPartition>,
     passthrough: bool,
     timeout: std::time::Duration,
@@ -304,16 +267,14 @@ async fn complete(
             Ok(body) => body,
             Err(error) => {
                 tracing::debug!(cluster = %cluster.name, %error, "produce failed");
-                for (backend_name, _) in &part.names {
+                for (backend_name, client_name, partitions) in &part.topics {
                     cluster.forget_leaders(backend_name);
-                }
-                for (topic, (_, client_name)) in part.topics.iter().zip(&part.names) {
-                    for partition in &topic.partition_data {
-                        errors.push(LocalError {
-                            topic: client_name.clone(),
-                            partition: partition.index,
-                            code: error.client_error_code(),
-                        });
+                    for partition in partitions {
+                        errors.push((
+                            client_name.clone(),
+                            partition.index,
+                            error.client_error_code(),
+                        ));
                     }
                 }
                 continue;
@@ -340,32 +301,24 @@ async fn complete(
         }
         merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
         for mut topic in response.responses {
-            if let Some((_, client_name)) = part
-                .names
-                .iter()
-                .find(|(name, _)| name == topic.name.0.as_str())
-            {
+            if let Some(client_name) = part.client_topic(topic.name.0.as_str()) {
                 topic.name = TopicName(client_name.clone());
             }
             merged.responses.push(topic);
         }
     }
-    for error in errors {
+    for (topic_name, index, code) in errors {
         let partition = PartitionProduceResponse::default()
-            .with_index(error.partition)
-            .with_error_code(error.code)
+            .with_index(index)
+            .with_error_code(code)
             .with_base_offset(-1)
             .with_log_append_time_ms(-1)
             .with_log_start_offset(-1);
-        match merged
-            .responses
-            .iter_mut()
-            .find(|t| t.name.0 == error.topic)
-        {
+        match merged.responses.iter_mut().find(|t| t.name.0 == topic_name) {
             Some(topic) => topic.partition_responses.push(partition),
             None => merged.responses.push(
                 TopicProduceResponse::default()
-                    .with_name(TopicName(error.topic))
+                    .with_name(TopicName(topic_name))
                     .with_partition_responses(vec![partition]),
             ),
         }
