@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cutover::{self, Switched};
 use crate::routing::redis::RedisSourceError;
 use crate::routing::{RoutingSpec, UpdateError};
 use crate::ProxyState;
@@ -198,21 +199,39 @@ async fn put_routes(
 async fn submit(state: &ProxyState, spec: &RoutingSpec) -> Response {
     let result = match &state.redis {
         Some(redis) => redis.publish(state, spec, "admin").await,
-        None => state
-            .routing
-            .apply(spec, "admin", None)
-            .map_err(RedisSourceError::from),
+        None => {
+            cutover::switch(state, spec, async {
+                state
+                    .routing
+                    .apply(spec, "admin", None)
+                    .map_err(RedisSourceError::from)
+            })
+            .await
+        }
     };
+    answer(state, result)
+}
+
+/// The admin API's answer to a routing update.
+fn answer(state: &ProxyState, result: Result<Switched, RedisSourceError>) -> Response {
     match result {
-        Ok(applied) => {
+        Ok(Switched { applied, moved }) => {
             state.metrics.routing_update("applied", "admin");
-            Json(json!({ "version": applied.version, "changes": applied.diff })).into_response()
+            Json(json!({
+                "version": applied.version,
+                "changes": applied.diff,
+                "moved_groups": moved,
+            }))
+            .into_response()
         }
         Err(RedisSourceError::Unavailable(error)) => rejected(
             state,
             StatusCode::SERVICE_UNAVAILABLE,
             format!("redis unavailable, table unchanged: {error}"),
         ),
+        Err(error @ RedisSourceError::Update(UpdateError::Refused(_))) => {
+            rejected(state, StatusCode::CONFLICT, error.to_string())
+        }
         Err(error) => rejected(state, StatusCode::BAD_REQUEST, error.to_string()),
     }
 }
@@ -232,16 +251,21 @@ async fn rollback(
             ),
         };
     }
-    match state.routing.rollback("admin") {
-        Ok(applied) => {
-            state.metrics.routing_update("applied", "admin");
-            Json(json!({ "version": applied.version, "changes": applied.diff })).into_response()
-        }
-        Err(error @ UpdateError::NoHistory) => {
-            rejected(&state, StatusCode::CONFLICT, error.to_string())
-        }
-        Err(error) => rejected(&state, StatusCode::BAD_REQUEST, error.to_string()),
-    }
+    let Some(previous) = state.routing.previous_spec() else {
+        return rejected(
+            &state,
+            StatusCode::CONFLICT,
+            UpdateError::NoHistory.to_string(),
+        );
+    };
+    let result = cutover::switch(&state, &previous, async {
+        state
+            .routing
+            .rollback("admin")
+            .map_err(RedisSourceError::from)
+    })
+    .await;
+    answer(&state, result)
 }
 
 async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {

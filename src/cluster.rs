@@ -509,6 +509,37 @@ impl Cluster {
         self.control_request(api_key, version, body).await
     }
 
+    /// Sends one request to broker `node` on a connection of its own and decodes the
+    /// answer: for kshift's own occasional requests (moving a consumer group), which must
+    /// reach one particular broker and must not queue behind a client's.
+    pub async fn request_node<Req, Resp>(
+        &self,
+        node: i32,
+        api_key: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Resp, BackendError>
+    where
+        Req: kafka_protocol::protocol::Encodable,
+        Resp: kafka_protocol::protocol::Decodable,
+    {
+        let address = self.broker_address(node)?;
+        let connection = self.connect(&address).await?;
+        let body = self.encode(request, version)?;
+        let client_id = StrBytes::from_static_str("kshift");
+        let response = connection.request(api_key, version, &client_id, body)?;
+        let body = response.wait(self.settings.request_timeout).await?;
+        self.decode(body, version)
+    }
+
+    /// Every broker the last metadata named.
+    pub async fn broker_ids(&self) -> Result<Vec<i32>, BackendError> {
+        if read(&self.state).brokers.is_empty() {
+            self.metadata(Some(&[]), false).await?;
+        }
+        Ok(read(&self.state).brokers.keys().copied().collect())
+    }
+
     /// Forgets a coordinator after the broker said it is not (or no longer) it.
     pub fn forget_coordinator(&self, key_type: i8, key: &str) {
         lock(&self.coordinators).remove(&(key_type, key.to_string()));
@@ -529,6 +560,8 @@ pub enum Lane {
 pub struct UpstreamConnections {
     /// Held across a connect so that requests of this client connection keep their order.
     connections: tokio::sync::Mutex<HashMap<(ClusterId, i32, Lane), BrokerConnection>>,
+    /// Which cluster this client's read positions belong to, per partition.
+    pub positions: crate::cutover::ReadPositions,
 }
 
 impl UpstreamConnections {

@@ -29,10 +29,15 @@ use kafka_protocol::ResponseError;
 
 use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
 use crate::codec::{self, decode_body};
+use crate::cutover::{next_offset, ReadDecision};
 use crate::dispatch::{Context, HandlerError, PendingReply};
 use crate::metrics::BackendFailure;
 use crate::split::{Split, SplitPart, Target};
 use crate::ClusterId;
+
+/// Longest kshift waits before answering a fetch whose positions are all held (see
+/// [`crate::cutover::ReadPositions`]), so that a held consumer does not spin.
+const HELD_FETCH_WAIT_MS: u64 = 500;
 
 /// Finds where `topic`/`partition` is read from: the route's read cluster's leader.
 async fn read_target(context: &Context, client_topic: &str, partition: i32) -> Result<Target, i16> {
@@ -77,9 +82,24 @@ async fn send_part(
 pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerError> {
     let request: FetchRequest = context.request.decode()?;
     let mut split = Split::default();
+    let mut held = Vec::new();
     for topic in &request.topics {
         for partition in &topic.partitions {
             match read_target(context, &topic.topic.0, partition.partition).await {
+                Ok(target)
+                    if context.upstream.positions.check(
+                        &topic.topic.0,
+                        partition.partition,
+                        partition.fetch_offset,
+                        target.cluster,
+                    ) == ReadDecision::Hold =>
+                {
+                    held.push((
+                        topic.topic.0.clone(),
+                        partition.partition,
+                        partition.fetch_offset,
+                    ));
+                }
                 Ok(target) => split.add(
                     target,
                     &topic.topic.0,
@@ -130,6 +150,24 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerErro
     let context = context.clone();
     Ok(Box::pin(async move {
         let mut merged = FetchResponse::default();
+        if split.parts.is_empty() && !held.is_empty() {
+            // Only positions of the previous read cluster: wait as an idle broker would.
+            let wait = u64::try_from(request.max_wait_ms)
+                .unwrap_or(0)
+                .min(HELD_FETCH_WAIT_MS);
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+        for (topic, partition, offset) in held {
+            push_fetch_partition(
+                &mut merged,
+                &topic,
+                PartitionData::default()
+                    .with_partition_index(partition)
+                    .with_high_watermark(offset)
+                    .with_last_stable_offset(offset)
+                    .with_aborted_transactions(None),
+            );
+        }
         let mut answered = vec![false; split.parts.len()];
         let mut have_data = false;
         while !have_data {
@@ -282,6 +320,14 @@ fn absorb_fetch(
             }
             useful |= partition.error_code != 0
                 || partition.records.as_ref().is_some_and(|r| !r.is_empty());
+            if let Some(next) = partition.records.as_deref().and_then(next_offset) {
+                context.upstream.positions.served(
+                    &client_topic,
+                    partition.partition_index,
+                    part.cluster,
+                    next,
+                );
+            }
             partition.preferred_read_replica = BrokerId(-1);
             partition.current_leader = LeaderIdAndEpoch::default();
             partition.diverging_epoch = EpochEndOffset::default();

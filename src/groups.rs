@@ -42,6 +42,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
     match context.request.api_key {
         ApiKey::JoinGroup => {
             let request: JoinGroupRequest = context.request.decode()?;
+            context.state.cutover.saw_group(&request.group_id.0, []);
             let wait = request.rebalance_timeout_ms.max(request.session_timeout_ms);
             to_group(context, &request.group_id.0, wait).await
         }
@@ -59,10 +60,14 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         }
         ApiKey::OffsetCommit => {
             let request: OffsetCommitRequest = context.request.decode()?;
+            let topics = request.topics.iter().map(|t| t.name.0.as_str());
+            context.state.cutover.saw_group(&request.group_id.0, topics);
             to_group(context, &request.group_id.0, 0).await
         }
         ApiKey::OffsetFetch => {
             let request: OffsetFetchRequest = context.request.decode()?;
+            let topics = request.topics.iter().flatten().map(|t| t.name.0.as_str());
+            context.state.cutover.saw_group(&request.group_id.0, topics);
             to_group(context, &request.group_id.0, 0).await
         }
         ApiKey::OffsetDelete => {
@@ -248,7 +253,12 @@ async fn to_group(
     group: &str,
     requested_wait_ms: i32,
 ) -> Result<PendingReply, HandlerError> {
-    let cluster = context.routing.group_cluster(group);
+    // A group being moved waits, then goes where the new table sends it.
+    let cluster = if context.state.cutover.wait_if_moving(group).await {
+        context.state.routing.load().group_cluster(group)
+    } else {
+        context.routing.group_cluster(group)
+    };
     to_coordinator(context, cluster, GROUP, group, requested_wait_ms).await
 }
 

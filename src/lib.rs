@@ -23,6 +23,7 @@ pub mod client_connection;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod cutover;
 pub mod dispatch;
 pub mod fetch;
 pub mod groups;
@@ -79,6 +80,8 @@ pub struct ProxyState {
     pub mirrors: Arc<produce::mirror::Mirrors>,
     /// The broker kshift presents to clients.
     pub node: VirtualNode,
+    /// Consumer groups being moved by a routing change.
+    pub cutover: cutover::Cutover,
 }
 
 impl ProxyState {
@@ -205,6 +208,7 @@ impl Proxy {
             clusters,
             routing: Routing::new(table, names.clone(), ROUTING_HISTORY),
             node,
+            cutover: cutover::Cutover::default(),
         });
         for cluster in &state.clusters {
             let cluster = cluster.clone();

@@ -402,6 +402,9 @@ pub enum UpdateError {
     Invalid(#[from] RoutingError),
     #[error("no earlier routing table to roll back to")]
     NoHistory,
+    /// The change would move consumer groups in a way that could lose their place.
+    #[error("read switch refused: {0}")]
+    Refused(String),
 }
 
 /// What an update changed.

@@ -190,10 +190,81 @@ impl OffsetMap {
             .then_some((mapping.mirror_partition, mapping.mirror_base_offset + delta))
     }
 
+    /// Where a consumer positioned at `offset` (the next record it will read) of
+    /// `topic`/`partition` on `from` continues on `to`, by the batches mirrored between the
+    /// two (either direction: `from` wrote and `to` mirrored, or the reverse).
+    pub fn position(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: ClusterId,
+        to: ClusterId,
+        offset: i64,
+    ) -> Position {
+        let entries = self.lock();
+        let key = |mirror| (Arc::from(topic), partition, mirror);
+        // (from offset, to offset, count) per mirrored batch, in `from` offset order.
+        let segments: Vec<(i64, i64, i64)> = match entries.get(&key(to)) {
+            Some(list) => list
+                .iter()
+                .filter(|m| m.mirror_partition == partition)
+                .map(|m| (m.write_base_offset, m.mirror_base_offset, m.record_count))
+                .collect(),
+            None => {
+                let mut reverse: Vec<(i64, i64, i64)> = entries
+                    .get(&key(from))
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m.mirror_partition == partition)
+                    .map(|m| (m.mirror_base_offset, m.write_base_offset, m.record_count))
+                    .collect();
+                reverse.sort_unstable();
+                reverse
+            }
+        };
+        position_in(&segments, offset)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<OffsetMapping>>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where a consumer position lands on the other cluster; see [`OffsetMap::position`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The record at the position was mirrored: it is at this offset there. Also when the
+    /// position falls between two mirrored batches (records that were never meant for the
+    /// mirror, such as transaction markers): the next mirrored record's offset.
+    Mapped(i64),
+    /// At or past the end of everything mirrored: continues after the last mirrored batch,
+    /// `end` (exclusive) on this side and `to_end` there. Right only if nothing after `end`
+    /// is still to be mirrored.
+    AfterLast { end: i64, to_end: i64 },
+    /// Before the first mirrored record (`first`): what precedes it exists only here.
+    BeforeFirst { first: i64 },
+    /// Nothing of this partition was mirrored (or recorded).
+    Unmapped,
+}
+
+fn position_in(segments: &[(i64, i64, i64)], offset: i64) -> Position {
+    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
+        return Position::Unmapped;
+    };
+    if offset < first.0 {
+        return Position::BeforeFirst { first: first.0 };
+    }
+    // The first batch that ends after `offset`: it holds the position or comes next.
+    let index = segments.partition_point(|(base, _, count)| base + count <= offset);
+    match segments.get(index) {
+        Some((base, to_base, _)) if offset >= *base => Position::Mapped(to_base + (offset - base)),
+        Some((_, to_base, _)) => Position::Mapped(*to_base),
+        None => Position::AfterLast {
+            end: last.0 + last.2,
+            to_end: last.1 + last.2,
+        },
     }
 }
 
@@ -226,6 +297,47 @@ mod tests {
         assert_eq!(map.translate("orders", 0, 1, 117), None);
         assert_eq!(map.translate("orders", 1, 1, 100), None);
         assert_eq!(map.mappings("orders", 0, 1).len(), 2);
+    }
+
+    #[test]
+    fn positions_translate_both_ways() {
+        let map = OffsetMap::default();
+        // Mirroring started at write offset 100; 110..111 (a marker) was not mirrored.
+        map.record(mapping(100, 0, 10));
+        map.record(mapping(112, 10, 5));
+        let forward = |offset| map.position("orders", 0, 0, 1, offset);
+        assert_eq!(forward(99), Position::BeforeFirst { first: 100 });
+        assert_eq!(forward(100), Position::Mapped(0));
+        assert_eq!(forward(105), Position::Mapped(5));
+        assert_eq!(forward(110), Position::Mapped(10));
+        assert_eq!(forward(111), Position::Mapped(10));
+        assert_eq!(forward(116), Position::Mapped(14));
+        assert_eq!(
+            forward(117),
+            Position::AfterLast {
+                end: 117,
+                to_end: 15
+            }
+        );
+        assert_eq!(
+            forward(130),
+            Position::AfterLast {
+                end: 117,
+                to_end: 15
+            }
+        );
+        // From the mirror back to the write cluster (a rollback of a read switch).
+        let back = |offset| map.position("orders", 0, 1, 0, offset);
+        assert_eq!(back(0), Position::Mapped(100));
+        assert_eq!(back(10), Position::Mapped(112));
+        assert_eq!(
+            back(15),
+            Position::AfterLast {
+                end: 15,
+                to_end: 117
+            }
+        );
+        assert_eq!(map.position("orders", 1, 0, 1, 5), Position::Unmapped);
     }
 
     #[test]

@@ -92,11 +92,12 @@ async fn reload(state: &ProxyState, path: &Path, running: &Config) {
     }
     let result = match &state.redis {
         Some(redis) => redis.publish(state, &spec, "file").await.map(|_| ()),
-        None => state
-            .routing
-            .apply(&spec, "file", None)
-            .map(|_| ())
-            .map_err(Into::into),
+        None => crate::cutover::switch(state, &spec, async {
+            state.routing.apply(&spec, "file", None)
+        })
+        .await
+        .map(|_| ())
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => state.metrics.routing_update("applied", "file"),

@@ -22,7 +22,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 
-use super::{Applied, RoutingSpec, RoutingTable, UpdateError};
+use super::{RoutingSpec, UpdateError};
+use crate::cutover::{self, Switched};
 use crate::ProxyState;
 
 /// Pause before reconnecting to Redis.
@@ -107,12 +108,14 @@ impl RedisSource {
         state: &ProxyState,
         spec: &RoutingSpec,
         source: &str,
-    ) -> Result<Applied, RedisSourceError> {
-        let current = state.routing.load();
-        RoutingTable::build(spec, state.routing.cluster_names(), current.version + 1)
-            .map_err(UpdateError::from)?;
-        let version = self.run_script(spec, current.version, false).await?;
-        Ok(state.routing.apply(spec, source, Some(version as u64))?)
+    ) -> Result<Switched, RedisSourceError> {
+        // Validated, and consumer groups moved, before anything reaches Redis.
+        cutover::switch(state, spec, async {
+            let floor = state.routing.load().version;
+            let version = self.run_script(spec, floor, false).await?;
+            Ok(state.routing.apply(spec, source, Some(version as u64))?)
+        })
+        .await
     }
 
     async fn run_script(
@@ -167,7 +170,17 @@ impl RedisSource {
                 return Ok(());
             }
         };
-        match state.routing.apply(&spec, "redis", Some(version)) {
+        let apply = || state.routing.apply(&spec, "redis", Some(version));
+        let result = match cutover::switch(state, &spec, async { apply() }).await {
+            // The fleet has this table already: follow it even where this instance could
+            // not move its groups (the publishing instance moved their offsets).
+            Err(UpdateError::Refused(reason)) => {
+                tracing::error!(%reason, "following the fleet's routing table although this instance could not move its consumer groups");
+                apply()
+            }
+            other => other.map(|switched| switched.applied),
+        };
+        match result {
             Ok(_) => state.metrics.routing_update("applied", "redis"),
             Err(_) => state.metrics.routing_update("rejected", "redis"),
         }

@@ -1,0 +1,830 @@
+//! Read cutover: moving running consumer groups, and their positions, from one cluster to
+//! another when a routing change moves their coordinator (`[[groups]]`) and the read cluster
+//! of their topics.
+//!
+//! Every routing change goes through [`switch`]. When it moves nothing, the table is simply
+//! put in force. Otherwise:
+//! 1. Plan: list the groups on every cluster hosting groups and read their committed
+//!    offsets. A topic whose read cluster changes under a group that stays where it is would
+//!    leave that group's offsets meaning positions on the wrong cluster: refused.
+//! 2. Fence the moving groups: their coordinator requests wait (`groups::to_group`), so no
+//!    commit lands on the old cluster after its offsets were read.
+//! 3. Read their committed offsets again (now final) and translate each to the new read
+//!    cluster with the offset map, waiting for the mirror to catch up with it. A group
+//!    positioned before the first copied record, or where nothing maps, is refused with the
+//!    reason: the switch never skips records silently.
+//! 4. Commit the translated offsets to the new cluster's coordinator (as an admin commit,
+//!    generation -1: the group has no members there yet).
+//! 5. Put the table in force, release the fence. A member's next heartbeat or commit reaches
+//!    the new coordinator, which does not know it: UNKNOWN_MEMBER_ID makes it rejoin there and
+//!    fetch the translated positions. It re-reads at most what it had not committed.
+//!
+//! Until a member has rejoined, its fetches still carry positions on the old cluster.
+//! [`ReadPositions`] (one per client connection) remembers which cluster each partition's
+//! position belongs to and holds such fetches (empty answers) instead of reading the new
+//! cluster at an offset that means something else there.
+//!
+//! Limits: translation is per partition, so routes with `murmur2` partitioning are refused;
+//! groups are matched against routes as a client with an empty `client.id` would be.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, GroupId, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use serde::Serialize;
+
+use crate::cluster::{BackendError, Cluster};
+use crate::produce::offset_map::Position;
+use crate::routing::{Applied, Partitioning, Route, RoutingSpec, RoutingTable, UpdateError};
+use crate::{ClusterId, ProxyState};
+
+/// How long a switch waits for the mirror to copy what a group has committed.
+const MIRROR_CATCH_UP: Duration = Duration::from_secs(10);
+/// Longest a coordinator request waits on a group being moved.
+const FENCE_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a fetch at a position of the previous read cluster is held. A member notices the
+/// move at its next heartbeat (3 s by default) and rejoins; past this, the position is taken
+/// to belong to the new read cluster.
+const STALE_POSITION_HOLD: Duration = Duration::from_secs(30);
+
+/// Versions kshift sends for its own group requests (capped by each broker).
+const LIST_GROUPS_VERSION: i16 = 4;
+const OFFSET_FETCH_VERSION: i16 = 7;
+const OFFSET_COMMIT_VERSION: i16 = 8;
+const LIST_OFFSETS_VERSION: i16 = 7;
+const GROUP: i8 = 0;
+/// Partitions asked per topic from brokers that need the partitions listed.
+const MAX_PARTITIONS_ASKED: i32 = 256;
+
+/// Switch state shared by every connection.
+#[derive(Debug)]
+pub struct Cutover {
+    /// One switch at a time.
+    serial: tokio::sync::Mutex<()>,
+    /// Groups being moved right now.
+    fenced: tokio::sync::watch::Sender<HashSet<String>>,
+    /// Groups this instance's clients have used: a switch considers them besides those the
+    /// clusters list (some brokers, Tansu among them, list none).
+    /// With the topics they committed or asked offsets for (for brokers that cannot list a
+    /// group's offsets without being told the topics).
+    seen: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+/// At most this many groups are remembered as seen.
+const SEEN_GROUPS_LIMIT: usize = 100_000;
+
+impl Default for Cutover {
+    fn default() -> Cutover {
+        Cutover {
+            serial: tokio::sync::Mutex::default(),
+            fenced: tokio::sync::watch::Sender::new(HashSet::new()),
+            seen: Mutex::default(),
+        }
+    }
+}
+
+impl Cutover {
+    /// Remembers that a client used `group` (with `topics`, for offset requests).
+    pub fn saw_group<'t>(&self, group: &str, topics: impl IntoIterator<Item = &'t str>) {
+        let mut seen = lock(&self.seen);
+        if group.is_empty() || (seen.len() >= SEEN_GROUPS_LIMIT && !seen.contains_key(group)) {
+            return;
+        }
+        let known = match seen.get_mut(group) {
+            Some(known) => known,
+            None => seen.entry(group.to_string()).or_default(),
+        };
+        for topic in topics {
+            if !known.contains(topic) {
+                known.insert(topic.to_string());
+            }
+        }
+    }
+
+    fn seen_topics(&self, group: &str) -> BTreeSet<String> {
+        lock(&self.seen).get(group).cloned().unwrap_or_default()
+    }
+
+    /// Waits while `group` is being moved. True if it waited: the routing table may have
+    /// changed meanwhile.
+    pub async fn wait_if_moving(&self, group: &str) -> bool {
+        if !self.fenced.borrow().contains(group) {
+            return false;
+        }
+        let mut fenced = self.fenced.subscribe();
+        let released = fenced.wait_for(|groups| !groups.contains(group));
+        if tokio::time::timeout(FENCE_LIMIT, released).await.is_err() {
+            tracing::warn!(
+                group,
+                "group still being moved after {FENCE_LIMIT:?}; serving it"
+            );
+        }
+        true
+    }
+}
+
+/// Releases fenced groups when dropped (also when a switch fails or is cancelled).
+struct Fence<'a> {
+    cutover: &'a Cutover,
+    groups: Vec<String>,
+}
+
+impl<'a> Fence<'a> {
+    fn new(cutover: &'a Cutover, groups: Vec<String>) -> Fence<'a> {
+        cutover
+            .fenced
+            .send_modify(|fenced| fenced.extend(groups.iter().cloned()));
+        Fence { cutover, groups }
+    }
+}
+
+impl Drop for Fence<'_> {
+    fn drop(&mut self) {
+        self.cutover.fenced.send_modify(|fenced| {
+            for group in &self.groups {
+                fenced.remove(group);
+            }
+        });
+    }
+}
+
+/// A group moved by a switch, as reported to the operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct MovedGroup {
+    pub group: String,
+    pub from: String,
+    pub to: String,
+    pub offsets: Vec<MovedOffset>,
+}
+
+/// One committed position, before and after translation.
+#[derive(Debug, Clone, Serialize)]
+pub struct MovedOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// Committed offset on the group's previous cluster.
+    pub from: i64,
+    /// The offset committed on the new cluster.
+    pub to: i64,
+}
+
+/// What a routing change did.
+#[derive(Debug, Clone)]
+pub struct Switched {
+    pub applied: Applied,
+    pub moved: Vec<MovedGroup>,
+}
+
+/// Puts `spec` in force by awaiting `put_in_force`, moving the consumer groups the change
+/// moves (see the module documentation). Refused changes leave the table in force as it is.
+pub async fn switch<E, F>(
+    state: &ProxyState,
+    spec: &RoutingSpec,
+    put_in_force: F,
+) -> Result<Switched, E>
+where
+    F: Future<Output = Result<Applied, E>>,
+    E: From<UpdateError>,
+{
+    let _serial = state.cutover.serial.lock().await;
+    let current = state.routing.load();
+    let next = RoutingTable::build(spec, state.routing.cluster_names(), current.version + 1)
+        .map_err(UpdateError::from)?;
+    if !moves_groups(&current, &next) {
+        let applied = put_in_force.await?;
+        return Ok(Switched {
+            applied,
+            moved: Vec::new(),
+        });
+    }
+    let refused = |reason: String| {
+        tracing::warn!(%reason, "routing change refused: consumer groups cannot be moved");
+        E::from(UpdateError::Refused(reason))
+    };
+    let movers = plan(state, &current, &next).await.map_err(refused)?;
+    let fence = Fence::new(
+        &state.cutover,
+        movers.iter().map(|m| m.group.clone()).collect(),
+    );
+    let mut moved = Vec::new();
+    for mover in &movers {
+        moved.push(
+            move_group(state, &current, &next, mover)
+                .await
+                .map_err(refused)?,
+        );
+    }
+    let applied = put_in_force.await?;
+    drop(fence);
+    for group in &moved {
+        tracing::info!(
+            group = %group.group, from = %group.from, to = %group.to,
+            offsets = %group.offsets.iter().map(|o| format!("{}[{}] {}->{}", o.topic, o.partition, o.from, o.to)).collect::<Vec<_>>().join(", "),
+            "consumer group moved"
+        );
+    }
+    Ok(Switched { applied, moved })
+}
+
+/// Whether `next` may move a group or the read cluster of a topic, as far as the rules
+/// tell (a cheap test before asking any cluster).
+fn moves_groups(current: &RoutingTable, next: &RoutingTable) -> bool {
+    let reads = |table: &RoutingTable| {
+        table
+            .spec
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.topics.clone(),
+                    r.clients.clone(),
+                    r.read.clone().unwrap_or_else(|| r.write.clone()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    reads(current) != reads(next) || current.spec.groups != next.spec.groups
+}
+
+#[derive(Debug)]
+struct Mover {
+    group: String,
+    from: ClusterId,
+    to: ClusterId,
+}
+
+/// The route a group's consumers read `topic` through.
+fn route_of<'a>(table: &'a RoutingTable, topic: &str) -> Option<&'a Route> {
+    table.route(topic, "")
+}
+
+/// The routes of `topic` before and after, when its read cluster changes.
+fn read_changes<'a>(
+    current: &'a RoutingTable,
+    next: &'a RoutingTable,
+    topic: &str,
+) -> Option<(&'a Route, &'a Route)> {
+    match (route_of(current, topic), route_of(next, topic)) {
+        (Some(before), Some(after)) if before.read != after.read => Some((before, after)),
+        _ => None,
+    }
+}
+
+/// The groups `next` moves; refuses a read change under a group left where it is.
+async fn plan(
+    state: &ProxyState,
+    current: &RoutingTable,
+    next: &RoutingTable,
+) -> Result<Vec<Mover>, String> {
+    let mut movers = Vec::new();
+    for from in current.group_clusters() {
+        let cluster = &state.clusters[from];
+        let mut groups = list_groups(cluster)
+            .await
+            .map_err(|e| format!("cannot list the consumer groups on {}: {e}", cluster.name))?;
+        groups.extend(lock(&state.cutover.seen).keys().cloned());
+        for group in groups {
+            if current.group_cluster(&group) != from {
+                continue; // left over from an earlier move; not served from here
+            }
+            let to = next.group_cluster(&group);
+            if to != from {
+                movers.push(Mover { group, from, to });
+                continue;
+            }
+            let offsets = committed(state, cluster, &group).await.map_err(|e| {
+                format!(
+                    "cannot read the offsets of group {group:?} on {}: {e}",
+                    cluster.name
+                )
+            })?;
+            let topics: BTreeSet<&str> = offsets.iter().map(|c| c.topic.as_str()).collect();
+            let change = topics.into_iter().find_map(|t| {
+                read_changes(current, next, t)
+                    .map(|(before, after)| (t.to_string(), (before.read, after.read)))
+            });
+            if let Some((topic, (before, after))) = change {
+                let name = |id: ClusterId| state.clusters[id].name.clone();
+                return Err(format!(
+                    "group {group:?} has committed offsets for topic {topic:?}, which would be read from {} instead of {}, \
+                     but the group would stay on {}: move the group with it ([[groups]] cluster = {:?})",
+                    name(after), name(before), name(from), &*name(after)
+                ));
+            }
+        }
+    }
+    Ok(movers)
+}
+
+/// Reads `mover`'s final committed offsets, translates and commits them on its new cluster.
+async fn move_group(
+    state: &ProxyState,
+    current: &RoutingTable,
+    next: &RoutingTable,
+    mover: &Mover,
+) -> Result<MovedGroup, String> {
+    let from = &state.clusters[mover.from];
+    let to = &state.clusters[mover.to];
+    let group = &mover.group;
+    let offsets = committed(state, from, group).await.map_err(|e| {
+        format!(
+            "cannot read the offsets of group {group:?} on {}: {e}",
+            from.name
+        )
+    })?;
+    let mut moved = Vec::new();
+    let mut translated = Vec::new();
+    for commit in offsets {
+        let position = match read_changes(current, next, &commit.topic) {
+            Some((before, after)) => {
+                translate(state, before, after, &commit)
+                    .await
+                    .map_err(|reason| {
+                        format!(
+                            "group {group:?}, {}[{}]: {reason}",
+                            commit.topic, commit.partition
+                        )
+                    })?
+            }
+            None => commit.offset,
+        };
+        moved.push(MovedOffset {
+            topic: commit.topic.clone(),
+            partition: commit.partition,
+            from: commit.offset,
+            to: position,
+        });
+        translated.push(Committed {
+            offset: position,
+            ..commit
+        });
+    }
+    commit_offsets(to, group, &translated).await.map_err(|e| {
+        format!(
+            "cannot commit the offsets of group {group:?} on {}: {e}",
+            to.name
+        )
+    })?;
+    Ok(MovedGroup {
+        group: group.clone(),
+        from: from.name.to_string(),
+        to: to.name.to_string(),
+        offsets: moved,
+    })
+}
+
+/// Where a consumer committed at `commit.offset` on `from` continues on `to`.
+async fn translate(
+    state: &ProxyState,
+    before: &Route,
+    after: &Route,
+    commit: &Committed,
+) -> Result<i64, String> {
+    let (from, to) = (before.read, after.read);
+    if before.partitioning == Partitioning::Murmur2 || after.partitioning == Partitioning::Murmur2 {
+        return Err("the route re-partitions (murmur2): positions cannot be translated partition by partition".into());
+    }
+    let names = (&*state.clusters[from].name, &*state.clusters[to].name);
+    let (topic, partition, offset) = (commit.topic.as_str(), commit.partition, commit.offset);
+    let deadline = Instant::now() + MIRROR_CATCH_UP;
+    loop {
+        let position = state
+            .mirrors
+            .offsets
+            .position(topic, partition, from, to, offset);
+        match position {
+            Position::Mapped(target) => return Ok(target),
+            Position::BeforeFirst { first } => {
+                return Err(format!(
+                    "committed offset {offset} on {} is before the first record copied to {} (offset {first}); \
+                     records {offset}..{first} exist only on {}: run `kshift backfill`, or let the group catch up first",
+                    names.0, names.1, names.0
+                ))
+            }
+            Position::AfterLast { end, to_end } => {
+                // Nothing between `end` and the committed offset still to be mirrored (only
+                // markers or aborted records): it continues after the last copied record.
+                let lag = state
+                    .mirrors
+                    .stats_of(to)
+                    .and_then(|stats| stats.lag_by_route().get(&before.index).copied())
+                    .unwrap_or(0);
+                if offset == end || lag == 0 {
+                    return Ok(to_end);
+                }
+            }
+            Position::Unmapped => {
+                let from_end = end_offset(&state.clusters[from], before.topic_on(from, topic), partition)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if offset >= from_end {
+                    // The group has read everything there and nothing was copied since.
+                    return end_offset(&state.clusters[to], after.topic_on(to, topic), partition)
+                        .await
+                        .map_err(|e| e.to_string());
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "records {offset}..{from_end} on {} were never copied to {} as far as the offset map knows \
+                         (is `offset_map_file` set? were they produced before mirroring started? `kshift backfill` copies them)",
+                        names.0, names.1
+                    ));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the mirror to {} has not caught up with committed offset {offset} within {MIRROR_CATCH_UP:?}",
+                names.1
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One committed offset of a group.
+#[derive(Debug, Clone)]
+struct Committed {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    metadata: Option<StrBytes>,
+}
+
+async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
+    let version = cluster
+        .version_for(ApiKey::ListGroups, LIST_GROUPS_VERSION)
+        .await?;
+    let mut groups = BTreeSet::new();
+    for node in cluster.broker_ids().await? {
+        let response: ListGroupsResponse = cluster
+            .request_node(
+                node,
+                ApiKey::ListGroups,
+                version,
+                &ListGroupsRequest::default(),
+            )
+            .await?;
+        if response.error_code != 0 {
+            return Err(kafka_error(cluster, "ListGroups", response.error_code));
+        }
+        groups.extend(
+            response
+                .groups
+                .into_iter()
+                .map(|g| g.group_id.0.to_string()),
+        );
+    }
+    Ok(groups)
+}
+
+/// Every offset `group` has committed on `cluster`.
+async fn committed(
+    state: &ProxyState,
+    cluster: &Cluster,
+    group: &str,
+) -> Result<Vec<Committed>, BackendError> {
+    let version = cluster
+        .version_for(ApiKey::OffsetFetch, OFFSET_FETCH_VERSION)
+        .await?;
+    let node = cluster.coordinator(GROUP, group).await?;
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())));
+    // All topics (null), as Kafka answers it; brokers that cannot (Tansu) are asked for the
+    // topics the group was seen with and every topic the cluster has.
+    let all: Result<OffsetFetchResponse, BackendError> = cluster
+        .request_node(
+            node,
+            ApiKey::OffsetFetch,
+            version,
+            &request.clone().with_topics(None),
+        )
+        .await;
+    let response: OffsetFetchResponse = match all {
+        Ok(response) if response.error_code == 0 && !response.topics.is_empty() => response,
+        _ => {
+            let mut topics = state.cutover.seen_topics(group);
+            topics.extend(
+                cluster
+                    .metadata(None, false)
+                    .await?
+                    .topics
+                    .into_iter()
+                    .filter_map(|t| t.name.map(|n| n.0.to_string())),
+            );
+            let topics = topics
+                .into_iter()
+                .map(|name| {
+                    OffsetFetchRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name)))
+                        .with_partition_indexes((0..MAX_PARTITIONS_ASKED).collect())
+                })
+                .collect();
+            cluster
+                .request_node(
+                    node,
+                    ApiKey::OffsetFetch,
+                    version,
+                    &request.with_topics(Some(topics)),
+                )
+                .await?
+        }
+    };
+    if response.error_code != 0 {
+        cluster.forget_coordinator(GROUP, group);
+        return Err(kafka_error(cluster, "OffsetFetch", response.error_code));
+    }
+    let mut offsets = Vec::new();
+    for topic in response.topics {
+        for partition in topic.partitions {
+            if partition.error_code == kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+            {
+                continue; // asked for a partition the topic does not have
+            }
+            if partition.error_code != 0 {
+                return Err(kafka_error(cluster, "OffsetFetch", partition.error_code));
+            }
+            if partition.committed_offset >= 0 {
+                offsets.push(Committed {
+                    topic: topic.name.0.to_string(),
+                    partition: partition.partition_index,
+                    offset: partition.committed_offset,
+                    metadata: partition.metadata,
+                });
+            }
+        }
+    }
+    Ok(offsets)
+}
+
+async fn commit_offsets(
+    cluster: &Cluster,
+    group: &str,
+    offsets: &[Committed],
+) -> Result<(), BackendError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let version = cluster
+        .version_for(ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION)
+        .await?;
+    let node = cluster.coordinator(GROUP, group).await?;
+    let mut topics: HashMap<&str, Vec<OffsetCommitRequestPartition>> = HashMap::new();
+    for commit in offsets {
+        topics.entry(&commit.topic).or_default().push(
+            OffsetCommitRequestPartition::default()
+                .with_partition_index(commit.partition)
+                .with_committed_offset(commit.offset)
+                .with_committed_metadata(commit.metadata.clone()),
+        );
+    }
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(StrBytes::default())
+        .with_retention_time_ms(-1)
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response: OffsetCommitResponse = cluster
+        .request_node(node, ApiKey::OffsetCommit, version, &request)
+        .await?;
+    let failed = response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| p.error_code)
+        .find(|code| *code != 0);
+    match failed {
+        Some(code) => {
+            cluster.forget_coordinator(GROUP, group);
+            Err(kafka_error(cluster, "OffsetCommit", code))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The offset the next record of `topic`/`partition` will get (the high watermark).
+async fn end_offset(cluster: &Cluster, topic: &str, partition: i32) -> Result<i64, BackendError> {
+    let version = cluster
+        .version_for(ApiKey::ListOffsets, LIST_OFFSETS_VERSION)
+        .await?;
+    let Some(leader) = cluster.leader(topic, partition).await? else {
+        return Err(kafka_error(
+            cluster,
+            "ListOffsets",
+            kafka_protocol::ResponseError::UnknownTopicOrPartition.code(),
+        ));
+    };
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_current_leader_epoch(-1)
+                .with_timestamp(-1)])]);
+    let response: ListOffsetsResponse = cluster
+        .request_node(leader, ApiKey::ListOffsets, version, &request)
+        .await?;
+    let answer = response
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .ok_or_else(|| {
+            kafka_error(
+                cluster,
+                "ListOffsets",
+                kafka_protocol::ResponseError::UnknownServerError.code(),
+            )
+        })?;
+    if answer.error_code != 0 {
+        return Err(kafka_error(cluster, "ListOffsets", answer.error_code));
+    }
+    Ok(answer.offset)
+}
+
+fn kafka_error(cluster: &Cluster, what: &'static str, code: i16) -> BackendError {
+    BackendError::Kafka {
+        cluster: cluster.name.clone(),
+        what,
+        code,
+    }
+}
+
+/// Which cluster each partition's position belongs to, for one client connection: a
+/// consumer's position survives a read switch until the consumer rejoins its group.
+#[derive(Debug, Default)]
+pub struct ReadPositions {
+    topics: Mutex<HashMap<Arc<str>, HashMap<i32, ReadPosition>>>,
+}
+
+#[derive(Debug)]
+struct ReadPosition {
+    /// The cluster whose offsets this connection's position means.
+    cluster: ClusterId,
+    /// Offset of the last fetch, and the offset after the last record served.
+    fetched: i64,
+    next: i64,
+    /// When a fetch at this position was first held after a read switch.
+    held_since: Option<Instant>,
+}
+
+/// What to do with one partition of a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadDecision {
+    Serve,
+    /// The position belongs to the previous read cluster: answer with no records.
+    Hold,
+}
+
+impl ReadPositions {
+    /// Decides on a fetch of `topic`/`partition` at `offset` to be served by `cluster`.
+    pub fn check(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        cluster: ClusterId,
+    ) -> ReadDecision {
+        let mut topics = lock(&self.topics);
+        let partitions = match topics.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => topics.entry(Arc::from(topic)).or_default(),
+        };
+        let position = partitions.entry(partition).or_insert(ReadPosition {
+            cluster,
+            fetched: offset,
+            next: offset,
+            held_since: None,
+        });
+        if position.cluster != cluster
+            && (offset == position.fetched || offset == position.next)
+            && position
+                .held_since
+                .is_none_or(|since| since.elapsed() < STALE_POSITION_HOLD)
+        {
+            position.held_since.get_or_insert_with(Instant::now);
+            return ReadDecision::Hold;
+        }
+        // Same cluster, or a position the consumer was given since (it rejoined).
+        let next = if position.cluster == cluster {
+            position.next.max(offset)
+        } else {
+            offset
+        };
+        *position = ReadPosition {
+            cluster,
+            fetched: offset,
+            next,
+            held_since: None,
+        };
+        ReadDecision::Serve
+    }
+
+    /// Records that a fetch served records up to (excluding) `next`.
+    pub fn served(&self, topic: &str, partition: i32, cluster: ClusterId, next: i64) {
+        if let Some(position) = lock(&self.topics)
+            .get_mut(topic)
+            .and_then(|partitions| partitions.get_mut(&partition))
+        {
+            if position.cluster == cluster {
+                position.next = position.next.max(next);
+            }
+        }
+    }
+}
+
+/// The offset after the last complete record batch in `records`, if any.
+pub fn next_offset(records: &[u8]) -> Option<i64> {
+    const HEADER: usize = 12; // base offset (8) + batch length (4)
+    const MAGIC: usize = 16;
+    const LAST_OFFSET_DELTA: usize = 23;
+    let mut at = 0usize;
+    let mut next = None;
+    while records.len() >= at + LAST_OFFSET_DELTA + 4 {
+        let base = i64::from_be_bytes(records[at..at + 8].try_into().ok()?);
+        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into().ok()?);
+        let end = at + HEADER + usize::try_from(length).ok()?;
+        if end > records.len() {
+            break; // a partial batch at the end of a size-limited fetch
+        }
+        let last = if records[at + MAGIC] >= 2 {
+            let delta = i32::from_be_bytes(
+                records[at + LAST_OFFSET_DELTA..at + LAST_OFFSET_DELTA + 4]
+                    .try_into()
+                    .ok()?,
+            );
+            base + i64::from(delta)
+        } else {
+            base // legacy message sets: the (wrapper) message's offset is its last
+        };
+        next = Some(last + 1);
+        at = end;
+    }
+    next
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_of_the_previous_cluster_is_held_until_the_consumer_moves() {
+        let positions = ReadPositions::default();
+        assert_eq!(positions.check("t", 0, 100, 0), ReadDecision::Serve);
+        positions.served("t", 0, 0, 120);
+        assert_eq!(positions.check("t", 0, 120, 0), ReadDecision::Serve);
+        // Read switch to cluster 1: the same positions are old-cluster positions.
+        assert_eq!(positions.check("t", 0, 120, 1), ReadDecision::Hold);
+        assert_eq!(positions.check("t", 0, 120, 1), ReadDecision::Hold);
+        // The consumer rejoined and fetches its translated position.
+        assert_eq!(positions.check("t", 0, 20, 1), ReadDecision::Serve);
+        positions.served("t", 0, 1, 25);
+        assert_eq!(positions.check("t", 0, 25, 1), ReadDecision::Serve);
+        // Another partition is unaffected.
+        assert_eq!(positions.check("t", 1, 120, 1), ReadDecision::Serve);
+    }
+
+    #[test]
+    fn next_offset_reads_batch_headers() {
+        let mut batch = vec![0u8; 61];
+        batch[0..8].copy_from_slice(&40i64.to_be_bytes());
+        batch[8..12].copy_from_slice(&49i32.to_be_bytes());
+        batch[16] = 2;
+        batch[23..27].copy_from_slice(&4i32.to_be_bytes());
+        let mut two = batch.clone();
+        let mut second = batch.clone();
+        second[0..8].copy_from_slice(&45i64.to_be_bytes());
+        two.extend_from_slice(&second);
+        assert_eq!(next_offset(&batch), Some(45));
+        assert_eq!(next_offset(&two), Some(50));
+        assert_eq!(next_offset(&two[..80]), Some(45)); // partial second batch
+        assert_eq!(next_offset(&[]), None);
+    }
+}

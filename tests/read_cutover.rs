@@ -1,0 +1,320 @@
+//! Read cutover against two real brokers: a consumer group reading through kshift while
+//! producers write through it keeps going when the routing table moves its reads and its
+//! coordinator from `old` to `new` — no restart, no gap, and duplicates only of what it had
+//! not committed — also after a kshift restart between mirroring and the switch; a group
+//! whose position precedes everything copied is refused with the reason.
+
+mod common;
+mod http;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::Broker;
+use kshift::config::Config;
+use kshift::{Proxy, RunningProxy};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use serde_json::Value;
+
+const PARTITIONS: i32 = 2;
+
+fn routing(read: &str, mirror: &str) -> String {
+    format!(
+        "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [{mirror}]\nread = \"{read}\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"{read}\"\n"
+    )
+}
+
+fn config_text(
+    old: &Broker,
+    new: &Broker,
+    listen: &str,
+    offset_map: &std::path::Path,
+    routing: &str,
+) -> String {
+    common::two_cluster_toml(old, new, "", routing).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!(
+            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\noffset_map_file = \"{}\"\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 5000",
+            offset_map.display()
+        ),
+    )
+}
+
+async fn start(config: &str) -> RunningProxy {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    Proxy::start(Config::parse(config).expect("valid config"))
+        .await
+        .expect("kshift starts")
+}
+
+/// PUTs a routing table (TOML); returns the status and the JSON answer.
+async fn put_routes(proxy: &RunningProxy, table: &str) -> (u16, Value) {
+    let admin: SocketAddr = proxy.admin_addr().expect("admin API");
+    let (status, body) = http::request(admin, "PUT", "/routes", table).await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|_| Value::String(body.clone()));
+    (status, json)
+}
+
+/// Produces `seq-N` records (keyed) through kshift until stopped; remembers where each
+/// landed on the write cluster.
+struct Producing {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<BTreeMap<u64, (i32, i64)>>,
+}
+
+fn start_producing(bootstrap: String, topic: String, first_seq: u64) -> Producing {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let task = tokio::spawn(async move {
+        let producer = common::producer(
+            &bootstrap,
+            &[("acks", "all"), ("message.timeout.ms", "30000")],
+        );
+        let mut landed = BTreeMap::new();
+        let mut seq = first_seq;
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            let values: Vec<String> = (seq..seq + 10).map(|s| format!("seq-{s}")).collect();
+            let records = values
+                .iter()
+                .map(|value| {
+                    FutureRecord::to(&topic)
+                        .key(value.as_str())
+                        .payload(value.as_str())
+                })
+                .collect();
+            for (offset, delivery) in common::send_all(&producer, records)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                landed.insert(seq + offset as u64, (delivery.partition, delivery.offset));
+            }
+            seq += 10;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        landed
+    });
+    Producing { stop, task }
+}
+
+impl Producing {
+    async fn finish(self) -> BTreeMap<u64, (i32, i64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("producer task")
+    }
+}
+
+/// What the group's member received: (seq, partition, offset) in order.
+type Log = Arc<Mutex<Vec<(u64, i32, i64)>>>;
+
+/// One group member consuming `topic` with auto commit, recording what it receives, until
+/// the task is aborted. The same process (and librdkafka instance) throughout.
+fn start_consuming(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+) -> (Log, tokio::task::JoinHandle<()>) {
+    let consumer = common::consumer(
+        bootstrap,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "300"),
+            ("heartbeat.interval.ms", "500"),
+        ],
+    );
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let log: Log = Arc::default();
+    let received = log.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => {
+                    let value =
+                        String::from_utf8_lossy(message.payload().unwrap_or_default()).to_string();
+                    // Records produced before the test's producer started are not tracked.
+                    let Some(seq) = value.strip_prefix("seq-").and_then(|s| s.parse().ok()) else {
+                        continue;
+                    };
+                    received
+                        .lock()
+                        .unwrap()
+                        .push((seq, message.partition(), message.offset()));
+                }
+                Err(error) => eprintln!("consumer error (it retries): {error}"),
+            }
+        }
+    });
+    (log, task)
+}
+
+async fn wait_for_count(log: &Log, count: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while log.lock().unwrap().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the group received {} of {count} records",
+            log.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the group has received every produced seq.
+async fn wait_for_all(log: &Log, produced: &BTreeMap<u64, (i32, i64)>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<u64> = {
+            let received: std::collections::HashSet<u64> =
+                log.lock().unwrap().iter().map(|r| r.0).collect();
+            produced
+                .keys()
+                .filter(|seq| !received.contains(seq))
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after the switch the group never received {} records, first {:?} (at {:?} on old)",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            missing
+                .iter()
+                .take(10)
+                .map(|s| produced[s])
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The committed positions on `old` that the switch moved, per partition.
+fn moved_from(answer: &Value, group: &str) -> HashMap<i32, i64> {
+    let moved = answer["moved_groups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no moved_groups in {answer}"));
+    let entry = moved
+        .iter()
+        .find(|g| g["group"] == group)
+        .unwrap_or_else(|| panic!("group {group} not moved: {answer}"));
+    assert_eq!(entry["from"], "old");
+    assert_eq!(entry["to"], "new");
+    entry["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| {
+            (
+                o["partition"].as_i64().unwrap() as i32,
+                o["from"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every duplicate the member received was at or after its committed position at the
+/// switch (it had not committed it); returns how many there were.
+fn check_duplicates(
+    log: &Log,
+    produced: &BTreeMap<u64, (i32, i64)>,
+    committed: &HashMap<i32, i64>,
+) -> usize {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for (seq, _, _) in log.lock().unwrap().iter() {
+        *seen.entry(*seq).or_default() += 1;
+    }
+    let mut duplicates = 0;
+    for (seq, count) in seen {
+        if count > 1 {
+            duplicates += count - 1;
+            let (partition, offset) = produced[&seq];
+            let position = committed.get(&partition).copied().unwrap_or(0);
+            assert!(
+                offset >= position,
+                "seq {seq} (old {partition}@{offset}) received {count} times although committed up to {position}"
+            );
+        }
+    }
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_group_follows_a_read_switch_without_gap() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        &old,
+        &new,
+        "127.0.0.1:0",
+        &dir.path().join("offsets.jsonl"),
+        &routing("old", "\"new\""),
+    );
+    let proxy = start(&text).await;
+    let bootstrap = proxy.local_addr().to_string();
+    let topic = common::unique_topic("cutover");
+    let group = common::unique_topic("cutover-group");
+    common::create_topic(&bootstrap, &topic, PARTITIONS).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
+
+    // Records from before the group existed, so offsets on old and new differ: the mirror
+    // topic gets its first record at 0 while old is already further.
+    let early = common::producer(&old.bootstrap(), &[]);
+    let early_records = (0..25).map(|i| format!("early-{i}")).collect::<Vec<_>>();
+    common::send_all(
+        &early,
+        early_records
+            .iter()
+            .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
+            .collect(),
+    )
+    .await;
+
+    let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
+    let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
+    wait_for_count(&log, 150, "before the switch").await;
+
+    // Let auto commit (every 300 ms) record a position on old.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, answer) = put_routes(&proxy, &routing("new", "\"new\"")).await;
+    assert_eq!(status, 200, "switch refused: {answer}");
+    let committed = moved_from(&answer, &group);
+    assert_eq!(
+        committed.len(),
+        PARTITIONS as usize,
+        "offsets moved: {answer}"
+    );
+    let at_switch = log.lock().unwrap().len();
+
+    wait_for_count(&log, at_switch + 150, "after the switch").await;
+    let produced = producing.finish().await;
+    wait_for_all(&log, &produced).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    consumer.abort();
+
+    let duplicates = check_duplicates(&log, &produced, &committed);
+    // After the switch the member reads new's offsets: the early records are not there.
+    let after: Vec<(u64, i32, i64)> = log.lock().unwrap()[at_switch..].to_vec();
+    let last = after.last().unwrap();
+    let (partition, old_offset) = produced[&last.0];
+    assert_eq!(partition, last.1);
+    assert!(
+        last.2 < old_offset,
+        "the last record came at offset {} (old's is {old_offset}): not read from new",
+        last.2
+    );
+    eprintln!(
+        "switch moved {group} at {committed:?}; {} produced, {} received, {duplicates} duplicates",
+        produced.len(),
+        log.lock().unwrap().len()
+    );
+}
