@@ -229,6 +229,7 @@ where
     let applied = put_in_force.await?;
     drop(fence);
     for group in &moved {
+        state.metrics.groups_moved.inc();
         tracing::info!(
             group = %group.group, from = %group.from, to = %group.to,
             offsets = %group.offsets.iter().map(|o| format!("{}[{}] {}->{}", o.topic, o.partition, o.from, o.to)).collect::<Vec<_>>().join(", "),

@@ -94,6 +94,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerErro
                         target.cluster,
                     ) == ReadDecision::Hold =>
                 {
+                    context.state.metrics.fetch_positions_held.inc();
                     held.push((
                         topic.topic.0.clone(),
                         partition.partition,

@@ -70,6 +70,11 @@ pub struct Metrics {
     pub client_connections_accepted: Counter,
     pub client_connections_refused: Counter,
     pub client_connections_idle_closed: Counter,
+    /// Fetched partitions answered empty because their position belongs to the previous
+    /// read cluster (the consumer has not rejoined its moved group yet).
+    pub fetch_positions_held: Counter,
+    /// Consumer groups moved by routing changes.
+    pub groups_moved: Counter,
     pub client_requests: Family<ApiLabels, Counter>,
     pub client_request_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
     pub backend_requests: Family<BackendLabels, Counter>,
@@ -115,6 +120,8 @@ impl Metrics {
             client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
             client_connections_idle_closed: Counter::default(),
+            fetch_positions_held: Counter::default(),
+            groups_moved: Counter::default(),
             client_requests: Family::default(),
             client_request_seconds: Family::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
@@ -154,6 +161,16 @@ impl Metrics {
             "client_connections_idle_closed",
             "Client connections closed after idle_timeout_ms without a request",
             metrics.client_connections_idle_closed.clone(),
+        );
+        registry.register(
+            "fetch_positions_held",
+            "Fetched partitions answered empty while their consumer's position still belonged to the previous read cluster",
+            metrics.fetch_positions_held.clone(),
+        );
+        registry.register(
+            "groups_moved",
+            "Consumer groups whose committed offsets a routing change moved to another cluster",
+            metrics.groups_moved.clone(),
         );
         registry.register(
             "client_requests",

@@ -126,8 +126,10 @@ fn start_consuming(
         &[
             ("group.id", group),
             ("enable.auto.commit", "true"),
-            ("auto.commit.interval.ms", "300"),
-            ("heartbeat.interval.ms", "500"),
+            // A member notices the move at its next commit or heartbeat; until then it
+            // fetches with old's positions, which kshift holds.
+            ("auto.commit.interval.ms", "1000"),
+            ("heartbeat.interval.ms", "2000"),
         ],
     );
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -248,52 +250,54 @@ fn check_duplicates(
     duplicates
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_running_group_follows_a_read_switch_without_gap() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let text = config_text(
-        &old,
-        &new,
-        "127.0.0.1:0",
-        &dir.path().join("offsets.jsonl"),
-        &routing("old", "\"new\""),
-    );
-    let proxy = start(&text).await;
-    let bootstrap = proxy.local_addr().to_string();
+/// Two brokers, a topic with records on old from before kshift mirrored anything (so
+/// offsets on old and new differ), created on both.
+async fn setup(old: &Broker, new: &Broker, bootstrap: &str) -> String {
     let topic = common::unique_topic("cutover");
-    let group = common::unique_topic("cutover-group");
-    common::create_topic(&bootstrap, &topic, PARTITIONS).await;
+    common::create_topic(bootstrap, &topic, PARTITIONS).await;
     common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
-
-    // Records from before the group existed, so offsets on old and new differ: the mirror
-    // topic gets its first record at 0 while old is already further.
     let early = common::producer(&old.bootstrap(), &[]);
-    let early_records = (0..25).map(|i| format!("early-{i}")).collect::<Vec<_>>();
+    let values: Vec<String> = (0..25).map(|i| format!("early-{i}")).collect();
     common::send_all(
         &early,
-        early_records
+        values
             .iter()
             .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
             .collect(),
     )
     .await;
+    topic
+}
 
-    let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
-    let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
-    wait_for_count(&log, 150, "before the switch").await;
-
-    // Let auto commit (every 300 ms) record a position on old.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (status, answer) = put_routes(&proxy, &routing("new", "\"new\"")).await;
+/// The switch while the member runs, then checks: nothing missing, duplicates only of
+/// uncommitted records, and the member now reads new's offsets.
+async fn switch_and_check(
+    proxy: &RunningProxy,
+    log: Log,
+    consumer: tokio::task::JoinHandle<()>,
+    producing: Producing,
+    group: &str,
+) {
+    let at_switch = log.lock().unwrap().len();
+    let (status, answer) = put_routes(proxy, &routing("new", "\"new\"")).await;
     assert_eq!(status, 200, "switch refused: {answer}");
-    let committed = moved_from(&answer, &group);
+    let committed = moved_from(&answer, group);
     assert_eq!(
         committed.len(),
         PARTITIONS as usize,
         "offsets moved: {answer}"
     );
-    let at_switch = log.lock().unwrap().len();
+    let metric = |name: &str| {
+        let name = name.to_string();
+        async move {
+            let (_, text) = http::request(proxy.admin_addr().unwrap(), "GET", "/metrics", "").await;
+            text.lines()
+                .find(|line| line.starts_with(&name))
+                .and_then(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    assert_eq!(metric("kshift_groups_moved_total").await, 1.0);
 
     wait_for_count(&log, at_switch + 150, "after the switch").await;
     let produced = producing.finish().await;
@@ -302,9 +306,9 @@ async fn a_running_group_follows_a_read_switch_without_gap() {
     consumer.abort();
 
     let duplicates = check_duplicates(&log, &produced, &committed);
-    // After the switch the member reads new's offsets: the early records are not there.
-    let after: Vec<(u64, i32, i64)> = log.lock().unwrap()[at_switch..].to_vec();
-    let last = after.last().unwrap();
+    // Fetches at old's positions sent before the member noticed the move: held, not read.
+    let held = metric("kshift_fetch_positions_held_total").await;
+    let last = *log.lock().unwrap().last().unwrap();
     let (partition, old_offset) = produced[&last.0];
     assert_eq!(partition, last.1);
     assert!(
@@ -313,8 +317,149 @@ async fn a_running_group_follows_a_read_switch_without_gap() {
         last.2
     );
     eprintln!(
-        "switch moved {group} at {committed:?}; {} produced, {} received, {duplicates} duplicates",
+        "switch moved {group} at {committed:?}; {} produced, {} received, {duplicates} duplicates, {held} fetched partitions held",
         produced.len(),
         log.lock().unwrap().len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_group_follows_a_read_switch_without_gap() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    let proxy = start(&config_text(
+        &old,
+        &new,
+        "127.0.0.1:0",
+        &map,
+        &routing("old", "\"new\""),
+    ))
+    .await;
+    let bootstrap = proxy.local_addr().to_string();
+    let topic = setup(&old, &new, &bootstrap).await;
+    let group = common::unique_topic("cutover-group");
+
+    let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
+    let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
+    wait_for_count(&log, 150, "before the switch").await;
+    // Let auto commit (every second) record a position on old.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    switch_and_check(&proxy, log, consumer, producing, &group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_offset_map_survives_a_kshift_restart_before_the_switch() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let text = config_text(&old, &new, &listen, &map, &routing("old", "\"new\""));
+    let first = start(&text).await;
+    let topic = setup(&old, &new, &listen).await;
+    let group = common::unique_topic("cutover-group");
+
+    let (log, consumer) = start_consuming(&listen, &topic, &group);
+    let producing = start_producing(listen.clone(), topic.clone(), 0);
+    wait_for_count(&log, 150, "before the restart").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Restart: the same address, the same offset map file; clients reconnect on their own.
+    first.shutdown().await;
+    let second = start(&text).await;
+    // The restarted instance translates what the first one mirrored.
+    let (old_id, new_id) = (
+        second.state().cluster_id("old").unwrap(),
+        second.state().cluster_id("new").unwrap(),
+    );
+    for partition in 0..PARTITIONS {
+        let position = second
+            .state()
+            .mirrors
+            .offsets
+            .position(&topic, partition, old_id, new_id, 0);
+        assert!(
+            matches!(position, kshift::produce::offset_map::Position::BeforeFirst { first } if first > 0),
+            "partition {partition}: {position:?}"
+        );
+    }
+    let restarted_at = log.lock().unwrap().len();
+    wait_for_count(&log, restarted_at + 100, "after the restart").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    switch_and_check(&second, log, consumer, producing, &group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_positioned_before_mirroring_began_is_refused() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    // No mirror yet.
+    let proxy = start(&config_text(
+        &old,
+        &new,
+        "127.0.0.1:0",
+        &map,
+        &routing("old", ""),
+    ))
+    .await;
+    let bootstrap = proxy.local_addr().to_string();
+    let topic = common::unique_topic("history");
+    common::create_topic(&bootstrap, &topic, 1).await;
+    common::create_topic(&new.bootstrap(), &topic, 1).await;
+    let producer = common::producer(&bootstrap, &[]);
+    let records =
+        |range: std::ops::Range<u32>| range.map(|i| format!("history-{i}")).collect::<Vec<_>>();
+    let history = records(0..30);
+    common::send_all(
+        &producer,
+        history
+            .iter()
+            .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
+            .collect(),
+    )
+    .await;
+    // The group has read (and committed) only the first ten.
+    let group = common::unique_topic("history-group");
+    {
+        let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
+        let mut position = rdkafka::TopicPartitionList::new();
+        position
+            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(10))
+            .unwrap();
+        consumer
+            .commit(&position, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+    }
+    // Mirroring starts; later records reach new.
+    let (status, answer) = put_routes(&proxy, &routing("old", "\"new\"")).await;
+    assert_eq!(status, 200, "{answer}");
+    let live = records(30..40);
+    common::send_all(
+        &producer,
+        live.iter()
+            .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
+            .collect(),
+    )
+    .await;
+
+    let (status, answer) = put_routes(&proxy, &routing("new", "\"new\"")).await;
+    assert_eq!(status, 409, "{answer}");
+    let reason = answer["error"].as_str().unwrap_or_default().to_string();
+    for needed in [
+        group.as_str(),
+        &format!("{topic}[0]"),
+        "committed offset 10",
+        "offset 30",
+        "backfill",
+    ] {
+        assert!(
+            reason.contains(needed),
+            "{needed:?} missing from the refusal: {reason}"
+        );
+    }
+    // Nothing changed: reads and the group stay on old.
+    let (status, table) = http::request(proxy.admin_addr().unwrap(), "GET", "/routes", "").await;
+    assert_eq!(status, 200);
+    assert!(table.contains("\"read\":\"old\""), "{table}");
 }
