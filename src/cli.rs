@@ -1,6 +1,7 @@
 //! Operator subcommands beyond `serve` and `check`, each a client of a running kshift.
 
 pub mod bench;
+pub mod cutover;
 pub mod repair;
 pub mod routes;
 pub mod verify;

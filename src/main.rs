@@ -67,6 +67,32 @@ enum Command {
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
     /// Read or change the routing table of a running kshift through its admin API.
+    /// Move the reads of the routes whose `topics` is GLOB, and their consumer groups, to
+    /// CLUSTER (after checking mirror lag, and parity with --config); or roll back.
+    Cutover {
+        /// The admin API, e.g. http://127.0.0.1:9644.
+        #[arg(long, default_value = "http://127.0.0.1:9644")]
+        admin: String,
+        /// The `topics` glob of the routes to switch, exactly as in the table.
+        #[arg(long, required_unless_present = "rollback")]
+        topics: Option<String>,
+        /// The cluster to read from.
+        #[arg(long, required_unless_present = "rollback")]
+        to: Option<String>,
+        /// The `groups` glob of the [[groups]] rules to move (default: every rule on the
+        /// routes' current read cluster).
+        #[arg(long)]
+        groups: Option<String>,
+        /// kshift's config: also run `verify` on these topics before switching.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the mirror lag of these routes to reach zero.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+        /// Put the previous routing table back (moving groups back).
+        #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config"])]
+        rollback: bool,
+    },
     Routes {
         /// The admin API, e.g. http://127.0.0.1:9644.
         #[arg(long, global = true, default_value = "http://127.0.0.1:9644")]
@@ -209,49 +235,37 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Health { admin } => {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::routes::health(&admin)));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Health { admin } => run_client(kshift::cli::routes::health(&admin)),
+        Command::Cutover {
+            admin,
+            topics,
+            to,
+            groups,
+            config,
+            wait_secs,
+            rollback,
+        } => run_client(async {
+            if rollback {
+                return kshift::cli::cutover::rollback(&admin).await;
             }
-        }
-        Command::Routes { admin, action } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("kshift: {error}");
-                    return ExitCode::FAILURE;
-                }
+            let cutover = kshift::cli::cutover::Cutover {
+                admin,
+                topics: topics.unwrap_or_default(),
+                to: to.unwrap_or_default(),
+                groups,
+                config,
+                wait: std::time::Duration::from_secs(wait_secs),
             };
-            let result = runtime.block_on(async {
-                match action {
-                    RoutesAction::Get => kshift::cli::routes::get(&admin).await,
-                    RoutesAction::Set { file } => kshift::cli::routes::set(&admin, &file).await,
-                    RoutesAction::Rollback => kshift::cli::routes::rollback(&admin).await,
-                    RoutesAction::Diff { file } => {
-                        kshift::cli::routes::diff_file(&admin, &file).await
-                    }
-                }
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
+            kshift::cli::cutover::run(&cutover).await
+        }),
+        Command::Routes { admin, action } => run_client(async {
+            match action {
+                RoutesAction::Get => kshift::cli::routes::get(&admin).await,
+                RoutesAction::Set { file } => kshift::cli::routes::set(&admin, &file).await,
+                RoutesAction::Rollback => kshift::cli::routes::rollback(&admin).await,
+                RoutesAction::Diff { file } => kshift::cli::routes::diff_file(&admin, &file).await,
             }
-        }
+        }),
         Command::Serve { config } => {
             let config_path = config;
             let config = match Config::load(&config_path) {
@@ -268,6 +282,22 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an operator command that talks to a running kshift: exit 0, or 1 with the error.
+fn run_client(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kshift: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

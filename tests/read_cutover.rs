@@ -463,3 +463,106 @@ async fn a_group_positioned_before_mirroring_began_is_refused() {
     assert_eq!(status, 200);
     assert!(table.contains("\"read\":\"old\""), "{table}");
 }
+
+/// Runs the kshift binary (on a blocking thread); returns (success, stdout, stderr).
+async fn kshift_cli(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .args(&args)
+            .output()
+            .expect("run kshift")
+    })
+    .await
+    .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kshift_cutover_switches_reads_and_rolls_back() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    let proxy = start(&config_text(
+        &old,
+        &new,
+        "127.0.0.1:0",
+        &map,
+        &routing("old", "\"new\""),
+    ))
+    .await;
+    let bootstrap = proxy.local_addr().to_string();
+    let admin = format!("http://{}", proxy.admin_addr().unwrap());
+    let topic = common::unique_topic("cli-cutover");
+    common::create_topic(&bootstrap, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    let send = |bootstrap: String, range: std::ops::Range<u32>| {
+        let topic = topic.clone();
+        async move {
+            let producer = common::producer(&bootstrap, &[]);
+            let values: Vec<String> = range.map(|i| format!("r-{i}")).collect();
+            common::send_all(
+                &producer,
+                values
+                    .iter()
+                    .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
+                    .collect(),
+            )
+            .await;
+        }
+    };
+    send(old.bootstrap(), 0..5).await; // on old only: old's offsets are new's + 5
+    send(bootstrap.clone(), 5..25).await;
+    let group = common::unique_topic("cli-group");
+    {
+        let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
+        let mut position = rdkafka::TopicPartitionList::new();
+        position
+            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(15))
+            .unwrap();
+        consumer
+            .commit(&position, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+    }
+
+    let (ok, _, stderr) = kshift_cli(&[
+        "cutover", "--admin", &admin, "--topics", "orders.*", "--to", "new",
+    ])
+    .await;
+    assert!(
+        !ok && stderr.contains("no route has topics = \"orders.*\""),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) =
+        kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
+    assert!(ok, "cutover failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains(&format!("group {group} moved from old to new")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{topic}[0] committed 15 -> 10")),
+        "{stdout}"
+    );
+    let (_, table) = http::request(proxy.admin_addr().unwrap(), "GET", "/routes", "").await;
+    assert!(
+        table.contains("\"read\":\"new\"") && table.contains("\"cluster\":\"new\""),
+        "{table}"
+    );
+
+    let (ok, stdout, stderr) = kshift_cli(&["cutover", "--admin", &admin, "--rollback"]).await;
+    assert!(ok, "rollback failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains(&format!("group {group} moved from new to old")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{topic}[0] committed 10 -> 15")),
+        "{stdout}"
+    );
+}

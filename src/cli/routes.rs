@@ -13,10 +13,10 @@ use crate::routing::{diff, RoutingSpec};
 
 /// What `GET /routes` returns.
 #[derive(Debug, Deserialize)]
-struct RoutesDocument {
-    version: u64,
+pub(crate) struct RoutesDocument {
+    pub version: u64,
     #[serde(flatten)]
-    spec: RoutingSpec,
+    pub spec: RoutingSpec,
 }
 
 /// Reads a routing table from a file: a table alone (`[[routes]]`, `[[groups]]`) or a whole
@@ -37,7 +37,7 @@ pub fn read_table(path: &Path) -> anyhow::Result<RoutingSpec> {
 }
 
 /// One HTTP/1.1 request to the admin API; returns (status, body).
-async fn request(
+pub(crate) async fn request(
     admin: &str,
     method: &str,
     path: &str,
@@ -72,7 +72,7 @@ async fn request(
     Ok((status, body.to_string()))
 }
 
-async fn current(admin: &str) -> anyhow::Result<RoutesDocument> {
+pub(crate) async fn current(admin: &str) -> anyhow::Result<RoutesDocument> {
     let (status, body) = request(admin, "GET", "/routes", "").await?;
     if status != 200 {
         bail!("GET /routes answered {status}: {body}");
@@ -91,7 +91,7 @@ fn print_changes(lines: &[String]) {
 }
 
 /// Reports a refused update from the admin API's JSON error.
-fn refused(status: u16, body: &str) -> anyhow::Error {
+pub(crate) fn refused(status: u16, body: &str) -> anyhow::Error {
     let reason = serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))

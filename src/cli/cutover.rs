@@ -1,0 +1,203 @@
+//! `kshift cutover --admin URL --topics GLOB --to CLUSTER` (and `--rollback`): the read
+//! cutover as one command. It checks what can be checked before the switch — the target
+//! cluster receives every record of these topics, the mirror has no lag, and (with
+//! `--config`) `verify` finds both clusters equal — then moves the route's reads and the
+//! groups' coordinator in one routing change, which kshift carries out (translating each
+//! group's committed offsets; see `src/cutover.rs`), and prints what moved.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
+
+use super::routes::{current, refused, request};
+use crate::config::Config;
+use crate::routing::diff;
+
+/// What to switch.
+#[derive(Debug, Clone)]
+pub struct Cutover {
+    pub admin: String,
+    /// The routes whose `topics` is exactly this glob.
+    pub topics: String,
+    /// The cluster reads (and groups) move to.
+    pub to: String,
+    /// The `[[groups]]` rules to move: those whose glob is this one; by default every rule
+    /// hosting groups on the routes' current read cluster.
+    pub groups: Option<String>,
+    /// Also compare both clusters' records (`kshift verify`) before switching.
+    pub config: Option<PathBuf>,
+    /// How long to wait for the mirror lag of these routes to reach zero.
+    pub wait: Duration,
+}
+
+pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
+    let document = current(&cutover.admin).await?;
+    let before = document.spec;
+    let mut after = before.clone();
+    let matching: Vec<usize> = after
+        .routes
+        .iter()
+        .enumerate()
+        .filter(|(_, route)| route.topics == cutover.topics)
+        .map(|(index, _)| index)
+        .collect();
+    if matching.is_empty() {
+        let globs: Vec<&str> = before.routes.iter().map(|r| r.topics.as_str()).collect();
+        bail!(
+            "no route has topics = {:?} (the routes' topics are {globs:?})",
+            cutover.topics
+        );
+    }
+    let mut from_clusters = Vec::new();
+    for &index in &matching {
+        let route = &mut after.routes[index];
+        let read = route.read.clone().unwrap_or_else(|| route.write.clone());
+        if read == cutover.to {
+            println!(
+                "routes[{index}] ({}) already reads from {}",
+                route.topics, cutover.to
+            );
+            continue;
+        }
+        if route.write != cutover.to {
+            if !route.mirror.contains(&cutover.to) {
+                bail!(
+                    "routes[{index}] ({}) does not mirror to {}: its consumers would miss every record written since; add {:?} to its mirror list first",
+                    route.topics, cutover.to, cutover.to
+                );
+            }
+            if route.mirror_percent < 100 {
+                bail!(
+                    "routes[{index}] ({}) mirrors only {}% of its records to {}: ramp mirror_percent to 100 first",
+                    route.topics, route.mirror_percent, cutover.to
+                );
+            }
+        }
+        from_clusters.push(read);
+        route.read = Some(cutover.to.clone());
+    }
+    for rule in &mut after.groups {
+        let selected = match &cutover.groups {
+            Some(glob) => rule.groups == *glob,
+            None => from_clusters.contains(&rule.cluster),
+        };
+        if selected {
+            rule.cluster = cutover.to.clone();
+        }
+    }
+    if after == before {
+        println!("nothing to switch");
+        return Ok(());
+    }
+
+    wait_for_mirror(cutover, &matching).await?;
+    if let Some(path) = &cutover.config {
+        let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+        let topics = cutover.topics.clone();
+        println!("verifying {topics} on both clusters ...");
+        let equal = tokio::task::spawn_blocking(move || super::verify::run(&config, &topics, None))
+            .await
+            .context("verify did not finish")??;
+        if !equal {
+            bail!("the clusters differ (see the table above): not switching; `kshift repair` or `kshift backfill` first");
+        }
+    }
+
+    let body = toml::to_string(&after)?;
+    let (status, answer) = request(&cutover.admin, "PUT", "/routes", &body).await?;
+    if status != 200 {
+        return Err(refused(status, &answer));
+    }
+    let answer: Value = serde_json::from_str(&answer)?;
+    println!(
+        "switched: version {} -> {}",
+        document.version,
+        answer["version"].as_u64().unwrap_or(0)
+    );
+    for line in diff(&before, &after) {
+        println!("  {line}");
+    }
+    print_moved(&answer);
+    Ok(())
+}
+
+/// `kshift cutover --rollback`: the previous table back, groups moved back.
+pub async fn rollback(admin: &str) -> anyhow::Result<()> {
+    let before = current(admin).await?;
+    let (status, answer) = request(admin, "POST", "/routes/rollback", "").await?;
+    if status != 200 {
+        return Err(refused(status, &answer));
+    }
+    let after = current(admin).await?;
+    println!(
+        "rolled back: version {} -> {}",
+        before.version, after.version
+    );
+    for line in diff(&before.spec, &after.spec) {
+        println!("  {line}");
+    }
+    print_moved(&serde_json::from_str(&answer)?);
+    Ok(())
+}
+
+fn print_moved(answer: &Value) {
+    let moved = answer["moved_groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if moved.is_empty() {
+        println!("no consumer group had to move");
+    }
+    for group in moved {
+        println!(
+            "group {} moved from {} to {}:",
+            group["group"].as_str().unwrap_or("?"),
+            group["from"].as_str().unwrap_or("?"),
+            group["to"].as_str().unwrap_or("?")
+        );
+        for offset in group["offsets"].as_array().into_iter().flatten() {
+            println!(
+                "  {}[{}] committed {} -> {}",
+                offset["topic"].as_str().unwrap_or("?"),
+                offset["partition"],
+                offset["from"],
+                offset["to"]
+            );
+        }
+    }
+}
+
+/// Waits until kshift reports no records waiting for a mirror on the routes at `indexes`.
+async fn wait_for_mirror(cutover: &Cutover, indexes: &[usize]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + cutover.wait;
+    loop {
+        let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
+        if status != 200 {
+            bail!("GET /status answered {status}: {body}");
+        }
+        let status: Value = serde_json::from_str(&body)?;
+        let lag: u64 = status["mirror_lag_by_route"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| {
+                entry["route"]
+                    .as_u64()
+                    .is_some_and(|route| indexes.contains(&(route as usize)))
+            })
+            .filter_map(|entry| entry["lag_records"].as_u64())
+            .sum();
+        if lag == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the mirror still has {lag} records to copy for these routes after {:?}: not switching",
+                cutover.wait
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
