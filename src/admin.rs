@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cutover::{self, Switched};
+use crate::produce::mirror::queue_backfill;
 use crate::routing::redis::RedisSourceError;
 use crate::routing::{RoutingSpec, UpdateError};
 use crate::ProxyState;
@@ -50,6 +51,7 @@ pub async fn run(
         .route("/metrics", get(metrics))
         .route("/routes", get(get_routes).put(put_routes))
         .route("/routes/rollback", post(rollback))
+        .route("/backfill", get(backfill_progress).post(start_backfill))
         .route("/status", get(status))
         .route("/", get(status_page))
         .layer(axum::middleware::from_fn_with_state(
@@ -266,6 +268,38 @@ async fn rollback(
     })
     .await;
     answer(&state, result)
+}
+
+/// `POST /backfill` body.
+#[derive(serde::Deserialize)]
+struct BackfillRequest {
+    topics: String,
+    /// Copy pace; 0 or absent is unlimited.
+    #[serde(default)]
+    bytes_per_sec: u64,
+}
+
+async fn start_backfill(
+    State(state): State<Arc<ProxyState>>,
+    ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    body: String,
+) -> Response {
+    let request: BackfillRequest = match serde_json::from_str(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            let error = format!("expected {{\"topics\": GLOB, \"bytes_per_sec\": N}}: {error}");
+            return (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response();
+        }
+    };
+    tracing::info!(%caller, topics = %request.topics, bytes_per_sec = request.bytes_per_sec, "POST /backfill");
+    match queue_backfill(&state, &request.topics, request.bytes_per_sec).await {
+        Ok(queued) => Json(json!({ "queued": queued })).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    }
+}
+
+async fn backfill_progress(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+    Json(json!({ "partitions": state.mirrors.backfill.states(&state) }))
 }
 
 async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {

@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, MetadataRequest, MetadataResponse, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FindCoordinatorRequest,
+    FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -137,6 +139,7 @@ pub struct Cluster {
 /// Versions kshift itself sends to backends (the newest it handles, capped by the broker).
 const METADATA_VERSION: i16 = 12;
 const FIND_COORDINATOR_VERSION: i16 = 4;
+const LIST_OFFSETS_VERSION: i16 = 7;
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -530,6 +533,49 @@ impl Cluster {
         let response = connection.request(api_key, version, &client_id, body)?;
         let body = response.wait(self.settings.request_timeout).await?;
         self.decode(body, version)
+    }
+
+    /// ListOffsets for one partition at its leader: `timestamp` -1 is the high watermark,
+    /// -2 the log start.
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<i64, BackendError> {
+        let version = self
+            .version_for(ApiKey::ListOffsets, LIST_OFFSETS_VERSION)
+            .await?;
+        let Some(leader) = self.leader(topic, partition).await? else {
+            return Err(
+                self.kafka_error("ListOffsets", ResponseError::UnknownTopicOrPartition.code())
+            );
+        };
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_timestamp(timestamp)])]);
+        let response: ListOffsetsResponse = self
+            .request_node(leader, ApiKey::ListOffsets, version, &request)
+            .await?;
+        let answer = response
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| {
+                self.kafka_error("ListOffsets", ResponseError::UnknownServerError.code())
+            })?;
+        if answer.error_code != 0 {
+            if is_leadership_error(answer.error_code) {
+                self.forget_leaders(topic);
+            }
+            return Err(self.kafka_error("ListOffsets", answer.error_code));
+        }
+        Ok(answer.offset)
     }
 
     /// Every broker the last metadata named.

@@ -32,15 +32,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, GroupId, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, TopicName,
+    ApiKey, GroupId, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
@@ -63,7 +61,6 @@ const STALE_POSITION_HOLD: Duration = Duration::from_secs(30);
 const LIST_GROUPS_VERSION: i16 = 4;
 const OFFSET_FETCH_VERSION: i16 = 7;
 const OFFSET_COMMIT_VERSION: i16 = 8;
-const LIST_OFFSETS_VERSION: i16 = 7;
 const GROUP: i8 = 0;
 /// Partitions asked per topic from brokers that need the partitions listed.
 const MAX_PARTITIONS_ASKED: i32 = 256;
@@ -626,42 +623,7 @@ async fn commit_offsets(
 
 /// The offset the next record of `topic`/`partition` will get (the high watermark).
 async fn end_offset(cluster: &Cluster, topic: &str, partition: i32) -> Result<i64, BackendError> {
-    let version = cluster
-        .version_for(ApiKey::ListOffsets, LIST_OFFSETS_VERSION)
-        .await?;
-    let Some(leader) = cluster.leader(topic, partition).await? else {
-        return Err(kafka_error(
-            cluster,
-            "ListOffsets",
-            kafka_protocol::ResponseError::UnknownTopicOrPartition.code(),
-        ));
-    };
-    let request = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(partition)
-                .with_current_leader_epoch(-1)
-                .with_timestamp(-1)])]);
-    let response: ListOffsetsResponse = cluster
-        .request_node(leader, ApiKey::ListOffsets, version, &request)
-        .await?;
-    let answer = response
-        .topics
-        .first()
-        .and_then(|t| t.partitions.first())
-        .ok_or_else(|| {
-            kafka_error(
-                cluster,
-                "ListOffsets",
-                kafka_protocol::ResponseError::UnknownServerError.code(),
-            )
-        })?;
-    if answer.error_code != 0 {
-        return Err(kafka_error(cluster, "ListOffsets", answer.error_code));
-    }
-    Ok(answer.offset)
+    cluster.list_offset(topic, partition, -1).await
 }
 
 fn kafka_error(cluster: &Cluster, what: &'static str, code: i16) -> BackendError {

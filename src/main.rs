@@ -67,6 +67,22 @@ enum Command {
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
     /// Read or change the routing table of a running kshift through its admin API.
+    /// Copy to the mirrors what exists only on the write cluster, for the topics matching
+    /// GLOB (routes with `backfill = true`), and show the progress.
+    Backfill {
+        /// The admin API of the kshift that mirrors these topics.
+        #[arg(long, default_value = "http://127.0.0.1:9644")]
+        admin: String,
+        /// Glob of topic names.
+        #[arg(long)]
+        topics: String,
+        /// Copy pace in MB/s (0: unlimited).
+        #[arg(long, default_value_t = 0.0)]
+        rate_mb_per_sec: f64,
+        /// Seconds to watch the progress before returning (the copy goes on in kshift).
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
+    },
     /// Move the reads of the routes whose `topics` is GLOB, and their consumer groups, to
     /// CLUSTER (after checking mirror lag, and parity with --config); or roll back.
     Cutover {
@@ -258,6 +274,17 @@ fn main() -> ExitCode {
             };
             kshift::cli::cutover::run(&cutover).await
         }),
+        Command::Backfill {
+            admin,
+            topics,
+            rate_mb_per_sec,
+            wait_secs,
+        } => run_client(kshift::cli::backfill::run(
+            &admin,
+            &topics,
+            (rate_mb_per_sec.max(0.0) * 1_000_000.0) as u64,
+            std::time::Duration::from_secs(wait_secs),
+        )),
         Command::Routes { admin, action } => run_client(async {
             match action {
                 RoutesAction::Get => kshift::cli::routes::get(&admin).await,

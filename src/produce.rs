@@ -222,6 +222,11 @@ fn plan_mirror(
             written: written_rx,
             done,
             enqueued_at: Instant::now(),
+            source: route.backfill.then(|| mirror::Source {
+                cluster: context.cluster(route.write).clone(),
+                topic: route.topic_on(route.write, topic).into(),
+            }),
+            fill_only: false,
         };
         planned.written.push(written);
         match &request.transactional_id {

@@ -58,6 +58,15 @@ pub struct RouteSpec {
     /// Topic name per cluster, where it differs from the client-visible name.
     #[serde(default)]
     pub rename: BTreeMap<String, String>,
+    /// Keep each mirror a complete, ordered copy: before mirroring a batch, copy from the
+    /// write cluster whatever the mirror lacks before it (records from before mirroring
+    /// started, batches dropped or failed). Needs identity partitioning and 100%.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backfill: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// One `[[groups]]` rule as written.
@@ -120,6 +129,8 @@ pub struct Route {
     pub mirror_percent: u8,
     pub read: ClusterId,
     pub partitioning: Partitioning,
+    /// Mirrors are kept complete and ordered by copying what they lack from `write`.
+    pub backfill: bool,
     /// Topic name per cluster id, where it differs from the client-visible name.
     rename: BTreeMap<ClusterId, String>,
 }
@@ -219,6 +230,16 @@ impl RoutingTable {
                     "\"sync\" needs at least one cluster in `mirror`",
                 ));
             }
+            if rule.backfill
+                && (mirror.is_empty()
+                    || rule.mirror_percent < 100
+                    || rule.partitioning != Partitioning::Identity)
+            {
+                return Err(error(
+                    field("backfill"),
+                    "needs a mirror, mirror_percent = 100 and identity partitioning (it copies partition by partition, in offset order)",
+                ));
+            }
             let mut rename = BTreeMap::new();
             for (name, topic) in &rule.rename {
                 let id = cluster_id(format!("routes[{index}].rename.{name}"), name)?;
@@ -250,6 +271,7 @@ impl RoutingTable {
                 mirror_percent: rule.mirror_percent,
                 read,
                 partitioning: rule.partitioning,
+                backfill: rule.backfill,
                 rename,
             });
         }

@@ -566,3 +566,118 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backfill_then_cutover_moves_a_topic_with_history() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    let proxy = start(&config_text(
+        &old,
+        &new,
+        "127.0.0.1:0",
+        &map,
+        &routing("old", ""),
+    ))
+    .await;
+    let bootstrap = proxy.local_addr().to_string();
+    let admin = format!("http://{}", proxy.admin_addr().unwrap());
+    let prefix = common::unique_topic("backfill");
+    let (busy, idle) = (format!("{prefix}-busy"), format!("{prefix}-idle"));
+    for topic in [&busy, &idle] {
+        common::create_topic(&bootstrap, topic, 1).await;
+        common::create_topic(&new.bootstrap(), topic, 1).await;
+    }
+    let producer = common::producer(&bootstrap, &[]);
+    let send = |topic: &str, range: std::ops::Range<u32>| {
+        let values: Vec<String> = range.map(|i| format!("r-{i}")).collect();
+        let topic = topic.to_string();
+        let producer = &producer;
+        async move {
+            common::send_all(
+                producer,
+                values
+                    .iter()
+                    .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
+                    .collect(),
+            )
+            .await;
+        }
+    };
+    // History, before any mirroring; the group has read a third of it.
+    send(&busy, 0..30).await;
+    send(&idle, 0..20).await;
+    let group = common::unique_topic("backfill-group");
+    {
+        let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
+        let mut position = rdkafka::TopicPartitionList::new();
+        position
+            .add_partition_offset(&busy, 0, rdkafka::Offset::Offset(10))
+            .unwrap();
+        consumer
+            .commit(&position, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+    }
+
+    // Mirroring starts with backfill: the first live batch brings the history before it.
+    let shadow =
+        routing("old", "\"new\"").replace("read = \"old\"\n", "read = \"old\"\nbackfill = true\n");
+    let (status, answer) = put_routes(&proxy, &shadow).await;
+    assert_eq!(status, 200, "{answer}");
+    send(&busy, 30..40).await;
+    // The idle topic gets its history from `kshift backfill`.
+    let pattern = format!("{prefix}-*");
+    let (ok, stdout, stderr) = kshift_cli(&[
+        "backfill",
+        "--admin",
+        &admin,
+        "--topics",
+        &pattern,
+        "--wait-secs",
+        "20",
+    ])
+    .await;
+    assert!(ok, "backfill failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains(&format!("{idle}[0] -> new: copied up to offset 20")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{busy}[0] -> new: copied up to offset 40")),
+        "{stdout}"
+    );
+
+    // new holds both topics complete and in order.
+    for (topic, count) in [(&busy, 40), (&idle, 20)] {
+        let consumer = common::assigned_consumer(&new.bootstrap(), topic, 1, &[]);
+        let records = common::consume_n(&consumer, count, Duration::from_secs(20)).await;
+        let values: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).to_string())
+            .collect();
+        let expected: Vec<String> = (0..count).map(|i| format!("r-{i}")).collect();
+        assert_eq!(values, expected, "{topic} on new");
+    }
+    // A second request copies nothing twice.
+    let (ok, stdout, stderr) =
+        kshift_cli(&["backfill", "--admin", &admin, "--topics", &pattern]).await;
+    assert!(ok, "{stderr}\n{stdout}");
+
+    // The read cutover now finds the group's position on new.
+    let (ok, stdout, stderr) =
+        kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
+    assert!(ok, "cutover failed: {stderr}\n{stdout}");
+    assert!(
+        stdout.contains(&format!("{busy}[0] committed 10 -> 10")),
+        "{stdout}"
+    );
+    let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
+    consumer.subscribe(&[busy.as_str()]).unwrap();
+    let records = common::consume_n(&consumer, 30, Duration::from_secs(30)).await;
+    let values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).to_string())
+        .collect();
+    let expected: Vec<String> = (10..40).map(|i| format!("r-{i}")).collect();
+    assert_eq!(values, expected, "the group continues on new where it was");
+}

@@ -17,6 +17,7 @@ const HEADER_LEN: usize = 61;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
+const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 const PRODUCER_ID_OFFSET: usize = 43;
 const PRODUCER_EPOCH_OFFSET: usize = 51;
 const BASE_SEQUENCE_OFFSET: usize = 53;
@@ -50,6 +51,22 @@ impl Batch {
     fn i32_at(&self, offset: usize) -> i32 {
         let b = &self.bytes[offset..offset + 4];
         i32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The offset of the batch's first record (as a broker stored it; 0 as a client sends it).
+    pub fn base_offset(&self) -> i64 {
+        let b = &self.bytes[0..8];
+        i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    /// The offset of the batch's last record.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.i32_at(LAST_OFFSET_DELTA_OFFSET))
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        let b = &self.bytes[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8];
+        i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
     }
 
     pub fn record_count(&self) -> i32 {
@@ -118,6 +135,26 @@ pub fn split_batches(mut records: Bytes) -> Result<Vec<Batch>, BatchError> {
         });
     }
     Ok(batches)
+}
+
+/// The complete batches at the start of fetched `records`: a broker may end a size-limited
+/// fetch with part of a batch, which the next fetch returns whole.
+pub fn complete_batches(records: Bytes) -> Result<Vec<Batch>, BatchError> {
+    let mut complete = 0usize;
+    while records.len() >= complete + HEADER_LEN {
+        let at = complete + 8;
+        let length = i32::from_be_bytes([
+            records[at],
+            records[at + 1],
+            records[at + 2],
+            records[at + 3],
+        ]);
+        match usize::try_from(length).ok().and_then(|l| l.checked_add(12)) {
+            Some(total) if complete + total <= records.len() => complete += total,
+            _ => break,
+        }
+    }
+    split_batches(records.slice(..complete))
 }
 
 /// Kafka's murmur2 hash, as `org.apache.kafka.common.utils.Utils.murmur2`.

@@ -35,6 +35,9 @@ use kafka_protocol::records::{RecordBatchDecoder, RecordBatchEncoder, RecordEnco
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
 
+mod backfill;
+pub use backfill::{queue_backfill, BackfillState};
+
 use super::batch::{self, Batch};
 use super::failures::{FailedRange, FailureJournal, MirrorTarget};
 use super::offset_map::{OffsetMap, OffsetMapping};
@@ -73,6 +76,18 @@ pub struct MirrorItem {
     /// For `sync` routes: told when the mirror has the records (or failed).
     pub done: Option<oneshot::Sender<Result<(), String>>>,
     pub enqueued_at: Instant,
+    /// For `backfill` routes: where to copy from what the mirror lacks before this item.
+    pub source: Option<Source>,
+    /// A backfill request with no records of its own: copy up to the source's end.
+    pub fill_only: bool,
+}
+
+/// The write cluster's copy of a topic, which a backfill reads.
+#[derive(Clone)]
+pub struct Source {
+    pub cluster: Arc<Cluster>,
+    /// The topic's name there.
+    pub topic: Arc<str>,
 }
 
 impl MirrorItem {
@@ -180,6 +195,8 @@ pub struct Mirrors {
     pub failures: Arc<FailureJournal>,
     /// Items of open transactions, by transactional id, in produce order.
     transactions: Mutex<HashMap<String, Vec<(MirrorItem, ClusterId)>>>,
+    /// Backfill progress and pace, shared with the writers.
+    pub backfill: Arc<backfill::Progress>,
 }
 
 impl std::fmt::Debug for Mirrors {
@@ -198,6 +215,7 @@ impl Mirrors {
         offsets: Arc<OffsetMap>,
         failures: Arc<FailureJournal>,
     ) -> Arc<Mirrors> {
+        let backfill = Arc::new(backfill::Progress::default());
         let queues = clusters
             .iter()
             .zip(queue_limits)
@@ -205,6 +223,7 @@ impl Mirrors {
                 let (items, receiver) = mpsc::unbounded_channel();
                 let stats = Arc::new(MirrorStats::default());
                 let writer = MirrorWriter {
+                    backfill: backfill.clone(),
                     cluster: cluster.clone(),
                     stats: stats.clone(),
                     offsets: offsets.clone(),
@@ -227,6 +246,7 @@ impl Mirrors {
             offsets,
             failures,
             transactions: Mutex::default(),
+            backfill,
         })
     }
 
@@ -374,6 +394,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// kshift's idempotent producer on one mirror cluster.
 struct MirrorWriter {
+    backfill: Arc<backfill::Progress>,
     cluster: Arc<Cluster>,
     stats: Arc<MirrorStats>,
     offsets: Arc<OffsetMap>,
@@ -418,6 +439,26 @@ impl MirrorWriter {
                 return;
             }
         };
+        if let Some(source) = item.source.clone() {
+            // A backfill route: first copy what the mirror lacks before this batch.
+            let until = (!item.fill_only).then_some(write_base_offset);
+            let filled = self.fill(&item, &source, until).await;
+            if let Err(error) = &filled {
+                tracing::warn!(
+                    mirror_cluster = %self.cluster.name,
+                    topic = %item.topic,
+                    partition = item.write_partition,
+                    %error,
+                    "backfill failed; the mirror lacks these records until the next try"
+                );
+            }
+            if item.fill_only || matches!(filled, Ok(backfill::Filled::AlreadyCopied)) {
+                if let Some(done) = item.done.take() {
+                    let _ = done.send(Ok(()));
+                }
+                return;
+            }
+        }
         let result = match self.plan(&item, write_base_offset).await {
             Ok(batches) => {
                 let mut result = Ok(());
@@ -433,6 +474,14 @@ impl MirrorWriter {
             }
             Err(error) => Err(error),
         };
+        if result.is_ok() && item.source.is_some() {
+            self.backfill.covered(
+                &item.topic,
+                item.write_partition,
+                self.cluster.id,
+                write_base_offset + item.record_count,
+            );
+        }
         let outcome = if result.is_ok() { "mirrored" } else { "failed" };
         self.cluster.metrics.mirror_outcome(
             &self.cluster.name,

@@ -190,6 +190,15 @@ impl OffsetMap {
             .then_some((mapping.mirror_partition, mapping.mirror_base_offset + delta))
     }
 
+    /// The write offset after the last batch mirrored from `topic`/`write_partition` to
+    /// `mirror_cluster`, if any was.
+    pub fn end(&self, topic: &str, write_partition: i32, mirror_cluster: ClusterId) -> Option<i64> {
+        self.lock()
+            .get(&(Arc::from(topic), write_partition, mirror_cluster))?
+            .last()
+            .map(|m| m.write_base_offset + m.record_count)
+    }
+
     /// Where a consumer positioned at `offset` (the next record it will read) of
     /// `topic`/`partition` on `from` continues on `to`, by the batches mirrored between the
     /// two (either direction: `from` wrote and `to` mirrored, or the reverse).

@@ -1,0 +1,110 @@
+//! `kshift backfill --admin URL --topics GLOB`: asks the running kshift to copy to each
+//! mirror what exists only on the write cluster (history from before mirroring started,
+//! batches that failed to mirror), then shows its progress until every partition is done.
+//!
+//! The copy runs inside kshift, in the mirror writer of each mirror cluster, so history and
+//! live batches reach the mirror in one ordered stream per partition (see
+//! `src/produce/mirror/backfill.rs`); this command only starts and watches it.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::{json, Value};
+
+use super::routes::{refused, request};
+
+pub async fn run(
+    admin: &str,
+    topics: &str,
+    bytes_per_sec: u64,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let body = json!({ "topics": topics, "bytes_per_sec": bytes_per_sec }).to_string();
+    let (status, answer) = request(admin, "POST", "/backfill", &body).await?;
+    if status != 200 {
+        return Err(refused(status, &answer));
+    }
+    let answer: Value = serde_json::from_str(&answer)?;
+    let queued: Vec<(String, i64, String)> = answer["queued"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| {
+            (
+                q["topic"].as_str().unwrap_or_default().to_string(),
+                q["partition"].as_i64().unwrap_or(-1),
+                q["mirror"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    println!("backfilling {} partition copies", queued.len());
+    let deadline = Instant::now() + wait;
+    let mut last_line = Instant::now();
+    loop {
+        let (status, body) = request(admin, "GET", "/backfill", "").await?;
+        if status != 200 {
+            bail!("GET /backfill answered {status}: {body}");
+        }
+        let progress: Value = serde_json::from_str(&body)?;
+        let states: Vec<&Value> = progress["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                queued.iter().any(|(topic, partition, mirror)| {
+                    p["topic"] == topic.as_str()
+                        && p["partition"] == *partition
+                        && p["mirror"] == mirror.as_str()
+                })
+            })
+            .collect();
+        let done = states.iter().filter(|p| p["done"] == true).count();
+        let remaining: i64 = states
+            .iter()
+            .map(|p| {
+                (p["target"].as_i64().unwrap_or(0) - p["copied_until"].as_i64().unwrap_or(0)).max(0)
+            })
+            .sum();
+        // A progress line redrawn in place on a terminal; a line every 10 s in a log.
+        let line = format!(
+            "{done}/{} partitions done, {remaining} offsets to go",
+            states.len()
+        );
+        if std::io::stderr().is_terminal() {
+            eprint!("\r{line}   ");
+            let _ = std::io::stderr().flush();
+        } else if last_line.elapsed() >= Duration::from_secs(10) {
+            eprintln!("{line}");
+            last_line = Instant::now();
+        }
+        if done == states.len() {
+            eprintln!();
+            for p in &states {
+                println!(
+                    "  {}[{}] -> {}: copied up to offset {}",
+                    p["topic"].as_str().unwrap_or("?"),
+                    p["partition"],
+                    p["mirror"].as_str().unwrap_or("?"),
+                    p["copied_until"]
+                );
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            eprintln!();
+            for p in states.iter().filter(|p| p["done"] != true) {
+                eprintln!(
+                    "  {}[{}] -> {}: copied up to offset {} of {}",
+                    p["topic"].as_str().unwrap_or("?"),
+                    p["partition"],
+                    p["mirror"].as_str().unwrap_or("?"),
+                    p["copied_until"],
+                    p["target"]
+                );
+            }
+            bail!("backfill not finished after {wait:?} ({remaining} offsets to go); it continues inside kshift");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
