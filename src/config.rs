@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{GroupSpec, RouteSpec, RoutingError, RoutingSpec};
+use crate::security::{Mechanism, Secret};
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,51 @@ pub struct ProxyConfig {
     /// flush before kshift exits anyway.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// `[proxy.tls]`: clients connect over TLS (and, with `client_ca_file`, must present a
+    /// certificate). Plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// `[proxy.sasl]`: clients must authenticate (SASL PLAIN / SCRAM) before any request
+    /// but ApiVersions. No authentication when absent.
+    #[serde(default)]
+    pub sasl: Option<ListenerSaslConfig>,
+}
+
+/// `[proxy.tls]`: TLS on the client listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM file with kshift's certificate chain (leaf first).
+    pub cert_file: String,
+    /// PEM file with the private key of `cert_file`.
+    pub key_file: String,
+    /// PEM file of the CAs whose client certificates are accepted; when set, every client
+    /// must present a valid certificate signed by one of them (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    /// Time a client has to complete the TLS handshake after connecting.
+    #[serde(default = "default_tls_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_tls_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[proxy.sasl]`: SASL authentication of clients, terminated by kshift.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSaslConfig {
+    /// TOML file of users and their hashed secrets (`kshift user add` writes it). Re-read
+    /// when it changes: every new authentication sees the file as it is.
+    pub credentials_file: String,
+    /// Mechanisms offered to clients.
+    #[serde(default = "default_listener_mechanisms")]
+    pub mechanisms: Vec<Mechanism>,
+}
+
+fn default_listener_mechanisms() -> Vec<Mechanism> {
+    Mechanism::ALL.to_vec()
 }
 
 fn default_idle_timeout_ms() -> u64 {
@@ -180,6 +226,116 @@ pub struct ClusterConfig {
     /// a retriable error.
     #[serde(default = "default_mirror_queue_bytes")]
     pub mirror_queue_bytes: usize,
+    /// `[clusters.NAME.tls]`: connect to this cluster's brokers over TLS. Plain TCP when
+    /// absent; an empty table means TLS checked against the system's CA certificates.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
+    /// `[clusters.NAME.sasl]`: the credentials kshift authenticates to this cluster with.
+    #[serde(default)]
+    pub sasl: Option<BackendSaslConfig>,
+}
+
+impl ClusterConfig {
+    /// The librdkafka properties (besides `bootstrap.servers`) that give the CLI tools
+    /// (`verify`, `repair`) the same TLS and SASL as kshift's own connections to cluster
+    /// `name`. librdkafka cannot check another name than the broker's host, so with
+    /// `server_name` set it checks the certificate chain but not the name.
+    pub fn client_properties(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        let mut properties = Vec::new();
+        let protocol = match (&self.tls, &self.sasl) {
+            (None, None) => "plaintext",
+            (Some(_), None) => "ssl",
+            (None, Some(_)) => "sasl_plaintext",
+            (Some(_), Some(_)) => "sasl_ssl",
+        };
+        properties.push(("security.protocol", protocol.to_string()));
+        if let Some(tls) = &self.tls {
+            if let Some(ca) = &tls.ca_file {
+                properties.push(("ssl.ca.location", ca.clone()));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                properties.push(("ssl.certificate.location", cert.clone()));
+                properties.push(("ssl.key.location", key.clone()));
+            }
+            if tls.server_name.is_some() {
+                properties.push(("ssl.endpoint.identification.algorithm", "none".into()));
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            properties.push(("sasl.mechanism", sasl.mechanism.name().to_string()));
+            properties.push(("sasl.username", sasl.username.clone()));
+            properties.push((
+                "sasl.password",
+                sasl.resolve_password(name)?.expose().to_string(),
+            ));
+        }
+        Ok(properties)
+    }
+}
+
+/// `[clusters.NAME.tls]`: TLS toward one backend cluster.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM file of the CAs the brokers' certificates must chain to; the system's CA
+    /// certificates when absent.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM file with kshift's client certificate, for clusters that require mTLS.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM file with the private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// The name every broker certificate is checked against, instead of the host the
+    /// broker is reached at (e.g. when brokers are reached by IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// `[clusters.NAME.sasl]`: how kshift authenticates to one backend cluster. The password
+/// comes from exactly one of `password`, `password_env` and `password_file`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: Mechanism,
+    pub username: String,
+    /// The password itself (prefer `password_env` or `password_file`: then no secret sits
+    /// in the config file).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password, read at start.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored), read at start.
+    #[serde(default)]
+    pub password_file: Option<String>,
+}
+
+impl BackendSaslConfig {
+    /// The password, from wherever it is configured; errors name the field of `cluster`.
+    pub fn resolve_password(&self, cluster: &str) -> Result<Secret, ConfigError> {
+        let field = |name: &str, reason: String| {
+            ConfigError::field(format!("clusters.{cluster}.sasl.{name}"), reason)
+        };
+        match (&self.password, &self.password_env, &self.password_file) {
+            (Some(password), None, None) => Ok(password.clone()),
+            (None, Some(variable), None) => std::env::var(variable)
+                .map(Secret::new)
+                .map_err(|e| field("password_env", format!("${variable}: {e}"))),
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| Secret::new(text.trim_end_matches(['\r', '\n'])))
+                .map_err(|e| field("password_file", format!("cannot read {path}: {e}"))),
+            _ => Err(field(
+                "password",
+                "set exactly one of password, password_env and password_file".into(),
+            )),
+        }
+    }
 }
 
 fn default_mirror_queue_bytes() -> usize {
@@ -283,7 +439,56 @@ impl Config {
                 "at least one [clusters.NAME] section is required",
             ));
         }
+        if let Some(tls) = &proxy.tls {
+            if tls.handshake_timeout_ms == 0 {
+                return Err(ConfigError::field(
+                    "proxy.tls.handshake_timeout_ms",
+                    "must be at least 1",
+                ));
+            }
+        }
+        if let Some(sasl) = &proxy.sasl {
+            if sasl.mechanisms.is_empty() {
+                return Err(ConfigError::field(
+                    "proxy.sasl.mechanisms",
+                    "must name at least one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                ));
+            }
+            if sasl.credentials_file.is_empty() {
+                return Err(ConfigError::field(
+                    "proxy.sasl.credentials_file",
+                    "must not be empty",
+                ));
+            }
+        }
         for (name, cluster) in &self.clusters {
+            if let Some(tls) = &cluster.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.tls.key_file"),
+                        "cert_file and key_file go together",
+                    ));
+                }
+            }
+            if let Some(sasl) = &cluster.sasl {
+                if sasl.username.is_empty() {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.sasl.username"),
+                        "must not be empty",
+                    ));
+                }
+                let sources = [
+                    sasl.password.is_some(),
+                    sasl.password_env.is_some(),
+                    sasl.password_file.is_some(),
+                ];
+                if sources.iter().filter(|set| **set).count() != 1 {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.sasl.password"),
+                        "set exactly one of password, password_env and password_file",
+                    ));
+                }
+            }
             if cluster.bootstrap.is_empty() {
                 return Err(ConfigError::field(
                     format!("clusters.{name}.bootstrap"),

@@ -46,6 +46,12 @@ pub struct BackendBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `tls` (handshake failed or timed out) or `sasl` (authentication refused).
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster: String,
 }
@@ -70,6 +76,7 @@ pub struct Metrics {
     pub client_connections_accepted: Counter,
     pub client_connections_refused: Counter,
     pub client_connections_idle_closed: Counter,
+    pub client_authentication_failures: Family<StageLabels, Counter>,
     pub client_requests: Family<ApiLabels, Counter>,
     pub client_request_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
     pub backend_requests: Family<BackendLabels, Counter>,
@@ -114,6 +121,7 @@ impl Metrics {
             client_connections: Gauge::default(),
             client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
+            client_authentication_failures: Family::default(),
             client_connections_idle_closed: Counter::default(),
             client_requests: Family::default(),
             client_request_seconds: Family::new_with_constructor(
@@ -149,6 +157,11 @@ impl Metrics {
             "client_connections_refused",
             "Client connections closed at accept because max_connections was reached",
             metrics.client_connections_refused.clone(),
+        );
+        registry.register(
+            "client_authentication_failures",
+            "Client connections closed because TLS or SASL authentication failed",
+            metrics.client_authentication_failures.clone(),
         );
         registry.register(
             "client_connections_idle_closed",
@@ -224,6 +237,15 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// A client connection refused at `stage` (`tls` or `sasl`).
+    pub fn client_authentication_failure(&self, stage: &str) {
+        self.client_authentication_failures
+            .get_or_create(&StageLabels {
+                stage: stage.to_string(),
+            })
+            .inc();
     }
 
     pub fn client_request(&self, api: ApiKey, elapsed: Duration) {
