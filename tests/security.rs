@@ -1,0 +1,557 @@
+//! TLS and SASL on both sides of kshift, against real brokers and real clients.
+//!
+//! What Tansu 0.6.0 (the test broker) can and cannot do, found by running it and reading its
+//! source (tansu-broker/src/broker.rs, tansu-auth/src/lib.rs at v0.6.0):
+//! - `--authentication` makes it require SASL, and it checks SCRAM-SHA-256/512 against its
+//!   user store; PLAIN is accepted with *any* password (its PLAIN check only looks for a user
+//!   name and a password being present).
+//! - `--cert`/`--key` are accepted but never used: its listener is plain TCP whatever they
+//!   say (the acceptor is built and dropped).
+//! - `tansu user create` talks to the broker without authenticating, so it fails against a
+//!   broker with `--authentication` ("NotAuthenticated"), and `memory://` storage is per
+//!   process. The harness therefore authenticates with PLAIN (any password) and creates the
+//!   SCRAM user with AlterUserScramCredentials, as Kafka's own tools do.
+//! So the TLS a backend requires is a kshift in front of Tansu with TLS and SCRAM on its
+//! listener: a real TLS + SASL peer for the kshift under test.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Broker;
+use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey, MetadataRequest,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kshift::security::sasl_client::{self, SaslClientError, SaslCredentials};
+use kshift::security::scram::ScramHash;
+use kshift::security::{credentials, Mechanism, Secret};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureRecord;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+// ---------------------------------------------------------------------------------------
+// Log capture: every kshift log line of this test binary, at trace level, so a test can
+// assert that no secret ever reached a log.
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_log() -> &'static Captured {
+    static LOG: OnceLock<Captured> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("kshift=trace")
+            .with_writer(move || writer.clone())
+            .try_init();
+        captured
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&captured_log().0.lock().unwrap_or_else(|p| p.into_inner()))
+        .into_owned()
+}
+
+/// Fails if any of `secrets` appears in kshift's log or in `texts`.
+fn assert_no_secret(secrets: &[&str], texts: &[&str]) {
+    let log = log_text();
+    for secret in secrets {
+        assert!(
+            !log.contains(secret),
+            "secret {secret:?} appears in kshift's log"
+        );
+        for text in texts {
+            assert!(
+                !text.contains(secret),
+                "secret {secret:?} appears in: {text}"
+            );
+        }
+    }
+}
+
+/// Waits until kshift's log contains `needle` (log lines are written as events happen).
+async fn wait_for_log(needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let log = log_text();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kshift never logged {needle:?}; log tail:\n{}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificates.
+
+/// A test PKI in a temporary directory: a CA, kshift's server certificate (127.0.0.1 and
+/// localhost), client certificates (valid, expired, from an untrusted CA).
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let new_ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, ca) = new_ca("kshift test CA");
+        let (other_ca_pem, other_ca) = new_ca("some other CA");
+        write("ca.pem", ca_pem);
+        write("other-ca.pem", other_ca_pem);
+        let leaf = |name: &str, sans: &[&str], issuer: &Issuer<'_, KeyPair>, expired: bool| {
+            let key = KeyPair::generate().unwrap();
+            let mut params =
+                CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let cert = params.signed_by(&key, issuer).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        leaf("server", &["127.0.0.1", "localhost"], &ca, false);
+        leaf("client", &["client"], &ca, false);
+        leaf("expired-client", &["client"], &ca, true);
+        leaf("untrusted-client", &["client"], &other_ca, false);
+        leaf(
+            "untrusted-server",
+            &["127.0.0.1", "localhost"],
+            &other_ca,
+            false,
+        );
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// A credentials file in `dir` with `users` (name, password), all mechanisms.
+fn credentials_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join(format!("users-{}.toml", common::unique_topic("c")));
+    for (name, password) in users {
+        add_user(&path, name, password);
+    }
+    path
+}
+
+fn add_user(path: &Path, name: &str, password: &str) {
+    let entry = credentials::user_entry(password, &Mechanism::ALL, 4096);
+    credentials::add_user(path, name, entry).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw protocol over any stream (plain or TLS).
+
+async fn send<S: AsyncWrite + Unpin, M: Encodable>(
+    stream: &mut S,
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    message: &M,
+) {
+    let body = kshift::codec::encode_body(message, version).unwrap();
+    let head = kshift::codec::request_frame_head(
+        api_key,
+        version,
+        correlation_id,
+        &StrBytes::from_static_str("security-test"),
+        body.len(),
+    )
+    .unwrap();
+    stream.write_all(&head).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    stream.flush().await.unwrap();
+}
+
+/// The next response frame's body, or `None` when the peer closed (or sent no Kafka frame).
+async fn receive<S: AsyncRead + Unpin, M: Decodable>(
+    stream: &mut S,
+    api_key: ApiKey,
+    version: i16,
+) -> Option<M> {
+    let frame = tokio::time::timeout(common::TIMEOUT, kshift::codec::read_frame(stream, 1 << 20))
+        .await
+        .expect("an answer or a close within the timeout")
+        .ok()??;
+    let (_, body) =
+        kshift::codec::split_response(frame, api_key.response_header_version(version)).ok()?;
+    M::decode(&mut body.clone(), version).ok()
+}
+
+/// True when the peer closes the stream without sending a Kafka frame.
+async fn closed_without_answer<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+    matches!(
+        tokio::time::timeout(common::TIMEOUT, kshift::codec::read_frame(stream, 1 << 20)).await,
+        Ok(Ok(None)) | Ok(Err(_))
+    )
+}
+
+/// A TLS connection to `address` trusting `ca`, optionally with a client certificate.
+async fn tls_connect(
+    address: SocketAddr,
+    ca: &str,
+    client: Option<(&str, &str)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in kshift::security::tls::load_certs(ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                kshift::security::tls::load_certs(cert).unwrap(),
+                kshift::security::tls::load_key(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+fn sasl_client_settings<'a>(
+    mechanism: &'a str,
+    user: &'a str,
+    password: &'a str,
+    ca: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut settings = vec![
+        (
+            "security.protocol",
+            if ca.is_some() {
+                "sasl_ssl"
+            } else {
+                "sasl_plaintext"
+            },
+        ),
+        ("sasl.mechanisms", mechanism),
+        ("sasl.username", user),
+        ("sasl.password", password),
+    ];
+    if let Some(ca) = ca {
+        settings.push(("ssl.ca.location", ca));
+    }
+    settings
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Tansu's own SCRAM server, as kshift's backend side meets it: kshift runs the exchange
+/// with both hashes and gets a clean refusal naming the mechanism and user (Tansu holds no
+/// users that could be created, see the file comment), and PLAIN is refused as a mechanism
+/// Tansu does not enable. Neither error carries the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_refuses_kshift_scram_login_cleanly() {
+    captured_log();
+    let broker = Broker::start_with_args(&["--authentication"]).await;
+    for mechanism in Mechanism::ALL {
+        let login = SaslCredentials {
+            mechanism,
+            username: "svc-kshift".into(),
+            password: Secret::new("tansu-scram-pw"),
+        };
+        let mut stream = tokio::net::TcpStream::connect(broker.addr()).await.unwrap();
+        let error = sasl_client::authenticate(&mut stream, &login)
+            .await
+            .expect_err("Tansu has no such user");
+        let text = error.to_string();
+        eprintln!("{mechanism}: {text}");
+        assert!(!text.contains("tansu-scram-pw"), "{text}");
+        match mechanism {
+            Mechanism::Plain => assert!(
+                matches!(error, SaslClientError::MechanismNotEnabled { .. })
+                    || matches!(error, SaslClientError::Protocol(_)),
+                "{text}"
+            ),
+            // Tansu answers the client-first message with "e=unknown-user".
+            _ => assert!(
+                matches!(
+                    &error,
+                    SaslClientError::Scram(kshift::security::scram::ScramError::ServerError(e))
+                        if e == "unknown-user"
+                ),
+                "{text}"
+            ),
+        }
+    }
+}
+
+/// A kshift started from `toml`.
+async fn start_kshift(toml: &str) -> kshift::RunningProxy {
+    let config = kshift::config::Config::parse(toml)
+        .unwrap_or_else(|error| panic!("config rejected: {error}\n{toml}"));
+    tokio::time::timeout(common::TIMEOUT, kshift::Proxy::start(config))
+        .await
+        .expect("kshift starts in time")
+        .unwrap_or_else(|error| panic!("kshift did not start: {error}"))
+}
+
+/// A kshift that stands in front of `broker` as a secured cluster would: TLS on its
+/// listener when `tls` (kshift's server certificate), SASL with `mechanism` for `user`.
+async fn start_secured_front(
+    pki: &Pki,
+    broker: &Broker,
+    tls: bool,
+    mechanism: &str,
+    user: (&str, &str),
+) -> kshift::RunningProxy {
+    let users = credentials_file(pki.dir.path(), &[user]);
+    let tls = if tls {
+        format!(
+            "[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        )
+    } else {
+        String::new()
+    };
+    start_kshift(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{tls}[proxy.sasl]\ncredentials_file = \"{}\"\nmechanisms = [\"{mechanism}\"]\n\
+         [clusters.old]\nbootstrap = [\"{}\"]\n\
+         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+        users.display(),
+        broker.bootstrap()
+    ))
+    .await
+}
+
+async fn produce_values(
+    bootstrap: &str,
+    settings: &[(&str, &str)],
+    topic: &str,
+    values: &[String],
+) {
+    let producer = common::producer(bootstrap, settings);
+    let records = values
+        .iter()
+        .map(|value| FutureRecord::to(topic).key("k").payload(value.as_str()))
+        .collect();
+    common::send_all(&producer, records).await;
+}
+
+fn values_of(records: &[common::Received]) -> Vec<String> {
+    let mut values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    values.sort();
+    values
+}
+
+/// The whole chain: a client over TLS + SCRAM-SHA-256 to kshift; kshift over TLS +
+/// SCRAM-SHA-512 to `old` and SASL PLAIN to `new` (each a kshift terminating that cluster's
+/// TLS/SASL in front of a Tansu, see the file comment), mirror route. Records land on both
+/// clusters, the client reads them back through kshift, and neither the admin API (locked
+/// with a token) nor any log shows a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_scram_client_through_kshift_to_differently_secured_clusters_mirror_route() {
+    captured_log();
+    let pki = Pki::new();
+    let (tansu_old, tansu_new) = (Broker::start().await, Broker::start().await);
+    const OLD_PASSWORD: &str = "old-cluster-pw-4f1c";
+    const NEW_PASSWORD: &str = "new-cluster-pw-9a2e";
+    const CLIENT_PASSWORD: &str = "client-app-pw-77d0";
+    const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+    let front_old = start_secured_front(
+        &pki,
+        &tansu_old,
+        true,
+        "SCRAM-SHA-512",
+        ("kshift-old", OLD_PASSWORD),
+    )
+    .await;
+    let front_new = start_secured_front(
+        &pki,
+        &tansu_new,
+        false,
+        "PLAIN",
+        ("kshift-new", NEW_PASSWORD),
+    )
+    .await;
+
+    let old_password_file = pki.dir.path().join("old-password");
+    std::fs::write(&old_password_file, format!("{OLD_PASSWORD}\n")).unwrap();
+    let new_password_env = format!("KSHIFT_TEST_NEW_PASSWORD_{}", std::process::id());
+    std::env::set_var(&new_password_env, NEW_PASSWORD);
+    let token_file = pki.dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    let users = credentials_file(pki.dir.path(), &[("app", CLIENT_PASSWORD)]);
+    let toml = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token_file = "{token}"
+connect_timeout_ms = 3000
+request_timeout_ms = 5000
+[proxy.tls]
+cert_file = "{cert}"
+key_file = "{key}"
+[proxy.sasl]
+credentials_file = "{users}"
+mechanisms = ["SCRAM-SHA-256"]
+
+[clusters.old]
+bootstrap = ["{old}"]
+[clusters.old.tls]
+ca_file = "{ca}"
+[clusters.old.sasl]
+mechanism = "SCRAM-SHA-512"
+username = "kshift-old"
+password_file = "{old_password}"
+
+[clusters.new]
+bootstrap = ["{new}"]
+[clusters.new.sasl]
+mechanism = "PLAIN"
+username = "kshift-new"
+password_env = "{new_env}"
+
+[[routes]]
+topics = "*"
+write = "old"
+mirror = ["new"]
+read = "old"
+
+[[groups]]
+groups = "*"
+cluster = "old"
+"#,
+        token = token_file.display(),
+        cert = pki.path("server.pem"),
+        key = pki.path("server.key"),
+        users = users.display(),
+        old = front_old.local_addr(),
+        ca = pki.path("ca.pem"),
+        old_password = old_password_file.display(),
+        new = front_new.local_addr(),
+        new_env = new_password_env,
+    );
+    let proxy = start_kshift(&toml).await;
+    let through = proxy.local_addr().to_string();
+    let ca = pki.path("ca.pem");
+    let client = sasl_client_settings("SCRAM-SHA-256", "app", CLIENT_PASSWORD, Some(&ca));
+
+    let topic = common::unique_topic("secure-mirror");
+    common::create_topic(&tansu_old.bootstrap(), &topic, 1).await;
+    common::create_topic(&tansu_new.bootstrap(), &topic, 1).await;
+    let values: Vec<String> = (0..20).map(|i| format!("secure-{i}")).collect();
+    produce_values(&through, &client, &topic, &values).await;
+
+    // On both clusters, read directly from the brokers behind the secured fronts.
+    for broker in [&tansu_old, &tansu_new] {
+        let consumer = common::assigned_consumer(&broker.bootstrap(), &topic, 1, &[]);
+        let records = common::consume_n(&consumer, values.len(), Duration::from_secs(30)).await;
+        let mut expected = values.clone();
+        expected.sort();
+        assert_eq!(
+            values_of(&records),
+            expected,
+            "records on {}",
+            broker.bootstrap()
+        );
+    }
+    // And back through kshift, over TLS + SCRAM.
+    let consumer = common::assigned_consumer(&through, &topic, 1, &client);
+    let records = common::consume_n(&consumer, values.len(), Duration::from_secs(30)).await;
+    assert_eq!(records.len(), values.len());
+
+    // The admin API: locked without the token, and no secret in what it shows with it.
+    let admin = proxy.admin_addr().expect("admin API");
+    let mut bodies = Vec::new();
+    for path in ["/status", "/routes", "/metrics", "/"] {
+        let (status, _) = admin_get(admin, path, None).await;
+        assert_eq!(status, 401, "GET {path} without the token");
+        let (status, body) = admin_get(admin, path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "GET {path} with the token: {body}");
+        bodies.push(body);
+    }
+    let debug = format!("{:?}", kshift::config::Config::parse(&toml).unwrap());
+    bodies.push(debug);
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    assert_no_secret(
+        &[OLD_PASSWORD, NEW_PASSWORD, CLIENT_PASSWORD, ADMIN_TOKEN],
+        &bodies,
+    );
+    drop(consumer);
+    proxy.shutdown().await;
+    front_old.shutdown().await;
+    front_new.shutdown().await;
+}
+
+/// GET `path` from the admin API, with a bearer token if given: (status, body).
+async fn admin_get(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(common::TIMEOUT, stream.read_to_string(&mut response))
+        .await
+        .expect("admin answer in time")
+        .unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
