@@ -23,14 +23,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Broker;
-use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
 use kafka_protocol::messages::{
-    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey, MetadataRequest,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, SaslHandshakeRequest,
+    SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kshift::security::sasl_client::{self, SaslClientError, SaslCredentials};
-use kshift::security::scram::ScramHash;
 use kshift::security::{credentials, Mechanism, Secret};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
@@ -203,9 +201,32 @@ async fn send<S: AsyncWrite + Unpin, M: Encodable>(
         body.len(),
     )
     .unwrap();
-    stream.write_all(&head).await.unwrap();
-    stream.write_all(&body).await.unwrap();
-    stream.flush().await.unwrap();
+    try_send_frame(stream, &head, &body).await.unwrap();
+}
+
+/// Writes one frame; the peer may already have closed (a refused connection).
+async fn try_send_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(head).await?;
+    stream.write_all(body).await?;
+    stream.flush().await
+}
+
+/// An ApiVersions v3 request frame.
+fn api_versions_frame() -> (Bytes, Bytes) {
+    let body = kshift::codec::encode_body(&ApiVersionsRequest::default(), 3).unwrap();
+    let head = kshift::codec::request_frame_head(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &StrBytes::from_static_str("security-test"),
+        body.len(),
+    )
+    .unwrap();
+    (head, body)
 }
 
 /// The next response frame's body, or `None` when the peer closed (or sent no Kafka frame).
@@ -383,6 +404,13 @@ async fn produce_values(
     common::send_all(&producer, records).await;
 }
 
+fn records_of<'a>(topic: &'a str, values: &'a [String]) -> Vec<FutureRecord<'a, str, str>> {
+    values
+        .iter()
+        .map(|v| FutureRecord::to(topic).key("k").payload(v.as_str()))
+        .collect()
+}
+
 fn values_of(records: &[common::Received]) -> Vec<String> {
     let mut values: Vec<String> = records
         .iter()
@@ -554,4 +582,270 @@ async fn admin_get(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, 
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
     (status, response)
+}
+
+/// A client that gets something wrong is refused the way a broker refuses it — wrong
+/// password or unknown user (SASL_AUTHENTICATION_FAILED with a message, then closed), a
+/// mechanism not enabled (UNSUPPORTED_SASL_MECHANISM), a request before authenticating or
+/// plain TCP to the TLS listener (closed) — while a correct client on the same kshift keeps
+/// producing and consuming. A user added to the credentials file works at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_and_protocol_are_refused_and_a_correct_client_keeps_working() {
+    captured_log();
+    let pki = Pki::new();
+    let broker = Broker::start().await;
+    const GOOD_PASSWORD: &str = "good-client-pw-31b5";
+    const WRONG_PASSWORD: &str = "wrong-client-pw-8c44";
+    const LATE_PASSWORD: &str = "late-user-pw-5e19";
+    let users = credentials_file(pki.dir.path(), &[("good", GOOD_PASSWORD)]);
+    let proxy = start_kshift(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         [proxy.sasl]\ncredentials_file = \"{}\"\n[clusters.old]\nbootstrap = [\"{}\"]\n\
+         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        users.display(),
+        broker.bootstrap()
+    ))
+    .await;
+    let address = proxy.local_addr();
+    let through = address.to_string();
+    let ca = pki.path("ca.pem");
+    let good = sasl_client_settings("SCRAM-SHA-512", "good", GOOD_PASSWORD, Some(&ca));
+    let topic = common::unique_topic("refusals");
+    common::create_topic(&broker.bootstrap(), &topic, 1).await;
+    let producer = common::producer(&through, &good);
+    let first: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
+    common::send_all(&producer, records_of(&topic, &first)).await;
+
+    // Wrong password, unknown user: SASL_AUTHENTICATION_FAILED (58) with Kafka's message,
+    // then the connection is closed.
+    for (mechanism, user, password) in [
+        (Mechanism::ScramSha256, "good", WRONG_PASSWORD),
+        (Mechanism::ScramSha512, "nobody", WRONG_PASSWORD),
+        (Mechanism::Plain, "good", WRONG_PASSWORD),
+    ] {
+        let mut stream = tls_connect(address, &ca, None).await.unwrap();
+        let login = SaslCredentials {
+            mechanism,
+            username: user.into(),
+            password: Secret::new(password),
+        };
+        match sasl_client::authenticate(&mut stream, &login).await {
+            Err(SaslClientError::Refused { code, message, .. }) => {
+                assert_eq!(code, 58, "{mechanism} {user}: {message}");
+                assert!(
+                    message.starts_with("Authentication failed")
+                        && message.contains(mechanism.name()),
+                    "{message}"
+                );
+            }
+            other => panic!("{mechanism} as {user} with a wrong password: {other:?}"),
+        }
+        assert!(
+            closed_without_answer(&mut stream).await,
+            "closed after the refusal"
+        );
+    }
+    // The right password over the same path passes (the refusals above were not luck).
+    let mut stream = tls_connect(address, &ca, None).await.unwrap();
+    let login = |mechanism, user: &str, password: &str| SaslCredentials {
+        mechanism,
+        username: user.into(),
+        password: Secret::new(password),
+    };
+    sasl_client::authenticate(&mut stream, &login(Mechanism::Plain, "good", GOOD_PASSWORD))
+        .await
+        .expect("PLAIN with the right password");
+
+    // A mechanism kshift does not enable: UNSUPPORTED_SASL_MECHANISM (33) listing the
+    // enabled ones, then closed.
+    let mut stream = tls_connect(address, &ca, None).await.unwrap();
+    send(
+        &mut stream,
+        ApiKey::SaslHandshake,
+        1,
+        1,
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("GSSAPI")),
+    )
+    .await;
+    let answer: SaslHandshakeResponse = receive(&mut stream, ApiKey::SaslHandshake, 1)
+        .await
+        .expect("a SaslHandshake answer");
+    assert_eq!(answer.error_code, 33);
+    assert!(answer
+        .mechanisms
+        .iter()
+        .any(|m| m.as_str() == "SCRAM-SHA-256"));
+    assert!(closed_without_answer(&mut stream).await);
+
+    // Before authenticating: ApiVersions is answered and lists the SASL apis; anything else
+    // closes the connection without an answer.
+    let mut stream = tls_connect(address, &ca, None).await.unwrap();
+    send(
+        &mut stream,
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &ApiVersionsRequest::default(),
+    )
+    .await;
+    let versions: ApiVersionsResponse = receive(&mut stream, ApiKey::ApiVersions, 3)
+        .await
+        .expect("ApiVersions before authentication");
+    for api in [ApiKey::SaslHandshake, ApiKey::SaslAuthenticate] {
+        assert!(
+            versions.api_keys.iter().any(|v| v.api_key == api as i16),
+            "{api:?} advertised"
+        );
+    }
+    send(
+        &mut stream,
+        ApiKey::Metadata,
+        9,
+        2,
+        &MetadataRequest::default(),
+    )
+    .await;
+    assert!(
+        closed_without_answer(&mut stream).await,
+        "Metadata before authentication must close the connection"
+    );
+
+    // Plain TCP to the TLS listener: no Kafka answer, the connection is closed.
+    let mut plain = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (head, body) = api_versions_frame();
+    let _ = try_send_frame(&mut plain, &head, &body).await;
+    assert!(closed_without_answer(&mut plain).await);
+    wait_for_log("TLS handshake failed").await;
+
+    // A real client with a wrong password gets no metadata.
+    let wrong = sasl_client_settings("SCRAM-SHA-256", "good", WRONG_PASSWORD, Some(&ca));
+    let refused = common::consumer(&through, &wrong);
+    let metadata = tokio::task::spawn_blocking(move || {
+        let result = refused.fetch_metadata(None, Duration::from_secs(3));
+        drop(refused);
+        result.map(|_| ())
+    })
+    .await
+    .unwrap();
+    assert!(metadata.is_err(), "a wrong password must not get metadata");
+
+    // A user added to the file while kshift runs: its next connection authenticates.
+    add_user(&users, "late", LATE_PASSWORD);
+    let mut stream = tls_connect(address, &ca, None).await.unwrap();
+    sasl_client::authenticate(
+        &mut stream,
+        &login(Mechanism::ScramSha256, "late", LATE_PASSWORD),
+    )
+    .await
+    .expect("a user added to the credentials file authenticates");
+
+    // The correct client was not disturbed: its producer goes on, a new consumer reads all.
+    let second: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
+    common::send_all(&producer, records_of(&topic, &second)).await;
+    let consumer = common::assigned_consumer(&through, &topic, 1, &good);
+    let records = common::consume_n(&consumer, 10, Duration::from_secs(30)).await;
+    let mut expected: Vec<String> = first.iter().chain(&second).cloned().collect();
+    expected.sort();
+    assert_eq!(values_of(&records), expected);
+
+    let log = wait_for_log("SASL SCRAM-SHA-256 authentication failed").await;
+    assert!(log.contains("before SASL authentication"), "{log}");
+    assert_no_secret(&[GOOD_PASSWORD, WRONG_PASSWORD, LATE_PASSWORD], &[]);
+    drop(consumer);
+    drop(producer);
+    proxy.shutdown().await;
+}
+
+/// mTLS: with `client_ca_file`, a client certificate signed by that CA is required. No
+/// certificate, an expired one or one from another CA is refused at the handshake (and
+/// logged with the reason); a client with a valid certificate works before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_and_checked() {
+    captured_log();
+    let pki = Pki::new();
+    let broker = Broker::start().await;
+    let proxy = start_kshift(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n\
+         [clusters.old]\nbootstrap = [\"{}\"]\n\
+         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+        broker.bootstrap()
+    ))
+    .await;
+    let address = proxy.local_addr();
+    let through = address.to_string();
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let with_certificate = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key.as_str()),
+    ];
+    let topic = common::unique_topic("mtls");
+    common::create_topic(&broker.bootstrap(), &topic, 1).await;
+    produce_values(&through, &with_certificate, &topic, &["one".to_string()]).await;
+
+    for (what, client) in [
+        ("no client certificate", None),
+        (
+            "an expired client certificate",
+            Some(("expired-client.pem", "expired-client.key")),
+        ),
+        (
+            "a client certificate from another CA",
+            Some(("untrusted-client.pem", "untrusted-client.key")),
+        ),
+    ] {
+        let paths = client.map(|(c, k)| (pki.path(c), pki.path(k)));
+        let refused = match tls_connect(
+            address,
+            &ca,
+            paths.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+        .await
+        {
+            Err(_) => true,
+            // TLS 1.3: the client finishes first; the server's refusal arrives as an alert.
+            Ok(mut stream) => {
+                let (head, body) = api_versions_frame();
+                let _ = try_send_frame(&mut stream, &head, &body).await;
+                closed_without_answer(&mut stream).await
+            }
+        };
+        assert!(refused, "{what} must be refused");
+    }
+    let log = wait_for_log("TLS handshake failed").await;
+    for reason in [
+        "peer sent no certificates",
+        "certificate expired",
+        "UnknownIssuer",
+    ] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("TLS handshake failed") && line.contains(reason)),
+            "no handshake failure logged with {reason}: {}",
+            log.lines()
+                .filter(|l| l.contains("TLS handshake failed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    produce_values(&through, &with_certificate, &topic, &["two".to_string()]).await;
+    let consumer = common::assigned_consumer(&through, &topic, 1, &with_certificate);
+    assert_eq!(
+        common::consume_n(&consumer, 2, Duration::from_secs(30))
+            .await
+            .len(),
+        2
+    );
+    drop(consumer);
+    proxy.shutdown().await;
 }
