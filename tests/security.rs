@@ -110,8 +110,9 @@ async fn wait_for_log(needle: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Certificates.
 
-/// A test PKI in a temporary directory: a CA, kshift's server certificate (127.0.0.1 and
-/// localhost), client certificates (valid, expired, from an untrusted CA).
+/// A test PKI in a temporary directory: a CA and another CA, server certificates for
+/// 127.0.0.1 and localhost (valid, expired), client certificates (valid, expired, from the
+/// other CA).
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -154,12 +155,7 @@ impl Pki {
         leaf("client", &["client"], &ca, false);
         leaf("expired-client", &["client"], &ca, true);
         leaf("untrusted-client", &["client"], &other_ca, false);
-        leaf(
-            "untrusted-server",
-            &["127.0.0.1", "localhost"],
-            &other_ca,
-            false,
-        );
+        leaf("expired-server", &["127.0.0.1", "localhost"], &ca, true);
         Pki { dir }
     }
 
@@ -848,4 +844,135 @@ async fn client_certificates_are_required_and_checked() {
     );
     drop(consumer);
     proxy.shutdown().await;
+}
+
+/// kshift's backend side refused: a wrong password for one cluster, a CA that did not sign
+/// another cluster's certificate, an expired certificate on a third. Each is logged with
+/// the cluster and the reason (and never the password); a producer to such a cluster gets
+/// an error within its timeout instead of hanging; a cluster configured right, on the same
+/// kshift, keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_refusals_are_reported_and_leave_other_clusters_working() {
+    captured_log();
+    let pki = Pki::new();
+    let broker = Broker::start().await;
+    const BACKEND_PASSWORD: &str = "backend-pw-6b0d";
+    const WRONG_BACKEND_PASSWORD: &str = "wrong-backend-pw-e713";
+    let front = start_secured_front(
+        &pki,
+        &broker,
+        true,
+        "SCRAM-SHA-512",
+        ("kshift", BACKEND_PASSWORD),
+    )
+    .await;
+    // A front whose certificate has expired.
+    let users = credentials_file(pki.dir.path(), &[("kshift", BACKEND_PASSWORD)]);
+    let expired_front = start_kshift(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         [proxy.sasl]\ncredentials_file = \"{}\"\n[clusters.old]\nbootstrap = [\"{}\"]\n\
+         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n",
+        pki.path("expired-server.pem"),
+        pki.path("expired-server.key"),
+        users.display(),
+        broker.bootstrap()
+    ))
+    .await;
+    let cluster = |name: &str, address: SocketAddr, ca: &str, password: &str| {
+        format!(
+            "[clusters.{name}]\nbootstrap = [\"{address}\"]\n[clusters.{name}.tls]\nca_file = \"{}\"\n\
+             [clusters.{name}.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"kshift\"\npassword = \"{password}\"\n",
+            pki.path(ca)
+        )
+    };
+    let route = |name: &str| {
+        format!("[[routes]]\ntopics = \"{name}-*\"\nwrite = \"{name}\"\nread = \"{name}\"\n")
+    };
+    let mut toml = String::from(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nconnect_timeout_ms = 2000\nrequest_timeout_ms = 3000\n",
+    );
+    toml += &cluster("good", front.local_addr(), "ca.pem", BACKEND_PASSWORD);
+    toml += &cluster(
+        "badpw",
+        front.local_addr(),
+        "ca.pem",
+        WRONG_BACKEND_PASSWORD,
+    );
+    toml += &cluster(
+        "untrusted",
+        front.local_addr(),
+        "other-ca.pem",
+        BACKEND_PASSWORD,
+    );
+    toml += &cluster(
+        "expired",
+        expired_front.local_addr(),
+        "ca.pem",
+        BACKEND_PASSWORD,
+    );
+    for name in ["good", "badpw", "untrusted", "expired"] {
+        toml += &route(name);
+    }
+    toml += "[[groups]]\ngroups = \"*\"\ncluster = \"good\"\n";
+    let proxy = start_kshift(&toml).await;
+    let through = proxy.local_addr().to_string();
+
+    let good_topic = common::unique_topic("good");
+    let bad_topic = common::unique_topic("badpw");
+    common::create_topic(&broker.bootstrap(), &good_topic, 1).await;
+    common::create_topic(&broker.bootstrap(), &bad_topic, 1).await;
+    produce_values(&through, &[], &good_topic, &["first".to_string()]).await;
+
+    // A producer to the cluster kshift cannot log in to fails within its own timeout.
+    let producer = common::producer(&through, &[("message.timeout.ms", "3000")]);
+    let delivery = producer
+        .send_result(FutureRecord::to(&bad_topic).key("k").payload("never"))
+        .expect("queued");
+    let outcome = tokio::time::timeout(common::TIMEOUT, delivery)
+        .await
+        .expect("a delivery report within the producer's timeout")
+        .expect("report");
+    assert!(
+        outcome.is_err(),
+        "producing to a cluster kshift cannot log in to must fail"
+    );
+
+    let log = wait_for_log("certificate expired").await;
+    let warning = |needle: &str| {
+        log.lines()
+            .find(|line| {
+                line.contains("backend refused kshift's connection") && line.contains(needle)
+            })
+            .map(str::to_string)
+    };
+    let wrong_password = warning("cluster=badpw").expect("the wrong password is reported");
+    assert!(
+        wrong_password.contains("SASL authentication to")
+            && wrong_password.contains("Authentication failed"),
+        "{wrong_password}"
+    );
+    let untrusted = warning("cluster=untrusted").expect("the untrusted CA is reported");
+    assert!(untrusted.contains("UnknownIssuer"), "{untrusted}");
+    let expired = warning("cluster=expired").expect("the expired certificate is reported");
+    assert!(expired.contains("certificate expired"), "{expired}");
+    assert!(
+        warning("cluster=good").is_none(),
+        "the good cluster was refused"
+    );
+
+    // The good cluster was not affected.
+    produce_values(&through, &[], &good_topic, &["second".to_string()]).await;
+    let consumer = common::assigned_consumer(&broker.bootstrap(), &good_topic, 1, &[]);
+    assert_eq!(
+        common::consume_n(&consumer, 2, Duration::from_secs(30))
+            .await
+            .len(),
+        2
+    );
+    assert_no_secret(&[BACKEND_PASSWORD, WRONG_BACKEND_PASSWORD], &[]);
+    drop(consumer);
+    drop(producer);
+    proxy.shutdown().await;
+    front.shutdown().await;
+    expired_front.shutdown().await;
 }
