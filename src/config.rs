@@ -616,6 +616,149 @@ mod tests {
         assert!(Config::parse(&smallest).is_ok());
     }
 
+    const SECURED: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:9092"
+        [proxy.tls]
+        cert_file = "/etc/kshift/kshift.pem"
+        key_file = "/etc/kshift/kshift.key"
+        [proxy.sasl]
+        credentials_file = "/etc/kshift/users.toml"
+        [clusters.old]
+        bootstrap = ["127.0.0.1:9093"]
+        [clusters.old.tls]
+        [clusters.old.sasl]
+        mechanism = "SCRAM-SHA-256"
+        username = "kshift"
+        password = "inline-secret-value"
+        [[routes]]
+        topics = "*"
+        write = "old"
+    "#;
+
+    #[test]
+    fn security_sections_parse_with_defaults() {
+        let config = Config::parse(SECURED).unwrap();
+        let tls = config.proxy.tls.as_ref().unwrap();
+        assert_eq!(tls.handshake_timeout_ms, 10_000);
+        assert!(tls.client_ca_file.is_none());
+        assert_eq!(config.proxy.sasl.as_ref().unwrap().mechanisms.len(), 3);
+        let sasl = config.clusters["old"].sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, Mechanism::ScramSha256);
+        assert_eq!(
+            sasl.resolve_password("old").unwrap().expose(),
+            "inline-secret-value"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_or_serialized_config() {
+        let config = Config::parse(SECURED).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("inline-secret-value"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let json = serde_json::to_string(&config.clusters).unwrap();
+        assert!(!json.contains("inline-secret-value"), "{json}");
+        // A changed password still counts as a changed config (restart needed).
+        let changed = Config::parse(&SECURED.replace("inline-secret-value", "another")).unwrap();
+        assert!(config.proxy_and_clusters_differ(&changed));
+        assert!(!config.proxy_and_clusters_differ(&Config::parse(SECURED).unwrap()));
+    }
+
+    #[test]
+    fn security_errors_name_the_field() {
+        let cases = [
+            (
+                SECURED.replace("password = \"inline-secret-value\"", ""),
+                "clusters.old.sasl.password",
+            ),
+            (
+                SECURED.replace(
+                    "password = \"inline-secret-value\"",
+                    "password = \"x\"\npassword_env = \"Y\"",
+                ),
+                "clusters.old.sasl.password",
+            ),
+            (
+                SECURED.replace("username = \"kshift\"", "username = \"\""),
+                "clusters.old.sasl.username",
+            ),
+            (SECURED.replace("SCRAM-SHA-256", "GSSAPI"), "mechanism"),
+            (
+                SECURED.replace(
+                    "[clusters.old.tls]",
+                    "[clusters.old.tls]\ncert_file = \"/x.pem\"",
+                ),
+                "clusters.old.tls.key_file",
+            ),
+            (
+                SECURED.replace(
+                    "credentials_file = \"/etc/kshift/users.toml\"",
+                    "credentials_file = \"/etc/kshift/users.toml\"\nmechanisms = []",
+                ),
+                "proxy.sasl.mechanisms",
+            ),
+            (
+                SECURED.replace(
+                    "key_file = \"/etc/kshift/kshift.key\"",
+                    "key_file = \"/etc/kshift/kshift.key\"\nhandshake_timeout_ms = 0",
+                ),
+                "proxy.tls.handshake_timeout_ms",
+            ),
+        ];
+        for (text, field) in cases {
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+            assert!(!error.contains("inline-secret-value"), "{error}");
+        }
+    }
+
+    #[test]
+    fn passwords_come_from_env_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let sasl = |source: String| {
+            BackendSaslConfig {
+                mechanism: Mechanism::Plain,
+                username: "u".into(),
+                password: None,
+                password_env: None,
+                password_file: None,
+            }
+            .with_source(source)
+        };
+        let from_file = sasl(format!("file:{}", file.display()));
+        assert_eq!(
+            from_file.resolve_password("old").unwrap().expose(),
+            "from-file"
+        );
+        let variable = format!("KSHIFT_CONFIG_TEST_{}", std::process::id());
+        std::env::set_var(&variable, "from-env");
+        let from_env = sasl(format!("env:{variable}"));
+        assert_eq!(
+            from_env.resolve_password("old").unwrap().expose(),
+            "from-env"
+        );
+        let missing = sasl("env:KSHIFT_CONFIG_TEST_NOT_SET".into());
+        let error = missing.resolve_password("old").unwrap_err().to_string();
+        assert!(error.contains("clusters.old.sasl.password_env"), "{error}");
+        let missing = sasl("file:/nonexistent/kshift".into());
+        let error = missing.resolve_password("old").unwrap_err().to_string();
+        assert!(error.contains("clusters.old.sasl.password_file"), "{error}");
+    }
+
+    impl BackendSaslConfig {
+        fn with_source(mut self, source: String) -> Self {
+            match source.split_once(':') {
+                Some(("file", path)) => self.password_file = Some(path.to_string()),
+                Some(("env", name)) => self.password_env = Some(name.to_string()),
+                _ => unreachable!(),
+            }
+            self
+        }
+    }
+
     #[test]
     fn host_port_parsing() {
         assert_eq!(
