@@ -1,18 +1,21 @@
 //! TLS and SASL on both sides of kshift, against real brokers and real clients.
 //!
 //! What Tansu 0.6.0 (the test broker) can and cannot do, found by running it and reading its
-//! source (tansu-broker/src/broker.rs, tansu-auth/src/lib.rs at v0.6.0):
-//! - `--authentication` makes it require SASL, and it checks SCRAM-SHA-256/512 against its
-//!   user store; PLAIN is accepted with *any* password (its PLAIN check only looks for a user
-//!   name and a password being present).
-//! - `--cert`/`--key` are accepted but never used: its listener is plain TCP whatever they
-//!   say (the acceptor is built and dropped).
-//! - `tansu user create` talks to the broker without authenticating, so it fails against a
-//!   broker with `--authentication` ("NotAuthenticated"), and `memory://` storage is per
-//!   process. The harness therefore authenticates with PLAIN (any password) and creates the
-//!   SCRAM user with AlterUserScramCredentials, as Kafka's own tools do.
-//! So the TLS a backend requires is a kshift in front of Tansu with TLS and SCRAM on its
-//! listener: a real TLS + SASL peer for the kshift under test.
+//! source (tansu-broker/src/broker.rs, tansu-auth, tansu-service/src/frame.rs at v0.6.0):
+//! - `--authentication` makes it require SASL before anything but ApiVersions and the SASL
+//!   apis, and it runs SCRAM-SHA-256/512 against its user store (answering an unknown user
+//!   with `e=unknown-user`). PLAIN is not built in (rsasl without its `plain` feature): a
+//!   SaslHandshake for PLAIN closes the connection.
+//! - No user can be created on a broker that requires authentication: `tansu user create`
+//!   does not authenticate and gets NotAuthenticated, there is no mechanism to log in with
+//!   first, and this build's only storage engine, `dynostore`, keeps `memory://` per
+//!   process (a shared store would need an S3 service). So kshift's successful SCRAM login cannot be shown against Tansu; its refusal
+//!   can (`tansu_refuses_kshift_scram_login_cleanly`).
+//! - `--cert`/`--key` are accepted but unused: its listener is plain TCP whatever they say.
+//!
+//! So a cluster that requires TLS and SASL is played by a kshift terminating them in front of
+//! a Tansu: a real TLS + SASL peer for the kshift under test, whose server side is itself
+//! checked against librdkafka's SCRAM and TLS clients here.
 
 mod common;
 
@@ -975,4 +978,100 @@ async fn backend_refusals_are_reported_and_leave_other_clusters_working() {
     proxy.shutdown().await;
     front.shutdown().await;
     expired_front.shutdown().await;
+}
+
+/// `kshift user add` writes hashed entries (no password in the file) that a running kshift
+/// accepts for every mechanism; `kshift user remove` takes a user away for the next login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kshift_user_add_writes_entries_that_authenticate() {
+    captured_log();
+    const PASSWORD: &str = "cli-made-pw-0c3a";
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kshift");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let file = users.display().to_string();
+    let (ok, stderr) = run(
+        &[
+            "user",
+            "add",
+            "--credentials-file",
+            &file,
+            "--iterations",
+            "4096",
+            "carol",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = run(&["user", "add", "--credentials-file", &file, "dave"], "");
+    assert!(
+        !ok && stderr.contains("no password"),
+        "an empty password is refused: {stderr}"
+    );
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(
+        !text.contains(PASSWORD) && text.contains("stored_key"),
+        "{text}"
+    );
+
+    // No backend is contacted for authentication.
+    let proxy = start_kshift(&format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.sasl]\ncredentials_file = \"{file}\"\n\
+         [clusters.old]\nbootstrap = [\"127.0.0.1:1\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n"
+    ))
+    .await;
+    for mechanism in Mechanism::ALL {
+        let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .unwrap();
+        let login = SaslCredentials {
+            mechanism,
+            username: "carol".into(),
+            password: Secret::new(PASSWORD),
+        };
+        sasl_client::authenticate(&mut stream, &login)
+            .await
+            .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+    }
+    let (ok, stderr) = run(
+        &["user", "remove", "--credentials-file", &file, "carol"],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let mut stream = tokio::net::TcpStream::connect(proxy.local_addr())
+        .await
+        .unwrap();
+    let login = SaslCredentials {
+        mechanism: Mechanism::ScramSha256,
+        username: "carol".into(),
+        password: Secret::new(PASSWORD),
+    };
+    assert!(
+        sasl_client::authenticate(&mut stream, &login)
+            .await
+            .is_err(),
+        "a removed user is refused"
+    );
+    assert_no_secret(&[PASSWORD], &[]);
+    proxy.shutdown().await;
 }

@@ -55,7 +55,7 @@ enum State {
     },
     Scram {
         mechanism: Mechanism,
-        server: ScramServer,
+        server: Box<ScramServer>,
     },
     Authenticated,
 }
@@ -191,7 +191,10 @@ impl SaslSession {
                 let mut server = ScramServer::new(hash);
                 match server.client_first(&token, |user| credentials.scram(user, hash)) {
                     Ok(server_first) => {
-                        self.state = State::Scram { mechanism, server };
+                        self.state = State::Scram {
+                            mechanism,
+                            server: Box::new(server),
+                        };
                         Outcome::Continue(authenticate_answer(
                             request,
                             0,

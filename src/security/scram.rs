@@ -203,16 +203,20 @@ pub struct ScramServer {
 #[derive(Debug)]
 enum ServerState {
     AwaitingClientFirst,
-    AwaitingClientFinal {
-        user: String,
-        known: bool,
-        credential: StoredCredential,
-        gs2_header: String,
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
-    },
+    AwaitingClientFinal(Box<ClientFinalExpected>),
     Finished,
+}
+
+/// What the server remembers between its first message and the client's final one.
+#[derive(Debug)]
+struct ClientFinalExpected {
+    user: String,
+    known: bool,
+    credential: StoredCredential,
+    gs2_header: String,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
 }
 
 impl ScramServer {
@@ -297,7 +301,7 @@ impl ScramServer {
             BASE64.encode(&credential.salt),
             credential.iterations
         );
-        self.state = ServerState::AwaitingClientFinal {
+        self.state = ServerState::AwaitingClientFinal(Box::new(ClientFinalExpected {
             user,
             known,
             credential,
@@ -305,14 +309,19 @@ impl ScramServer {
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
             nonce,
-        };
+        }));
         Ok(server_first.into_bytes())
     }
 
     /// Checks the client-final message; on success returns the user name and the
     /// server-final message.
     pub fn client_final(&mut self, message: &[u8]) -> Result<(String, Vec<u8>), ScramError> {
-        let ServerState::AwaitingClientFinal {
+        let ServerState::AwaitingClientFinal(expected) =
+            std::mem::replace(&mut self.state, ServerState::Finished)
+        else {
+            return Err(ScramError::Malformed("unexpected client-final message"));
+        };
+        let ClientFinalExpected {
             user,
             known,
             credential,
@@ -320,10 +329,7 @@ impl ScramServer {
             client_first_bare,
             server_first,
             nonce,
-        } = std::mem::replace(&mut self.state, ServerState::Finished)
-        else {
-            return Err(ScramError::Malformed("unexpected client-final message"));
-        };
+        } = *expected;
         let message =
             std::str::from_utf8(message).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = message
