@@ -287,8 +287,8 @@ fn write_file(path: &Path, file: &CredentialsFile) -> Result<(), String> {
 #[derive(Debug)]
 pub struct CredentialStore {
     path: PathBuf,
-    /// The last good version and the (modification time, size) it was read at; one lock,
-    /// held only to compare and swap, never across a read of the file.
+    /// The last good version and the (modification time, size) of the file it was read
+    /// at; one lock, held only to compare and swap, never across a read of the file.
     current: Mutex<Loaded>,
 }
 
@@ -326,17 +326,21 @@ impl CredentialStore {
                 return loaded.credentials.clone();
             }
         }
+        // Read without the lock: a slow disk never holds up other connections' lookups.
+        let reread = read(&self.path);
         let mut loaded = lock(&self.current);
-        match read(&self.path) {
-            Ok(credentials) => {
-                tracing::info!(path = %self.path.display(), users = credentials.len(), "credentials file reloaded");
-                loaded.credentials = Arc::new(credentials);
-            }
-            Err(error) => {
-                tracing::warn!(path = %self.path.display(), %error, "credentials file not reloaded; the previous one stays in force");
+        if loaded.stamp != now {
+            loaded.stamp = now;
+            match reread {
+                Ok(credentials) => {
+                    tracing::info!(path = %self.path.display(), users = credentials.len(), "credentials file reloaded");
+                    loaded.credentials = Arc::new(credentials);
+                }
+                Err(error) => {
+                    tracing::warn!(path = %self.path.display(), %error, "credentials file not reloaded; the previous one stays in force");
+                }
             }
         }
-        loaded.stamp = now;
         loaded.credentials.clone()
     }
 }
