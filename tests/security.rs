@@ -537,6 +537,28 @@ cluster = "old"
     let records = common::consume_n(&consumer, values.len(), Duration::from_secs(30)).await;
     assert_eq!(records.len(), values.len());
 
+    // `kshift verify` reaches both clusters with their own TLS and SASL (through librdkafka)
+    // and finds them equal.
+    let config_file = pki.dir.path().join("kshift.toml");
+    std::fs::write(&config_file, &toml).unwrap();
+    let verify = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .arg("verify")
+            .arg("--config")
+            .arg(&config_file)
+            .output()
+            .expect("run kshift verify")
+    })
+    .await
+    .unwrap();
+    let verify_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success(), "kshift verify: {verify_out}");
+    assert!(verify_out.contains(&topic), "{verify_out}");
+
     // The admin API: locked without the token, and no secret in what it shows with it.
     let admin = proxy.admin_addr().expect("admin API");
     let mut bodies = Vec::new();
@@ -549,6 +571,7 @@ cluster = "old"
     }
     let debug = format!("{:?}", kshift::config::Config::parse(&toml).unwrap());
     bodies.push(debug);
+    bodies.push(verify_out);
     let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
     assert_no_secret(
         &[OLD_PASSWORD, NEW_PASSWORD, CLIENT_PASSWORD, ADMIN_TOKEN],
