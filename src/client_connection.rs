@@ -14,20 +14,24 @@
 //!   still written first).
 //! - A frame kshift cannot parse closes the connection after the replies already owed
 //!   have been written — the broker's behaviour. Nothing else is affected.
+//! - With `[proxy.sasl]`, nothing but ApiVersions, SaslHandshake and SaslAuthenticate is
+//!   served before the client has authenticated ([`SaslSession`]); the SASL steps run here,
+//!   in the reader, in request order. Any other request, or a failed authentication (after
+//!   its SASL_AUTHENTICATION_FAILED answer), closes the connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
 use crate::dispatch::{self, PendingReply, Reply};
+use crate::security::sasl_server::{Outcome, SaslSession};
 use crate::ProxyState;
 
 pub struct ClientConnection {
@@ -46,10 +50,15 @@ impl ClientConnection {
         }
     }
 
-    pub async fn run(self, socket: TcpStream, mut shutdown: watch::Receiver<bool>) {
+    /// Serves the connection whose (plain or TLS) halves are `read_half`, `write_half`.
+    pub async fn run<R, W>(self, read_half: R, write_half: W, mut shutdown: watch::Receiver<bool>)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         tracing::debug!("client connected");
         self.state.metrics.client_connections.inc();
-        let (read_half, write_half) = socket.into_split();
+        let mut sasl = self.state.sasl.clone().map(SaslSession::new);
         // One permit per request in flight, taken before the request is read and given back
         // when it is answered: with all taken, the socket is not read (backpressure).
         let window = Arc::new(Semaphore::new(self.state.config.max_in_flight_requests));
@@ -87,6 +96,45 @@ impl ClientConnection {
                 }
             };
             let reply: PendingReply = match Request::parse(frame) {
+                Ok(request)
+                    if sasl.as_ref().is_some_and(|session| {
+                        !session.is_authenticated()
+                            || matches!(
+                                request.api_key,
+                                ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+                            )
+                    }) && request.api_key != ApiKey::ApiVersions =>
+                {
+                    let Some(session) = sasl.as_mut() else { break };
+                    let (reply, close) = match session.handle(&request) {
+                        Outcome::Continue(reply) => (reply, false),
+                        Outcome::Authenticated { reply, user } => {
+                            tracing::debug!(peer = %self.peer, %user, "client authenticated");
+                            (reply, false)
+                        }
+                        Outcome::Refused { reply, reason } => {
+                            self.state.metrics.client_authentication_failure("sasl");
+                            tracing::info!(peer = %self.peer, %reason, "closing client connection: authentication failed");
+                            (reply, true)
+                        }
+                        Outcome::NotSasl => {
+                            let reason =
+                                format!("{:?} before SASL authentication", request.api_key);
+                            tracing::info!(peer = %self.peer, %reason, "closing client connection");
+                            (Reply::Close(reason), true)
+                        }
+                    };
+                    drop(permit);
+                    if replies.send(Box::pin(async move { reply })).is_err() || close {
+                        if close {
+                            let _ = replies.send(Box::pin(async move {
+                                Reply::Close("authentication failed".into())
+                            }));
+                        }
+                        break;
+                    }
+                    continue;
+                }
                 Ok(request) => {
                     let started = std::time::Instant::now();
                     let api_key = request.api_key;
@@ -118,8 +166,8 @@ impl ClientConnection {
 
 /// Awaits the pending replies concurrently and writes them in the order their requests
 /// arrived (the reader's permits bound how many there are).
-async fn write_replies(
-    write_half: OwnedWriteHalf,
+async fn write_replies<W: AsyncWrite + Unpin>(
+    write_half: W,
     mut replies: mpsc::UnboundedReceiver<PendingReply>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);

@@ -34,6 +34,7 @@ pub use broker_connection::{BrokerConnection, Observer, ResponseFuture};
 use crate::codec::{self, decode_body};
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
+use crate::security::BackendSecurity;
 use crate::ClusterId;
 
 /// A failure talking to a backend cluster. Cloneable: one broken connection fails every
@@ -42,6 +43,10 @@ use crate::ClusterId;
 pub enum BackendError {
     #[error("cannot connect to {address}: {reason}")]
     Connect { address: Arc<str>, reason: Arc<str> },
+    #[error("TLS handshake with {address} failed: {reason}")]
+    Tls { address: Arc<str>, reason: Arc<str> },
+    #[error("SASL authentication to {address} failed: {reason}")]
+    Authentication { address: Arc<str>, reason: Arc<str> },
     #[error("{address} did not answer within {after_ms} ms")]
     Timeout { address: Arc<str>, after_ms: u64 },
     #[error("connection to {address} closed: {reason}")]
@@ -128,6 +133,8 @@ pub struct Cluster {
     pub name: Arc<str>,
     bootstrap: Vec<String>,
     pub settings: ConnectionSettings,
+    /// TLS and SASL toward this cluster: every connection kshift opens to it uses them.
+    security: Arc<BackendSecurity>,
     pub metrics: Arc<Metrics>,
     state: RwLock<ClusterState>,
     /// Coordinator node per (key type, key): groups are 0, transactional ids 1.
@@ -160,6 +167,7 @@ impl Cluster {
         name: &str,
         bootstrap: Vec<String>,
         settings: ConnectionSettings,
+        security: Arc<BackendSecurity>,
         metrics: Arc<Metrics>,
     ) -> Cluster {
         Cluster {
@@ -167,6 +175,7 @@ impl Cluster {
             name: name.into(),
             bootstrap,
             settings,
+            security,
             metrics,
             state: RwLock::default(),
             coordinators: Mutex::default(),
@@ -210,7 +219,20 @@ impl Cluster {
             metrics: self.metrics.clone(),
             cluster: self.name.clone(),
         };
-        BrokerConnection::connect(address, self.settings.connect_timeout, Some(observer)).await
+        let connected = BrokerConnection::connect(
+            address,
+            self.settings.connect_timeout,
+            Some(observer),
+            &self.security,
+        )
+        .await;
+        if let Err(error @ (BackendError::Tls { .. } | BackendError::Authentication { .. })) =
+            &connected
+        {
+            // A configuration problem an operator must fix (credentials, CA, name).
+            tracing::warn!(cluster = %self.name, %error, "backend refused kshift's connection");
+        }
+        connected
     }
 
     /// Connects to any known broker, then to the bootstrap list.

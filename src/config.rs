@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{GroupSpec, RouteSpec, RoutingError, RoutingSpec};
+use crate::security::{Mechanism, Secret};
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,51 @@ pub struct ProxyConfig {
     /// flush before kshift exits anyway.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// `[proxy.tls]`: clients connect over TLS (and, with `client_ca_file`, must present a
+    /// certificate). Plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// `[proxy.sasl]`: clients must authenticate (SASL PLAIN / SCRAM) before any request
+    /// but ApiVersions. No authentication when absent.
+    #[serde(default)]
+    pub sasl: Option<ListenerSaslConfig>,
+}
+
+/// `[proxy.tls]`: TLS on the client listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM file with kshift's certificate chain (leaf first).
+    pub cert_file: String,
+    /// PEM file with the private key of `cert_file`.
+    pub key_file: String,
+    /// PEM file of the CAs whose client certificates are accepted; when set, every client
+    /// must present a valid certificate signed by one of them (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    /// Time a client has to complete the TLS handshake after connecting.
+    #[serde(default = "default_tls_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_tls_handshake_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[proxy.sasl]`: SASL authentication of clients, terminated by kshift.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSaslConfig {
+    /// TOML file of users and their hashed secrets (`kshift user add` writes it). Re-read
+    /// when it changes: every new authentication sees the file as it is.
+    pub credentials_file: String,
+    /// Mechanisms offered to clients.
+    #[serde(default = "default_listener_mechanisms")]
+    pub mechanisms: Vec<Mechanism>,
+}
+
+fn default_listener_mechanisms() -> Vec<Mechanism> {
+    Mechanism::ALL.to_vec()
 }
 
 fn default_idle_timeout_ms() -> u64 {
@@ -180,6 +226,116 @@ pub struct ClusterConfig {
     /// a retriable error.
     #[serde(default = "default_mirror_queue_bytes")]
     pub mirror_queue_bytes: usize,
+    /// `[clusters.NAME.tls]`: connect to this cluster's brokers over TLS. Plain TCP when
+    /// absent; an empty table means TLS checked against the system's CA certificates.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
+    /// `[clusters.NAME.sasl]`: the credentials kshift authenticates to this cluster with.
+    #[serde(default)]
+    pub sasl: Option<BackendSaslConfig>,
+}
+
+impl ClusterConfig {
+    /// The librdkafka properties (besides `bootstrap.servers`) that give the CLI tools
+    /// (`verify`, `repair`) the same TLS and SASL as kshift's own connections to cluster
+    /// `name`. librdkafka cannot check another name than the broker's host, so with
+    /// `server_name` set it checks the certificate chain but not the name.
+    pub fn client_properties(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        let mut properties = Vec::new();
+        let protocol = match (&self.tls, &self.sasl) {
+            (None, None) => "plaintext",
+            (Some(_), None) => "ssl",
+            (None, Some(_)) => "sasl_plaintext",
+            (Some(_), Some(_)) => "sasl_ssl",
+        };
+        properties.push(("security.protocol", protocol.to_string()));
+        if let Some(tls) = &self.tls {
+            if let Some(ca) = &tls.ca_file {
+                properties.push(("ssl.ca.location", ca.clone()));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                properties.push(("ssl.certificate.location", cert.clone()));
+                properties.push(("ssl.key.location", key.clone()));
+            }
+            if tls.server_name.is_some() {
+                properties.push(("ssl.endpoint.identification.algorithm", "none".into()));
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            properties.push(("sasl.mechanism", sasl.mechanism.name().to_string()));
+            properties.push(("sasl.username", sasl.username.clone()));
+            properties.push((
+                "sasl.password",
+                sasl.resolve_password(name)?.expose().to_string(),
+            ));
+        }
+        Ok(properties)
+    }
+}
+
+/// `[clusters.NAME.tls]`: TLS toward one backend cluster.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM file of the CAs the brokers' certificates must chain to; the system's CA
+    /// certificates when absent.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// PEM file with kshift's client certificate, for clusters that require mTLS.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM file with the private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// The name every broker certificate is checked against, instead of the host the
+    /// broker is reached at (e.g. when brokers are reached by IP address).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// `[clusters.NAME.sasl]`: how kshift authenticates to one backend cluster. The password
+/// comes from exactly one of `password`, `password_env` and `password_file`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: Mechanism,
+    pub username: String,
+    /// The password itself (prefer `password_env` or `password_file`: then no secret sits
+    /// in the config file).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password, read at start.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored), read at start.
+    #[serde(default)]
+    pub password_file: Option<String>,
+}
+
+impl BackendSaslConfig {
+    /// The password, from wherever it is configured; errors name the field of `cluster`.
+    pub fn resolve_password(&self, cluster: &str) -> Result<Secret, ConfigError> {
+        let field = |name: &str, reason: String| {
+            ConfigError::field(format!("clusters.{cluster}.sasl.{name}"), reason)
+        };
+        match (&self.password, &self.password_env, &self.password_file) {
+            (Some(password), None, None) => Ok(password.clone()),
+            (None, Some(variable), None) => std::env::var(variable)
+                .map(Secret::new)
+                .map_err(|e| field("password_env", format!("${variable}: {e}"))),
+            (None, None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| Secret::new(text.trim_end_matches(['\r', '\n'])))
+                .map_err(|e| field("password_file", format!("cannot read {path}: {e}"))),
+            _ => Err(field(
+                "password",
+                "set exactly one of password, password_env and password_file".into(),
+            )),
+        }
+    }
 }
 
 fn default_mirror_queue_bytes() -> usize {
@@ -283,7 +439,56 @@ impl Config {
                 "at least one [clusters.NAME] section is required",
             ));
         }
+        if let Some(tls) = &proxy.tls {
+            if tls.handshake_timeout_ms == 0 {
+                return Err(ConfigError::field(
+                    "proxy.tls.handshake_timeout_ms",
+                    "must be at least 1",
+                ));
+            }
+        }
+        if let Some(sasl) = &proxy.sasl {
+            if sasl.mechanisms.is_empty() {
+                return Err(ConfigError::field(
+                    "proxy.sasl.mechanisms",
+                    "must name at least one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                ));
+            }
+            if sasl.credentials_file.is_empty() {
+                return Err(ConfigError::field(
+                    "proxy.sasl.credentials_file",
+                    "must not be empty",
+                ));
+            }
+        }
         for (name, cluster) in &self.clusters {
+            if let Some(tls) = &cluster.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.tls.key_file"),
+                        "cert_file and key_file go together",
+                    ));
+                }
+            }
+            if let Some(sasl) = &cluster.sasl {
+                if sasl.username.is_empty() {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.sasl.username"),
+                        "must not be empty",
+                    ));
+                }
+                let sources = [
+                    sasl.password.is_some(),
+                    sasl.password_env.is_some(),
+                    sasl.password_file.is_some(),
+                ];
+                if sources.iter().filter(|set| **set).count() != 1 {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.sasl.password"),
+                        "set exactly one of password, password_env and password_file",
+                    ));
+                }
+            }
             if cluster.bootstrap.is_empty() {
                 return Err(ConfigError::field(
                     format!("clusters.{name}.bootstrap"),
@@ -409,6 +614,149 @@ mod tests {
         assert!(Config::parse(&small).is_err());
         let smallest = MINIMAL.replace("[proxy]", "[proxy]\nmax_frame_bytes = 12");
         assert!(Config::parse(&smallest).is_ok());
+    }
+
+    const SECURED: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:9092"
+        [proxy.tls]
+        cert_file = "/etc/kshift/kshift.pem"
+        key_file = "/etc/kshift/kshift.key"
+        [proxy.sasl]
+        credentials_file = "/etc/kshift/users.toml"
+        [clusters.old]
+        bootstrap = ["127.0.0.1:9093"]
+        [clusters.old.tls]
+        [clusters.old.sasl]
+        mechanism = "SCRAM-SHA-256"
+        username = "kshift"
+        password = "inline-secret-value"
+        [[routes]]
+        topics = "*"
+        write = "old"
+    "#;
+
+    #[test]
+    fn security_sections_parse_with_defaults() {
+        let config = Config::parse(SECURED).unwrap();
+        let tls = config.proxy.tls.as_ref().unwrap();
+        assert_eq!(tls.handshake_timeout_ms, 10_000);
+        assert!(tls.client_ca_file.is_none());
+        assert_eq!(config.proxy.sasl.as_ref().unwrap().mechanisms.len(), 3);
+        let sasl = config.clusters["old"].sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, Mechanism::ScramSha256);
+        assert_eq!(
+            sasl.resolve_password("old").unwrap().expose(),
+            "inline-secret-value"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_or_serialized_config() {
+        let config = Config::parse(SECURED).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("inline-secret-value"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let json = serde_json::to_string(&config.clusters).unwrap();
+        assert!(!json.contains("inline-secret-value"), "{json}");
+        // A changed password still counts as a changed config (restart needed).
+        let changed = Config::parse(&SECURED.replace("inline-secret-value", "another")).unwrap();
+        assert!(config.proxy_and_clusters_differ(&changed));
+        assert!(!config.proxy_and_clusters_differ(&Config::parse(SECURED).unwrap()));
+    }
+
+    #[test]
+    fn security_errors_name_the_field() {
+        let cases = [
+            (
+                SECURED.replace("password = \"inline-secret-value\"", ""),
+                "clusters.old.sasl.password",
+            ),
+            (
+                SECURED.replace(
+                    "password = \"inline-secret-value\"",
+                    "password = \"x\"\npassword_env = \"Y\"",
+                ),
+                "clusters.old.sasl.password",
+            ),
+            (
+                SECURED.replace("username = \"kshift\"", "username = \"\""),
+                "clusters.old.sasl.username",
+            ),
+            (SECURED.replace("SCRAM-SHA-256", "GSSAPI"), "mechanism"),
+            (
+                SECURED.replace(
+                    "[clusters.old.tls]",
+                    "[clusters.old.tls]\ncert_file = \"/x.pem\"",
+                ),
+                "clusters.old.tls.key_file",
+            ),
+            (
+                SECURED.replace(
+                    "credentials_file = \"/etc/kshift/users.toml\"",
+                    "credentials_file = \"/etc/kshift/users.toml\"\nmechanisms = []",
+                ),
+                "proxy.sasl.mechanisms",
+            ),
+            (
+                SECURED.replace(
+                    "key_file = \"/etc/kshift/kshift.key\"",
+                    "key_file = \"/etc/kshift/kshift.key\"\nhandshake_timeout_ms = 0",
+                ),
+                "proxy.tls.handshake_timeout_ms",
+            ),
+        ];
+        for (text, field) in cases {
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+            assert!(!error.contains("inline-secret-value"), "{error}");
+        }
+    }
+
+    #[test]
+    fn passwords_come_from_env_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let sasl = |source: String| {
+            BackendSaslConfig {
+                mechanism: Mechanism::Plain,
+                username: "u".into(),
+                password: None,
+                password_env: None,
+                password_file: None,
+            }
+            .with_source(source)
+        };
+        let from_file = sasl(format!("file:{}", file.display()));
+        assert_eq!(
+            from_file.resolve_password("old").unwrap().expose(),
+            "from-file"
+        );
+        let variable = format!("KSHIFT_CONFIG_TEST_{}", std::process::id());
+        std::env::set_var(&variable, "from-env");
+        let from_env = sasl(format!("env:{variable}"));
+        assert_eq!(
+            from_env.resolve_password("old").unwrap().expose(),
+            "from-env"
+        );
+        let missing = sasl("env:KSHIFT_CONFIG_TEST_NOT_SET".into());
+        let error = missing.resolve_password("old").unwrap_err().to_string();
+        assert!(error.contains("clusters.old.sasl.password_env"), "{error}");
+        let missing = sasl("file:/nonexistent/kshift".into());
+        let error = missing.resolve_password("old").unwrap_err().to_string();
+        assert!(error.contains("clusters.old.sasl.password_file"), "{error}");
+    }
+
+    impl BackendSaslConfig {
+        fn with_source(mut self, source: String) -> Self {
+            match source.split_once(':') {
+                Some(("file", path)) => self.password_file = Some(path.to_string()),
+                Some(("env", name)) => self.password_env = Some(name.to_string()),
+                _ => unreachable!(),
+            }
+            self
+        }
     }
 
     #[test]

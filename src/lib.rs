@@ -15,7 +15,9 @@
 //! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
 //!   coordinator cache) plus the upstream broker connections each client connection owns;
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
-//! - [`config`] parses and validates the TOML configuration.
+//! - [`config`] parses and validates the TOML configuration;
+//! - [`security`] holds TLS and SASL for both sides: the client listener's (kshift as the
+//!   server) and each backend cluster's (kshift as the client).
 
 pub mod admin;
 pub mod cli;
@@ -31,6 +33,7 @@ pub mod listener;
 pub mod metrics;
 pub mod produce;
 pub mod routing;
+pub mod security;
 pub mod split;
 pub mod virtual_cluster;
 
@@ -82,6 +85,10 @@ pub struct ProxyState {
     pub node: VirtualNode,
     /// Consumer groups being moved by a routing change.
     pub cutover: cutover::Cutover,
+    /// TLS on the client listener, when `[proxy.tls]` is set.
+    pub tls: Option<security::tls::ListenerTls>,
+    /// SASL termination for clients, when `[proxy.sasl]` is set.
+    pub sasl: Option<Arc<security::sasl_server::SaslListener>>,
 }
 
 impl ProxyState {
@@ -148,19 +155,37 @@ impl Proxy {
         let settings = ConnectionSettings::from_config(&config.proxy);
         let metrics = Arc::new(metrics::Metrics::new());
         let names = config.cluster_names();
-        let clusters: Vec<Arc<Cluster>> = names
-            .iter()
-            .enumerate()
-            .map(|(id, name)| {
-                Arc::new(Cluster::new(
-                    id,
-                    name,
-                    config.clusters[name].bootstrap.clone(),
-                    settings,
-                    metrics.clone(),
+        let tls = config
+            .proxy
+            .tls
+            .as_ref()
+            .map(security::tls::ListenerTls::from_config)
+            .transpose()?;
+        let sasl = match &config.proxy.sasl {
+            Some(sasl) => Some(Arc::new(security::sasl_server::SaslListener {
+                store: security::credentials::CredentialStore::open(std::path::Path::new(
+                    &sasl.credentials_file,
                 ))
-            })
-            .collect();
+                .map_err(|reason| config::ConfigError::Field {
+                    field: "proxy.sasl.credentials_file".into(),
+                    reason,
+                })?,
+                mechanisms: sasl.mechanisms.clone(),
+            })),
+            None => None,
+        };
+        let mut clusters: Vec<Arc<Cluster>> = Vec::with_capacity(names.len());
+        for (id, name) in names.iter().enumerate() {
+            let cluster = &config.clusters[name];
+            clusters.push(Arc::new(Cluster::new(
+                id,
+                name,
+                cluster.bootstrap.clone(),
+                settings,
+                Arc::new(security::BackendSecurity::from_config(name, cluster)?),
+                metrics.clone(),
+            )));
+        }
         let table = RoutingTable::build(&config.routing_spec(), &names, 1)
             .map_err(config::ConfigError::from)?;
         let queue_limits: Vec<usize> = names
@@ -209,6 +234,8 @@ impl Proxy {
             routing: Routing::new(table, names.clone(), ROUTING_HISTORY),
             node,
             cutover: cutover::Cutover::default(),
+            tls,
+            sasl,
         });
         for cluster in &state.clusters {
             let cluster = cluster.clone();

@@ -4,6 +4,10 @@
 //! log), never queued. On shutdown the loop stops accepting and every connection stops
 //! reading new requests, answers the ones it has, and closes; connections still busy at
 //! the drain deadline (`drain_timeout_ms`) are cut.
+//!
+//! With `[proxy.tls]`, each connection's TLS handshake runs in that connection's own task
+//! (never in the accept loop), bounded by `handshake_timeout_ms`; a failed handshake closes
+//! only that socket and is logged with the reason (expired or untrusted certificate, …).
 
 use std::sync::Arc;
 
@@ -47,9 +51,37 @@ pub async fn run(
         let _ = socket.set_nodelay(true);
         let connection = ClientConnection::new(state.clone(), peer);
         let shutdown = shutdown.clone();
+        let tls = state.tls.clone();
+        let metrics = state.metrics.clone();
         connections.spawn(
             async move {
-                connection.run(socket, shutdown).await;
+                match tls {
+                    None => {
+                        let (read_half, write_half) = socket.into_split();
+                        connection.run(read_half, write_half, shutdown).await;
+                    }
+                    Some(tls) => {
+                        let handshake =
+                            tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(socket));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                let (read_half, write_half) = tokio::io::split(stream);
+                                connection.run(read_half, write_half, shutdown).await;
+                            }
+                            Ok(Err(error)) => {
+                                metrics.client_authentication_failure("tls");
+                                tracing::info!(%error, "TLS handshake failed; connection closed");
+                            }
+                            Err(_) => {
+                                metrics.client_authentication_failure("tls");
+                                tracing::info!(
+                                    timeout_ms = tls.handshake_timeout.as_millis() as u64,
+                                    "no TLS handshake within handshake_timeout_ms; connection closed"
+                                );
+                            }
+                        }
+                    }
+                }
                 drop(permit);
             }
             .instrument(tracing::info_span!("client", %peer)),

@@ -66,6 +66,12 @@ enum Command {
     },
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
+    /// Add or remove a client user in a SASL credentials file (`[proxy.sasl]
+    /// credentials_file`). The password is read from stdin; only hashes are written.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Read or change the routing table of a running kshift through its admin API.
     /// Copy to the mirrors what exists only on the write cluster, for the topics matching
     /// GLOB (routes with `backfill = true`), and show the progress.
@@ -116,6 +122,83 @@ enum Command {
         #[command(subcommand)]
         action: RoutesAction,
     },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add NAME (or replace its secrets) with the password on the first line of stdin.
+    Add {
+        /// The credentials file (created if missing; replaced atomically, mode 0600).
+        #[arg(long)]
+        credentials_file: PathBuf,
+        /// Mechanisms NAME may use (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
+        )]
+        mechanisms: Vec<String>,
+        /// PBKDF2 iterations of the stored secrets (4096 to 1000000).
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+        name: String,
+    },
+    /// Remove NAME.
+    Remove {
+        #[arg(long)]
+        credentials_file: PathBuf,
+        name: String,
+    },
+}
+
+/// `kshift user add|remove`.
+fn user(action: UserAction) -> anyhow::Result<()> {
+    use kshift::security::{credentials, scram, Mechanism};
+    match action {
+        UserAction::Add {
+            credentials_file,
+            mechanisms,
+            iterations,
+            name,
+        } => {
+            let mechanisms = mechanisms
+                .iter()
+                .map(|m| {
+                    Mechanism::from_name(m.trim())
+                        .ok_or_else(|| anyhow::anyhow!("unknown mechanism {m:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if !(scram::MIN_ITERATIONS..=scram::MAX_ITERATIONS).contains(&iterations) {
+                anyhow::bail!(
+                    "--iterations must be between {} and {}",
+                    scram::MIN_ITERATIONS,
+                    scram::MAX_ITERATIONS
+                );
+            }
+            if name.is_empty() {
+                anyhow::bail!("the user name must not be empty");
+            }
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("no password on stdin");
+            }
+            let entry = credentials::user_entry(password, &mechanisms, iterations);
+            credentials::add_user(&credentials_file, &name, entry).map_err(anyhow::Error::msg)?;
+            println!("user {name} written to {}", credentials_file.display());
+        }
+        UserAction::Remove {
+            credentials_file,
+            name,
+        } => {
+            if !credentials::remove_user(&credentials_file, &name).map_err(anyhow::Error::msg)? {
+                anyhow::bail!("no user {name} in {}", credentials_file.display());
+            }
+            println!("user {name} removed from {}", credentials_file.display());
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -251,6 +334,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::User { action } => match user(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("kshift: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Health { admin } => run_client(kshift::cli::routes::health(&admin)),
         Command::Cutover {
             admin,

@@ -46,6 +46,12 @@ pub struct BackendBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `tls` (handshake failed or timed out) or `sasl` (authentication refused).
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster: String,
 }
@@ -75,6 +81,7 @@ pub struct Metrics {
     pub fetch_positions_held: Counter,
     /// Consumer groups moved by routing changes.
     pub groups_moved: Counter,
+    pub client_authentication_failures: Family<StageLabels, Counter>,
     pub client_requests: Family<ApiLabels, Counter>,
     pub client_request_seconds: Family<ApiLabels, Histogram, fn() -> Histogram>,
     pub backend_requests: Family<BackendLabels, Counter>,
@@ -119,6 +126,7 @@ impl Metrics {
             client_connections: Gauge::default(),
             client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
+            client_authentication_failures: Family::default(),
             client_connections_idle_closed: Counter::default(),
             fetch_positions_held: Counter::default(),
             groups_moved: Counter::default(),
@@ -156,6 +164,11 @@ impl Metrics {
             "client_connections_refused",
             "Client connections closed at accept because max_connections was reached",
             metrics.client_connections_refused.clone(),
+        );
+        registry.register(
+            "client_authentication_failures",
+            "Client connections closed because TLS or SASL authentication failed",
+            metrics.client_authentication_failures.clone(),
         );
         registry.register(
             "client_connections_idle_closed",
@@ -241,6 +254,15 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// A client connection refused at `stage` (`tls` or `sasl`).
+    pub fn client_authentication_failure(&self, stage: &str) {
+        self.client_authentication_failures
+            .get_or_create(&StageLabels {
+                stage: stage.to_string(),
+            })
+            .inc();
     }
 
     pub fn client_request(&self, api: ApiKey, elapsed: Duration) {

@@ -77,6 +77,21 @@ pub async fn advertised_versions(state: &ProxyState) -> Vec<ApiVersion> {
             );
         }
     }
+    if state.sasl.is_some() {
+        // Served by kshift itself (the client's SASL ends here), whatever the backends do.
+        use crate::security::sasl_server::{SASL_AUTHENTICATE_VERSIONS, SASL_HANDSHAKE_VERSIONS};
+        for (api_key, (min, max)) in [
+            (ApiKey::SaslHandshake, SASL_HANDSHAKE_VERSIONS),
+            (ApiKey::SaslAuthenticate, SASL_AUTHENTICATE_VERSIONS),
+        ] {
+            advertised.push(
+                ApiVersion::default()
+                    .with_api_key(api_key as i16)
+                    .with_min_version(min)
+                    .with_max_version(max),
+            );
+        }
+    }
     advertised
 }
 

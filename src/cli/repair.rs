@@ -59,6 +59,20 @@ fn bootstrap(config: &Config, cluster: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("cluster {cluster:?} is not configured"))
 }
 
+/// A librdkafka config with cluster `cluster`'s TLS and SASL settings.
+fn client_config(config: &Config, cluster: &str) -> anyhow::Result<ClientConfig> {
+    let properties = config
+        .clusters
+        .get(cluster)
+        .ok_or_else(|| anyhow!("cluster {cluster:?} is not configured"))?
+        .client_properties(cluster)?;
+    let mut settings = ClientConfig::new();
+    for (key, value) in properties {
+        settings.set(key, value);
+    }
+    Ok(settings)
+}
+
 async fn repair(
     config: &Config,
     names: &[String],
@@ -88,14 +102,14 @@ async fn repair(
         ),
     };
 
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer = client_config(config, write_name)?
         .set("bootstrap.servers", bootstrap(config, write_name)?)
         .set("group.id", "kshift-repair")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .create()?;
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: FutureProducer = client_config(config, &range.mirror_cluster)?
         .set(
             "bootstrap.servers",
             bootstrap(config, &range.mirror_cluster)?,

@@ -55,6 +55,7 @@ impl Fnv {
 /// `since` (ms) or the start, up to the end of each log as of now (one consumer).
 fn read_topic(
     bootstrap: &str,
+    security: &[(&str, String)],
     topic: &str,
     partitions: i32,
     since: Option<i64>,
@@ -63,7 +64,11 @@ fn read_topic(
     if partitions <= 0 {
         return Ok(records);
     }
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut settings = ClientConfig::new();
+    for (key, value) in security {
+        settings.set(*key, value);
+    }
+    let consumer: BaseConsumer = settings
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "kshift-verify")
         .set("enable.auto.commit", "false")
@@ -203,7 +208,8 @@ pub fn run(config: &Config, topics: &str, since: Option<i64>) -> anyhow::Result<
         }
         let write_name = &names[route.write];
         let write_bootstrap = config.clusters[write_name].bootstrap.join(",");
-        let listed = list_topics(&write_bootstrap)?;
+        let write_security = config.clusters[write_name].client_properties(write_name)?;
+        let listed = list_topics(&write_bootstrap, &write_security)?;
         for (topic, partitions) in listed {
             if !pattern.is_match(&topic) || !table.route_serves_topic(route_index, &topic) {
                 continue;
@@ -211,17 +217,25 @@ pub fn run(config: &Config, topics: &str, since: Option<i64>) -> anyhow::Result<
             for &mirror in &route.mirror {
                 let mirror_name = &names[mirror];
                 let mirror_bootstrap = config.clusters[mirror_name].bootstrap.join(",");
+                let mirror_security =
+                    config.clusters[mirror_name].client_properties(mirror_name)?;
                 let mirror_topic = route.topic_on(mirror, &topic).to_string();
-                let mirror_partitions = list_topics(&mirror_bootstrap)?
+                let mirror_partitions = list_topics(&mirror_bootstrap, &mirror_security)?
                     .get(&mirror_topic)
                     .copied()
                     .unwrap_or(0);
                 eprintln!(
                     "verifying {topic} ({write_name}) against {mirror_topic} ({mirror_name})…"
                 );
-                let write_records = read_topic(&write_bootstrap, &topic, partitions, since)?;
-                let mirror_records =
-                    read_topic(&mirror_bootstrap, &mirror_topic, mirror_partitions, since)?;
+                let write_records =
+                    read_topic(&write_bootstrap, &write_security, &topic, partitions, since)?;
+                let mirror_records = read_topic(
+                    &mirror_bootstrap,
+                    &mirror_security,
+                    &mirror_topic,
+                    mirror_partitions,
+                    since,
+                )?;
                 match route.partitioning {
                     Partitioning::Identity => {
                         for partition in 0..partitions.max(mirror_partitions) as usize {
@@ -305,8 +319,15 @@ pub fn run(config: &Config, topics: &str, since: Option<i64>) -> anyhow::Result<
 }
 
 /// Topic name -> partition count on a cluster.
-fn list_topics(bootstrap: &str) -> anyhow::Result<BTreeMap<String, i32>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+fn list_topics(
+    bootstrap: &str,
+    security: &[(&str, String)],
+) -> anyhow::Result<BTreeMap<String, i32>> {
+    let mut settings = ClientConfig::new();
+    for (key, value) in security {
+        settings.set(*key, value);
+    }
+    let consumer: BaseConsumer = settings
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("metadata client")?;

@@ -1,4 +1,5 @@
-//! One TCP connection to one backend broker.
+//! One TCP connection to one backend broker, over TLS and authenticated with SASL when the
+//! cluster is configured so (both done in [`BrokerConnection::connect`], before any request).
 //!
 //! Shape (after rskafka's messenger): a writer task owns the write half and sends frames
 //! in the order [`BrokerConnection::send`] was called; a reader task owns the read half and
@@ -23,14 +24,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::BackendError;
 use crate::codec::{self, FrameError};
 use crate::metrics::{BackendFailure, Metrics};
+use crate::security::{sasl_client, BackendSecurity};
+
+/// The read half of a broker connection, plain or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a broker connection, plain or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Largest response frame accepted from a broker (fetch responses can be large).
 const MAX_RESPONSE_BYTES: usize = 1 << 30;
@@ -126,11 +132,13 @@ impl ResponseFuture {
 }
 
 impl BrokerConnection {
-    /// Opens a connection to `address` within `timeout`.
+    /// Opens a connection to `address` within `timeout` (TCP, then TLS and SASL as
+    /// `security` says, each within `timeout`).
     pub async fn connect(
         address: &str,
         timeout: Duration,
         observer: Option<Observer>,
+        security: &BackendSecurity,
     ) -> Result<BrokerConnection, BackendError> {
         let address: Arc<str> = address.into();
         let connect_error = |reason: String| BackendError::Connect {
@@ -145,7 +153,37 @@ impl BrokerConnection {
         stream
             .set_nodelay(true)
             .map_err(|e| connect_error(e.to_string()))?;
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half): (ReadHalf, WriteHalf) = match &security.tls {
+            None => {
+                let mut stream = stream;
+                authenticate(&mut stream, &address, timeout, security).await?;
+                let (read_half, write_half) = stream.into_split();
+                (Box::new(read_half), Box::new(write_half))
+            }
+            Some(tls) => {
+                let tls_error = |reason: String| BackendError::Tls {
+                    address: address.clone(),
+                    reason: reason.into(),
+                };
+                let host = crate::config::parse_host_port(&address)
+                    .map(|(host, _)| host)
+                    .map_err(tls_error)?;
+                let server_name = tls.server_name(&host).map_err(tls_error)?;
+                let mut stream = match tokio::time::timeout(
+                    timeout,
+                    tls.connector().connect(server_name, stream),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return Err(tls_error(e.to_string())),
+                    Err(_) => return Err(tls_error(format!("no handshake within {timeout:?}"))),
+                };
+                authenticate(&mut stream, &address, timeout, security).await?;
+                let (read_half, write_half) = tokio::io::split(stream);
+                (Box::new(read_half), Box::new(write_half))
+            }
+        };
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let state = Arc::new(SharedState {
             next_correlation_id: AtomicI32::new(0),
@@ -252,6 +290,27 @@ impl BrokerConnection {
     }
 }
 
+/// Runs the SASL exchange on a fresh `stream` when the cluster has credentials.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    address: &Arc<str>,
+    timeout: Duration,
+    security: &BackendSecurity,
+) -> Result<(), BackendError> {
+    let Some(credentials) = &security.sasl else {
+        return Ok(());
+    };
+    let failed = |reason: String| BackendError::Authentication {
+        address: address.clone(),
+        reason: reason.into(),
+    };
+    match tokio::time::timeout(timeout, sasl_client::authenticate(stream, credentials)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(failed(error.to_string())),
+        Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -271,7 +330,7 @@ fn poison(state: &SharedState, error: BackendError) {
 }
 
 async fn run_writer(
-    write_half: OwnedWriteHalf,
+    write_half: WriteHalf,
     mut outbound: mpsc::UnboundedReceiver<[Bytes; 2]>,
     state: Arc<SharedState>,
     address: Arc<str>,
@@ -310,17 +369,14 @@ async fn run_writer(
     }
 }
 
-async fn write_frame(
-    writer: &mut BufWriter<OwnedWriteHalf>,
-    frame: &[Bytes; 2],
-) -> std::io::Result<()> {
+async fn write_frame(writer: &mut BufWriter<WriteHalf>, frame: &[Bytes; 2]) -> std::io::Result<()> {
     for chunk in frame {
         writer.write_all(chunk).await?;
     }
     Ok(())
 }
 
-async fn run_reader(mut read_half: OwnedReadHalf, state: Arc<SharedState>, address: Arc<str>) {
+async fn run_reader(mut read_half: ReadHalf, state: Arc<SharedState>, address: Arc<str>) {
     let closed = |reason: String| BackendError::Closed {
         address: address.clone(),
         reason: reason.into(),

@@ -103,11 +103,16 @@ pub struct Broker {
 impl Broker {
     /// Starts a fresh broker on a free port and waits until it accepts connections.
     pub async fn start() -> Broker {
+        Broker::start_with_args(&[]).await
+    }
+
+    /// Like `start`, with further `tansu broker` arguments (e.g. `--authentication`).
+    pub async fn start_with_args(extra_args: &[&str]) -> Broker {
         let mut last_failure = String::new();
         // A port found free can be taken (e.g. by a client's outgoing socket) before Tansu binds
         // it: then Tansu exits and we try another one.
         for _attempt in 0..5 {
-            match Broker::try_start(free_port()).await {
+            match Broker::try_start(free_port(), extra_args).await {
                 Ok(broker) => return broker,
                 Err(failure) => last_failure = failure,
             }
@@ -115,7 +120,7 @@ impl Broker {
         panic!("Tansu did not start: {last_failure}");
     }
 
-    async fn try_start(port: u16) -> Result<Broker, String> {
+    async fn try_start(port: u16, extra_args: &[&str]) -> Result<Broker, String> {
         let log = tempfile::Builder::new()
             .prefix("kshift-tansu-")
             .suffix(".log")
@@ -145,6 +150,7 @@ impl Broker {
             .args(["--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .args(["--cluster-id", &format!("kshift-test-{port}")])
+            .args(extra_args)
             .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(stderr)
