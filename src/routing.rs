@@ -667,6 +667,15 @@ mod tests {
             "{own_mirror}"
         );
 
+        for backfill in [
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nbackfill = true",
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_percent = 50\nbackfill = true",
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\npartitioning = \"murmur2\"\nbackfill = true",
+        ] {
+            let reason = rejected(backfill);
+            assert!(reason.starts_with("routes[0].backfill: needs a mirror"), "{reason}");
+        }
+
         let percent = rejected(
             "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_percent = 101",
         );
