@@ -397,7 +397,22 @@ async fn translate(
     let names = (&*state.clusters[from].name, &*state.clusters[to].name);
     let (topic, partition, offset) = (commit.topic.as_str(), commit.partition, commit.offset);
     let deadline = Instant::now() + MIRROR_CATCH_UP;
+    let mut refreshed: Option<Instant> = None;
     loop {
+        // What other instances of a fleet mirrored (either direction), once a second.
+        if refreshed.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            for mirror in [to, from] {
+                if let Err(error) = state
+                    .mirrors
+                    .offsets
+                    .refresh(topic, partition, mirror)
+                    .await
+                {
+                    tracing::warn!(%error, topic, partition, "cannot read the fleet's offset map; translating with this instance's");
+                }
+            }
+            refreshed = Some(Instant::now());
+        }
         let position = state
             .mirrors
             .offsets

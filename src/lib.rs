@@ -200,6 +200,18 @@ impl Proxy {
                 })?,
             None => produce::offset_map::OffsetMap::default(),
         };
+        // With a fleet, the offset map is shared through Redis as well.
+        let offsets = match &config.routing.redis {
+            Some(url) => offsets.with_fleet(produce::offset_map::fleet::FleetOffsets::start(
+                redis::Client::open(url.as_str()).map_err(|e| config::ConfigError::Field {
+                    field: "routing.redis".into(),
+                    reason: e.to_string(),
+                })?,
+                &config.routing.redis_key,
+                &names,
+            )),
+            None => offsets,
+        };
         let failures = match &config.proxy.mirror_failures_file {
             Some(path) => produce::failures::FailureJournal::open(std::path::Path::new(path))
                 .map_err(|source| StartError::OffsetMap {

@@ -167,3 +167,83 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
         );
     }
 }
+
+/// The offset map is shared through Redis: an instance that mirrored nothing translates the
+/// committed position of a group whose records another instance mirrored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_instance_translates_what_one_mirrored() {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::FutureRecord;
+
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let redis = Redis::start(0).await;
+    let routing = format!(
+        "[routing]\nredis = \"{}\"\nredis_key = \"kshift:test\"\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"",
+        redis.url()
+    );
+    let text = common::two_cluster_toml(&old, &new, "admin_listen = \"127.0.0.1:0\"", &routing);
+    let mirroring = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let switching = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+
+    let topic = common::unique_topic("fleet-offsets");
+    common::create_topic(&mirroring.local_addr().to_string(), &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    let send = |bootstrap: String, range: std::ops::Range<u32>| {
+        let topic = topic.clone();
+        async move {
+            let producer = common::producer(&bootstrap, &[]);
+            let values: Vec<String> = range.map(|i| format!("r-{i}")).collect();
+            common::send_all(
+                &producer,
+                values
+                    .iter()
+                    .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
+                    .collect(),
+            )
+            .await;
+        }
+    };
+    send(old.bootstrap(), 0..5).await; // on old only: old's offsets are new's + 5
+    send(mirroring.local_addr().to_string(), 5..25).await; // mirrored by the first instance
+
+    // The group commits through the other instance, which has mirrored nothing itself.
+    let group = common::unique_topic("fleet-group");
+    {
+        let consumer = common::consumer(
+            &switching.local_addr().to_string(),
+            &[("group.id", group.as_str())],
+        );
+        let mut position = rdkafka::TopicPartitionList::new();
+        position
+            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(15))
+            .unwrap();
+        consumer
+            .commit(&position, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit");
+    }
+    assert_eq!(
+        switching
+            .state()
+            .mirrors
+            .offsets
+            .mappings(&topic, 0, switching.state().cluster_id("new").unwrap())
+            .len(),
+        0,
+        "the switching instance mirrored nothing itself"
+    );
+
+    let table = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nread = \"new\"\n[[groups]]\ngroups = \"*\"\ncluster = \"new\"";
+    let (status, body) =
+        http::request(switching.admin_addr().unwrap(), "PUT", "/routes", table).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let moved = &answer["moved_groups"][0];
+    assert_eq!(moved["group"], group.as_str(), "{answer}");
+    assert_eq!(moved["offsets"][0]["from"], 15, "{answer}");
+    assert_eq!(moved["offsets"][0]["to"], 10, "{answer}");
+    // The fleet follows the table.
+    wait_until("the first instance follows", Duration::from_secs(2), || {
+        mirroring.state().routing.load().version == switching.state().routing.load().version
+    })
+    .await;
+}

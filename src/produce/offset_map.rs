@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ClusterId;
 
+pub mod fleet;
+
 /// One mirrored batch: `record_count` records at `write_base_offset` on the write cluster
 /// are at `mirror_base_offset` of `mirror_partition` on `mirror_cluster`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,8 @@ type Key = (Arc<str>, i32, ClusterId);
 pub struct OffsetMap {
     entries: Mutex<HashMap<Key, Vec<OffsetMapping>>>,
     journal: Option<Journal>,
+    /// The fleet's shared copy, with `[routing] redis`.
+    fleet: Option<Arc<fleet::FleetOffsets>>,
 }
 
 #[derive(Debug)]
@@ -123,10 +127,51 @@ impl OffsetMap {
                 file: Mutex::new(file),
                 clusters: clusters.to_vec(),
             }),
+            fleet: None,
         })
     }
 
+    /// Shares every entry through Redis too, and reads the fleet's before translating.
+    pub fn with_fleet(mut self, fleet: Arc<fleet::FleetOffsets>) -> OffsetMap {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Merges what the fleet recorded for `topic`/`write_partition` toward `mirror_cluster`
+    /// (no-op without Redis).
+    pub async fn refresh(
+        &self,
+        topic: &str,
+        write_partition: i32,
+        mirror_cluster: ClusterId,
+    ) -> Result<(), String> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        let shared = fleet.load(topic, write_partition, mirror_cluster).await?;
+        let mut entries = self.lock();
+        let list = entries
+            .entry((Arc::from(topic), write_partition, mirror_cluster))
+            .or_default();
+        let before = list.len();
+        for mapping in shared {
+            if !list
+                .iter()
+                .any(|m| m.write_base_offset == mapping.write_base_offset)
+            {
+                list.push(mapping);
+            }
+        }
+        if list.len() != before {
+            list.sort_by_key(|m| m.write_base_offset);
+        }
+        Ok(())
+    }
+
     pub fn record(&self, mapping: OffsetMapping) {
+        if let Some(fleet) = &self.fleet {
+            fleet.push(&mapping);
+        }
         if let Some(journal) = &self.journal {
             let entry = JournalEntry {
                 topic: mapping.topic.to_string(),
