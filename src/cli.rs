@@ -3,6 +3,7 @@
 pub mod backfill;
 pub mod bench;
 pub mod cutover;
+pub mod progress;
 pub mod repair;
 pub mod routes;
 pub mod verify;

@@ -6,12 +6,12 @@
 //! live batches reach the mirror in one ordered stream per partition (see
 //! `src/produce/mirror/backfill.rs`); this command only starts and watches it.
 
-use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::{json, Value};
 
+use super::progress::Progress;
 use super::routes::{refused, request};
 
 pub async fn run(
@@ -40,14 +40,14 @@ pub async fn run(
         .collect();
     println!("backfilling {} partition copies", queued.len());
     let deadline = Instant::now() + wait;
-    let mut last_line = Instant::now();
+    let mut bar: Option<Progress> = None;
     loop {
         let (status, body) = request(admin, "GET", "/backfill", "").await?;
         if status != 200 {
             bail!("GET /backfill answered {status}: {body}");
         }
-        let progress: Value = serde_json::from_str(&body)?;
-        let states: Vec<&Value> = progress["partitions"]
+        let answer: Value = serde_json::from_str(&body)?;
+        let states: Vec<&Value> = answer["partitions"]
             .as_array()
             .into_iter()
             .flatten()
@@ -66,20 +66,11 @@ pub async fn run(
                 (p["target"].as_i64().unwrap_or(0) - p["copied_until"].as_i64().unwrap_or(0)).max(0)
             })
             .sum();
-        // A progress line redrawn in place on a terminal; a line every 10 s in a log.
-        let line = format!(
-            "{done}/{} partitions done, {remaining} offsets to go",
-            states.len()
-        );
-        if std::io::stderr().is_terminal() {
-            eprint!("\r{line}   ");
-            let _ = std::io::stderr().flush();
-        } else if last_line.elapsed() >= Duration::from_secs(10) {
-            eprintln!("{line}");
-            last_line = Instant::now();
-        }
+        let progress =
+            bar.get_or_insert_with(|| Progress::new("backfill", remaining.max(0) as u64));
+        let copied = progress.total().saturating_sub(remaining.max(0) as u64);
         if done == states.len() {
-            eprintln!();
+            progress.finish(copied);
             for p in &states {
                 println!(
                     "  {}[{}] -> {}: copied up to offset {}",
@@ -91,6 +82,7 @@ pub async fn run(
             }
             return Ok(());
         }
+        progress.update(copied);
         if Instant::now() >= deadline {
             eprintln!();
             for p in states.iter().filter(|p| p["done"] != true) {

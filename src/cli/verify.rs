@@ -9,7 +9,7 @@
 //! command exits 1.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use globset::Glob;
@@ -19,6 +19,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::progress::Progress;
 use crate::config::Config;
 use crate::routing::{Partitioning, RoutingTable};
 
@@ -93,10 +94,22 @@ fn read_topic(
         };
         assignment.add_partition_offset(topic, partition, start)?;
     }
+    // How many records there are to read, for the progress bar.
+    let mut total = 0u64;
+    for element in assignment.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+            .unwrap_or((0, 0));
+        let start = match element.offset() {
+            Offset::Offset(offset) => offset.max(low),
+            _ => low,
+        };
+        total += u64::try_from(high - start).unwrap_or(0);
+    }
     consumer.assign(&assignment)?;
     let mut at_end = vec![false; partitions as usize];
-    let mut read = 0usize;
-    let mut last_progress = Instant::now();
+    let mut read = 0u64;
+    let mut progress = Progress::new(format!("  {topic} on {bootstrap}"), total);
     while at_end.iter().any(|done| !done) {
         match consumer.poll(Duration::from_secs(10)) {
             None => bail!("{topic} on {bootstrap}: no data and no end of log within 10 s"),
@@ -129,13 +142,11 @@ fn read_topic(
                     });
                 }
                 read += 1;
-                if last_progress.elapsed() > Duration::from_secs(2) {
-                    eprintln!("  {topic} on {bootstrap}: {read} records read…");
-                    last_progress = Instant::now();
-                }
+                progress.update(read);
             }
         }
     }
+    progress.finish(read);
     Ok(records)
 }
 
