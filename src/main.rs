@@ -72,7 +72,6 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
-    /// Read or change the routing table of a running kshift through its admin API.
     /// Copy to the mirrors what exists only on the write cluster, for the topics matching
     /// GLOB (routes with `backfill = true`), and show the progress.
     Backfill {
@@ -115,6 +114,7 @@ enum Command {
         #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config"])]
         rollback: bool,
     },
+    /// Read or change the routing table of a running kshift through its admin API.
     Routes {
         /// The admin API, e.g. http://127.0.0.1:9644.
         #[arg(long, global = true, default_value = "http://127.0.0.1:9644")]
@@ -239,6 +239,16 @@ struct BenchArgs {
     /// Seconds to run each target (over all rounds) instead of --messages.
     #[arg(long)]
     duration: Option<f64>,
+    /// produce: latency to the delivery report; e2e: send to arrival at a consumer;
+    /// consume: read throughput of records produced first.
+    #[arg(long, value_enum, default_value = "produce")]
+    mode: kshift::cli::bench::Mode,
+    /// Seconds between interval lines (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    interval: f64,
+    /// Draw every target's latency percentile curve into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -282,6 +292,9 @@ fn main() -> ExitCode {
                 json: args.json,
                 rate: args.rate,
                 duration: args.duration.map(std::time::Duration::from_secs_f64),
+                mode: args.mode,
+                interval: std::time::Duration::from_secs_f64(args.interval.max(0.0)),
+                plot: args.plot,
             };
             match tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

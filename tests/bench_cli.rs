@@ -109,3 +109,99 @@ async fn bench_measures_targets_side_by_side() {
         "expected about 200 records in 1 s at 200/s, got {sent}: {stdout}"
     );
 }
+
+/// Runs `kshift bench` with `args`; returns (stdout, stderr), failing the test on exit != 0.
+async fn bench(args: Vec<String>) -> (String, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .arg("bench")
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_end_to_end_and_consume_modes_with_a_plot() {
+    let broker = Broker::start().await;
+    let kshift = Kshift::start_single(&broker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("latency.svg");
+    let targets = [
+        "--target".to_string(),
+        format!("direct={}", broker.bootstrap()),
+        "--target".into(),
+        format!("kshift={}", kshift.bootstrap()),
+    ];
+
+    // End to end: send to arrival at a consumer of each target; interval lines; a plot.
+    let mut args: Vec<String> = targets.to_vec();
+    args.extend(
+        [
+            "--mode",
+            "e2e",
+            "--topic",
+            "bench-e2e",
+            "--messages",
+            "400",
+            "--rounds",
+            "2",
+            "--inflight",
+            "4",
+            "--interval",
+            "0.05",
+            "--plot",
+        ]
+        .map(String::from),
+    );
+    args.push(svg.to_str().unwrap().into());
+    let (stdout, stderr) = bench(args).await;
+    assert!(
+        stdout.contains("400 records of 100 B sent to direct"),
+        "{stdout}"
+    );
+    for name in ["direct", "kshift"] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(name)),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stderr.contains("records sent,")
+            && stderr.contains("records/sec")
+            && stderr.contains("max latency."),
+        "interval lines in kafka-producer-perf-test style: {stderr}"
+    );
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawing.contains("<svg") && drawing.contains("direct") && drawing.contains("kshift"));
+
+    // Consume throughput of records produced first.
+    let mut args: Vec<String> = targets.to_vec();
+    args.extend(
+        [
+            "--mode",
+            "consume",
+            "--topic",
+            "bench-consume",
+            "--messages",
+            "500",
+            "--rounds",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let (stdout, stderr) = bench(args).await;
+    assert!(
+        stdout.contains("1000 records of 100 B sent to direct"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("500 records read in"), "{stderr}");
+}

@@ -7,6 +7,12 @@
 //! (`--rate R`): records are due at a fixed rate and latency runs from when each was due,
 //! so a stall is charged to every record it held up (no coordinated omission). Latencies go
 //! to an HdrHistogram per target; figures are ratios to the first target, same run.
+//!
+//! Modes: `produce` (latency to the delivery report), `e2e` (latency from send — or due
+//! time — to the record's arrival at a consumer of the same target: each payload starts with
+//! its send time), `consume` (read throughput of records produced beforehand, untimed).
+//! Every `--interval` seconds a line in kafka-producer-perf-test's style shows the window's
+//! rate and latencies; `--plot FILE.svg` draws every target's latency percentile curve.
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +22,13 @@ use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
+
+use super::progress::Progress;
 
 /// What to measure, from the command line.
 #[derive(Debug, Clone)]
@@ -39,6 +50,22 @@ pub struct BenchOptions {
     /// Run each target for this long in total (split over the rounds) instead of
     /// `messages` records.
     pub duration: Option<Duration>,
+    pub mode: Mode,
+    /// Seconds between interval lines.
+    pub interval: Duration,
+    /// Draw the latency percentile curves of all targets into this SVG file.
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Produce latency: send to delivery report.
+    Produce,
+    /// End to end: send (or due time) to arrival at a consumer of the same target.
+    E2e,
+    /// Consume throughput of records produced beforehand.
+    Consume,
 }
 
 /// How records are offered to a target in one round.
@@ -64,10 +91,22 @@ pub fn parse_target(text: &str) -> Result<(String, String), String> {
 
 struct Target {
     name: String,
+    /// e2e: marks this target's records (targets often share one broker and topic).
+    tag: u64,
+    bootstrap: String,
     producer: FutureProducer,
+    /// e2e: reads what the producer sends, from the end of the topic on.
+    consumer: Option<StreamConsumer>,
     latency: Histogram<u64>,
     sent: u64,
     busy: Duration,
+}
+
+/// Wall-clock microseconds, as e2e payloads carry them.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
@@ -87,16 +126,29 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             .set("message.timeout.ms", "30000")
             .create()
             .with_context(|| format!("producer for {name}"))?;
+        let consumer = match options.mode {
+            Mode::E2e => Some(tail_consumer(bootstrap, &options.topic).await?),
+            _ => None,
+        };
         targets.push(Target {
+            tag: targets.len() as u64 + 1,
             name: name.clone(),
+            bootstrap: bootstrap.clone(),
             producer,
+            consumer,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             sent: 0,
             busy: Duration::ZERO,
         });
     }
+    if options.mode == Mode::E2e && options.size < 16 {
+        bail!("--mode e2e needs --size of at least 16 bytes (each payload carries its send time and target)");
+    }
     let payload = vec![b'x'; options.size];
     let rounds = options.rounds.max(1);
+    if options.mode == Mode::Consume {
+        return consume(targets, &options, &payload).await;
+    }
     // Warm-up: connections, metadata, producer ids.
     let warm_up = Load {
         inflight: options.inflight,
@@ -105,7 +157,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         budget: None,
     };
     for target in &mut targets {
-        measure(target, &options.topic, &payload, warm_up, false).await?;
+        measure(target, &options, &payload, warm_up, false).await?;
     }
     let load = Load {
         inflight: options.inflight,
@@ -116,9 +168,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         },
         budget: options.duration.map(|d| d / rounds),
     };
+    let mut progress = Progress::new("bench", u64::from(rounds) * targets.len() as u64);
+    let mut done = 0;
     for round in 1..=rounds {
         for target in &mut targets {
-            measure(target, &options.topic, &payload, load, true).await?;
+            measure(target, &options, &payload, load, true).await?;
+            done += 1;
+            progress.update(done);
             let p = |q: f64| target.latency.value_at_quantile(q);
             eprintln!(
                 "round {round}/{} {:>10}: {} records sent, p50 {} us, p99 {} us, max {} us",
@@ -131,6 +187,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             );
         }
     }
+    progress.finish(done);
     report(&targets, &options)
 }
 
@@ -161,12 +218,18 @@ async fn create_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
 /// counts against every record it delayed.
 async fn measure(
     target: &mut Target,
-    topic: &str,
+    options: &BenchOptions,
     payload: &[u8],
     load: Load,
     record: bool,
 ) -> anyhow::Result<()> {
+    let topic = options.topic.as_str();
+    let e2e = options.mode == Mode::E2e;
     let started = Instant::now();
+    let wall_started = now_micros();
+    let mut payload = payload.to_vec();
+    let mut window = Window::new(&target.name, options.interval, options.size);
+    let mut received = 0u64;
     let interval = load
         .rate
         .map(|rate| Duration::from_secs_f64(1.0 / rate.max(0.001)));
@@ -174,20 +237,32 @@ async fn measure(
     let mut next = 0u64;
     let more = |next: u64| next < load.count && load.budget.is_none_or(|b| started.elapsed() < b);
     loop {
-        let may_send =
-            more(next) && (interval.is_some() || outstanding.len() < load.inflight.max(1));
-        if !may_send && outstanding.is_empty() {
+        // Closed loop: e2e counts a record in flight until a consumer has it.
+        let in_flight = if e2e {
+            usize::try_from(next - received).unwrap_or(usize::MAX)
+        } else {
+            outstanding.len()
+        };
+        let may_send = more(next) && (interval.is_some() || in_flight < load.inflight.max(1));
+        let waiting_for_consumer = e2e && received < next;
+        if !may_send && outstanding.is_empty() && !waiting_for_consumer {
             break;
         }
+        let consumer = target.consumer.as_ref();
         let due = interval.map_or(started, |interval| started + interval * next as u32);
         tokio::select! {
             _ = tokio::time::sleep_until(due.into()), if may_send => {
                 let key = next.to_string();
                 // Open loop: the clock starts when the record was due, not when sent.
                 let since = if interval.is_some() { due } else { Instant::now() };
+                if e2e {
+                    let sent_at = wall_started + since.duration_since(started).as_micros() as u64;
+                    payload[..8].copy_from_slice(&sent_at.to_be_bytes());
+                    payload[8..16].copy_from_slice(&target.tag.to_be_bytes());
+                }
                 let delivery = target
                     .producer
-                    .send_result(FutureRecord::to(topic).key(&key).payload(payload))
+                    .send_result(FutureRecord::to(topic).key(&key).payload(&payload))
                     .map_err(|(error, _)| anyhow!("{}: cannot queue: {error}", target.name))?;
                 outstanding.push(async move { (since, delivery.await) });
                 next += 1;
@@ -196,10 +271,34 @@ async fn measure(
                 delivered
                     .map_err(|_| anyhow!("{}: delivery cancelled", target.name))?
                     .map_err(|(error, _)| anyhow!("{}: delivery failed: {error}", target.name))?;
-                if record {
+                if record && !e2e {
                     let micros = since.elapsed().as_micros().max(1) as u64;
                     target.latency.saturating_record(micros);
+                    window.record(micros);
                 }
+            }
+            message = async { consumer.map(|c| c.recv()).expect("e2e consumer").await }, if waiting_for_consumer => {
+                let message = message.map_err(|error| anyhow!("{}: consumer: {error}", target.name))?;
+                let field = |range: std::ops::Range<usize>| {
+                    message
+                        .payload()
+                        .and_then(|p| p.get(range))
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_be_bytes)
+                };
+                if field(8..16) != target.tag {
+                    continue; // another target's record on the same topic
+                }
+                received += 1;
+                let sent_at = field(0..8);
+                if record {
+                    let micros = now_micros().saturating_sub(sent_at).max(1);
+                    target.latency.saturating_record(micros);
+                    window.record(micros);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(30)), if !may_send => {
+                bail!("{}: nothing delivered or received for 30 s", target.name);
             }
         }
     }
@@ -207,6 +306,199 @@ async fn measure(
         target.sent += next;
         target.busy += started.elapsed();
     }
+    Ok(())
+}
+
+/// The interval lines: records, rate and latencies of the last `every`.
+struct Window<'a> {
+    name: &'a str,
+    every: Duration,
+    size: usize,
+    started: Instant,
+    latency: Histogram<u64>,
+}
+
+impl<'a> Window<'a> {
+    fn new(name: &'a str, every: Duration, size: usize) -> Window<'a> {
+        Window {
+            name,
+            every,
+            size,
+            started: Instant::now(),
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    fn record(&mut self, micros: u64) {
+        self.latency.saturating_record(micros);
+        let elapsed = self.started.elapsed();
+        if elapsed < self.every || self.every.is_zero() {
+            return;
+        }
+        let count = self.latency.len();
+        let rate = count as f64 / elapsed.as_secs_f64();
+        eprintln!(
+            "{}: {count} records sent, {rate:.1} records/sec ({:.2} MB/sec), {:.1} us avg latency, p50 {} us, p99 {} us, {} us max latency.",
+            self.name,
+            rate * self.size as f64 / 1e6,
+            self.latency.mean(),
+            self.latency.value_at_quantile(0.5),
+            self.latency.value_at_quantile(0.99),
+            self.latency.max()
+        );
+        self.latency.reset();
+        self.started = Instant::now();
+    }
+}
+
+/// A consumer of partition 0 of `topic` from its current end, ready to receive.
+async fn tail_consumer(bootstrap: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "kshift-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .context("e2e consumer")?;
+    // The end as an explicit offset: some brokers resolve "latest" differently.
+    let (_, end) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .context("e2e consumer: end of the topic")?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Offset(end))?;
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// `--mode consume`: produces `messages` records per target (untimed), then reads them back
+/// from the start once per round, timing each read.
+async fn consume(
+    mut targets: Vec<Target>,
+    options: &BenchOptions,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let fill = Load {
+        inflight: 1000,
+        rate: None,
+        count: options.messages,
+        budget: None,
+    };
+    let produce_only = BenchOptions {
+        mode: Mode::Produce,
+        ..options.clone()
+    };
+    for target in &mut targets {
+        measure(target, &produce_only, payload, fill, false).await?;
+    }
+    let rounds = options.rounds.max(1);
+    let mut progress = Progress::new("bench", u64::from(rounds) * targets.len() as u64);
+    let mut done = 0;
+    for round in 1..=rounds {
+        for target in &mut targets {
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &target.bootstrap)
+                .set("group.id", "kshift-bench")
+                .set("enable.auto.commit", "false")
+                .create()
+                .context("consumer")?;
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(&options.topic, 0, Offset::Beginning)?;
+            consumer.assign(&assignment)?;
+            let started = Instant::now();
+            let mut previous = started;
+            for _ in 0..options.messages {
+                tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                    .await
+                    .map_err(|_| anyhow!("{}: no record for 30 s", target.name))?
+                    .map_err(|error| anyhow!("{}: consumer: {error}", target.name))?;
+                // The gap before each record: how long the reader waited for it.
+                target
+                    .latency
+                    .saturating_record(previous.elapsed().as_micros().max(1) as u64);
+                previous = Instant::now();
+            }
+            target.sent += options.messages;
+            target.busy += started.elapsed();
+            eprintln!(
+                "round {round}/{rounds} {:>10}: {} records read in {:.3} s",
+                target.name,
+                options.messages,
+                started.elapsed().as_secs_f64()
+            );
+            done += 1;
+            progress.update(done);
+        }
+    }
+    progress.finish(done);
+    report(&targets, options)
+}
+
+/// Draws each target's latency by percentile (0 to 99.99, in nines) into an SVG file.
+fn plot(targets: &[Target], options: &BenchOptions, path: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    const NINES: f64 = 4.0; // up to 99.99
+    let curve = |target: &Target| -> Vec<(f64, f64)> {
+        (0..=400)
+            .map(|step| {
+                let nines = f64::from(step) / 100.0;
+                let quantile = 1.0 - 10f64.powf(-nines);
+                (nines, target.latency.value_at_quantile(quantile) as f64)
+            })
+            .collect()
+    };
+    let top = targets
+        .iter()
+        .map(|t| t.latency.value_at_quantile(0.9999) as f64)
+        .fold(1.0, f64::max);
+    let bottom = targets
+        .iter()
+        .map(|t| t.latency.min().max(1) as f64)
+        .fold(top, f64::min);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "kshift bench: {} latency, {} B, acks={}, {}",
+        match options.mode {
+            Mode::Produce => "produce",
+            Mode::E2e => "end-to-end",
+            Mode::Consume => "consume (gap before each record)",
+        },
+        options.size,
+        options.acks,
+        match options.rate {
+            Some(rate) => format!("open loop {rate}/s"),
+            None => format!("{} in flight", options.inflight),
+        }
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..NINES, (bottom / 1.5..top * 1.5).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (us)")
+        .x_labels(5)
+        .x_label_formatter(&|nines| {
+            let percent = 100.0 - 100.0 * 10f64.powf(-*nines);
+            format!("{}", (percent * 100.0).round() / 100.0)
+        })
+        .draw()?;
+    for (index, target) in targets.iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        chart
+            .draw_series(LineSeries::new(curve(target), color.stroke_width(2)))?
+            .label(&target.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 
@@ -264,6 +556,9 @@ fn report(targets: &[Target], options: &BenchOptions) -> anyhow::Result<()> {
         fields.insert("messageSize".into(), json!(options.size));
         fields.insert("target".into(), json!(target.name));
         json_targets.push(serde_json::Value::Object(fields));
+    }
+    if let Some(path) = &options.plot {
+        plot(targets, options, path).with_context(|| format!("drawing {}", path.display()))?;
     }
     if let Some(path) = &options.json {
         let document = json!({ "latencyUnit": "ms", "targets": json_targets });
