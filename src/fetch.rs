@@ -329,17 +329,28 @@ fn absorb_fetch(
                     next,
                 );
             }
-            partition.preferred_read_replica = BrokerId(-1);
-            partition.current_leader = LeaderIdAndEpoch::default();
-            partition.diverging_epoch = EpochEndOffset::default();
-            partition.snapshot_id = SnapshotId::default();
+            present_partition(&mut partition);
             push_fetch_partition(merged, &client_topic, partition);
         }
     }
     useful
 }
 
-fn push_fetch_partition(merged: &mut FetchResponse, topic: &StrBytes, partition: PartitionData) {
+/// Clears what belongs to one backend cluster from a fetched partition (see the module
+/// invariants); records pass through untouched.
+pub fn present_partition(partition: &mut PartitionData) {
+    partition.preferred_read_replica = BrokerId(-1);
+    partition.current_leader = LeaderIdAndEpoch::default();
+    partition.diverging_epoch = EpochEndOffset::default();
+    partition.snapshot_id = SnapshotId::default();
+}
+
+/// Adds `partition` under `topic` to the merged answer.
+pub fn push_fetch_partition(
+    merged: &mut FetchResponse,
+    topic: &StrBytes,
+    partition: PartitionData,
+) {
     match merged.responses.iter_mut().find(|t| t.topic.0 == *topic) {
         Some(existing) => existing.partitions.push(partition),
         None => merged.responses.push(
