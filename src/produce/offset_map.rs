@@ -106,10 +106,17 @@ impl OffsetMap {
                 loaded += 1;
             }
         }
+        let mut segments = 0usize;
         for list in entries.values_mut() {
             list.sort_by_key(|m| m.write_base_offset);
+            *list = coalesce(std::mem::take(list));
+            segments += list.len();
         }
-        tracing::info!(path = %path.display(), entries = loaded, "offset map loaded");
+        tracing::info!(path = %path.display(), entries = loaded, segments, "offset map loaded");
+        if segments * 2 < loaded {
+            // Mostly contiguous batches: rewrite the journal as its segments.
+            compact_journal(path, &entries, clusters)?;
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -153,17 +160,10 @@ impl OffsetMap {
         let list = entries
             .entry((Arc::from(topic), write_partition, mirror_cluster))
             .or_default();
-        let before = list.len();
-        for mapping in shared {
-            if !list
-                .iter()
-                .any(|m| m.write_base_offset == mapping.write_base_offset)
-            {
-                list.push(mapping);
-            }
-        }
-        if list.len() != before {
+        if !shared.is_empty() {
+            list.extend(shared);
             list.sort_by_key(|m| m.write_base_offset);
+            *list = coalesce(std::mem::take(list));
         }
         Ok(())
     }
@@ -199,7 +199,7 @@ impl OffsetMap {
             mapping.write_partition,
             mapping.mirror_cluster,
         );
-        self.lock().entry(key).or_default().push(mapping);
+        push_coalesced(self.lock().entry(key).or_default(), mapping);
     }
 
     /// Every mapping of `topic`/`write_partition` toward `mirror_cluster`, in order.
@@ -284,6 +284,70 @@ impl OffsetMap {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Appends `mapping`, extending the last segment when it continues it on both sides (the
+/// steady state of one partition mirrored in order): the map then holds a handful of
+/// segments per partition instead of one entry per batch, and translates the same.
+fn push_coalesced(list: &mut Vec<OffsetMapping>, mapping: OffsetMapping) {
+    if let Some(last) = list.last_mut() {
+        if last.mirror_partition == mapping.mirror_partition
+            && last.write_base_offset + last.record_count == mapping.write_base_offset
+            && last.mirror_base_offset + last.record_count == mapping.mirror_base_offset
+        {
+            last.record_count += mapping.record_count;
+            return;
+        }
+    }
+    list.push(mapping);
+}
+
+/// Segments of `list` (sorted by write offset): contiguous entries merged, entries inside
+/// an earlier segment (the same batch known twice: locally and from the fleet) dropped.
+fn coalesce(list: Vec<OffsetMapping>) -> Vec<OffsetMapping> {
+    let mut merged: Vec<OffsetMapping> = Vec::with_capacity(list.len());
+    for mapping in list {
+        let covered = merged.last().is_some_and(|last| {
+            mapping.write_base_offset + mapping.record_count
+                <= last.write_base_offset + last.record_count
+        });
+        if !covered {
+            push_coalesced(&mut merged, mapping);
+        }
+    }
+    merged
+}
+
+/// Rewrites the journal at `path` with one line per segment (via a temporary file and a
+/// rename, so a crash leaves the old or the new journal, never a mix).
+fn compact_journal(
+    path: &Path,
+    entries: &HashMap<Key, Vec<OffsetMapping>>,
+    clusters: &[String],
+) -> std::io::Result<()> {
+    let temporary = path.with_extension("compacting");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+        for mapping in entries.values().flatten() {
+            let entry = JournalEntry {
+                topic: mapping.topic.to_string(),
+                write_partition: mapping.write_partition,
+                write_base_offset: mapping.write_base_offset,
+                mirror_cluster: clusters
+                    .get(mapping.mirror_cluster)
+                    .cloned()
+                    .unwrap_or_default(),
+                mirror_partition: mapping.mirror_partition,
+                mirror_base_offset: mapping.mirror_base_offset,
+                record_count: mapping.record_count,
+            };
+            let line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
+            writeln!(file, "{line}")?;
+        }
+        file.flush()?;
+        file.get_ref().sync_all()?;
+    }
+    std::fs::rename(&temporary, path)
 }
 
 /// Where a consumer position lands on the other cluster; see [`OffsetMap::position`].
@@ -392,6 +456,37 @@ mod tests {
             }
         );
         assert_eq!(map.position("orders", 1, 0, 1, 5), Position::Unmapped);
+    }
+
+    #[test]
+    fn contiguous_batches_become_one_segment_and_translate_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offsets.jsonl");
+        let clusters = vec!["new".to_string(), "old".to_string()];
+        let map = OffsetMap::open(&path, &clusters).unwrap();
+        for batch in 0..100 {
+            map.record(mapping(1000 + batch * 10, batch * 10, 10));
+        }
+        map.record(mapping(2001, 1000, 5)); // after a marker at 2000: a new segment
+        assert_eq!(map.mappings("orders", 0, 1).len(), 2);
+        assert_eq!(map.position("orders", 0, 0, 1, 1555), Position::Mapped(555));
+        assert_eq!(
+            map.position("orders", 0, 0, 1, 2000),
+            Position::Mapped(1000)
+        );
+        assert_eq!(
+            map.position("orders", 0, 0, 1, 2003),
+            Position::Mapped(1002)
+        );
+        drop(map);
+        // The journal (101 lines) is rewritten as its 2 segments at the next start.
+        let reopened = OffsetMap::open(&path, &clusters).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        assert_eq!(
+            reopened.position("orders", 0, 0, 1, 1555),
+            Position::Mapped(555)
+        );
+        assert_eq!(reopened.mappings("orders", 0, 1).len(), 2);
     }
 
     #[test]
