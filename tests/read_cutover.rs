@@ -421,16 +421,7 @@ async fn a_group_positioned_before_mirroring_began_is_refused() {
     .await;
     // The group has read (and committed) only the first ten.
     let group = common::unique_topic("history-group");
-    {
-        let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
-        let mut position = rdkafka::TopicPartitionList::new();
-        position
-            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(10))
-            .unwrap();
-        consumer
-            .commit(&position, rdkafka::consumer::CommitMode::Sync)
-            .expect("commit");
-    }
+    common::commit_position(&bootstrap, &group, &topic, 0, 10);
     // Mirroring starts; later records reach new.
     let (status, answer) = put_routes(&proxy, &routing("old", "\"new\"")).await;
     assert_eq!(status, 200, "{answer}");
@@ -500,34 +491,12 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
     let topic = common::unique_topic("cli-cutover");
     common::create_topic(&bootstrap, &topic, 1).await;
     common::wait_for_topic(&new.bootstrap(), &topic, 1);
-    let send = |bootstrap: String, range: std::ops::Range<u32>| {
-        let topic = topic.clone();
-        async move {
-            let producer = common::producer(&bootstrap, &[]);
-            let values: Vec<String> = range.map(|i| format!("r-{i}")).collect();
-            common::send_all(
-                &producer,
-                values
-                    .iter()
-                    .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
-                    .collect(),
-            )
-            .await;
-        }
-    };
-    send(old.bootstrap(), 0..5).await; // on old only: old's offsets are new's + 5
-    send(bootstrap.clone(), 5..25).await;
+    let values = |range: std::ops::Range<u32>| range.map(|i| format!("r-{i}"));
+    // On old only: old's offsets are new's + 5.
+    common::send_values(&old.bootstrap(), &topic, values(0..5)).await;
+    common::send_values(&bootstrap, &topic, values(5..25)).await;
     let group = common::unique_topic("cli-group");
-    {
-        let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
-        let mut position = rdkafka::TopicPartitionList::new();
-        position
-            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(15))
-            .unwrap();
-        consumer
-            .commit(&position, rdkafka::consumer::CommitMode::Sync)
-            .expect("commit");
-    }
+    common::commit_position(&bootstrap, &group, &topic, 0, 15);
 
     let (ok, _, stderr) = kshift_cli(&[
         "cutover", "--admin", &admin, "--topics", "orders.*", "--to", "new",
@@ -588,43 +557,19 @@ async fn backfill_then_cutover_moves_a_topic_with_history() {
         common::create_topic(&bootstrap, topic, 1).await;
         common::create_topic(&new.bootstrap(), topic, 1).await;
     }
-    let producer = common::producer(&bootstrap, &[]);
-    let send = |topic: &str, range: std::ops::Range<u32>| {
-        let values: Vec<String> = range.map(|i| format!("r-{i}")).collect();
-        let topic = topic.to_string();
-        let producer = &producer;
-        async move {
-            common::send_all(
-                producer,
-                values
-                    .iter()
-                    .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
-                    .collect(),
-            )
-            .await;
-        }
-    };
+    let values = |range: std::ops::Range<u32>| range.map(|i| format!("r-{i}"));
     // History, before any mirroring; the group has read a third of it.
-    send(&busy, 0..30).await;
-    send(&idle, 0..20).await;
+    common::send_values(&bootstrap, &busy, values(0..30)).await;
+    common::send_values(&bootstrap, &idle, values(0..20)).await;
     let group = common::unique_topic("backfill-group");
-    {
-        let consumer = common::consumer(&bootstrap, &[("group.id", group.as_str())]);
-        let mut position = rdkafka::TopicPartitionList::new();
-        position
-            .add_partition_offset(&busy, 0, rdkafka::Offset::Offset(10))
-            .unwrap();
-        consumer
-            .commit(&position, rdkafka::consumer::CommitMode::Sync)
-            .expect("commit");
-    }
+    common::commit_position(&bootstrap, &group, &busy, 0, 10);
 
     // Mirroring starts with backfill: the first live batch brings the history before it.
     let shadow =
         routing("old", "\"new\"").replace("read = \"old\"\n", "read = \"old\"\nbackfill = true\n");
     let (status, answer) = put_routes(&proxy, &shadow).await;
     assert_eq!(status, 200, "{answer}");
-    send(&busy, 30..40).await;
+    common::send_values(&bootstrap, &busy, values(30..40)).await;
     // The idle topic gets its history from `kshift backfill`.
     let pattern = format!("{prefix}-*");
     let (ok, stdout, stderr) = kshift_cli(&[

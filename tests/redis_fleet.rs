@@ -172,9 +172,6 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
 /// committed position of a group whose records another instance mirrored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_instance_translates_what_one_mirrored() {
-    use rdkafka::consumer::Consumer;
-    use rdkafka::producer::FutureRecord;
-
     let (old, new) = (Broker::start().await, Broker::start().await);
     let redis = Redis::start(0).await;
     let routing = format!(
@@ -188,39 +185,14 @@ async fn another_instance_translates_what_one_mirrored() {
     let topic = common::unique_topic("fleet-offsets");
     common::create_topic(&mirroring.local_addr().to_string(), &topic, 1).await;
     common::wait_for_topic(&new.bootstrap(), &topic, 1);
-    let send = |bootstrap: String, range: std::ops::Range<u32>| {
-        let topic = topic.clone();
-        async move {
-            let producer = common::producer(&bootstrap, &[]);
-            let values: Vec<String> = range.map(|i| format!("r-{i}")).collect();
-            common::send_all(
-                &producer,
-                values
-                    .iter()
-                    .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
-                    .collect(),
-            )
-            .await;
-        }
-    };
-    send(old.bootstrap(), 0..5).await; // on old only: old's offsets are new's + 5
-    send(mirroring.local_addr().to_string(), 5..25).await; // mirrored by the first instance
+    let values = |range: std::ops::Range<u32>| range.map(|i| format!("r-{i}"));
+    // On old only: old's offsets are new's + 5; then mirrored by the first instance.
+    common::send_values(&old.bootstrap(), &topic, values(0..5)).await;
+    common::send_values(&mirroring.local_addr().to_string(), &topic, values(5..25)).await;
 
     // The group commits through the other instance, which has mirrored nothing itself.
     let group = common::unique_topic("fleet-group");
-    {
-        let consumer = common::consumer(
-            &switching.local_addr().to_string(),
-            &[("group.id", group.as_str())],
-        );
-        let mut position = rdkafka::TopicPartitionList::new();
-        position
-            .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(15))
-            .unwrap();
-        consumer
-            .commit(&position, rdkafka::consumer::CommitMode::Sync)
-            .expect("commit");
-    }
+    common::commit_position(&switching.local_addr().to_string(), &group, &topic, 0, 15);
     assert_eq!(
         switching
             .state()

@@ -63,6 +63,23 @@ struct JournalEntry {
     record_count: i64,
 }
 
+impl JournalEntry {
+    fn of(mapping: &OffsetMapping, clusters: &[String]) -> JournalEntry {
+        JournalEntry {
+            topic: mapping.topic.to_string(),
+            write_partition: mapping.write_partition,
+            write_base_offset: mapping.write_base_offset,
+            mirror_cluster: clusters
+                .get(mapping.mirror_cluster)
+                .cloned()
+                .unwrap_or_default(),
+            mirror_partition: mapping.mirror_partition,
+            mirror_base_offset: mapping.mirror_base_offset,
+            record_count: mapping.record_count,
+        }
+    }
+}
+
 impl OffsetMap {
     /// An offset map journalled to `path` (created if missing), loaded with what the
     /// file already holds. Lines naming clusters not configured any more are skipped.
@@ -173,19 +190,7 @@ impl OffsetMap {
             fleet.push(&mapping);
         }
         if let Some(journal) = &self.journal {
-            let entry = JournalEntry {
-                topic: mapping.topic.to_string(),
-                write_partition: mapping.write_partition,
-                write_base_offset: mapping.write_base_offset,
-                mirror_cluster: journal
-                    .clusters
-                    .get(mapping.mirror_cluster)
-                    .cloned()
-                    .unwrap_or_default(),
-                mirror_partition: mapping.mirror_partition,
-                mirror_base_offset: mapping.mirror_base_offset,
-                record_count: mapping.record_count,
-            };
+            let entry = JournalEntry::of(&mapping, &journal.clusters);
             if let Ok(mut line) = serde_json::to_string(&entry) {
                 line.push('\n');
                 let mut file = journal.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,18 +334,7 @@ fn compact_journal(
     {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
         for mapping in entries.values().flatten() {
-            let entry = JournalEntry {
-                topic: mapping.topic.to_string(),
-                write_partition: mapping.write_partition,
-                write_base_offset: mapping.write_base_offset,
-                mirror_cluster: clusters
-                    .get(mapping.mirror_cluster)
-                    .cloned()
-                    .unwrap_or_default(),
-                mirror_partition: mapping.mirror_partition,
-                mirror_base_offset: mapping.mirror_base_offset,
-                record_count: mapping.record_count,
-            };
+            let entry = JournalEntry::of(mapping, clusters);
             let line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
             writeln!(file, "{line}")?;
         }

@@ -591,3 +591,31 @@ pub async fn send_all(
     }
     delivered
 }
+
+/// Produces one record per value (keyed by the value) to partition-by-key of `topic` through
+/// `bootstrap` and waits until all are acknowledged.
+pub async fn send_values(bootstrap: &str, topic: &str, values: impl IntoIterator<Item = String>) {
+    let producer = producer(bootstrap, &[]);
+    let values: Vec<String> = values.into_iter().collect();
+    send_all(
+        &producer,
+        values
+            .iter()
+            .map(|v| FutureRecord::to(topic).key(v.as_str()).payload(v.as_str()))
+            .collect(),
+    )
+    .await;
+}
+
+/// Commits `offset` for `group` on partition `partition` of `topic`, as an admin would
+/// (the group has no running member).
+pub fn commit_position(bootstrap: &str, group: &str, topic: &str, partition: i32, offset: i64) {
+    let consumer = consumer(bootstrap, &[("group.id", group)]);
+    let mut position = TopicPartitionList::new();
+    position
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("partition offset");
+    consumer
+        .commit(&position, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+}
