@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cutover::{self, Switched};
+use crate::cutover::{self, Policy, Switched};
 use crate::produce::mirror::queue_backfill;
 use crate::routing::redis::RedisSourceError;
 use crate::routing::{RoutingSpec, UpdateError};
@@ -183,26 +183,42 @@ fn rejected(state: &ProxyState, code: StatusCode, error: String) -> Response {
     (code, Json(json!({ "error": error }))).into_response()
 }
 
+/// `?force=true`: put a change in force even where consumer groups cannot be moved.
+fn policy(uri: &Uri) -> Policy {
+    let forced = uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| pair == "force=true" || pair == "force")
+    });
+    if forced {
+        Policy::Force
+    } else {
+        Policy::Refuse
+    }
+}
+
 async fn put_routes(
     State(state): State<Arc<ProxyState>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    tracing::info!(%caller, "PUT /routes");
+    let policy = policy(&uri);
+    tracing::info!(%caller, ?policy, "PUT /routes");
     let spec = match parse_spec(&headers, &body) {
         Ok(spec) => spec,
         Err(error) => return rejected(&state, StatusCode::BAD_REQUEST, error),
     };
-    submit(&state, &spec).await
+    submit(&state, &spec, policy).await
 }
 
 /// Applies `spec` here, or through Redis (and so on every instance) when configured.
-async fn submit(state: &ProxyState, spec: &RoutingSpec) -> Response {
+async fn submit(state: &ProxyState, spec: &RoutingSpec, policy: Policy) -> Response {
     let result = match &state.redis {
-        Some(redis) => redis.publish(state, spec, "admin").await,
+        Some(redis) => redis.publish(state, spec, "admin", policy).await,
         None => {
-            cutover::switch(state, spec, async {
+            cutover::switch(state, spec, policy, async {
                 state
                     .routing
                     .apply(spec, "admin", None)
@@ -241,11 +257,13 @@ fn answer(state: &ProxyState, result: Result<Switched, RedisSourceError>) -> Res
 async fn rollback(
     State(state): State<Arc<ProxyState>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
+    uri: Uri,
 ) -> Response {
-    tracing::info!(%caller, "POST /routes/rollback");
+    let policy = policy(&uri);
+    tracing::info!(%caller, ?policy, "POST /routes/rollback");
     if state.redis.is_some() {
         return match state.routing.previous_spec() {
-            Some(previous) => submit(&state, &previous).await,
+            Some(previous) => submit(&state, &previous, policy).await,
             None => rejected(
                 &state,
                 StatusCode::CONFLICT,
@@ -260,7 +278,7 @@ async fn rollback(
             UpdateError::NoHistory.to_string(),
         );
     };
-    let result = cutover::switch(&state, &previous, async {
+    let result = cutover::switch(&state, &previous, policy, async {
         state
             .routing
             .rollback("admin")

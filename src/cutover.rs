@@ -157,6 +157,16 @@ impl Drop for Fence<'_> {
     }
 }
 
+/// What a switch does when groups cannot be moved safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Refuse the change (the table in force stays).
+    Refuse,
+    /// Put the change in force anyway, moving the groups that can be moved: for an
+    /// emergency (a cluster down) and for fleet instances following a table already in force.
+    Force,
+}
+
 /// A group moved by a switch, as reported to the operator.
 #[derive(Debug, Clone, Serialize)]
 pub struct MovedGroup {
@@ -189,6 +199,7 @@ pub struct Switched {
 pub async fn switch<E, F>(
     state: &ProxyState,
     spec: &RoutingSpec,
+    policy: Policy,
     put_in_force: F,
 ) -> Result<Switched, E>
 where
@@ -206,22 +217,32 @@ where
             moved: Vec::new(),
         });
     }
-    let refused = |reason: String| {
+    // Refused, unless forced: then the table goes in force with what could be moved.
+    let refused = |reason: String| -> Result<(), E> {
+        if policy == Policy::Force {
+            tracing::warn!(%reason, "forced routing change: consumer groups not moved (their offsets are not translated)");
+            return Ok(());
+        }
         tracing::warn!(%reason, "routing change refused: consumer groups cannot be moved");
-        E::from(UpdateError::Refused(reason))
+        Err(E::from(UpdateError::Refused(reason)))
     };
-    let movers = plan(state, &current, &next).await.map_err(refused)?;
+    let movers = match plan(state, &current, &next).await {
+        Ok(movers) => movers,
+        Err(reason) => {
+            refused(reason)?;
+            Vec::new()
+        }
+    };
     let fence = Fence::new(
         &state.cutover,
         movers.iter().map(|m| m.group.clone()).collect(),
     );
     let mut moved = Vec::new();
     for mover in &movers {
-        moved.push(
-            move_group(state, &current, &next, mover)
-                .await
-                .map_err(refused)?,
-        );
+        match move_group(state, &current, &next, mover).await {
+            Ok(group) => moved.push(group),
+            Err(reason) => refused(reason)?,
+        }
     }
     let applied = put_in_force.await?;
     drop(fence);

@@ -113,6 +113,10 @@ enum Command {
         /// Put the previous routing table back (moving groups back).
         #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config"])]
         rollback: bool,
+        /// Switch even where consumer groups cannot be moved or the mirror lags (an
+        /// emergency: a cluster is down); such groups keep untranslated offsets.
+        #[arg(long)]
+        force: bool,
     },
     /// Read or change the routing table of a running kshift through its admin API.
     Routes {
@@ -363,9 +367,10 @@ fn main() -> ExitCode {
             config,
             wait_secs,
             rollback,
+            force,
         } => run_client(async {
             if rollback {
-                return kshift::cli::cutover::rollback(&admin).await;
+                return kshift::cli::cutover::rollback(&admin, force).await;
             }
             let cutover = kshift::cli::cutover::Cutover {
                 admin,
@@ -374,6 +379,7 @@ fn main() -> ExitCode {
                 groups,
                 config,
                 wait: std::time::Duration::from_secs(wait_secs),
+                force,
             };
             kshift::cli::cutover::run(&cutover).await
         }),

@@ -453,6 +453,15 @@ async fn a_group_positioned_before_mirroring_began_is_refused() {
     let (status, table) = http::request(proxy.admin_addr().unwrap(), "GET", "/routes", "").await;
     assert_eq!(status, 200);
     assert!(table.contains("\"read\":\"old\""), "{table}");
+
+    // Forced (an emergency, say old is down): the table goes in force, the group is not moved.
+    let admin = proxy.admin_addr().unwrap();
+    let table = routing("new", "\"new\"");
+    let (status, body) = http::request(admin, "PUT", "/routes?force=true", &table).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"moved_groups\":[]"), "{body}");
+    let (_, table) = http::request(admin, "GET", "/routes", "").await;
+    assert!(table.contains("\"read\":\"new\""), "{table}");
 }
 
 /// Runs the kshift binary (on a blocking thread); returns (success, stdout, stderr).

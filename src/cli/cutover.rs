@@ -30,6 +30,9 @@ pub struct Cutover {
     pub config: Option<PathBuf>,
     /// How long to wait for the mirror lag of these routes to reach zero.
     pub wait: Duration,
+    /// Switch even where groups cannot be moved or the mirror lags (an emergency: the old
+    /// cluster is down); groups that cannot be moved keep untranslated offsets.
+    pub force: bool,
 }
 
 pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
@@ -92,7 +95,12 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    wait_for_mirror(cutover, &matching).await?;
+    if let Err(error) = wait_for_mirror(cutover, &matching).await {
+        if !cutover.force {
+            return Err(error);
+        }
+        eprintln!("kshift: {error:#} — switching anyway (--force)");
+    }
     if let Some(path) = &cutover.config {
         let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
         let topics = cutover.topics.clone();
@@ -106,7 +114,12 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
     }
 
     let body = toml::to_string(&after)?;
-    let (status, answer) = request(&cutover.admin, "PUT", "/routes", &body).await?;
+    let path = if cutover.force {
+        "/routes?force=true"
+    } else {
+        "/routes"
+    };
+    let (status, answer) = request(&cutover.admin, "PUT", path, &body).await?;
     if status != 200 {
         return Err(refused(status, &answer));
     }
@@ -124,9 +137,14 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
 }
 
 /// `kshift cutover --rollback`: the previous table back, groups moved back.
-pub async fn rollback(admin: &str) -> anyhow::Result<()> {
+pub async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
     let before = current(admin).await?;
-    let (status, answer) = request(admin, "POST", "/routes/rollback", "").await?;
+    let path = if force {
+        "/routes/rollback?force=true"
+    } else {
+        "/routes/rollback"
+    };
+    let (status, answer) = request(admin, "POST", path, "").await?;
     if status != 200 {
         return Err(refused(status, &answer));
     }

@@ -91,8 +91,11 @@ async fn reload(state: &ProxyState, path: &Path, running: &Config) {
         return;
     }
     let result = match &state.redis {
-        Some(redis) => redis.publish(state, &spec, "file").await.map(|_| ()),
-        None => crate::cutover::switch(state, &spec, async {
+        Some(redis) => redis
+            .publish(state, &spec, "file", crate::cutover::Policy::Refuse)
+            .await
+            .map(|_| ()),
+        None => crate::cutover::switch(state, &spec, crate::cutover::Policy::Refuse, async {
             state.routing.apply(&spec, "file", None)
         })
         .await

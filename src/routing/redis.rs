@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 
 use super::{RoutingSpec, UpdateError};
-use crate::cutover::{self, Switched};
+use crate::cutover::{self, Policy, Switched};
 use crate::ProxyState;
 
 /// Pause before reconnecting to Redis.
@@ -108,9 +108,10 @@ impl RedisSource {
         state: &ProxyState,
         spec: &RoutingSpec,
         source: &str,
+        policy: Policy,
     ) -> Result<Switched, RedisSourceError> {
         // Validated, and consumer groups moved, before anything reaches Redis.
-        cutover::switch(state, spec, async {
+        cutover::switch(state, spec, policy, async {
             let floor = state.routing.load().version;
             let version = self.run_script(spec, floor, false).await?;
             Ok(state.routing.apply(spec, source, Some(version as u64))?)
@@ -170,16 +171,13 @@ impl RedisSource {
                 return Ok(());
             }
         };
-        let apply = || state.routing.apply(&spec, "redis", Some(version));
-        let result = match cutover::switch(state, &spec, async { apply() }).await {
-            // The fleet has this table already: follow it even where this instance could
-            // not move its groups (the publishing instance moved their offsets).
-            Err(UpdateError::Refused(reason)) => {
-                tracing::error!(%reason, "following the fleet's routing table although this instance could not move its consumer groups");
-                apply()
-            }
-            other => other.map(|switched| switched.applied),
-        };
+        // The fleet has this table already: follow it even where this instance could not
+        // move its groups (the publishing instance moved their offsets).
+        let result = cutover::switch(state, &spec, Policy::Force, async {
+            state.routing.apply(&spec, "redis", Some(version))
+        })
+        .await
+        .map(|switched| switched.applied);
         match result {
             Ok(_) => state.metrics.routing_update("applied", "redis"),
             Err(_) => state.metrics.routing_update("rejected", "redis"),
