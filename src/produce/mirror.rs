@@ -429,7 +429,10 @@ impl MirrorWriter {
     }
 
     async fn mirror(&mut self, mut item: MirrorItem) {
-        let write_base_offset = match (&mut item.written).await {
+        let written = (&mut item.written).await;
+        // Let the client's answer, woken by the same broker response, go out first.
+        tokio::task::yield_now().await;
+        let write_base_offset = match written {
             Ok(Some(offset)) => offset,
             _ => {
                 // The write failed: the client was told, nothing to mirror.
