@@ -8,13 +8,16 @@
 //! - [`dispatch`] sends each request by api key to its handler:
 //!   - [`virtual_cluster`] answers ApiVersions, Metadata, FindCoordinator and
 //!     DescribeCluster itself, with kshift as the only broker;
-//!   - [`produce`] routes records to the route's write cluster;
+//!   - [`produce`] routes records to the route's write cluster and queues them for its
+//!     mirrors (one ordered writer per mirror cluster, which also backfills);
 //!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
 //!   - [`groups`] forwards group, offset and transaction APIs to the right coordinator;
 //!   - [`split`] groups a request's partitions by the broker that must serve them;
 //! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
 //!   coordinator cache) plus the upstream broker connections each client connection owns;
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
+//!   every change to it goes through [`cutover`], which moves consumer groups (and their
+//!   committed positions, translated with the mirror's offset map) when reads switch;
 //! - [`config`] parses and validates the TOML configuration;
 //! - [`security`] holds TLS and SASL for both sides: the client listener's (kshift as the
 //!   server) and each backend cluster's (kshift as the client).
