@@ -27,7 +27,7 @@
 //! Limits: translation is per partition, so routes with `murmur2` partitioning are refused;
 //! groups are matched against routes as a client with an empty `client.id` would be.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,7 +62,8 @@ const LIST_GROUPS_VERSION: i16 = 4;
 const OFFSET_FETCH_VERSION: i16 = 7;
 const OFFSET_COMMIT_VERSION: i16 = 8;
 const GROUP: i8 = 0;
-/// Partitions asked per topic from brokers that need the partitions listed.
+/// Partitions asked for a topic the group cluster's metadata does not list, from brokers
+/// that need the partitions listed.
 const MAX_PARTITIONS_ASKED: i32 = 256;
 
 /// Switch state shared by every connection.
@@ -549,21 +550,24 @@ async fn committed(
     let response: OffsetFetchResponse = match all {
         Ok(response) if response.error_code == 0 && !response.topics.is_empty() => response,
         _ => {
-            let mut topics = state.cutover.seen_topics(group);
-            topics.extend(
-                cluster
-                    .metadata(None, false)
-                    .await?
-                    .topics
-                    .into_iter()
-                    .filter_map(|t| t.name.map(|n| n.0.to_string())),
-            );
+            // Partition counts from the cluster's metadata; topics the group was seen with
+            // that it does not list (renamed elsewhere) get a generous guess.
+            let mut topics: BTreeMap<String, i32> = cluster
+                .metadata(None, false)
+                .await?
+                .topics
+                .into_iter()
+                .filter_map(|t| Some((t.name?.0.to_string(), t.partitions.len() as i32)))
+                .collect();
+            for topic in state.cutover.seen_topics(group) {
+                topics.entry(topic).or_insert(MAX_PARTITIONS_ASKED);
+            }
             let topics = topics
                 .into_iter()
-                .map(|name| {
+                .map(|(name, partitions)| {
                     OffsetFetchRequestTopic::default()
                         .with_name(TopicName(StrBytes::from_string(name)))
-                        .with_partition_indexes((0..MAX_PARTITIONS_ASKED).collect())
+                        .with_partition_indexes((0..partitions).collect())
                 })
                 .collect();
             cluster
