@@ -453,40 +453,59 @@ fn init_tracing(json: bool) {
 
 #[tokio::main]
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives as soon as the port is open must drain,
+    // not kill.
+    let mut stop = StopSignals::install()?;
     let proxy = kshift::Proxy::start(config.clone()).await?;
     proxy.watch_config_file(path, config)?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate() => {}
-    }
+    stop.next().await;
     tracing::info!(
         "shutting down: draining connections and mirror queues (a second signal stops at once)"
     );
     tokio::select! {
         _ = proxy.shutdown() => Ok(()),
-        _ = tokio::signal::ctrl_c() => second_signal(),
-        _ = terminate() => second_signal(),
-    }
-}
-
-fn second_signal() -> anyhow::Result<()> {
-    tracing::warn!("second signal: exiting without finishing the drain");
-    std::process::exit(130)
-}
-
-#[cfg(unix)]
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut signal) => {
-            signal.recv().await;
+        _ = stop.next() => {
+            tracing::warn!("second signal: exiting without finishing the drain");
+            std::process::exit(130)
         }
-        Err(_) => std::future::pending::<()>().await,
     }
 }
 
-#[cfg(not(unix))]
-async fn terminate() {
-    std::future::pending::<()>().await
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct StopSignals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {})
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn print_routing(config: &Config) {

@@ -45,20 +45,22 @@ pub fn spawn_watch(
     #[cfg(unix)]
     {
         let hangups = changes.clone();
-        tokio::spawn(async move {
-            let Ok(mut signal) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::warn!("cannot listen for SIGHUP; the config file is still watched");
-                return;
-            };
-            while signal.recv().await.is_some() {
-                tracing::info!("SIGHUP: re-reading the config file");
-                if hangups.send(()).is_err() {
-                    return;
-                }
+        // Registered before returning, so a SIGHUP right after start reloads, not kills.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signal) => {
+                tokio::spawn(async move {
+                    while signal.recv().await.is_some() {
+                        tracing::info!("SIGHUP: re-reading the config file");
+                        if hangups.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
             }
-        });
+            Err(_) => {
+                tracing::warn!("cannot listen for SIGHUP; the config file is still watched");
+            }
+        }
     }
     drop(changes);
     tokio::spawn(async move {
