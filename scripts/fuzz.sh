@@ -15,7 +15,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     exit 1
 fi
 # Seeds: real frames encoded with kafka-protocol (committed; regenerated here, with the
-# project's own build and target dir).
+# project's own build, in your CARGO_TARGET_DIR).
 (cd .. && cargo test --quiet --test fuzz_seeds -- --ignored)
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${KSHIFT_FUZZ_TARGET_DIR:-/root/.cache/kshift/fuzz-target}"
