@@ -38,17 +38,62 @@ pub async fn run(config: &Config) -> anyhow::Result<(usize, usize)> {
     let names = config.cluster_names();
     let table = RoutingTable::build(&config.routing_spec(), &names, 0)?;
     let (mut ranges, mut records) = (0, 0);
-    for range in &pending {
-        let copied = repair(config, &names, &table, range)
+    for run in contiguous_runs(&pending) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        // One copy per run of adjacent ranges: an outage journals one range per batch.
+        let merged = FailedRange {
+            last_offset: last.last_offset,
+            ..(*first).clone()
+        };
+        let copied = repair(config, &names, &table, &merged)
             .await
-            .with_context(|| format!("repairing {}", range.key()))?;
-        failures::mark_repaired(path, range)?;
-        println!("repaired {} ({copied} records)", range.key());
-        ranges += 1;
+            .with_context(|| format!("repairing {}", merged.key()))?;
+        for range in &run {
+            failures::mark_repaired(path, range)?;
+        }
+        println!(
+            "repaired {} ({copied} records, {} journalled range(s))",
+            merged.key(),
+            run.len()
+        );
+        ranges += run.len();
         records += copied;
     }
     println!("{ranges} range(s) repaired, {records} record(s) copied; nothing left pending");
     Ok((ranges, records))
+}
+
+/// `pending` cut into runs that one copy covers: ranges of one partition, mirror and target,
+/// each starting where the previous ended. Per partition the journal order is kept (it is the
+/// write order); partitions are independent, and an outage interleaves them in the journal.
+fn contiguous_runs(pending: &[FailedRange]) -> Vec<Vec<&FailedRange>> {
+    let mut runs: Vec<Vec<&FailedRange>> = Vec::new();
+    for range in pending {
+        let same_partition = |other: &FailedRange| {
+            other.topic == range.topic
+                && other.write_partition == range.write_partition
+                && other.mirror_cluster == range.mirror_cluster
+                && other.mirror == range.mirror
+        };
+        // The latest run of this partition, if any; a range continues only that one.
+        let latest = runs
+            .iter_mut()
+            .rev()
+            .find(|run| run.last().is_some_and(|last| same_partition(last)));
+        match latest {
+            Some(run)
+                if run
+                    .last()
+                    .is_some_and(|last| last.last_offset + 1 == range.first_offset) =>
+            {
+                run.push(range)
+            }
+            _ => runs.push(vec![range]),
+        }
+    }
+    runs
 }
 
 fn bootstrap(config: &Config, cluster: &str) -> anyhow::Result<String> {
@@ -209,4 +254,48 @@ async fn repair(
     }
     producer.flush(Duration::from_secs(30))?;
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(partition: i32, first: i64, last: i64) -> FailedRange {
+        FailedRange {
+            topic: "orders".into(),
+            write_partition: partition,
+            first_offset: first,
+            last_offset: last,
+            mirror_cluster: "new".into(),
+            reason: "test".into(),
+            mirror: None,
+        }
+    }
+
+    #[test]
+    fn adjacent_ranges_of_a_partition_are_copied_in_one_run() {
+        let pending = [
+            range(0, 10, 11),
+            range(1, 4, 4),
+            range(0, 12, 15),
+            range(1, 5, 9),
+            range(0, 20, 21), // after a gap in the journal: its own run
+        ];
+        let runs: Vec<Vec<(i32, i64, i64)>> = contiguous_runs(&pending)
+            .into_iter()
+            .map(|run| {
+                run.iter()
+                    .map(|r| (r.write_partition, r.first_offset, r.last_offset))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            vec![
+                vec![(0, 10, 11), (0, 12, 15)],
+                vec![(1, 4, 4), (1, 5, 9)],
+                vec![(0, 20, 21)],
+            ]
+        );
+    }
 }

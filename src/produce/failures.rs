@@ -5,10 +5,19 @@
 //! Invariant: a range is journalled only once its write offsets are known (the write
 //! cluster acknowledged it); ranges already repaired are listed in `FILE.repaired` and
 //! skipped by later repairs, so repair can be run again safely.
+//!
+//! Gaps: while a (mirror, topic, partition) has a pending range, it has a *gap*, and the
+//! mirror writer journals that partition's later `async` batches too instead of sending them
+//! (see `MirrorWriter::mirror`). So the mirror holds a prefix of the write cluster's log and
+//! `kshift repair` appends the rest in write order; sending later batches past the gap would
+//! leave the repaired ones out of order (and offset translation wrong). The journal re-reads
+//! the file at most once per [`GAP_RECHECK`] per gap to notice a repair.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,24 +59,42 @@ impl FailedRange {
     }
 }
 
+/// How often a gap's partition re-reads the journal to learn whether repair closed it.
+pub const GAP_RECHECK: Duration = Duration::from_secs(1);
+
+/// (mirror cluster, client-visible topic, write partition).
+type GapKey = (String, String, i32);
+
 #[derive(Debug, Default)]
 pub struct FailureJournal {
     file: Option<Mutex<std::fs::File>>,
+    /// The journal's path, re-read to see repairs; `None` without a journal.
+    path: Option<PathBuf>,
+    /// Partitions with pending ranges, and when each was last checked against the file.
+    gaps: Mutex<HashMap<GapKey, Instant>>,
 }
 
 impl FailureJournal {
+    /// Opens (or creates) the journal; ranges still pending from an earlier run are gaps.
     pub fn open(path: &Path) -> std::io::Result<FailureJournal> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
+        let now = Instant::now();
+        let gaps = pending(path)?
+            .into_iter()
+            .map(|range| (gap_key(&range), now))
+            .collect();
         Ok(FailureJournal {
             file: Some(Mutex::new(file)),
+            path: Some(path.to_path_buf()),
+            gaps: Mutex::new(gaps),
         })
     }
 
     /// Appends `range` (a no-op without a journal file; the log line is still written by
-    /// the caller).
+    /// the caller) and opens a gap for its partition.
     pub fn record(&self, range: &FailedRange) {
         let Some(file) = &self.file else { return };
         if let Ok(mut line) = serde_json::to_string(range) {
@@ -75,9 +102,64 @@ impl FailureJournal {
             let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(error) = file.write_all(line.as_bytes()) {
                 tracing::error!(%error, "cannot append to the mirror failure file");
+                return;
             }
         }
+        let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
+        if gaps.insert(gap_key(range), Instant::now()).is_none() {
+            tracing::warn!(
+                mirror_cluster = %range.mirror_cluster,
+                topic = %range.topic,
+                partition = range.write_partition,
+                "mirror gap opened: later async batches of this partition are journalled, not \
+                 mirrored, until `kshift repair` copies the gap (keeps the mirror in write order)"
+            );
+        }
     }
+
+    /// Whether `topic`'s `partition` has unrepaired ranges for `mirror_cluster`. Always
+    /// false without a journal file (nothing could ever close the gap).
+    pub fn has_gap(&self, mirror_cluster: &str, topic: &str, partition: i32) -> bool {
+        let Some(path) = &self.path else { return false };
+        let key = (mirror_cluster.to_string(), topic.to_string(), partition);
+        {
+            let gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
+            match gaps.get(&key) {
+                None => return false,
+                Some(checked) if checked.elapsed() < GAP_RECHECK => return true,
+                Some(_) => {}
+            }
+        }
+        // Read outside the lock; a range journalled meanwhile is in the file already.
+        let still_pending = match pending(path) {
+            Ok(ranges) => ranges.iter().any(|range| gap_key(range) == key),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the mirror failure file");
+                true
+            }
+        };
+        let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
+        if still_pending {
+            gaps.insert(key, Instant::now());
+        } else {
+            gaps.remove(&key);
+            tracing::info!(
+                mirror_cluster,
+                topic,
+                partition,
+                "mirror gap repaired: mirroring this partition again"
+            );
+        }
+        still_pending
+    }
+}
+
+fn gap_key(range: &FailedRange) -> GapKey {
+    (
+        range.mirror_cluster.clone(),
+        range.topic.clone(),
+        range.write_partition,
+    )
 }
 
 fn repaired_path(path: &Path) -> PathBuf {
@@ -143,5 +225,32 @@ mod tests {
         assert_eq!(pending(&path).unwrap(), vec![range(5)]);
         FailureJournal::default().record(&range(9));
         assert_eq!(pending(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_gap_stays_open_until_every_range_of_its_partition_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failures.jsonl");
+        let journal = FailureJournal::open(&path).unwrap();
+        assert!(!journal.has_gap("new", "orders", 2));
+        journal.record(&range(0));
+        journal.record(&range(5));
+        assert!(journal.has_gap("new", "orders", 2));
+        assert!(
+            !journal.has_gap("new", "orders", 3),
+            "other partitions flow"
+        );
+        assert!(!journal.has_gap("other", "orders", 2), "other mirrors flow");
+        mark_repaired(&path, &range(0)).unwrap();
+        std::thread::sleep(GAP_RECHECK);
+        assert!(journal.has_gap("new", "orders", 2), "range 5 still pending");
+        // A restarted kshift finds the gap in the file.
+        assert!(FailureJournal::open(&path)
+            .unwrap()
+            .has_gap("new", "orders", 2));
+        mark_repaired(&path, &range(5)).unwrap();
+        std::thread::sleep(GAP_RECHECK);
+        assert!(!journal.has_gap("new", "orders", 2));
+        assert!(!FailureJournal::default().has_gap("new", "orders", 2));
     }
 }

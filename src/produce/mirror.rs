@@ -462,12 +462,33 @@ impl MirrorWriter {
                 return;
             }
         }
-        let result = match self.plan(&item, write_base_offset).await {
+        // An async batch behind an unrepaired gap is journalled, not sent: the mirror keeps a
+        // prefix of the write log and repair appends the rest in order. (A sync route's
+        // client would be refused until the repair instead; it gets the mirror's own answer.)
+        let held_back = item.done.is_none()
+            && item.source.is_none()
+            && self
+                .failures
+                .has_gap(&self.cluster.name, &item.topic, item.write_partition);
+        let result = if held_back {
+            Err("held back behind an unrepaired gap, to keep the mirror in write order".into())
+        } else {
+            self.send_planned(&item, write_base_offset).await
+        };
+        self.finish(item, write_base_offset, result, held_back);
+    }
+
+    async fn send_planned(
+        &mut self,
+        item: &MirrorItem,
+        write_base_offset: i64,
+    ) -> Result<(), String> {
+        match self.plan(item, write_base_offset).await {
             Ok(batches) => {
                 let mut result = Ok(());
                 for (partition, batch) in batches {
                     if let Err(error) = self
-                        .send_batch(&item, write_base_offset, partition, batch)
+                        .send_batch(item, write_base_offset, partition, batch)
                         .await
                     {
                         result = Err(error);
@@ -476,7 +497,17 @@ impl MirrorWriter {
                 result
             }
             Err(error) => Err(error),
-        };
+        }
+    }
+
+    /// Counts, logs and journals the outcome of `item`, and tells a waiting sync client.
+    fn finish(
+        &mut self,
+        mut item: MirrorItem,
+        write_base_offset: i64,
+        result: Result<(), String>,
+        held_back: bool,
+    ) {
         if result.is_ok() && item.source.is_some() {
             self.backfill.covered(
                 &item.topic,
@@ -497,15 +528,25 @@ impl MirrorWriter {
             self.stats
                 .failed_records
                 .fetch_add(item.record_count as u64, Ordering::Relaxed);
-            tracing::warn!(
-                mirror_cluster = %self.cluster.name,
-                route = item.route,
-                topic = %item.topic,
-                partition = item.write_partition,
-                write_offsets = %format!("{}..={}", write_base_offset, write_base_offset + item.record_count - 1),
-                %error,
-                "mirroring failed; these records exist only on the write cluster"
+            let write_offsets = format!(
+                "{}..={}",
+                write_base_offset,
+                write_base_offset + item.record_count - 1
             );
+            if held_back {
+                // The gap's opening was logged at warn; one line per held batch would flood.
+                tracing::debug!(mirror_cluster = %self.cluster.name, topic = %item.topic, partition = item.write_partition, %write_offsets, "held back behind a mirror gap");
+            } else {
+                tracing::warn!(
+                    mirror_cluster = %self.cluster.name,
+                    route = item.route,
+                    topic = %item.topic,
+                    partition = item.write_partition,
+                    %write_offsets,
+                    %error,
+                    "mirroring failed; these records exist only on the write cluster"
+                );
+            }
             self.failures.record(&FailedRange {
                 topic: item.topic.to_string(),
                 write_partition: item.write_partition,

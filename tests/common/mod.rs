@@ -91,13 +91,109 @@ tansu=$!
 exec 3<&-
 wait "$tansu""#;
 
-/// One Tansu broker with in-memory storage, killed when dropped.
+/// One Tansu broker, killed when dropped. Its log lives in memory (`Broker::start`) or in a
+/// bucket of an [`ObjectStore`] (`Broker::start_persistent`), which survives `restart()`.
 pub struct Broker {
-    /// The watchdog shell around Tansu; closing its stdin kills Tansu.
-    child: Child,
+    /// The watchdog shell around Tansu; closing its stdin kills Tansu. `None` while killed.
+    child: Option<Child>,
     port: u16,
+    storage: Storage,
+    extra_args: Vec<String>,
     /// stdout + stderr of the broker; kept until drop so a failing test can show it.
     log: tempfile::NamedTempFile,
+}
+
+/// Where a broker keeps its log.
+#[derive(Clone, Debug)]
+enum Storage {
+    /// `memory://`: gone with the process.
+    Memory,
+    /// Tansu's `s3://` engine against an [`ObjectStore`]: outlives the process.
+    S3 { endpoint: String, bucket: String },
+}
+
+/// A local S3-compatible object store (moto's `moto_server`, in memory) that outlives the
+/// brokers using it, so a broker killed and restarted on the same bucket keeps its topics,
+/// records and committed offsets. Killed when dropped.
+pub struct ObjectStore {
+    /// The watchdog shell around moto_server; closing its stdin kills it.
+    child: Child,
+    port: u16,
+}
+
+impl ObjectStore {
+    /// Starts `moto_server` on a free port and waits until it answers HTTP.
+    pub async fn start() -> ObjectStore {
+        const HOW: &str = "the fault tests keep broker logs in a local S3 store: \
+                           run `pip install 'moto[server]'` (provides moto_server)";
+        let port = free_port();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("moto-watchdog")
+            .arg("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run sh ({error}); {HOW}"));
+        let mut store = ObjectStore { child, port };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = store.child.try_wait() {
+                panic!("moto_server exited with {status}; {HOW}");
+            }
+            if store.http("GET", "/").await.is_ok() {
+                return store;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server not answering on port {port} after {TIMEOUT:?}; {HOW}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates a new, empty bucket and returns its name.
+    pub async fn bucket(&self) -> String {
+        let bucket = unique_topic("tansu").to_lowercase();
+        let status = self
+            .http("PUT", &format!("/{bucket}"))
+            .await
+            .unwrap_or_else(|error| panic!("create bucket {bucket}: {error}"));
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "create bucket {bucket}: {status}"
+        );
+        bucket
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One HTTP/1.1 request without a body; returns the status line.
+    async fn http(&self, method: &str, path: &str) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8_lossy(&response);
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 impl Broker {
@@ -108,24 +204,76 @@ impl Broker {
 
     /// Like `start`, with further `tansu broker` arguments (e.g. `--authentication`).
     pub async fn start_with_args(extra_args: &[&str]) -> Broker {
+        Broker::start_with_storage(Storage::Memory, extra_args).await
+    }
+
+    /// A broker whose log lives in a fresh bucket of `store`: `kill()` + `restart()` keep its
+    /// topics, records and committed offsets.
+    pub async fn start_persistent(store: &ObjectStore) -> Broker {
+        let storage = Storage::S3 {
+            endpoint: store.endpoint(),
+            bucket: store.bucket().await,
+        };
+        Broker::start_with_storage(storage, &[]).await
+    }
+
+    async fn start_with_storage(storage: Storage, extra_args: &[&str]) -> Broker {
         let mut last_failure = String::new();
         // A port found free can be taken (e.g. by a client's outgoing socket) before Tansu binds
         // it: then Tansu exits and we try another one.
         for _attempt in 0..5 {
-            match Broker::try_start(free_port(), extra_args).await {
-                Ok(broker) => return broker,
+            let mut broker = Broker {
+                child: None,
+                port: free_port(),
+                storage: storage.clone(),
+                extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+                log: match tempfile::Builder::new()
+                    .prefix("kshift-tansu-")
+                    .suffix(".log")
+                    .tempfile()
+                {
+                    Ok(log) => log,
+                    Err(error) => panic!("temp log file: {error}"),
+                },
+            };
+            match broker.spawn().await {
+                Ok(()) => return broker,
                 Err(failure) => last_failure = failure,
             }
         }
         panic!("Tansu did not start: {last_failure}");
     }
 
-    async fn try_start(port: u16, extra_args: &[&str]) -> Result<Broker, String> {
-        let log = tempfile::Builder::new()
-            .prefix("kshift-tansu-")
-            .suffix(".log")
-            .tempfile()
-            .map_err(|error| format!("temp log file: {error}"))?;
+    /// Kills the broker (SIGKILL, no clean shutdown), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take()); // the watchdog shell kills Tansu and exits
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same storage (kills it first if it
+    /// runs). A `start_persistent` broker comes back with its data; a `start` one comes back
+    /// empty.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + TIMEOUT;
+        // The port may still be held for a moment by the dead process's sockets.
+        loop {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(failure) if Instant::now() > deadline => {
+                    panic!("Tansu did not restart on port {}: {failure}", self.port)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Spawns Tansu on `self.port` and waits until it accepts connections.
+    async fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port;
+        let log = &self.log;
         // Clones of one open file share its offset, so stdout and stderr lines interleave.
         let stdout = log
             .as_file()
@@ -140,7 +288,8 @@ impl Broker {
         // process) closes: on drop, and also when the test process dies without running drops
         // (a timeout, SIGKILL), so no broker outlives its test. The shell exits with Tansu's
         // status, which tells a failed start.
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(WATCHDOG)
             .arg("tansu-watchdog")
@@ -148,25 +297,43 @@ impl Broker {
             .arg("broker")
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
             .args(["--cluster-id", &format!("kshift-test-{port}")])
-            .args(extra_args)
+            .args(&self.extra_args);
+        match &self.storage {
+            Storage::Memory => {
+                command.args(["--storage-engine", "memory://tansu/"]);
+            }
+            Storage::S3 { endpoint, bucket } => {
+                command
+                    .args(["--storage-engine", &format!("s3://{bucket}/")])
+                    .env("AWS_ENDPOINT", endpoint)
+                    .env("AWS_ALLOW_HTTP", "true")
+                    .env("AWS_ACCESS_KEY_ID", "test")
+                    .env("AWS_SECRET_ACCESS_KEY", "test")
+                    .env("AWS_DEFAULT_REGION", "us-east-1");
+            }
+        }
+        let child = command
             .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .map_err(|error| format!("spawn {}: {error}", tansu_binary().display()))?;
-        let mut broker = Broker { child, port, log };
+        let child = self.child.insert(child);
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Ok(Some(status)) = broker.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
                 return Err(format!(
                     "Tansu exited with {status} on port {port}: {}",
-                    broker.log_text()
+                    self.log_text()
                 ));
             }
-            if tokio::net::TcpStream::connect(broker.addr()).await.is_ok() {
-                return Ok(broker);
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!("port {port} not accepting after {TIMEOUT:?}"));
@@ -196,8 +363,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        drop(self.child.stdin.take()); // the watchdog shell kills Tansu and exits
-        let _ = self.child.wait();
+        self.kill();
         if std::thread::panicking() {
             let log = self.log_text();
             let tail_start = log.len().saturating_sub(4000);

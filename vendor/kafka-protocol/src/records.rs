@@ -514,7 +514,11 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // kshift patch: the record count read from the wire never sizes an allocation beyond
+        // the bytes left (every record takes at least one byte); it was `reserve(count)`, and
+        // a batch announcing 2^28 records made the process abort (found by cargo fuzz).
+        let count = usize::try_from(batch_decode_info.record_count).unwrap_or(0);
+        records.reserve(count.min(bytes::Buf::remaining(buf)));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
