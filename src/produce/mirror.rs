@@ -318,6 +318,9 @@ impl Mirrors {
         let Some(queue) = self.queues.get(cluster) else {
             return;
         };
+        if item.source.is_some() {
+            return; // a backfill route copies it before its next batch
+        }
         self.failures.record(&FailedRange {
             topic: item.topic.to_string(),
             write_partition: item.write_partition,
@@ -547,15 +550,19 @@ impl MirrorWriter {
                     "mirroring failed; these records exist only on the write cluster"
                 );
             }
-            self.failures.record(&FailedRange {
-                topic: item.topic.to_string(),
-                write_partition: item.write_partition,
-                first_offset: write_base_offset,
-                last_offset: write_base_offset + item.record_count - 1,
-                mirror_cluster: self.cluster.name.to_string(),
-                reason: error.clone(),
-                mirror: Some(item.target()),
-            });
+            // A backfill route copies what is missing before its next batch: journalling it
+            // for repair as well would copy it twice.
+            if item.source.is_none() {
+                self.failures.record(&FailedRange {
+                    topic: item.topic.to_string(),
+                    write_partition: item.write_partition,
+                    first_offset: write_base_offset,
+                    last_offset: write_base_offset + item.record_count - 1,
+                    mirror_cluster: self.cluster.name.to_string(),
+                    reason: error.clone(),
+                    mirror: Some(item.target()),
+                });
+            }
         }
         if let Some(done) = item.done.take() {
             let _ = done.send(result);
