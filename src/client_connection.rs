@@ -156,6 +156,13 @@ impl ClientConnection {
             if replies.send(reply).is_err() {
                 break;
             }
+            if self.upstream.is_lost() {
+                tracing::info!(peer = %self.peer, "closing client connection: a backend connection broke with its requests in flight (the client retries them in order)");
+                let _ = replies.send(Box::pin(async {
+                    Reply::Close("backend connection lost with requests in flight".into())
+                }));
+                break;
+            }
         }
         drop(replies);
         let _ = writer.await;

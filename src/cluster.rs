@@ -630,9 +630,17 @@ pub struct UpstreamConnections {
     connections: tokio::sync::Mutex<HashMap<(ClusterId, i32, Lane), BrokerConnection>>,
     /// Which cluster this client's read positions belong to, per partition.
     pub positions: crate::cutover::ReadPositions,
+    /// Set when one of these connections broke with requests in flight (see `get`).
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl UpstreamConnections {
+    /// True once a backend connection broke with requests of this client in flight: the
+    /// client connection must close so that the client retries them in order.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The connection to `node` of `cluster` on `lane`, opened if needed.
     pub async fn get(
         &self,
@@ -645,6 +653,17 @@ impl UpstreamConnections {
         if let Some(connection) = connections.get(&key) {
             if !connection.is_poisoned() {
                 return Ok(connection.clone());
+            }
+            if connection.failed_in_flight() {
+                // The client pipelined this request behind ones that failed with that
+                // connection and will be retried: sending it on a new connection could put
+                // it ahead of them (an idempotent producer's sequence gap, records lost).
+                // The client connection closes instead, as the broker's would have.
+                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(BackendError::Closed {
+                    address: connection.address().clone(),
+                    reason: "the connection broke with requests in flight".into(),
+                });
             }
         }
         let address = cluster.broker_address(node)?;

@@ -66,6 +66,8 @@ struct SharedState {
 struct Pending {
     waiting: HashMap<i32, Waiter>,
     poisoned: Option<BackendError>,
+    /// Requests were waiting when the connection broke (some may have reached the broker).
+    failed_in_flight: bool,
     writer_closed: bool,
     reader: Option<tokio::task::AbortHandle>,
 }
@@ -215,6 +217,12 @@ impl BrokerConnection {
         lock(&self.state.pending).poisoned.is_some()
     }
 
+    /// True when the connection broke with requests in flight: requests sent after them on
+    /// another connection could overtake their retries.
+    pub fn failed_in_flight(&self) -> bool {
+        lock(&self.state.pending).failed_in_flight
+    }
+
     /// Queues one request that the broker answers.
     pub fn request(
         &self,
@@ -324,6 +332,7 @@ fn poison(state: &SharedState, error: BackendError) {
         tracing::debug!(%error, "backend connection failed");
         pending.poisoned = Some(error.clone());
     }
+    pending.failed_in_flight |= !pending.waiting.is_empty();
     for (_, waiter) in pending.waiting.drain() {
         let _ = waiter.reply.send(Err(error.clone()));
     }
