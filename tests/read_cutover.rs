@@ -250,6 +250,29 @@ fn check_duplicates(
     duplicates
 }
 
+/// Two brokers and a kshift reading `old` with the offset map journalled in `_dir`.
+struct Setup {
+    old: Broker,
+    new: Broker,
+    _dir: tempfile::TempDir,
+    proxy: RunningProxy,
+}
+
+/// Two brokers and kshift in front of them: writes and reads on old, mirrored to `mirror`.
+async fn two_clusters(mirror: &str) -> Setup {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    let text = config_text(&old, &new, "127.0.0.1:0", &map, &routing("old", mirror));
+    let proxy = start(&text).await;
+    Setup {
+        old,
+        new,
+        _dir: dir,
+        proxy,
+    }
+}
+
 /// Two brokers, a topic with records on old from before kshift mirrored anything (so
 /// offsets on old and new differ), created on both.
 async fn setup(old: &Broker, new: &Broker, bootstrap: &str) -> String {
@@ -325,17 +348,12 @@ async fn switch_and_check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_group_follows_a_read_switch_without_gap() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let map = dir.path().join("offsets.jsonl");
-    let proxy = start(&config_text(
-        &old,
-        &new,
-        "127.0.0.1:0",
-        &map,
-        &routing("old", "\"new\""),
-    ))
-    .await;
+    let Setup {
+        old,
+        new,
+        _dir,
+        proxy,
+    } = two_clusters("\"new\"").await;
     let bootstrap = proxy.local_addr().to_string();
     let topic = setup(&old, &new, &bootstrap).await;
     let group = common::unique_topic("cutover-group");
@@ -391,18 +409,13 @@ async fn the_offset_map_survives_a_kshift_restart_before_the_switch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_positioned_before_mirroring_began_is_refused() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let map = dir.path().join("offsets.jsonl");
     // No mirror yet.
-    let proxy = start(&config_text(
-        &old,
-        &new,
-        "127.0.0.1:0",
-        &map,
-        &routing("old", ""),
-    ))
-    .await;
+    let Setup {
+        old: _old, // kept running
+        new,
+        _dir,
+        proxy,
+    } = two_clusters("").await;
     let bootstrap = proxy.local_addr().to_string();
     let topic = common::unique_topic("history");
     common::create_topic(&bootstrap, &topic, 1).await;
@@ -484,17 +497,12 @@ async fn kshift_cli(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kshift_cutover_switches_reads_and_rolls_back() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let map = dir.path().join("offsets.jsonl");
-    let proxy = start(&config_text(
-        &old,
-        &new,
-        "127.0.0.1:0",
-        &map,
-        &routing("old", "\"new\""),
-    ))
-    .await;
+    let Setup {
+        old,
+        new,
+        _dir,
+        proxy,
+    } = two_clusters("\"new\"").await;
     let bootstrap = proxy.local_addr().to_string();
     let admin = format!("http://{}", proxy.admin_addr().unwrap());
     let topic = common::unique_topic("cli-cutover");
@@ -547,17 +555,12 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backfill_then_cutover_moves_a_topic_with_history() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let map = dir.path().join("offsets.jsonl");
-    let proxy = start(&config_text(
-        &old,
-        &new,
-        "127.0.0.1:0",
-        &map,
-        &routing("old", ""),
-    ))
-    .await;
+    let Setup {
+        old: _old, // kept running
+        new,
+        _dir,
+        proxy,
+    } = two_clusters("").await;
     let bootstrap = proxy.local_addr().to_string();
     let admin = format!("http://{}", proxy.admin_addr().unwrap());
     let prefix = common::unique_topic("backfill");
