@@ -16,8 +16,7 @@ async fn bench_measures_targets_side_by_side() {
     let direct = format!("direct={}", broker.bootstrap());
     let through = format!("kshift={}", kshift.bootstrap());
     let args = vec![
-        "bench".to_string(),
-        "--target".into(),
+        "--target".to_string(),
         direct.clone(),
         "--target".into(),
         through.clone(),
@@ -28,20 +27,7 @@ async fn bench_measures_targets_side_by_side() {
         "--json".into(),
         json.to_str().unwrap().into(),
     ];
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, _) = bench(args).await;
     assert!(
         stdout.contains("300 records of 100 B sent to direct"),
         "{stdout}"
@@ -73,8 +59,7 @@ async fn bench_measures_targets_side_by_side() {
 
     // Open loop for a fixed time: about rate x duration records.
     let args = vec![
-        "bench".to_string(),
-        "--target".into(),
+        "--target".to_string(),
         through,
         "--rate".into(),
         "200".into(),
@@ -83,20 +68,7 @@ async fn bench_measures_targets_side_by_side() {
         "--rounds".into(),
         "2".into(),
     ];
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, _) = bench(args).await;
     assert!(stdout.contains("open loop at 200 records/s"), "{stdout}");
     let sent: u64 = stdout
         .lines()
