@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Broker, Kshift};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,15 +82,9 @@ async fn bench_measures_targets_side_by_side() {
 
 /// Runs `kshift bench` with `args`; returns (stdout, stderr), failing the test on exit != 0.
 async fn bench(args: Vec<String>) -> (String, String) {
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .arg("bench")
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut command = vec!["bench".to_string()];
+    command.extend(args);
+    let output = common::run_kshift(command).await.unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout).to_string(),
         String::from_utf8_lossy(&output.stderr).to_string(),

@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -242,15 +241,6 @@ async fn write_broker_crash_idempotent_producer_direct_to_the_broker() {
     write_broker_crash(true, false).await;
 }
 
-fn kshift_cli(args: Vec<String>) -> tokio::task::JoinHandle<Output> {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     let store = ObjectStore::start().await;
@@ -324,7 +314,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     );
 
     let config = path.to_str().unwrap().to_string();
-    let output = kshift_cli(vec!["repair".into(), "--config".into(), config.clone()])
+    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config.clone()])
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -337,7 +327,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
         stdout.contains(&format!("{journalled} record(s) copied")),
         "{stdout}"
     );
-    let output = kshift_cli(vec![
+    let output = common::run_kshift(vec![
         "verify".into(),
         "--config".into(),
         config,

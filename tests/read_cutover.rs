@@ -479,15 +479,9 @@ async fn a_group_positioned_before_mirroring_began_is_refused() {
 
 /// Runs the kshift binary (on a blocking thread); returns (success, stdout, stderr).
 async fn kshift_cli(args: &[&str]) -> (bool, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(&args)
-            .output()
-            .expect("run kshift")
-    })
-    .await
-    .unwrap();
+    let output = common::run_kshift(args.iter().map(|a| a.to_string()).collect())
+        .await
+        .unwrap();
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).to_string(),

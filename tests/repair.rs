@@ -4,22 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::Broker;
 use kshift::config::Config;
 use kshift::Proxy;
 use rdkafka::producer::FutureRecord;
-
-fn kshift(args: Vec<String>) -> tokio::task::JoinHandle<Output> {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
@@ -83,7 +73,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
     // The mirror comes right; repair copies what is missing.
     common::create_topic(&new.bootstrap(), &topic, 2).await;
     let config = path.to_str().unwrap().to_string();
-    let output = kshift(vec!["repair".into(), "--config".into(), config.clone()])
+    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config.clone()])
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -100,7 +90,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         "{stdout}"
     );
 
-    let output = kshift(vec![
+    let output = common::run_kshift(vec![
         "verify".into(),
         "--config".into(),
         config.clone(),
@@ -113,7 +103,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
     assert!(output.status.success(), "verify after repair: {stdout}");
     assert_eq!(stdout.matches("  ok").count(), 2, "{stdout}");
 
-    let output = kshift(vec!["repair".into(), "--config".into(), config])
+    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config])
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

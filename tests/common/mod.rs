@@ -785,3 +785,14 @@ pub fn commit_position(bootstrap: &str, group: &str, topic: &str, partition: i32
         .commit(&position, rdkafka::consumer::CommitMode::Sync)
         .expect("commit");
 }
+
+/// Runs the kshift binary with `args` on a blocking thread, so that the brokers and kshift of
+/// the test's own runtime keep serving it; await the handle for its output.
+pub fn run_kshift(args: Vec<String>) -> tokio::task::JoinHandle<std::process::Output> {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_kshift"))
+            .args(&args)
+            .output()
+            .expect("run the kshift binary")
+    })
+}
