@@ -112,3 +112,119 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         "a second repair redid work: {stdout}"
     );
 }
+
+/// Sends `values` to partition 0 of `topic` as one batch, each record stamped `timestamp + i`.
+async fn send_batch(bootstrap: &str, topic: &str, values: &[String], timestamp: i64) {
+    let producer = common::producer(bootstrap, &[("linger.ms", "100")]);
+    let deliveries: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            producer
+                .send_result(
+                    FutureRecord::to(topic)
+                        .partition(0)
+                        .key("k")
+                        .payload(value)
+                        .timestamp(timestamp + i as i64),
+                )
+                .expect("queued")
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery.await.unwrap().expect("acknowledged");
+    }
+}
+
+/// A batch in flight when the mirror died can land although its write was reported failed:
+/// then the mirror already ends with the first journalled batch, and repair copies only what
+/// follows it. A mirror ending with anything else gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_skips_a_first_batch_the_mirror_already_holds() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("failures.jsonl");
+    let proxy_lines = format!("mirror_failures_file = \"{}\"", journal.display());
+    let routes = "[[routes]]\ntopics = \"landed-*\"\nwrite = \"old\"\nmirror = [\"new\"]";
+    let text = common::two_cluster_toml(&old, &new, &proxy_lines, routes);
+    let path = dir.path().join("kshift.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = path.to_str().unwrap().to_string();
+
+    let value = |i: usize| format!("value-{i}");
+    let timestamp = 1_700_000_000_000;
+    // `landed-a`: the mirror holds the first batch (0..=4). `landed-b`: the mirror holds a
+    // record that is not it.
+    let (landed, other) = (
+        common::unique_topic("landed-a"),
+        common::unique_topic("landed-b"),
+    );
+    let mut journalled = String::new();
+    for topic in [&landed, &other] {
+        common::create_topic(&old.bootstrap(), topic, 1).await;
+        common::create_topic(&new.bootstrap(), topic, 1).await;
+        let first: Vec<String> = (0..5).map(value).collect();
+        let second: Vec<String> = (5..10).map(value).collect();
+        send_batch(&old.bootstrap(), topic, &first, timestamp).await;
+        send_batch(&old.bootstrap(), topic, &second, timestamp + 5).await;
+        for (first_offset, last_offset) in [(0, 4), (5, 9)] {
+            let range = kshift::produce::failures::FailedRange {
+                topic: topic.clone(),
+                write_partition: 0,
+                first_offset,
+                last_offset,
+                mirror_cluster: "new".into(),
+                reason: "test".into(),
+                mirror: None,
+            };
+            journalled.push_str(&serde_json::to_string(&range).unwrap());
+            journalled.push('\n');
+        }
+    }
+    send_batch(
+        &new.bootstrap(),
+        &landed,
+        &(0..5).map(value).collect::<Vec<_>>(),
+        timestamp,
+    )
+    .await;
+    // Same values, other timestamps: not the batch.
+    send_batch(
+        &new.bootstrap(),
+        &other,
+        &(0..5).map(value).collect::<Vec<_>>(),
+        timestamp + 1,
+    )
+    .await;
+    std::fs::write(&journal, journalled).unwrap();
+
+    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config.clone()])
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("4 range(s) repaired, 15 record(s) copied, 5 found on the mirror already"),
+        "{stdout}"
+    );
+    let on_mirror = |topic: &str, count: usize| {
+        let consumer = common::assigned_consumer(&new.bootstrap(), topic, 1, &[]);
+        async move {
+            common::consume_until_quiet(&consumer, count, Duration::from_secs(20))
+                .await
+                .into_iter()
+                .map(|record| String::from_utf8(record.value.unwrap_or_default()).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        on_mirror(&landed, 10).await,
+        (0..10).map(value).collect::<Vec<_>>()
+    );
+    let expected: Vec<String> = (0..5).map(value).chain((0..10).map(value)).collect();
+    assert_eq!(on_mirror(&other, 15).await, expected);
+}

@@ -15,7 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -24,8 +24,8 @@ use crate::produce::failures::{self, FailedRange};
 use crate::produce::mirror::percent_selects;
 use crate::routing::{Partitioning, RoutingTable};
 
-/// Runs the repair; returns (ranges repaired, records copied).
-pub async fn run(config: &Config) -> anyhow::Result<(usize, usize)> {
+/// Runs the repair; returns the number of ranges repaired.
+pub async fn run(config: &Config) -> anyhow::Result<usize> {
     let path = config
         .proxy
         .mirror_failures_file
@@ -37,7 +37,7 @@ pub async fn run(config: &Config) -> anyhow::Result<(usize, usize)> {
     let pending = failures::pending(path).with_context(|| format!("reading {}", path.display()))?;
     let names = config.cluster_names();
     let table = RoutingTable::build(&config.routing_spec(), &names, 0)?;
-    let (mut ranges, mut records) = (0, 0);
+    let (mut ranges, mut records, mut skipped) = (0, 0, 0);
     for run in contiguous_runs(&pending) {
         let (Some(first), Some(last)) = (run.first(), run.last()) else {
             continue;
@@ -47,22 +47,40 @@ pub async fn run(config: &Config) -> anyhow::Result<(usize, usize)> {
             last_offset: last.last_offset,
             ..(*first).clone()
         };
-        let copied = repair(config, &names, &table, &merged)
+        let repair_run = RepairRun {
+            range: &merged,
+            batch_starts: run.iter().map(|range| range.first_offset).collect(),
+            first_batch_last: first.last_offset,
+        };
+        let copied = repair(config, &names, &table, &repair_run)
             .await
             .with_context(|| format!("repairing {}", merged.key()))?;
         for range in &run {
             failures::mark_repaired(path, range)?;
         }
+        let landed = if copied.already_there > 0 {
+            format!(
+                ", {} already on the mirror: its first batch landed although the write failed",
+                copied.already_there
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "repaired {} ({copied} records, {} journalled range(s))",
+            "repaired {} ({} records, {} journalled range(s){landed})",
             merged.key(),
+            copied.records,
             run.len()
         );
         ranges += run.len();
-        records += copied;
+        records += copied.records;
+        skipped += copied.already_there;
     }
-    println!("{ranges} range(s) repaired, {records} record(s) copied; nothing left pending");
-    Ok((ranges, records))
+    println!(
+        "{ranges} range(s) repaired, {records} record(s) copied, {skipped} found on the mirror \
+         already; nothing left pending"
+    );
+    Ok(ranges)
 }
 
 /// `pending` cut into runs that one copy covers: ranges of one partition, mirror and target,
@@ -118,12 +136,71 @@ fn client_config(config: &Config, cluster: &str) -> anyhow::Result<ClientConfig>
     Ok(settings)
 }
 
+/// A record as repair reads and writes it: what the mirror must hold, compared field by field
+/// when checking whether a batch already landed.
+#[derive(Debug, PartialEq, Eq)]
+struct CopiedRecord {
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp: Option<i64>,
+}
+
+impl CopiedRecord {
+    fn of(message: &impl Message) -> CopiedRecord {
+        CopiedRecord {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message.headers().map_or_else(Vec::new, |headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            }),
+            timestamp: message.timestamp().to_millis(),
+        }
+    }
+}
+
+/// What one repair copies: a run of adjacent journalled ranges of one partition.
+struct RepairRun<'a> {
+    /// The whole run, first offset of the first range to last offset of the last.
+    range: &'a FailedRange,
+    /// First offset of each journalled range (each one produced batch), ascending: unkeyed
+    /// records are selected for `mirror_percent` by the batch they were produced in.
+    batch_starts: Vec<i64>,
+    /// Last offset of the first journalled range: the batch the mirror may hold anyway.
+    first_batch_last: i64,
+}
+
+impl RepairRun<'_> {
+    /// The first offset of the batch `offset` was produced in.
+    fn batch_start(&self, offset: i64) -> i64 {
+        self.batch_starts
+            .iter()
+            .rev()
+            .find(|start| **start <= offset)
+            .copied()
+            .unwrap_or(self.range.first_offset)
+    }
+}
+
+/// What a repair run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Records written to the mirror.
+    pub records: usize,
+    /// Records of the run's first batch found on the mirror already, so not written again.
+    pub already_there: usize,
+}
+
 async fn repair(
     config: &Config,
     names: &[String],
     table: &RoutingTable,
-    range: &FailedRange,
-) -> anyhow::Result<usize> {
+    run: &RepairRun<'_>,
+) -> anyhow::Result<Copied> {
+    let range = run.range;
     let route = table
         .route(&range.topic, "")
         .ok_or_else(|| anyhow!("no route matches topic {:?}", range.topic))?;
@@ -147,13 +224,8 @@ async fn repair(
         ),
     };
 
-    let consumer: BaseConsumer = client_config(config, write_name)?
-        .set("bootstrap.servers", bootstrap(config, write_name)?)
-        .set("group.id", "kshift-repair")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    // Committed records only: the mirror writer skips aborted transactions.
+    let consumer = consumer(config, write_name, "read_committed")?;
     let producer: FutureProducer = client_config(config, &range.mirror_cluster)?
         .set(
             "bootstrap.servers",
@@ -189,7 +261,41 @@ async fn repair(
         Offset::Offset(range.first_offset),
     )?;
     consumer.assign(&assignment)?;
-    let mut deliveries = Vec::new();
+    let mut sender = MirrorSender {
+        producer: &producer,
+        topic: &mirror_topic,
+        deliveries: Vec::new(),
+    };
+    let mut already_there = 0;
+    // The first batch's records are held back until it is known whether the mirror has them
+    // already: it was in flight when the mirror failed, and may have landed all the same.
+    let mut first_batch: Option<Vec<(i32, CopiedRecord)>> = Some(Vec::new());
+    let settle = |held: Vec<(i32, CopiedRecord)>, sender: &mut MirrorSender<'_>| {
+        let landed = mirror_partitions.is_none()
+            && mirror_ends_with(
+                config,
+                &range.mirror_cluster,
+                &mirror_topic,
+                range.write_partition,
+                &held,
+            )
+            .unwrap_or_else(|error| {
+                // Copying is the safe side: a duplicate, where skipping could lose records.
+                println!(
+                    "warning: {error:#}; cannot tell whether the mirror got the batch at \
+                     {} already, copying it (a duplicate if it did)",
+                    range.first_offset
+                );
+                false
+            });
+        if landed {
+            return anyhow::Ok(held.len());
+        }
+        for (partition, record) in &held {
+            sender.send(*partition, record)?;
+        }
+        Ok(0)
+    };
     loop {
         let message = match consumer.poll(Duration::from_secs(10)) {
             None => bail!("no data from {write_name} within 10 s"),
@@ -197,14 +303,20 @@ async fn repair(
             Some(Err(error)) => return Err(error.into()),
             Some(Ok(message)) => message,
         };
-        if message.offset() > range.last_offset {
+        let offset = message.offset();
+        if offset > range.last_offset {
             break;
+        }
+        if offset > run.first_batch_last {
+            if let Some(held) = first_batch.take() {
+                already_there = settle(held, &mut sender)?;
+            }
         }
         let selected = match message.key() {
             Some(key) => percent_selects(key, mirror_percent),
             None => {
                 let mut batch_id = range.write_partition.to_be_bytes().to_vec();
-                batch_id.extend_from_slice(&range.first_offset.to_be_bytes());
+                batch_id.extend_from_slice(&run.batch_start(offset).to_be_bytes());
                 percent_selects(&batch_id, mirror_percent)
             }
         };
@@ -216,35 +328,17 @@ async fn repair(
             (Some(count), None) => range.write_partition % count,
             (None, _) => range.write_partition,
         };
-        let mut headers = OwnedHeaders::new();
-        if let Some(source) = message.headers() {
-            for header in source.iter() {
-                headers = headers.insert(Header {
-                    key: header.key,
-                    value: header.value,
-                });
-            }
+        let record = CopiedRecord::of(&message);
+        match &mut first_batch {
+            Some(held) => held.push((partition, record)),
+            None => sender.send(partition, &record)?,
         }
-        let mut record = FutureRecord::to(&mirror_topic)
-            .partition(partition)
-            .headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        if let Some(timestamp) = message.timestamp().to_millis() {
-            record = record.timestamp(timestamp);
-        }
-        deliveries.push(
-            producer
-                .send_result(record)
-                .map_err(|(error, _)| anyhow!("cannot queue a record: {error}"))?,
-        );
     }
-    let copied = deliveries.len();
-    for delivery in deliveries {
+    if let Some(held) = first_batch.take() {
+        already_there = settle(held, &mut sender)?;
+    }
+    let records = sender.deliveries.len();
+    for delivery in sender.deliveries {
         delivery
             .await
             .map_err(|_| anyhow!("delivery cancelled"))?
@@ -252,8 +346,112 @@ async fn repair(
                 anyhow!("delivery to {} failed: {error}", range.mirror_cluster)
             })?;
     }
+    let copied = Copied {
+        records,
+        already_there,
+    };
     producer.flush(Duration::from_secs(30))?;
     Ok(copied)
+}
+/// Queues records for the mirror and keeps their delivery reports.
+struct MirrorSender<'a> {
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+impl MirrorSender<'_> {
+    fn send(&mut self, partition: i32, record: &CopiedRecord) -> anyhow::Result<()> {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        let mut future = FutureRecord::to(self.topic)
+            .partition(partition)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future = future.key(key);
+        }
+        if let Some(payload) = &record.payload {
+            future = future.payload(payload);
+        }
+        if let Some(timestamp) = record.timestamp {
+            future = future.timestamp(timestamp);
+        }
+        let delivery = self
+            .producer
+            .send_result(future)
+            .map_err(|(error, _)| anyhow!("cannot queue a record: {error}"))?;
+        self.deliveries.push(delivery);
+        Ok(())
+    }
+}
+
+/// A consumer of `cluster` for repair, signalling the end of each partition.
+fn consumer(config: &Config, cluster: &str, isolation: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(client_config(config, cluster)?
+        .set("bootstrap.servers", bootstrap(config, cluster)?)
+        // An offset the broker does not have is an error, not a silent jump elsewhere.
+        .set("auto.offset.reset", "error")
+        .set("group.id", "kshift-repair")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()?)
+}
+
+/// Whether `partition` of `topic` on `cluster` ends with exactly `records` (all bound for that
+/// partition). The mirror writer sends nothing to a partition past a gap, so a batch that
+/// landed although its mirror write failed is the last thing there.
+fn mirror_ends_with(
+    config: &Config,
+    cluster: &str,
+    topic: &str,
+    partition: i32,
+    records: &[(i32, CopiedRecord)],
+) -> anyhow::Result<bool> {
+    let Ok(count) = i64::try_from(records.len()) else {
+        return Ok(false);
+    };
+    if count == 0 {
+        return Ok(false);
+    }
+    // kshift writes mirrors without transactions.
+    let consumer = consumer(config, cluster, "read_uncommitted")?;
+    // Read from `count` records before the end the broker reports to the end of the log:
+    // the end of the fetches, as some brokers (Tansu 0.6) report the last batch's base
+    // offset + 1 as the latest offset, short of the real end.
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    let start = low.max(high - count);
+    assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&assignment)?;
+    let mut tail = std::collections::VecDeque::with_capacity(records.len() + 1);
+    loop {
+        match consumer.poll(Duration::from_secs(10)) {
+            None => bail!(
+                "{topic}[{partition}] on {cluster}: no data and no end of log within 10 s \
+                 reading from offset {start} (log {low}..{high}, {} read)",
+                tail.len()
+            ),
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(message)) => {
+                tail.push_back(CopiedRecord::of(&message));
+                if tail.len() > records.len() {
+                    tail.pop_front();
+                }
+            }
+        }
+    }
+    Ok(tail.len() == records.len()
+        && tail
+            .iter()
+            .zip(records)
+            .all(|(on_mirror, (_, copied))| on_mirror == copied))
 }
 
 #[cfg(test)]
