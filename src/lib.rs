@@ -39,6 +39,7 @@ pub mod routing;
 pub mod security;
 pub mod split;
 pub mod virtual_cluster;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    #[error("cannot start the worker threads (proxy.worker_threads): {0}")]
+    Workers(std::io::Error),
 }
 
 /// The state every connection shares.
@@ -119,6 +122,8 @@ pub struct RunningProxy {
     state: Arc<ProxyState>,
     shutdown: tokio::sync::watch::Sender<bool>,
     listener: tokio::task::JoinHandle<()>,
+    /// The threads client connections run on.
+    workers: Arc<workers::Workers>,
 }
 
 impl Proxy {
@@ -288,7 +293,15 @@ impl Proxy {
             }
             None => None,
         };
-        let listener = tokio::spawn(listener::run(tcp, state.clone(), shutdown_rx));
+        let workers = Arc::new(
+            workers::Workers::start(config.proxy.worker_threads).map_err(StartError::Workers)?,
+        );
+        let listener = tokio::spawn(listener::run(
+            tcp,
+            state.clone(),
+            workers.clone(),
+            shutdown_rx,
+        ));
         tracing::info!(listen = %local_addr, advertised = %format!("{}:{}", state.node.host, state.node.port), "kshift listening");
         Ok(RunningProxy {
             local_addr,
@@ -296,6 +309,7 @@ impl Proxy {
             state,
             shutdown,
             listener,
+            workers,
         })
     }
 }
@@ -343,6 +357,7 @@ impl RunningProxy {
         if remaining > 0 {
             tracing::warn!(records = remaining, "drain deadline reached with records not yet mirrored; they exist only on the write cluster");
         }
+        self.workers.stop();
         tracing::info!("kshift stopped");
     }
 
