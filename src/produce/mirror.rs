@@ -671,15 +671,21 @@ impl MirrorWriter {
                     self.stats
                         .mirrored_records
                         .fetch_add(count as u64, Ordering::Relaxed);
-                    self.offsets.record(OffsetMapping {
-                        topic: item.topic.clone(),
-                        write_partition: item.write_partition,
-                        write_base_offset,
-                        mirror_cluster: self.cluster.id,
-                        mirror_partition: partition,
-                        mirror_base_offset,
-                        record_count: count,
-                    });
+                    // Only a whole batch at its own partition maps offset for offset; a
+                    // filtered or re-partitioned one cannot be translated.
+                    let translatable =
+                        item.partitioning == Partitioning::Identity && item.mirror_percent >= 100;
+                    if translatable {
+                        self.offsets.record(OffsetMapping {
+                            topic: item.topic.clone(),
+                            write_partition: item.write_partition,
+                            write_base_offset,
+                            mirror_cluster: self.cluster.id,
+                            mirror_partition: partition,
+                            mirror_base_offset,
+                            record_count: count,
+                        });
+                    }
                     return Ok(());
                 }
                 Err(AttemptError::Fatal(error)) => return Err(error),

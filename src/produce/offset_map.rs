@@ -3,12 +3,19 @@
 //! with it.
 //!
 //! Invariants:
-//! - Entries of one (topic, write partition, mirror cluster) are kept in the order they
-//!   were recorded, which is the write cluster's offset order (see the mirror's ordering
-//!   invariant); lookups binary-search them.
+//! - Only identity-partitioned batches mirrored whole (`mirror_percent = 100`) are recorded:
+//!   nothing else maps offset for offset.
+//! - Entries of one (topic, write partition, mirror cluster) are kept sorted by write
+//!   offset (batches of producers on different connections can reach the mirror in another
+//!   order, see the mirror's ordering invariant), contiguous ones merged into one segment;
+//!   lookups binary-search them. At most [`MAX_SEGMENTS`] segments are kept per partition,
+//!   the oldest dropped first: a position older than what is kept is refused at cutover
+//!   (before the first mapped record), never translated wrongly.
 //! - With a journal file (`[proxy] offset_map_file`), every entry is appended as one JSON
 //!   line before it is visible, and the file is read back at start, so a restarted kshift
-//!   translates as before. Mirror clusters are journalled by name, not id.
+//!   translates as before. Mirror clusters are journalled by name, not id. The journal is
+//!   rewritten as its segments at start and whenever it holds [`COMPACT_AFTER_LINES`]
+//!   lines more than segments, so it stays proportional to the map, not to the traffic.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -36,6 +43,11 @@ pub struct OffsetMapping {
 
 type Key = (Arc<str>, i32, ClusterId);
 
+/// Segments kept per (topic, write partition, mirror cluster).
+pub const MAX_SEGMENTS: usize = 10_000;
+/// Journal lines appended beyond the map's segments before the journal is rewritten.
+pub const COMPACT_AFTER_LINES: usize = 100_000;
+
 #[derive(Debug, Default)]
 pub struct OffsetMap {
     entries: Mutex<HashMap<Key, Vec<OffsetMapping>>>,
@@ -46,9 +58,31 @@ pub struct OffsetMap {
 
 #[derive(Debug)]
 struct Journal {
-    file: Mutex<std::fs::File>,
+    path: std::path::PathBuf,
+    file: Mutex<JournalFile>,
     /// Cluster names by id, as the journal names them.
     clusters: Vec<String>,
+}
+
+#[derive(Debug)]
+struct JournalFile {
+    file: std::fs::File,
+    /// Lines in the file, and when to next compare them with the map's segments.
+    lines: usize,
+    next_check: usize,
+    /// Lines beyond the segments that trigger a rewrite ([`COMPACT_AFTER_LINES`]).
+    compact_after: usize,
+}
+
+impl JournalFile {
+    fn new(file: std::fs::File, lines: usize, compact_after: usize) -> JournalFile {
+        JournalFile {
+            file,
+            lines,
+            next_check: lines + compact_after,
+            compact_after,
+        }
+    }
 }
 
 /// One journal line.
@@ -130,9 +164,11 @@ impl OffsetMap {
             segments += list.len();
         }
         tracing::info!(path = %path.display(), entries = loaded, segments, "offset map loaded");
+        let mut lines = loaded;
         if segments * 2 < loaded {
             // Mostly contiguous batches: rewrite the journal as its segments.
             compact_journal(path, &entries, clusters)?;
+            lines = segments;
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -148,7 +184,8 @@ impl OffsetMap {
         Ok(OffsetMap {
             entries: Mutex::new(entries),
             journal: Some(Journal {
-                file: Mutex::new(file),
+                path: path.to_path_buf(),
+                file: Mutex::new(JournalFile::new(file, lines, COMPACT_AFTER_LINES)),
                 clusters: clusters.to_vec(),
             }),
             fleet: None,
@@ -189,22 +226,59 @@ impl OffsetMap {
         if let Some(fleet) = &self.fleet {
             fleet.push(&mapping);
         }
-        if let Some(journal) = &self.journal {
-            let entry = JournalEntry::of(&mapping, &journal.clusters);
-            if let Ok(mut line) = serde_json::to_string(&entry) {
-                line.push('\n');
-                let mut file = journal.file.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(error) = file.write_all(line.as_bytes()) {
-                    tracing::error!(%error, "cannot append to the offset map file; cutover translation will miss this batch");
-                }
-            }
-        }
         let key = (
             mapping.topic.clone(),
             mapping.write_partition,
             mapping.mirror_cluster,
         );
-        push_coalesced(self.lock().entry(key).or_default(), mapping);
+        let Some(journal) = &self.journal else {
+            insert(self.lock().entry(key).or_default(), mapping);
+            return;
+        };
+        // The journal's lock is held until the entry is in the map too, so a compaction
+        // (under the same lock) rewrites every entry the old file held.
+        let mut file = journal.file.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = JournalEntry::of(&mapping, &journal.clusters);
+        if let Ok(mut line) = serde_json::to_string(&entry) {
+            line.push('\n');
+            match file.file.write_all(line.as_bytes()) {
+                Ok(()) => file.lines += 1,
+                Err(error) => {
+                    tracing::error!(%error, "cannot append to the offset map file; cutover translation will miss this batch");
+                }
+            }
+        }
+        let check = file.lines >= file.next_check;
+        let segments = {
+            let mut entries = self.lock();
+            insert(entries.entry(key).or_default(), mapping);
+            check.then(|| entries.values().map(Vec::len).sum::<usize>())
+        };
+        let Some(segments) = segments else { return };
+        if file.lines > segments + file.compact_after {
+            let snapshot = self.lock().clone();
+            let compacted = compact_journal(&journal.path, &snapshot, &journal.clusters)
+                .and_then(|()| std::fs::OpenOptions::new().append(true).open(&journal.path));
+            match compacted {
+                Ok(reopened) => {
+                    tracing::debug!(lines = file.lines, segments, "offset map journal compacted");
+                    *file = JournalFile::new(reopened, segments, file.compact_after);
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(path = %journal.path.display(), %error, "cannot compact the offset map file; it keeps growing");
+                }
+            }
+        }
+        file.next_check = file.lines + file.compact_after / 10;
+    }
+
+    #[cfg(test)]
+    fn compact_after(&self, lines: usize) {
+        if let Some(journal) = &self.journal {
+            let mut file = journal.file.lock().unwrap();
+            *file = JournalFile::new(file.file.try_clone().unwrap(), file.lines, lines);
+        }
     }
 
     /// Every mapping of `topic`/`write_partition` toward `mirror_cluster`, in order.
@@ -294,6 +368,27 @@ impl OffsetMap {
 /// Appends `mapping`, extending the last segment when it continues it on both sides (the
 /// steady state of one partition mirrored in order): the map then holds a handful of
 /// segments per partition instead of one entry per batch, and translates the same.
+/// Puts `mapping` in its place in `list` (sorted by write offset), merged with contiguous
+/// neighbours, keeping at most [`MAX_SEGMENTS`] (the newest).
+fn insert(list: &mut Vec<OffsetMapping>, mapping: OffsetMapping) {
+    let at = list.partition_point(|m| m.write_base_offset <= mapping.write_base_offset);
+    if at == list.len() {
+        push_coalesced(list, mapping);
+    } else {
+        // Arrived after a batch written later: merge with what it continues and what
+        // continues it, if contiguous on both sides.
+        list.insert(at, mapping);
+        let from = at.saturating_sub(1);
+        let to = (at + 2).min(list.len());
+        let merged = coalesce(list.drain(from..to).collect());
+        list.splice(from..from, merged);
+    }
+    if list.len() > MAX_SEGMENTS {
+        // Dropped in chunks, so the shift is paid once per tenth of the cap.
+        list.drain(..list.len() - MAX_SEGMENTS * 9 / 10);
+    }
+}
+
 fn push_coalesced(list: &mut Vec<OffsetMapping>, mapping: OffsetMapping) {
     if let Some(last) = list.last_mut() {
         if last.mirror_partition == mapping.mirror_partition
@@ -394,6 +489,69 @@ mod tests {
             mirror_base_offset: mirror,
             record_count: count,
         }
+    }
+
+    #[test]
+    fn batches_recorded_out_of_write_order_are_kept_sorted_and_merged() {
+        let map = OffsetMap::default();
+        // Two producers: the batch written at 10 reaches the mirror after the one at 20.
+        map.record(mapping(0, 100, 10));
+        map.record(mapping(20, 110, 10));
+        map.record(mapping(10, 120, 10));
+        map.record(mapping(30, 130, 10));
+        let list = map.mappings("orders", 0, 1);
+        let writes: Vec<i64> = list.iter().map(|m| m.write_base_offset).collect();
+        assert_eq!(writes, [0, 10, 20, 30], "{list:?}");
+        assert_eq!(map.translate("orders", 0, 1, 15), Some((0, 125)));
+        assert_eq!(map.translate("orders", 0, 1, 25), Some((0, 115)));
+        assert_eq!(map.translate("orders", 0, 1, 35), Some((0, 135)));
+        // A batch filling the gap between two segments joins them when contiguous.
+        let map = OffsetMap::default();
+        map.record(mapping(0, 100, 10));
+        map.record(mapping(20, 120, 10));
+        map.record(mapping(10, 110, 10));
+        assert_eq!(map.mappings("orders", 0, 1), vec![mapping(0, 100, 30)]);
+    }
+
+    #[test]
+    fn segments_per_partition_are_capped_oldest_first() {
+        let map = OffsetMap::default();
+        // Every batch its own segment (a gap of one offset between them).
+        for i in 0..(MAX_SEGMENTS as i64 + 1) {
+            map.record(mapping(i * 3, i * 2, 2));
+        }
+        let list = map.mappings("orders", 0, 1);
+        assert!(list.len() <= MAX_SEGMENTS, "{}", list.len());
+        assert_eq!(
+            list.last().unwrap().write_base_offset,
+            MAX_SEGMENTS as i64 * 3
+        );
+        assert_eq!(
+            map.translate("orders", 0, 1, 0),
+            None,
+            "the oldest were dropped"
+        );
+    }
+
+    #[test]
+    fn the_journal_is_compacted_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offsets.jsonl");
+        let clusters = vec!["old".to_string(), "new".to_string()];
+        let map = OffsetMap::open(&path, &clusters).unwrap();
+        map.compact_after(100);
+        for i in 0..1000 {
+            map.record(mapping(i * 10, 5 + i * 10, 10));
+        }
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines < 250, "{lines} lines for one segment");
+        // What it holds still loads as the same map.
+        drop(map);
+        let reopened = OffsetMap::open(&path, &clusters).unwrap();
+        assert_eq!(
+            reopened.mappings("orders", 0, 1),
+            vec![mapping(0, 5, 10_000)]
+        );
     }
 
     #[test]
