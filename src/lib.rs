@@ -2,7 +2,8 @@
 //! and splits their traffic across backend clusters per a hot-swappable routing table.
 //!
 //! The data's path, module by module:
-//! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each to
+//! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each, on
+//!   one of the [`workers`] threads (a single-threaded runtime per core), to
 //! - [`client_connection`], one task pair per socket: reads frames ([`codec`]), keeps a
 //!   bounded window of requests in flight and writes responses in request order;
 //! - [`dispatch`] sends each request by api key to its handler:

@@ -219,3 +219,45 @@ async fn another_instance_translates_what_one_mirrored() {
     })
     .await;
 }
+
+/// The fleet's offset list of a partition keeps its newest `MAX_SEGMENTS` entries: Redis does
+/// not grow with the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_offset_list_is_trimmed_to_the_newest_entries() {
+    use kshift::produce::offset_map::{fleet::FleetOffsets, OffsetMapping, MAX_SEGMENTS};
+    let redis = Redis::start(0).await;
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let clusters = ["old".to_string(), "new".to_string()];
+    let fleet = FleetOffsets::start(client, "kshift:trim", &clusters);
+    let total = MAX_SEGMENTS as i64 + 100;
+    for i in 0..total {
+        fleet.push(&OffsetMapping {
+            topic: "orders".into(),
+            write_partition: 0,
+            write_base_offset: i * 10,
+            mirror_cluster: 1,
+            mirror_partition: 0,
+            mirror_base_offset: i * 10,
+            record_count: 10,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = fleet.load("orders", 0, 1).await.unwrap();
+        if entries.last().map(|m| m.write_base_offset) == Some((total - 1) * 10) {
+            assert_eq!(entries.len(), MAX_SEGMENTS);
+            assert_eq!(
+                entries[0].write_base_offset,
+                100 * 10,
+                "the oldest went first"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} entries in Redis",
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,6 +7,8 @@
 //!   `{redis_key}:offsets:{mirror}:{topic}:{partition}`, one entry per mirrored batch:
 //!   `write_base mirror_partition mirror_base count`. Appends are asynchronous and batched
 //!   (one pipeline per burst); the write path never waits for Redis.
+//! - Each list keeps its newest [`super::MAX_SEGMENTS`] entries (trimmed as it is appended
+//!   to), like the local map: an older position is refused at cutover, not mistranslated.
 //! - While Redis is unreachable, entries wait in memory (at most `PENDING_LIMIT`, then the
 //!   oldest are dropped with a warning: the local map and `offset_map_file` still have them).
 //! - Readers merge a partition's list into the local map right before translating.
@@ -154,8 +156,16 @@ async fn append(client: redis::Client, mut receiver: mpsc::UnboundedReceiver<(St
             continue;
         };
         let mut pipeline = redis::pipe();
+        let mut appended: Vec<&str> = Vec::new();
         for (key, value) in pending.iter().take(BATCH) {
             pipeline.cmd("RPUSH").arg(key).arg(value).ignore();
+            if !appended.contains(&key.as_str()) {
+                appended.push(key);
+            }
+        }
+        for key in appended {
+            let keep = i64::try_from(super::MAX_SEGMENTS).unwrap_or(i64::MAX);
+            pipeline.cmd("LTRIM").arg(key).arg(-keep).arg(-1).ignore();
         }
         match pipeline.query_async::<()>(redis).await {
             Ok(()) => {
