@@ -108,10 +108,6 @@ pub struct ProxyConfig {
     /// reading that socket (backpressure), as a broker does.
     #[serde(default = "default_max_in_flight_requests")]
     pub max_in_flight_requests: usize,
-    /// Threads serving client connections, each connection on one of them (0: one per
-    /// core). The accept loop, admin API and mirror writers run on further threads.
-    #[serde(default)]
-    pub worker_threads: usize,
     /// Client connections served at once; further ones are closed right after accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -416,12 +412,6 @@ impl Config {
             return Err(ConfigError::field(
                 "proxy.max_frame_bytes",
                 "must be between 12 and 1073741824",
-            ));
-        }
-        if proxy.worker_threads > 1024 {
-            return Err(ConfigError::field(
-                "proxy.worker_threads",
-                "must be at most 1024 (0: one per core)",
             ));
         }
         for (field, value) in [

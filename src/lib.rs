@@ -2,8 +2,7 @@
 //! and splits their traffic across backend clusters per a hot-swappable routing table.
 //!
 //! The data's path, module by module:
-//! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each, on
-//!   one of the [`workers`] threads (a single-threaded runtime per core), to
+//! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each to
 //! - [`client_connection`], one task pair per socket: reads frames ([`codec`]), keeps a
 //!   bounded window of requests in flight and writes responses in request order;
 //! - [`dispatch`] sends each request by api key to its handler:
@@ -40,7 +39,6 @@ pub mod routing;
 pub mod security;
 pub mod split;
 pub mod virtual_cluster;
-pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,8 +70,6 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
-    #[error("cannot start the worker threads (proxy.worker_threads): {0}")]
-    Workers(std::io::Error),
 }
 
 /// The state every connection shares.
@@ -123,8 +119,6 @@ pub struct RunningProxy {
     state: Arc<ProxyState>,
     shutdown: tokio::sync::watch::Sender<bool>,
     listener: tokio::task::JoinHandle<()>,
-    /// The threads client connections run on.
-    workers: Arc<workers::Workers>,
 }
 
 impl Proxy {
@@ -294,15 +288,7 @@ impl Proxy {
             }
             None => None,
         };
-        let workers = Arc::new(
-            workers::Workers::start(config.proxy.worker_threads).map_err(StartError::Workers)?,
-        );
-        let listener = tokio::spawn(listener::run(
-            tcp,
-            state.clone(),
-            workers.clone(),
-            shutdown_rx,
-        ));
+        let listener = tokio::spawn(listener::run(tcp, state.clone(), shutdown_rx));
         tracing::info!(listen = %local_addr, advertised = %format!("{}:{}", state.node.host, state.node.port), "kshift listening");
         Ok(RunningProxy {
             local_addr,
@@ -310,7 +296,6 @@ impl Proxy {
             state,
             shutdown,
             listener,
-            workers,
         })
     }
 }
@@ -358,7 +343,6 @@ impl RunningProxy {
         if remaining > 0 {
             tracing::warn!(records = remaining, "drain deadline reached with records not yet mirrored; they exist only on the write cluster");
         }
-        self.workers.stop();
         tracing::info!("kshift stopped");
     }
 

@@ -1,5 +1,4 @@
-//! The accept loop: one task per client socket, at most `max_connections` at once, each on
-//! one of the [`Workers`] threads (round robin).
+//! The accept loop: one task per client socket, at most `max_connections` at once.
 //!
 //! Invariants: a connection over the limit is closed right after accept (counted in the
 //! log), never queued. On shutdown the loop stops accepting and every connection stops
@@ -17,13 +16,11 @@ use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::client_connection::ClientConnection;
-use crate::workers::Workers;
 use crate::ProxyState;
 
 pub async fn run(
     listener: TcpListener,
     state: Arc<ProxyState>,
-    workers: Arc<Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Permits for client connections: one held by each connection task.
@@ -52,27 +49,12 @@ pub async fn run(
         };
         state.metrics.client_connections_accepted.inc();
         let _ = socket.set_nodelay(true);
-        // Off this runtime's reactor, onto the worker's (inside the task, below).
-        let socket = match socket.into_std() {
-            Ok(socket) => socket,
-            Err(error) => {
-                tracing::warn!(%peer, %error, "cannot hand the connection to a worker");
-                continue;
-            }
-        };
         let connection = ClientConnection::new(state.clone(), peer);
         let shutdown = shutdown.clone();
         let tls = state.tls.clone();
         let metrics = state.metrics.clone();
-        connections.spawn_on(
+        connections.spawn(
             async move {
-                let socket = match tokio::net::TcpStream::from_std(socket) {
-                    Ok(socket) => socket,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot register the connection with its worker");
-                        return;
-                    }
-                };
                 match tls {
                     None => {
                         let (read_half, write_half) = socket.into_split();
@@ -103,7 +85,6 @@ pub async fn run(
                 drop(permit);
             }
             .instrument(tracing::info_span!("client", %peer)),
-            workers.next(),
         );
     }
     let drain = std::time::Duration::from_millis(state.config.drain_timeout_ms);
