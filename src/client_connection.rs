@@ -106,6 +106,7 @@ impl ClientConnection {
                     }) && request.api_key != ApiKey::ApiVersions =>
                 {
                     let Some(session) = sasl.as_mut() else { break };
+                    let mut delay = None;
                     let (reply, close) = match session.handle(&request) {
                         Outcome::Continue(reply) => (reply, false),
                         Outcome::Authenticated { reply, user } => {
@@ -115,6 +116,7 @@ impl ClientConnection {
                         Outcome::Refused { reply, reason } => {
                             self.state.metrics.client_authentication_failure("sasl");
                             tracing::info!(peer = %self.peer, %reason, "closing client connection: authentication failed");
+                            delay = self.state.sasl.as_ref().map(|sasl| sasl.failed_delay);
                             (reply, true)
                         }
                         Outcome::NotSasl => {
@@ -125,7 +127,14 @@ impl ClientConnection {
                         }
                     };
                     drop(permit);
-                    if replies.send(Box::pin(async move { reply })).is_err() || close {
+                    let reply: PendingReply = Box::pin(async move {
+                        // A failed login is answered late, as a broker does.
+                        if let Some(delay) = delay {
+                            tokio::time::sleep(delay).await;
+                        }
+                        reply
+                    });
+                    if replies.send(reply).is_err() || close {
                         if close {
                             let _ = replies.send(Box::pin(async move {
                                 Reply::Close("authentication failed".into())

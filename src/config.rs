@@ -179,6 +179,15 @@ pub struct ListenerSaslConfig {
     /// Mechanisms offered to clients.
     #[serde(default = "default_listener_mechanisms")]
     pub mechanisms: Vec<Mechanism>,
+    /// How long a failed authentication's answer is held before it is sent and the
+    /// connection closed (Kafka's `connection.failed.authentication.delay.ms`): slows
+    /// password guessing and reconnect storms of misconfigured clients.
+    #[serde(default = "default_failed_authentication_delay_ms")]
+    pub failed_authentication_delay_ms: u64,
+}
+
+fn default_failed_authentication_delay_ms() -> u64 {
+    100
 }
 
 fn default_listener_mechanisms() -> Vec<Mechanism> {
@@ -452,6 +461,12 @@ impl Config {
                 return Err(ConfigError::field(
                     "proxy.sasl.mechanisms",
                     "must name at least one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+                ));
+            }
+            if sasl.failed_authentication_delay_ms > 60_000 {
+                return Err(ConfigError::field(
+                    "proxy.sasl.failed_authentication_delay_ms",
+                    "must be at most 60000",
                 ));
             }
             if sasl.credentials_file.is_empty() {

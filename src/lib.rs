@@ -174,6 +174,7 @@ impl Proxy {
                     reason,
                 })?,
                 mechanisms: sasl.mechanisms.clone(),
+                failed_delay: std::time::Duration::from_millis(sasl.failed_authentication_delay_ms),
             })),
             None => None,
         };

@@ -622,7 +622,7 @@ async fn wrong_credentials_and_protocol_are_refused_and_a_correct_client_keeps_w
     let users = credentials_file(pki.dir.path(), &[("good", GOOD_PASSWORD)]);
     let proxy = start_kshift(&format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         [proxy.sasl]\ncredentials_file = \"{}\"\n[clusters.old]\nbootstrap = [\"{}\"]\n\
+         [proxy.sasl]\ncredentials_file = \"{}\"\nfailed_authentication_delay_ms = 500\n[clusters.old]\nbootstrap = [\"{}\"]\n\
          [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
         pki.path("server.pem"),
         pki.path("server.key"),
@@ -653,7 +653,15 @@ async fn wrong_credentials_and_protocol_are_refused_and_a_correct_client_keeps_w
             username: user.into(),
             password: Secret::new(password),
         };
-        match sasl_client::authenticate(&mut stream, &login).await {
+        let started = std::time::Instant::now();
+        let outcome = sasl_client::authenticate(&mut stream, &login).await;
+        // The refusal is held back `failed_authentication_delay_ms` (~90 ms without).
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "refused after {:?}",
+            started.elapsed()
+        );
+        match outcome {
             Err(SaslClientError::Refused { code, message, .. }) => {
                 assert_eq!(code, 58, "{mechanism} {user}: {message}");
                 assert!(

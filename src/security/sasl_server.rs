@@ -37,6 +37,8 @@ pub struct SaslListener {
     pub store: CredentialStore,
     /// Mechanisms offered, in the order of the config.
     pub mechanisms: Vec<Mechanism>,
+    /// How long the answer to a failed authentication is held before it is sent.
+    pub failed_delay: std::time::Duration,
 }
 
 /// Where one connection's exchange stands.
