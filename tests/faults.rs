@@ -378,15 +378,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     );
 
     let config = path.to_str().unwrap().to_string();
-    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config.clone()])
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "repair: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = common::kshift_repair(&config).await;
     println!("kshift repair:\n{stdout}");
     // What was journalled is copied, except a batch that landed on the mirror although its
     // write failed (the mirror died with it in flight): repair finds it there and skips it.

@@ -11,16 +11,48 @@ use kshift::config::Config;
 use kshift::Proxy;
 use rdkafka::producer::FutureRecord;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
+/// Two brokers and a config mirroring `topics` from old to new with a failure journal.
+struct Setup {
+    old: Broker,
+    new: Broker,
+    /// Holds the journal and config: deleted when dropped.
+    dir: tempfile::TempDir,
+    journal: std::path::PathBuf,
+    /// The config's text, and its path as `kshift repair` takes it.
+    text: String,
+    config: String,
+}
+
+async fn setup(topics: &str) -> Setup {
     let (old, new) = (Broker::start().await, Broker::start().await);
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("failures.jsonl");
     let proxy_lines = format!("mirror_failures_file = \"{}\"", journal.display());
-    let routes = "[[routes]]\ntopics = \"repair-*\"\nwrite = \"old\"\nmirror = [\"new\"]";
-    let text = common::two_cluster_toml(&old, &new, &proxy_lines, routes);
+    let routes = format!("[[routes]]\ntopics = \"{topics}\"\nwrite = \"old\"\nmirror = [\"new\"]");
+    let text = common::two_cluster_toml(&old, &new, &proxy_lines, &routes);
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, &text).unwrap();
+    let config = path.to_str().unwrap().to_string();
+    Setup {
+        old,
+        new,
+        dir,
+        journal,
+        text,
+        config,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
+    let Setup {
+        old,
+        new,
+        journal,
+        text,
+        config,
+        dir: _dir,
+    } = setup("repair-*").await;
     let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
 
     // The topic exists on the write cluster only: every mirror attempt fails.
@@ -72,16 +104,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
 
     // The mirror comes right; repair copies what is missing.
     common::create_topic(&new.bootstrap(), &topic, 2).await;
-    let config = path.to_str().unwrap().to_string();
-    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config.clone()])
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = common::kshift_repair(&config).await;
     assert!(
         stdout.contains(&format!(
             "{} range(s) repaired, 20 record(s) copied",
@@ -103,10 +126,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
     assert!(output.status.success(), "verify after repair: {stdout}");
     assert_eq!(stdout.matches("  ok").count(), 2, "{stdout}");
 
-    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config])
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = common::kshift_repair(&config).await;
     assert!(
         stdout.contains("0 range(s) repaired"),
         "a second repair redid work: {stdout}"
@@ -141,15 +161,14 @@ async fn send_batch(bootstrap: &str, topic: &str, values: &[String], timestamp: 
 /// follows it. A mirror ending with anything else gets everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_skips_a_first_batch_the_mirror_already_holds() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("failures.jsonl");
-    let proxy_lines = format!("mirror_failures_file = \"{}\"", journal.display());
-    let routes = "[[routes]]\ntopics = \"landed-*\"\nwrite = \"old\"\nmirror = [\"new\"]";
-    let text = common::two_cluster_toml(&old, &new, &proxy_lines, routes);
-    let path = dir.path().join("kshift.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = path.to_str().unwrap().to_string();
+    let Setup {
+        old,
+        new,
+        journal,
+        config,
+        dir: _dir,
+        text: _,
+    } = setup("landed-*").await;
 
     let value = |i: usize| format!("value-{i}");
     let timestamp = 1_700_000_000_000;
@@ -198,15 +217,7 @@ async fn repair_skips_a_first_batch_the_mirror_already_holds() {
     .await;
     std::fs::write(&journal, journalled).unwrap();
 
-    let output = common::run_kshift(vec!["repair".into(), "--config".into(), config.clone()])
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = common::kshift_repair(&config).await;
     assert!(
         stdout.contains("4 range(s) repaired, 15 record(s) copied, 5 found on the mirror already"),
         "{stdout}"

@@ -812,3 +812,17 @@ pub fn run_kshift(args: Vec<String>) -> tokio::task::JoinHandle<std::process::Ou
             .expect("run the kshift binary")
     })
 }
+
+/// Runs `kshift repair --config CONFIG`, which must succeed; returns what it printed.
+pub async fn kshift_repair(config: &str) -> String {
+    let output = run_kshift(vec!["repair".into(), "--config".into(), config.into()])
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kshift repair: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
