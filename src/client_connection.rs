@@ -64,6 +64,7 @@ impl ClientConnection {
         let window = Arc::new(Semaphore::new(self.state.config.max_in_flight_requests));
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
+        let mut writer_done = false;
         let mut reader = BufReader::with_capacity(64 * 1024, read_half);
         let limit = self.state.config.max_frame_bytes;
         let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
@@ -74,7 +75,10 @@ impl ClientConnection {
                     Err(_) => break,
                 },
                 _ = shutdown.changed() => break,
-                _ = &mut writer => break,
+                _ = &mut writer => {
+                    writer_done = true;
+                    break;
+                }
             };
             // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms).
             let frame = tokio::select! {
@@ -85,7 +89,10 @@ impl ClientConnection {
                     break;
                 }
                 _ = shutdown.changed() => break,
-                _ = &mut writer => break,
+                _ = &mut writer => {
+                    writer_done = true;
+                    break;
+                }
             };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
@@ -174,7 +181,10 @@ impl ClientConnection {
             }
         }
         drop(replies);
-        let _ = writer.await;
+        // (A finished JoinHandle must not be polled again: it panics.)
+        if !writer_done {
+            let _ = writer.await;
+        }
         self.state.metrics.client_connections.dec();
         tracing::debug!("client disconnected");
     }

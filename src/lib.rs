@@ -118,7 +118,10 @@ pub struct RunningProxy {
     admin_addr: Option<SocketAddr>,
     state: Arc<ProxyState>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// The accept loop, and whether it was awaited to its end (a finished JoinHandle
+    /// must not be polled again).
     listener: tokio::task::JoinHandle<()>,
+    listener_done: bool,
 }
 
 impl Proxy {
@@ -297,6 +300,7 @@ impl Proxy {
             state,
             shutdown,
             listener,
+            listener_done: false,
         })
     }
 }
@@ -339,7 +343,9 @@ impl RunningProxy {
         let deadline = std::time::Instant::now()
             + std::time::Duration::from_millis(self.state.config.drain_timeout_ms);
         let _ = self.shutdown.send(true);
-        let _ = self.listener.await;
+        if !self.listener_done {
+            let _ = self.listener.await;
+        }
         let remaining = self.state.mirrors.flush(deadline).await;
         if remaining > 0 {
             tracing::warn!(records = remaining, "drain deadline reached with records not yet mirrored; they exist only on the write cluster");
@@ -349,6 +355,9 @@ impl RunningProxy {
 
     /// Waits until the proxy stops (it runs until [`RunningProxy::shutdown`]).
     pub async fn wait(&mut self) {
-        let _ = (&mut self.listener).await;
+        if !self.listener_done {
+            let _ = (&mut self.listener).await;
+            self.listener_done = true;
+        }
     }
 }

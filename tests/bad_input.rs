@@ -274,3 +274,42 @@ async fn dead_backend_gets_a_retriable_error_not_a_hang() {
     let error = ResponseError::try_from_code(metadata.topics[0].error_code).expect("an error code");
     assert!(error.is_retriable(), "{error:?} is not retriable");
 }
+
+/// Counts panics anywhere in this test process (kshift runs in it): a panicking task is
+/// invisible to the tests otherwise, as tokio catches it.
+fn count_panics() -> &'static std::sync::atomic::AtomicUsize {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+    &PANICS
+}
+
+/// A connection kshift closes after an unserved request has its reply writer end first;
+/// tearing it down must not poll that finished task again (which panics the connection's
+/// task: "JoinHandle polled after completion").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_kshift_end_without_a_panic() {
+    let panics = count_panics();
+    let (_broker, kshift) = start().await;
+    let before = panics.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        let mut unserved = RawClient::connect(kshift.addr()).await;
+        unserved
+            .send_body(ApiKey::OffsetForLeaderEpoch, 3, 1, &[])
+            .await;
+        unserved.assert_closed().await;
+    }
+    assert_serving(&kshift).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        panics.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "a kshift task panicked (see the output above)"
+    );
+}
