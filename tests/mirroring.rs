@@ -175,6 +175,57 @@ async fn offset_map_translates_every_mirrored_record() {
     }
 }
 
+/// The count of `kshift_backend_requests_total` for `cluster`'s `api`.
+fn backend_requests(proxy: &RunningProxy, cluster: &str, api: &str) -> u64 {
+    let text = proxy.state().metrics.render(proxy.state());
+    let series = format!("kshift_backend_requests_total{{cluster=\"{cluster}\",api=\"{api}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A burst of small produce requests outruns the async mirror writer, which then sends the
+/// queued batches of the partition merged: fewer requests, the same records in the same
+/// order, every one translatable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_async_batches_are_mirrored_merged_in_order_and_translatable() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start(&old, &new, "mirror = [\"new\"]\nmirror_mode = \"async\"").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("merged");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    let settings = [
+        ("linger.ms", "0"),
+        ("acks", "1"),
+        ("batch.num.messages", "5"),
+    ];
+    produce_keyed(&through, &topic, &settings, 20, 50).await;
+    let on_old = read_all(&old.bootstrap(), &topic, 1, 1000).await;
+    let on_new = read_all(&new.bootstrap(), &topic, 1, 1000).await;
+    assert_eq!(by_partition(&on_old), by_partition(&on_new));
+    let new_offset_of: BTreeMap<_, _> =
+        on_new.iter().map(|r| (r.value.clone(), r.offset)).collect();
+    let offsets = &proxy.state().mirrors.offsets;
+    for record in &on_old {
+        assert_eq!(
+            offsets.translate(&topic, 0, new_id(&proxy), record.offset),
+            Some((0, new_offset_of[&record.value])),
+            "offset {}",
+            record.offset
+        );
+    }
+    let (written, mirrored) = (
+        backend_requests(&proxy, "old", "Produce"),
+        backend_requests(&proxy, "new", "Produce"),
+    );
+    assert!(
+        mirrored < written,
+        "{written} produce requests to old, {mirrored} to the mirror: nothing was merged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_percent_mirrors_about_half_the_keys_each_completely() {
     let (old, new) = (Broker::start().await, Broker::start().await);

@@ -206,7 +206,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
@@ -227,7 +227,8 @@ mod tests {
         assert_eq!(murmur2(b"abc"), 479470107);
     }
 
-    fn encoded(count: usize, transactional: bool) -> Bytes {
+    /// `count` records `k{i}`/`v{i}` as a client's LZ4 batch (producer 42, epoch 3).
+    pub(crate) fn encoded(count: usize, transactional: bool) -> Bytes {
         let records: Vec<Record> = (0..count)
             .map(|i| Record {
                 transactional,

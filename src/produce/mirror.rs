@@ -5,9 +5,11 @@
 //! Invariants:
 //! - Order: items enter a mirror cluster's queue in the order their produce requests were
 //!   sent to the write cluster (the submit phase of one client connection is sequential),
-//!   and the writer mirrors them one at a time in that order. For one producer connection
-//!   per partition — the normal case — the mirror therefore receives batches in the write
-//!   cluster's offset order. Producers on different connections writing the same partition
+//!   and the writer mirrors them in that order, one request at a time. When it has fallen
+//!   behind, the queued `async` batches of one partition go as one merged batch in one
+//!   request (each still counted, mapped and journalled on its own). For one producer
+//!   connection per partition — the normal case — the mirror therefore receives batches in
+//!   the write cluster's offset order. Producers on different connections writing the same partition
 //!   may interleave differently on the mirror.
 //! - Identity: a mirror never sees the client's producer id, epoch or sequences. The writer
 //!   calls InitProducerId on the mirror, numbers each mirror partition's batches itself and
@@ -19,7 +21,7 @@
 //! - Transactions: records produced in a transaction are held until the client's EndTxn
 //!   commits (then queued in order) or aborts (then discarded).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -420,14 +422,94 @@ enum AttemptError {
 
 impl MirrorWriter {
     async fn run(mut self, mut items: mpsc::UnboundedReceiver<MirrorItem>) {
-        while let Some(item) = items.recv().await {
-            let size = item.records.len();
-            let (count, route) = (item.record_count as u64, item.route);
-            *lock(&self.stats.current_since) = Some(item.enqueued_at);
-            self.mirror(item).await;
+        // Items taken off the channel but not mirrored yet, in queue order.
+        let mut waiting: VecDeque<MirrorItem> = VecDeque::new();
+        loop {
+            let item = match waiting.pop_front() {
+                Some(item) => item,
+                None => match items.recv().await {
+                    Some(item) => item,
+                    None => return,
+                },
+            };
+            while let Ok(more) = items.try_recv() {
+                waiting.push_back(more);
+            }
+            let group = take_group(item, &mut waiting);
+            let queued: Vec<(usize, u64, usize)> = group
+                .iter()
+                .map(|item| (item.records.len(), item.record_count as u64, item.route))
+                .collect();
+            *lock(&self.stats.current_since) = group.first().map(|item| item.enqueued_at);
+            if group.len() == 1 {
+                for item in group {
+                    self.mirror(item).await;
+                }
+            } else {
+                self.mirror_merged(group).await;
+            }
             *lock(&self.stats.current_since) = None;
-            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.stats.remove_lag(route, count);
+            for (size, count, route) in queued {
+                self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                self.stats.remove_lag(route, count);
+            }
+        }
+    }
+
+    /// Mirrors queued `async` batches of one partition as one batch in one request (the
+    /// writer fell behind: a request per batch would keep it behind). Each item is
+    /// counted, mapped and journalled on its own, as if sent alone.
+    async fn mirror_merged(&mut self, group: Vec<MirrorItem>) {
+        let mut written = Vec::with_capacity(group.len());
+        for mut item in group {
+            if let Ok(Some(offset)) = (&mut item.written).await {
+                written.push((item, offset));
+            }
+            // (A failed write: the client was told, nothing to mirror.)
+        }
+        tokio::task::yield_now().await;
+        let Some((first, _)) = written.first() else {
+            return;
+        };
+        if self
+            .failures
+            .has_gap(&self.cluster.name, &first.topic, first.write_partition)
+        {
+            for (item, offset) in written {
+                let error = "held back behind an unrepaired gap, to keep the mirror in write order";
+                self.finish(item, offset, Err(error.into()), true);
+            }
+            return;
+        }
+        let (mirror_topic, partition) = (first.mirror_topic.clone(), first.write_partition);
+        let merged = match merge(written.iter().map(|(item, _)| &item.records)) {
+            Ok(merged) => merged,
+            Err(error) => {
+                for (item, offset) in written {
+                    self.finish(item, offset, Err(error.clone()), false);
+                }
+                return;
+            }
+        };
+        let result = self.deliver(&mirror_topic, partition, &merged.batch).await;
+        let mut mirror_offset = result.as_ref().ok().copied();
+        for ((item, write_base_offset), count) in written.into_iter().zip(merged.counts) {
+            if let Some(base) = mirror_offset.as_mut() {
+                if count > 0 {
+                    self.offsets.record(OffsetMapping {
+                        topic: item.topic.clone(),
+                        write_partition: item.write_partition,
+                        write_base_offset,
+                        mirror_cluster: self.cluster.id,
+                        mirror_partition: partition,
+                        mirror_base_offset: *base,
+                        record_count: count,
+                    });
+                }
+                *base += count;
+            }
+            let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+            self.finish(item, write_base_offset, outcome, false);
         }
     }
 
@@ -630,8 +712,12 @@ impl MirrorWriter {
                 }
             }
             for (partition, mut records) in by_partition {
+                // Sequence following offset and one leader epoch, or the encoder starts a
+                // new batch at every record.
                 for (i, record) in records.iter_mut().enumerate() {
                     record.offset = i as i64;
+                    record.sequence = i as i32;
+                    record.partition_leader_epoch = -1;
                 }
                 let mut encoded = BytesMut::new();
                 RecordBatchEncoder::encode(
@@ -658,35 +744,47 @@ impl MirrorWriter {
         partition: i32,
         batch: Batch,
     ) -> Result<(), String> {
+        let mirror_base_offset = self.deliver(&item.mirror_topic, partition, &batch).await?;
+        // Only a whole batch at its own partition maps offset for offset; a filtered or
+        // re-partitioned one cannot be translated.
+        let translatable =
+            item.partitioning == Partitioning::Identity && item.mirror_percent >= 100;
+        if translatable {
+            self.offsets.record(OffsetMapping {
+                topic: item.topic.clone(),
+                write_partition: item.write_partition,
+                write_base_offset,
+                mirror_cluster: self.cluster.id,
+                mirror_partition: partition,
+                mirror_base_offset,
+                record_count: i64::from(batch.record_count()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `batch` to `partition` of `mirror_topic` under kshift's producer, retrying;
+    /// returns the mirror offset it landed at.
+    async fn deliver(
+        &mut self,
+        mirror_topic: &Arc<str>,
+        partition: i32,
+        batch: &Batch,
+    ) -> Result<i64, String> {
         let mut backoff = RETRY_BACKOFF;
         let mut last_error = String::new();
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.attempt(item, partition, &batch).await {
+            match self.attempt(mirror_topic, partition, batch).await {
                 Ok(mirror_base_offset) => {
                     let count = i64::from(batch.record_count());
-                    let key = (item.mirror_topic.clone(), partition);
+                    let key = (mirror_topic.clone(), partition);
                     let sequence = self.sequences.entry(key).or_insert(0);
                     *sequence = sequence.wrapping_add(batch.record_count()) & i32::MAX;
                     self.stats.mirrored_batches.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .mirrored_records
                         .fetch_add(count as u64, Ordering::Relaxed);
-                    // Only a whole batch at its own partition maps offset for offset; a
-                    // filtered or re-partitioned one cannot be translated.
-                    let translatable =
-                        item.partitioning == Partitioning::Identity && item.mirror_percent >= 100;
-                    if translatable {
-                        self.offsets.record(OffsetMapping {
-                            topic: item.topic.clone(),
-                            write_partition: item.write_partition,
-                            write_base_offset,
-                            mirror_cluster: self.cluster.id,
-                            mirror_partition: partition,
-                            mirror_base_offset,
-                            record_count: count,
-                        });
-                    }
-                    return Ok(());
+                    return Ok(mirror_base_offset);
                 }
                 Err(AttemptError::Fatal(error)) => return Err(error),
                 Err(AttemptError::ResetProducer(error)) => {
@@ -709,33 +807,31 @@ impl MirrorWriter {
 
     async fn attempt(
         &mut self,
-        item: &MirrorItem,
+        mirror_topic: &Arc<str>,
         partition: i32,
         batch: &Batch,
     ) -> Result<i64, AttemptError> {
         let (producer_id, producer_epoch) = self.producer().await.map_err(retry)?;
         let sequence = *self
             .sequences
-            .get(&(item.mirror_topic.clone(), partition))
+            .get(&(mirror_topic.clone(), partition))
             .unwrap_or(&0);
         let node = self
             .cluster
-            .leader(&item.mirror_topic, partition)
+            .leader(mirror_topic, partition)
             .await
             .map_err(retry)?
             .ok_or_else(|| {
                 AttemptError::Retry(format!(
                     "no leader for {}/{partition} on the mirror (does the topic exist there with enough partitions?)",
-                    item.mirror_topic
+                    mirror_topic
                 ))
             })?;
         let request = ProduceRequest::default()
             .with_acks(-1)
             .with_timeout_ms(self.cluster.settings.request_timeout.as_millis() as i32)
             .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(
-                    item.mirror_topic.to_string(),
-                )))
+                .with_name(TopicName(StrBytes::from_string(mirror_topic.to_string())))
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
                     .with_records(Some(batch.for_mirror(
@@ -784,7 +880,7 @@ impl MirrorWriter {
             ) => Err(AttemptError::ResetProducer(error.to_string())),
             Some(error) => {
                 if is_leadership_error(result.error_code) {
-                    self.cluster.forget_leaders(&item.mirror_topic);
+                    self.cluster.forget_leaders(mirror_topic);
                 }
                 if error.is_retriable() {
                     Err(AttemptError::Retry(error.to_string()))
@@ -856,6 +952,103 @@ impl MirrorWriter {
     }
 }
 
+/// Largest merged batch, in bytes of client batches (brokers take 1 MB by default).
+const MAX_MERGED_BYTES: usize = 512 * 1024;
+
+/// Whether `item` may be sent merged with the items after it: an `async`, whole,
+/// identity-partitioned batch that is not a backfill's.
+fn mergeable(item: &MirrorItem) -> bool {
+    item.done.is_none()
+        && item.source.is_none()
+        && item.partitioning == Partitioning::Identity
+        && item.mirror_percent >= 100
+}
+
+/// `item` and the items of the same partition queued after it that can go in the same
+/// request: mergeable ones, up to the first that is not (order per partition is kept;
+/// other partitions' items stay waiting, in order).
+fn take_group(item: MirrorItem, waiting: &mut VecDeque<MirrorItem>) -> Vec<MirrorItem> {
+    if !mergeable(&item) {
+        return vec![item];
+    }
+    let mut bytes = item.records.len();
+    let mut group = vec![item];
+    let mut index = 0;
+    while index < waiting.len() {
+        let next = &waiting[index];
+        let first = &group[0];
+        let same_partition = next.topic == first.topic
+            && next.mirror_topic == first.mirror_topic
+            && next.write_partition == first.write_partition;
+        if !same_partition {
+            index += 1;
+            continue;
+        }
+        if !mergeable(next) || bytes + next.records.len() > MAX_MERGED_BYTES {
+            break;
+        }
+        bytes += next.records.len();
+        if let Some(next) = waiting.remove(index) {
+            group.push(next);
+        }
+    }
+    group
+}
+
+/// Client batches merged into one.
+struct Merged {
+    batch: Batch,
+    /// Records each input contributed, in order.
+    counts: Vec<i64>,
+}
+
+/// The records of `inputs` (each a client's batches of one partition), control batches
+/// left out, as one batch: compressed like the first, offsets renumbered.
+fn merge<'a>(inputs: impl Iterator<Item = &'a Bytes>) -> Result<Merged, String> {
+    let mut records = Vec::new();
+    let mut counts = Vec::new();
+    let mut compression = None;
+    for input in inputs {
+        let mut count = 0;
+        for batch in batch::split_batches(input.clone()).map_err(|e| e.to_string())? {
+            if batch.is_control() {
+                continue;
+            }
+            let mut bytes = batch.bytes().clone();
+            let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| e.to_string())?;
+            compression.get_or_insert(set.compression);
+            for mut record in set.records {
+                // Batch-level fields alike, sequence following offset: one batch out.
+                record.offset = records.len() as i64;
+                record.sequence = record.offset as i32;
+                record.partition_leader_epoch = -1;
+                record.transactional = false;
+                record.producer_id = -1;
+                record.producer_epoch = -1;
+                records.push(record);
+                count += 1;
+            }
+        }
+        counts.push(count);
+    }
+    let mut encoded = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut encoded,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: compression.unwrap_or(kafka_protocol::records::Compression::None),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let batch = batch::split_batches(encoded.freeze())
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("nothing to mirror in the merged batches")?;
+    Ok(Merged { batch, counts })
+}
+
 fn retry(error: impl std::fmt::Display) -> AttemptError {
     AttemptError::Retry(error.to_string())
 }
@@ -872,6 +1065,81 @@ pub fn percent_selects(key: &[u8], percent: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(topic: &str, partition: i32, count: usize) -> MirrorItem {
+        let (_, written) = oneshot::channel();
+        MirrorItem {
+            route: 0,
+            topic: topic.into(),
+            mirror_topic: topic.into(),
+            write_partition: partition,
+            records: batch::tests::encoded(count, false),
+            record_count: count as i64,
+            partitioning: Partitioning::Identity,
+            mirror_percent: 100,
+            written,
+            done: None,
+            enqueued_at: Instant::now(),
+            source: None,
+            fill_only: false,
+        }
+    }
+
+    #[test]
+    fn queued_batches_of_a_partition_go_together_up_to_one_that_cannot() {
+        let mut waiting: VecDeque<MirrorItem> = VecDeque::new();
+        waiting.push_back(item("a", 0, 2));
+        waiting.push_back(item("b", 0, 3)); // another topic: stays, in order
+        waiting.push_back(item("a", 0, 4));
+        let mut sync = item("a", 0, 5);
+        sync.done = Some(oneshot::channel().0); // a sync batch: not merged, ends the group
+        waiting.push_back(sync);
+        waiting.push_back(item("a", 0, 6)); // behind it: must wait for it
+        waiting.push_back(item("a", 1, 7));
+        let group = take_group(item("a", 0, 1), &mut waiting);
+        let counts: Vec<i64> = group.iter().map(|i| i.record_count).collect();
+        assert_eq!(counts, [1, 2, 4]);
+        let left: Vec<(String, i64)> = waiting
+            .iter()
+            .map(|i| (i.topic.to_string(), i.record_count))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("b".into(), 3),
+                ("a".into(), 5),
+                ("a".into(), 6),
+                ("a".into(), 7)
+            ]
+        );
+        // A sync item is sent alone.
+        let mut sync = item("a", 0, 5);
+        sync.done = Some(oneshot::channel().0);
+        assert_eq!(take_group(sync, &mut waiting).len(), 1);
+    }
+
+    #[test]
+    fn merged_batches_keep_every_record_in_order() {
+        let inputs = [
+            batch::tests::encoded(2, false),
+            batch::tests::encoded(3, true),
+        ];
+        let merged = merge(inputs.iter()).unwrap();
+        assert_eq!(merged.counts, [2, 3]);
+        assert_eq!(merged.batch.record_count(), 5);
+        assert!(merged.batch.crc_is_valid());
+        assert!(!merged.batch.is_transactional());
+        let mut bytes = merged.batch.bytes().clone();
+        let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+        let values: Vec<Bytes> = set.records.iter().filter_map(|r| r.value.clone()).collect();
+        let expected: Vec<Bytes> = ["v0", "v1", "v0", "v1", "v2"]
+            .into_iter()
+            .map(|value| Bytes::from_static(value.as_bytes()))
+            .collect();
+        assert_eq!(values, expected);
+        let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 4]);
+    }
 
     #[test]
     fn percent_selection_is_stable_and_proportional() {
