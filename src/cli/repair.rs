@@ -50,7 +50,7 @@ pub async fn run(config: &Config) -> anyhow::Result<usize> {
         let repair_run = RepairRun {
             range: &merged,
             batch_starts: run.iter().map(|range| range.first_offset).collect(),
-            first_batch_last: first.last_offset,
+            batch_ends: run.iter().map(|range| range.last_offset).collect(),
         };
         let copied = repair(config, &names, &table, &repair_run)
             .await
@@ -169,9 +169,15 @@ struct RepairRun<'a> {
     /// First offset of each journalled range (each one produced batch), ascending: unkeyed
     /// records are selected for `mirror_percent` by the batch they were produced in.
     batch_starts: Vec<i64>,
-    /// Last offset of the first journalled range: the batch the mirror may hold anyway.
-    first_batch_last: i64,
+    /// Last offset of each journalled range, ascending.
+    batch_ends: Vec<i64>,
 }
+
+/// Journalled batches at the start of a run that may have landed together: the mirror
+/// writer merges up to 512 KiB of queued batches into one request.
+const MAY_HAVE_LANDED_BATCHES: usize = 256;
+/// Records held back to compare with the mirror's end, at most.
+const MAY_HAVE_LANDED_RECORDS: usize = 20_000;
 
 impl RepairRun<'_> {
     /// The first offset of the batch `offset` was produced in.
@@ -267,34 +273,34 @@ async fn repair(
         deliveries: Vec::new(),
     };
     let mut already_there = 0;
-    // The first batch's records are held back until it is known whether the mirror has them
-    // already: it was in flight when the mirror failed, and may have landed all the same.
-    let mut first_batch: Option<Vec<(i32, CopiedRecord)>> = Some(Vec::new());
-    let settle = |held: Vec<(i32, CopiedRecord)>, sender: &mut MirrorSender<'_>| {
-        let landed = mirror_partitions.is_none()
-            && mirror_ends_with(
-                config,
-                &range.mirror_cluster,
-                &mirror_topic,
-                range.write_partition,
-                &held,
+    // The first batches' records are held back until it is known whether the mirror has
+    // them already: the request in flight when the mirror failed (one batch, or several
+    // merged) may have landed all the same.
+    let hold_until = run.batch_ends[..run.batch_ends.len().min(MAY_HAVE_LANDED_BATCHES)]
+        .last()
+        .copied()
+        .unwrap_or(range.last_offset);
+    let mut held: Option<Vec<(i64, i32, CopiedRecord)>> = Some(Vec::new());
+    let settle = |held: Vec<(i64, i32, CopiedRecord)>, sender: &mut MirrorSender<'_>| {
+        let landed = if mirror_partitions.is_none() {
+            landed_already(config, range, &mirror_topic, &run.batch_ends, &held).unwrap_or_else(
+                |error| {
+                    // Copying is the safe side: a duplicate, where skipping could lose records.
+                    println!(
+                        "warning: {error:#}; cannot tell whether the mirror got the batch at \
+                         {} already, copying it (a duplicate if it did)",
+                        range.first_offset
+                    );
+                    0
+                },
             )
-            .unwrap_or_else(|error| {
-                // Copying is the safe side: a duplicate, where skipping could lose records.
-                println!(
-                    "warning: {error:#}; cannot tell whether the mirror got the batch at \
-                     {} already, copying it (a duplicate if it did)",
-                    range.first_offset
-                );
-                false
-            });
-        if landed {
-            return anyhow::Ok(held.len());
-        }
-        for (partition, record) in &held {
+        } else {
+            0
+        };
+        for (_, partition, record) in &held[landed..] {
             sender.send(*partition, record)?;
         }
-        Ok(0)
+        anyhow::Ok(landed)
     };
     loop {
         let message = match consumer.poll(Duration::from_secs(10)) {
@@ -307,8 +313,11 @@ async fn repair(
         if offset > range.last_offset {
             break;
         }
-        if offset > run.first_batch_last {
-            if let Some(held) = first_batch.take() {
+        let full = held
+            .as_ref()
+            .is_some_and(|held| held.len() >= MAY_HAVE_LANDED_RECORDS);
+        if offset > hold_until || full {
+            if let Some(held) = held.take() {
                 already_there = settle(held, &mut sender)?;
             }
         }
@@ -329,12 +338,12 @@ async fn repair(
             (None, _) => range.write_partition,
         };
         let record = CopiedRecord::of(&message);
-        match &mut first_batch {
-            Some(held) => held.push((partition, record)),
+        match &mut held {
+            Some(held) => held.push((offset, partition, record)),
             None => sender.send(partition, &record)?,
         }
     }
-    if let Some(held) = first_batch.take() {
+    if let Some(held) = held.take() {
         already_there = settle(held, &mut sender)?;
     }
     let records = sender.deliveries.len();
@@ -403,22 +412,63 @@ fn consumer(config: &Config, cluster: &str, isolation: &str) -> anyhow::Result<B
         .create()?)
 }
 
-/// Whether `partition` of `topic` on `cluster` ends with exactly `records` (all bound for that
-/// partition). The mirror writer sends nothing to a partition past a gap, so a batch that
-/// landed although its mirror write failed is the last thing there.
-fn mirror_ends_with(
+/// How many of `held` (the first records of a run, with their write offsets) the mirror
+/// partition already ends with, in whole journalled batches (`batch_ends`): the mirror
+/// writer sends nothing to a partition past a gap, so a request that landed although its
+/// write failed is the last thing there.
+fn landed_already(
+    config: &Config,
+    range: &FailedRange,
+    mirror_topic: &str,
+    batch_ends: &[i64],
+    held: &[(i64, i32, CopiedRecord)],
+) -> anyhow::Result<usize> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let tail = mirror_tail(
+        config,
+        &range.mirror_cluster,
+        mirror_topic,
+        range.write_partition,
+        held.len(),
+    )?;
+    Ok(longest_landed_prefix(&tail, batch_ends, held))
+}
+
+/// The largest number of `held` records, ending at a batch boundary, that `tail` ends with.
+fn longest_landed_prefix(
+    tail: &[CopiedRecord],
+    batch_ends: &[i64],
+    held: &[(i64, i32, CopiedRecord)],
+) -> usize {
+    // Held records up to the end of each batch, longest first.
+    let mut prefixes: Vec<usize> = batch_ends
+        .iter()
+        .map(|end| held.partition_point(|(offset, _, _)| offset <= end))
+        .filter(|length| *length > 0 && *length <= tail.len())
+        .collect();
+    prefixes.dedup();
+    prefixes
+        .into_iter()
+        .rev()
+        .find(|length| {
+            tail[tail.len() - length..]
+                .iter()
+                .zip(&held[..*length])
+                .all(|(on_mirror, (_, _, copied))| on_mirror == copied)
+        })
+        .unwrap_or(0)
+}
+
+/// The last `count` records (at most) of `partition` of `topic` on `cluster`.
+fn mirror_tail(
     config: &Config,
     cluster: &str,
     topic: &str,
     partition: i32,
-    records: &[(i32, CopiedRecord)],
-) -> anyhow::Result<bool> {
-    let Ok(count) = i64::try_from(records.len()) else {
-        return Ok(false);
-    };
-    if count == 0 {
-        return Ok(false);
-    }
+    count: usize,
+) -> anyhow::Result<Vec<CopiedRecord>> {
     // kshift writes mirrors without transactions.
     let consumer = consumer(config, cluster, "read_uncommitted")?;
     // Read from `count` records before the end the broker reports to the end of the log:
@@ -426,10 +476,10 @@ fn mirror_ends_with(
     // offset + 1 as the latest offset, short of the real end.
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
     let mut assignment = TopicPartitionList::new();
-    let start = low.max(high - count);
+    let start = low.max(high - i64::try_from(count).unwrap_or(i64::MAX));
     assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
     consumer.assign(&assignment)?;
-    let mut tail = std::collections::VecDeque::with_capacity(records.len() + 1);
+    let mut tail = std::collections::VecDeque::with_capacity(count + 1);
     loop {
         match consumer.poll(Duration::from_secs(10)) {
             None => bail!(
@@ -441,17 +491,13 @@ fn mirror_ends_with(
             Some(Err(error)) => return Err(error.into()),
             Some(Ok(message)) => {
                 tail.push_back(CopiedRecord::of(&message));
-                if tail.len() > records.len() {
+                if tail.len() > count {
                     tail.pop_front();
                 }
             }
         }
     }
-    Ok(tail.len() == records.len()
-        && tail
-            .iter()
-            .zip(records)
-            .all(|(on_mirror, (_, copied))| on_mirror == copied))
+    Ok(tail.into())
 }
 
 #[cfg(test)]
@@ -468,6 +514,42 @@ mod tests {
             reason: "test".into(),
             mirror: None,
         }
+    }
+
+    fn record(i: i64) -> CopiedRecord {
+        CopiedRecord {
+            key: None,
+            payload: Some(format!("v{i}").into_bytes()),
+            headers: Vec::new(),
+            timestamp: Some(i),
+        }
+    }
+
+    #[test]
+    fn what_landed_is_found_in_whole_batches_at_the_mirror_end() {
+        // Batches 0..=1, 2..=3, 4..=5 journalled; records 0..6 held.
+        let held: Vec<(i64, i32, CopiedRecord)> = (0..6).map(|i| (i, 0, record(i))).collect();
+        let ends = [1, 3, 5];
+        let tail_of = |records: std::ops::Range<i64>| -> Vec<CopiedRecord> {
+            // What was mirrored before the gap, then what landed.
+            [record(100), record(101)]
+                .into_iter()
+                .chain(records.map(record))
+                .collect()
+        };
+        // Two batches merged into one request landed.
+        assert_eq!(longest_landed_prefix(&tail_of(0..4), &ends, &held), 4);
+        // One batch landed.
+        assert_eq!(longest_landed_prefix(&tail_of(0..2), &ends, &held), 2);
+        // Nothing landed.
+        assert_eq!(longest_landed_prefix(&tail_of(0..0), &ends, &held), 0);
+        // Not a batch boundary: not a landed request, copy everything.
+        assert_eq!(longest_landed_prefix(&tail_of(0..3), &ends, &held), 0);
+        // A mirror shorter than what is held.
+        assert_eq!(
+            longest_landed_prefix(&[record(0), record(1)], &ends, &held),
+            2
+        );
     }
 
     #[test]
