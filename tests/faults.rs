@@ -391,17 +391,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
         panic!("unexpected summary: {stdout}");
     };
     assert_eq!(copied + already_there, journalled, "{stdout}");
-    let output = common::run_kshift(vec![
-        "verify".into(),
-        "--config".into(),
-        config,
-        "--topics".into(),
-        topic.clone(),
-    ])
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "verify after repair: {stdout}");
+    let stdout = common::kshift_verify(&config, &topic).await;
     assert_eq!(stdout.matches("  ok").count(), 2, "{stdout}");
     proxy.shutdown().await;
 }

@@ -113,17 +113,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         "{stdout}"
     );
 
-    let output = common::run_kshift(vec![
-        "verify".into(),
-        "--config".into(),
-        config.clone(),
-        "--topics".into(),
-        topic.clone(),
-    ])
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "verify after repair: {stdout}");
+    let stdout = common::kshift_verify(&config, &topic).await;
     assert_eq!(stdout.matches("  ok").count(), 2, "{stdout}");
 
     let stdout = common::kshift_repair(&config).await;

@@ -496,15 +496,7 @@ impl MirrorWriter {
         for ((item, write_base_offset), count) in written.into_iter().zip(merged.counts) {
             if let Some(base) = mirror_offset.as_mut() {
                 if count > 0 {
-                    self.offsets.record(OffsetMapping {
-                        topic: item.topic.clone(),
-                        write_partition: item.write_partition,
-                        write_base_offset,
-                        mirror_cluster: self.cluster.id,
-                        mirror_partition: partition,
-                        mirror_base_offset: *base,
-                        record_count: count,
-                    });
+                    self.record_mapping(&item, write_base_offset, partition, *base, count);
                 }
                 *base += count;
             }
@@ -750,17 +742,37 @@ impl MirrorWriter {
         let translatable =
             item.partitioning == Partitioning::Identity && item.mirror_percent >= 100;
         if translatable {
-            self.offsets.record(OffsetMapping {
-                topic: item.topic.clone(),
-                write_partition: item.write_partition,
+            let count = i64::from(batch.record_count());
+            self.record_mapping(
+                item,
                 write_base_offset,
-                mirror_cluster: self.cluster.id,
-                mirror_partition: partition,
+                partition,
                 mirror_base_offset,
-                record_count: i64::from(batch.record_count()),
-            });
+                count,
+            );
         }
         Ok(())
+    }
+
+    /// Puts `count` records of `item` at `write_base_offset` → `mirror_base_offset` of
+    /// `partition` in the offset map.
+    fn record_mapping(
+        &self,
+        item: &MirrorItem,
+        write_base_offset: i64,
+        partition: i32,
+        mirror_base_offset: i64,
+        count: i64,
+    ) {
+        self.offsets.record(OffsetMapping {
+            topic: item.topic.clone(),
+            write_partition: item.write_partition,
+            write_base_offset,
+            mirror_cluster: self.cluster.id,
+            mirror_partition: partition,
+            mirror_base_offset,
+            record_count: count,
+        });
     }
 
     /// Sends `batch` to `partition` of `mirror_topic` under kshift's producer, retrying;

@@ -813,6 +813,18 @@ pub fn run_kshift(args: Vec<String>) -> tokio::task::JoinHandle<std::process::Ou
     })
 }
 
+/// Runs `kshift verify --config CONFIG --topics TOPICS`, which must succeed (parity);
+/// returns what it printed.
+pub async fn kshift_verify(config: &str, topics: &str) -> String {
+    let args = ["verify", "--config", config, "--topics", topics];
+    let output = run_kshift(args.iter().map(|arg| arg.to_string()).collect())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "kshift verify: {stdout}");
+    stdout
+}
+
 /// Runs `kshift repair --config CONFIG`, which must succeed; returns what it printed.
 pub async fn kshift_repair(config: &str) -> String {
     let output = run_kshift(vec!["repair".into(), "--config".into(), config.into()])
