@@ -125,13 +125,18 @@ async fn unknown_api_key_and_unsupported_version_close_the_connection() {
     too_new.send_body(ApiKey::Produce, 99, 1, &[]).await;
     too_new.assert_closed().await;
 
-    // OffsetForLeaderEpoch is deliberately not served (leader epochs are per cluster).
+    send_unserved_and_see_it_closed(&kshift).await;
+    assert_serving(&kshift).await;
+}
+
+/// OffsetForLeaderEpoch is deliberately not served (leader epochs are per cluster): kshift
+/// closes the connection.
+async fn send_unserved_and_see_it_closed(kshift: &Kshift) {
     let mut unserved = RawClient::connect(kshift.addr()).await;
     unserved
         .send_body(ApiKey::OffsetForLeaderEpoch, 3, 1, &[])
         .await;
     unserved.assert_closed().await;
-    assert_serving(&kshift).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,11 +304,7 @@ async fn connections_closed_by_kshift_end_without_a_panic() {
     let (_broker, kshift) = start().await;
     let before = panics.load(std::sync::atomic::Ordering::SeqCst);
     for _ in 0..20 {
-        let mut unserved = RawClient::connect(kshift.addr()).await;
-        unserved
-            .send_body(ApiKey::OffsetForLeaderEpoch, 3, 1, &[])
-            .await;
-        unserved.assert_closed().await;
+        send_unserved_and_see_it_closed(&kshift).await;
     }
     assert_serving(&kshift).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
