@@ -9,8 +9,8 @@
 //!   behind, the queued `async` batches of one partition go as one merged batch in one
 //!   request (each still counted, mapped and journalled on its own). For one producer
 //!   connection per partition — the normal case — the mirror therefore receives batches in
-//!   the write cluster's offset order. Producers on different connections writing the same partition
-//!   may interleave differently on the mirror.
+//!   the write cluster's offset order. Producers on different connections writing the same
+//!   partition may interleave differently on the mirror.
 //! - Identity: a mirror never sees the client's producer id, epoch or sequences. The writer
 //!   calls InitProducerId on the mirror, numbers each mirror partition's batches itself and
 //!   retries with the same sequence, so the mirror broker drops kshift's own duplicates.
