@@ -385,7 +385,12 @@ async fn write_frame(writer: &mut BufWriter<WriteHalf>, frame: &[Bytes; 2]) -> s
     Ok(())
 }
 
-async fn run_reader(mut read_half: ReadHalf, state: Arc<SharedState>, address: Arc<str>) {
+/// Read buffer per broker connection: a response's length prefix and body (and often the
+/// next response) in one read. Larger bodies bypass it.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+async fn run_reader(read_half: ReadHalf, state: Arc<SharedState>, address: Arc<str>) {
+    let mut read_half = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let closed = |reason: String| BackendError::Closed {
         address: address.clone(),
         reason: reason.into(),
