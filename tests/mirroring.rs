@@ -157,17 +157,23 @@ async fn offset_map_translates_every_mirrored_record() {
     produce_keyed(&through, &topic, &[("linger.ms", "0")], 10, 4).await;
     let on_old = read_all(&old.bootstrap(), &topic, 1, 40).await;
     let on_new = read_all(&new.bootstrap(), &topic, 1, 40).await;
+    assert_every_record_translates(&proxy, &topic, &on_old, &on_new);
+}
+
+/// The offset map takes each record of partition 0 on old (`on_old`) to the offset of the
+/// same record (by value) on new (`on_new`).
+fn assert_every_record_translates(
+    proxy: &RunningProxy,
+    topic: &str,
+    on_old: &[Received],
+    on_new: &[Received],
+) {
     let new_offset_of: BTreeMap<_, _> =
         on_new.iter().map(|r| (r.value.clone(), r.offset)).collect();
-    for record in &on_old {
-        let translated =
-            proxy
-                .state()
-                .mirrors
-                .offsets
-                .translate(&topic, 0, new_id(&proxy), record.offset);
+    let offsets = &proxy.state().mirrors.offsets;
+    for record in on_old {
         assert_eq!(
-            translated,
+            offsets.translate(topic, 0, new_id(proxy), record.offset),
             Some((0, new_offset_of[&record.value])),
             "offset {}",
             record.offset
@@ -205,17 +211,7 @@ async fn queued_async_batches_are_mirrored_merged_in_order_and_translatable() {
     let on_old = read_all(&old.bootstrap(), &topic, 1, 1000).await;
     let on_new = read_all(&new.bootstrap(), &topic, 1, 1000).await;
     assert_eq!(by_partition(&on_old), by_partition(&on_new));
-    let new_offset_of: BTreeMap<_, _> =
-        on_new.iter().map(|r| (r.value.clone(), r.offset)).collect();
-    let offsets = &proxy.state().mirrors.offsets;
-    for record in &on_old {
-        assert_eq!(
-            offsets.translate(&topic, 0, new_id(&proxy), record.offset),
-            Some((0, new_offset_of[&record.value])),
-            "offset {}",
-            record.offset
-        );
-    }
+    assert_every_record_translates(&proxy, &topic, &on_old, &on_new);
     let (written, mirrored) = (
         backend_requests(&proxy, "old", "Produce"),
         backend_requests(&proxy, "new", "Produce"),

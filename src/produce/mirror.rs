@@ -93,6 +93,24 @@ pub struct Source {
 }
 
 impl MirrorItem {
+    /// This item's records at `write_base_offset`, missing from `mirror_cluster`.
+    pub fn failed_range(
+        &self,
+        write_base_offset: i64,
+        mirror_cluster: &str,
+        reason: String,
+    ) -> FailedRange {
+        FailedRange {
+            topic: self.topic.to_string(),
+            write_partition: self.write_partition,
+            first_offset: write_base_offset,
+            last_offset: write_base_offset + self.record_count - 1,
+            mirror_cluster: mirror_cluster.to_string(),
+            reason,
+            mirror: Some(self.target()),
+        }
+    }
+
     /// Where and how this item is mirrored, for the failure journal.
     pub fn target(&self) -> MirrorTarget {
         MirrorTarget {
@@ -323,15 +341,11 @@ impl Mirrors {
         if item.source.is_some() {
             return; // a backfill route copies it before its next batch
         }
-        self.failures.record(&FailedRange {
-            topic: item.topic.to_string(),
-            write_partition: item.write_partition,
-            first_offset: write_base_offset,
-            last_offset: write_base_offset + item.record_count - 1,
-            mirror_cluster: queue.cluster.name.to_string(),
-            reason: "mirror queue full".into(),
-            mirror: Some(item.target()),
-        });
+        self.failures.record(&item.failed_range(
+            write_base_offset,
+            &queue.cluster.name,
+            "mirror queue full".into(),
+        ));
     }
 
     /// Holds `item` until transaction `transactional_id` ends.
@@ -627,15 +641,11 @@ impl MirrorWriter {
             // A backfill route copies what is missing before its next batch: journalling it
             // for repair as well would copy it twice.
             if item.source.is_none() {
-                self.failures.record(&FailedRange {
-                    topic: item.topic.to_string(),
-                    write_partition: item.write_partition,
-                    first_offset: write_base_offset,
-                    last_offset: write_base_offset + item.record_count - 1,
-                    mirror_cluster: self.cluster.name.to_string(),
-                    reason: error.clone(),
-                    mirror: Some(item.target()),
-                });
+                self.failures.record(&item.failed_range(
+                    write_base_offset,
+                    &self.cluster.name,
+                    error.clone(),
+                ));
             }
         }
         if let Some(done) = item.done.take() {
