@@ -976,6 +976,8 @@ impl MirrorWriter {
 
 /// Largest merged batch, in bytes of client batches (brokers take 1 MB by default).
 const MAX_MERGED_BYTES: usize = 512 * 1024;
+/// Queued items looked through for batches of the same partition to merge.
+const MERGE_SCAN_ITEMS: usize = 1024;
 
 /// Whether `item` may be sent merged with the items after it: an `async`, whole,
 /// identity-partitioned batch that is not a backfill's.
@@ -996,7 +998,9 @@ fn take_group(item: MirrorItem, waiting: &mut VecDeque<MirrorItem>) -> Vec<Mirro
     let mut bytes = item.records.len();
     let mut group = vec![item];
     let mut index = 0;
-    while index < waiting.len() {
+    // Only the front of a long backlog is searched: a full scan per request would cost
+    // O(backlog²) while the writer is behind, the moment it needs to catch up.
+    while index < waiting.len().min(MERGE_SCAN_ITEMS) {
         let next = &waiting[index];
         let first = &group[0];
         let same_partition = next.topic == first.topic
