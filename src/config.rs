@@ -235,6 +235,12 @@ pub struct ClusterConfig {
     /// a retriable error.
     #[serde(default = "default_mirror_queue_bytes")]
     pub mirror_queue_bytes: usize,
+    /// How long kshift's writer to this cluster waits for more `async` batches of a
+    /// partition before sending one it has (a producer's `linger.ms`): one request then
+    /// carries several client batches, which costs the mirror cluster and kshift less than
+    /// a request per batch. Clients never wait for it; `sync` batches never linger.
+    #[serde(default = "default_mirror_linger_ms")]
+    pub mirror_linger_ms: u64,
     /// `[clusters.NAME.tls]`: connect to this cluster's brokers over TLS. Plain TCP when
     /// absent; an empty table means TLS checked against the system's CA certificates.
     #[serde(default)]
@@ -350,6 +356,14 @@ impl BackendSaslConfig {
 fn default_mirror_queue_bytes() -> usize {
     64 * 1024 * 1024
 }
+
+/// Kafka producers' default `linger.ms` since Kafka 4.0.
+fn default_mirror_linger_ms() -> u64 {
+    5
+}
+
+/// Longest `mirror_linger_ms`: lingering is for gathering batches, not for holding them.
+pub const MAX_MIRROR_LINGER_MS: u64 = 10_000;
 
 impl Config {
     /// Parses and validates a configuration from TOML text.
@@ -516,6 +530,12 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+            if cluster.mirror_linger_ms > MAX_MIRROR_LINGER_MS {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.mirror_linger_ms"),
+                    format!("must be at most {MAX_MIRROR_LINGER_MS}"),
+                ));
+            }
             for (i, address) in cluster.bootstrap.iter().enumerate() {
                 parse_host_port(address).map_err(|e| {
                     ConfigError::field(format!("clusters.{name}.bootstrap[{i}]"), e)
@@ -600,6 +620,16 @@ mod tests {
         let text = MINIMAL.replace("[proxy]", "[proxy]\nlisten_port = 3");
         let error = Config::parse(&text).unwrap_err().to_string();
         assert!(error.contains("listen_port"), "{error}");
+    }
+
+    #[test]
+    fn mirror_linger_is_bounded_and_defaults_to_a_producers() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.clusters["old"].mirror_linger_ms, 5);
+        let bootstrap = "bootstrap = [\"127.0.0.1:9093\"]";
+        let text = MINIMAL.replace(bootstrap, &format!("{bootstrap}\nmirror_linger_ms = 10001"));
+        let error = Config::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("clusters.old.mirror_linger_ms"), "{error}");
     }
 
     #[test]

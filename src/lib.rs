@@ -195,9 +195,12 @@ impl Proxy {
         }
         let table = RoutingTable::build(&config.routing_spec(), &names, 1)
             .map_err(config::ConfigError::from)?;
-        let queue_limits: Vec<usize> = names
+        let writer_settings: Vec<produce::mirror::WriterSettings> = names
             .iter()
-            .map(|name| config.clusters[name].mirror_queue_bytes)
+            .map(|name| produce::mirror::WriterSettings {
+                queue_bytes: config.clusters[name].mirror_queue_bytes,
+                linger: std::time::Duration::from_millis(config.clusters[name].mirror_linger_ms),
+            })
             .collect();
         let offsets = match &config.proxy.offset_map_file {
             Some(path) => produce::offset_map::OffsetMap::open(std::path::Path::new(path), &names)
@@ -229,7 +232,7 @@ impl Proxy {
         };
         let mirrors = produce::mirror::Mirrors::start(
             &clusters,
-            &queue_limits,
+            &writer_settings,
             Arc::new(offsets),
             Arc::new(failures),
         );

@@ -18,18 +18,33 @@ use rdkafka::producer::{FutureRecord, Producer};
 
 /// `old` is written and read, `new` mirrors; `route` is spliced into the route.
 async fn start(old: &Broker, new: &Broker, route: &str) -> RunningProxy {
+    start_with(old, new, route, "").await
+}
+
+/// As [`start`], with `mirror_lines` added to `[clusters.new]`.
+async fn start_with(old: &Broker, new: &Broker, route: &str, mirror_lines: &str) -> RunningProxy {
+    let routing = format!(
+        "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n{route}\n[[groups]]\ngroups = \"*\"\ncluster = \"old\""
+    );
+    start_routing(old, new, &routing, mirror_lines).await
+}
+
+/// kshift in front of `old` and `new` with the whole `routing` given.
+async fn start_routing(
+    old: &Broker,
+    new: &Broker,
+    routing: &str,
+    mirror_lines: &str,
+) -> RunningProxy {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let routing = format!(
-        "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n{route}\n[[groups]]\ngroups = \"*\"\ncluster = \"old\""
-    );
     let toml = common::two_cluster_toml(
         old,
         new,
         "connect_timeout_ms = 1000\nrequest_timeout_ms = 3000",
-        &routing,
+        &format!("{mirror_lines}\n{routing}"),
     );
     Proxy::start(Config::parse(&toml).expect("valid config"))
         .await
@@ -193,11 +208,17 @@ fn backend_requests(proxy: &RunningProxy, cluster: &str, api: &str) -> u64 {
 
 /// A burst of small produce requests outruns the async mirror writer, which then sends the
 /// queued batches of the partition merged: fewer requests, the same records in the same
-/// order, every one translatable.
+/// order, every one translatable. (No lingering: this is the writer catching up.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_async_batches_are_mirrored_merged_in_order_and_translatable() {
     let (old, new) = (Broker::start().await, Broker::start().await);
-    let proxy = start(&old, &new, "mirror = [\"new\"]\nmirror_mode = \"async\"").await;
+    let proxy = start_with(
+        &old,
+        &new,
+        "mirror = [\"new\"]\nmirror_mode = \"async\"",
+        "mirror_linger_ms = 0",
+    )
+    .await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("merged");
     common::create_topic(&through, &topic, 1).await;
@@ -220,6 +241,80 @@ async fn queued_async_batches_are_mirrored_merged_in_order_and_translatable() {
         mirrored < written,
         "{written} produce requests to old, {mirrored} to the mirror: nothing was merged"
     );
+}
+
+/// A producer that waits for each answer before sending the next record never builds a
+/// queue; `mirror_linger_ms` gathers its batches so that the mirror gets fewer requests
+/// anyway — the same records in the same order, every one translatable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_at_a_time_producers_batches_are_lingered_into_fewer_mirror_requests() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start_with(&old, &new, "mirror = [\"new\"]", "mirror_linger_ms = 1000").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic("lingered");
+    common::create_topic(&through, &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    let producer = common::producer(&through, &[("linger.ms", "0"), ("acks", "all")]);
+    for i in 0..10 {
+        let value = format!("value-{i}");
+        producer
+            .send(
+                FutureRecord::to(&topic).key("key").payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("record acknowledged");
+    }
+    let on_old = read_all(&old.bootstrap(), &topic, 1, 10).await;
+    let on_new = read_all(&new.bootstrap(), &topic, 1, 10).await;
+    assert_eq!(by_partition(&on_old), by_partition(&on_new));
+    assert_every_record_translates(&proxy, &topic, &on_old, &on_new);
+    let (written, mirrored) = (
+        backend_requests(&proxy, "old", "Produce"),
+        backend_requests(&proxy, "new", "Produce"),
+    );
+    assert!(
+        written >= 10 && mirrored < written / 2,
+        "{written} produce requests to old, {mirrored} to the mirror: batches were not gathered"
+    );
+}
+
+/// A `sync` client waits for its mirror: its batch ends another route's `async` linger on
+/// the same mirror cluster instead of waiting it out, and both reach the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_batch_does_not_wait_out_an_async_linger() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let routing = "[[routes]]\ntopics = \"eager-*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"sync\"\n\
+                   [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"";
+    let linger = Duration::from_secs(8);
+    let proxy = start_routing(
+        &old,
+        &new,
+        routing,
+        &format!("mirror_linger_ms = {}", linger.as_millis()),
+    )
+    .await;
+    let through = bootstrap(&proxy);
+    let (lazy, eager) = (common::unique_topic("lazy"), common::unique_topic("eager"));
+    for topic in [&lazy, &eager] {
+        common::create_topic(&through, topic, 1).await;
+        common::wait_for_topic(&new.bootstrap(), topic, 1);
+    }
+    let producer = common::producer(&through, &[("linger.ms", "0")]);
+    let record = |topic| FutureRecord::to(topic).key("key").payload("value");
+    let timeout = Duration::from_secs(30);
+    (producer.send(record(&lazy), timeout).await).expect("async record acknowledged");
+    let started = std::time::Instant::now();
+    (producer.send(record(&eager), timeout).await).expect("sync record acknowledged");
+    assert!(
+        started.elapsed() < linger / 2,
+        "the sync produce took {:?}: it waited for the async linger",
+        started.elapsed()
+    );
+    // Both went out together, long before the linger would have ended.
+    read_all(&new.bootstrap(), &lazy, 1, 1).await;
+    read_all(&new.bootstrap(), &eager, 1, 1).await;
+    assert!(started.elapsed() < linger / 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

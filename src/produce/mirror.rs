@@ -199,6 +199,15 @@ struct MirrorQueue {
     stats: Arc<MirrorStats>,
 }
 
+/// How one mirror cluster's queue and writer behave (`[clusters.NAME]`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// `mirror_queue_bytes`: records queued beyond this are refused.
+    pub queue_bytes: usize,
+    /// `mirror_linger_ms`: how long an `async` batch waits for more of its partition.
+    pub linger: Duration,
+}
+
 /// Why an item was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -231,15 +240,15 @@ impl Mirrors {
     /// Starts one writer per cluster (idle until a route mirrors to it).
     pub fn start(
         clusters: &[Arc<Cluster>],
-        queue_limits: &[usize],
+        settings: &[WriterSettings],
         offsets: Arc<OffsetMap>,
         failures: Arc<FailureJournal>,
     ) -> Arc<Mirrors> {
         let backfill = Arc::new(backfill::Progress::default());
         let queues = clusters
             .iter()
-            .zip(queue_limits)
-            .map(|(cluster, limit)| {
+            .zip(settings)
+            .map(|(cluster, settings)| {
                 let (items, receiver) = mpsc::unbounded_channel();
                 let stats = Arc::new(MirrorStats::default());
                 let writer = MirrorWriter {
@@ -251,12 +260,13 @@ impl Mirrors {
                     producer: None,
                     sequences: HashMap::new(),
                     connections: HashMap::new(),
+                    linger: settings.linger,
                 };
                 tokio::spawn(writer.run(receiver));
                 MirrorQueue {
                     cluster: cluster.clone(),
                     items,
-                    limit_bytes: *limit,
+                    limit_bytes: settings.queue_bytes,
                     stats,
                 }
             })
@@ -424,6 +434,8 @@ struct MirrorWriter {
     sequences: HashMap<(Arc<str>, i32), i32>,
     /// kshift's own connections to the mirror's brokers.
     connections: HashMap<i32, BrokerConnection>,
+    /// `mirror_linger_ms`.
+    linger: Duration,
 }
 
 /// Why a mirror attempt failed, and whether trying again can help.
@@ -448,6 +460,9 @@ impl MirrorWriter {
             };
             while let Ok(more) = items.try_recv() {
                 waiting.push_back(more);
+            }
+            if mergeable(&item) {
+                linger(&mut items, &mut waiting, item.enqueued_at + self.linger).await;
             }
             let group = take_group(item, &mut waiting);
             let queued: Vec<(usize, u64, usize)> = group
@@ -986,6 +1001,40 @@ fn mergeable(item: &MirrorItem) -> bool {
         && item.source.is_none()
         && item.partitioning == Partitioning::Identity
         && item.mirror_percent >= 100
+}
+
+/// Gathers what is queued behind a mergeable item until `until` (its enqueue time plus
+/// `mirror_linger_ms`), so that one request carries the batches a producer sends in that
+/// time. Stops early when an item that must not wait arrives (a `sync` client is waiting for
+/// it) or when a merged request would be full. A writer that is behind never lingers: its
+/// items are older than `until` already.
+async fn linger(
+    items: &mut mpsc::UnboundedReceiver<MirrorItem>,
+    waiting: &mut VecDeque<MirrorItem>,
+    until: Instant,
+) {
+    if until <= Instant::now() || !waiting.iter().all(mergeable) {
+        return;
+    }
+    let mut bytes: usize = waiting.iter().map(|item| item.records.len()).sum();
+    let sleep = tokio::time::sleep_until(until.into());
+    tokio::pin!(sleep);
+    while bytes < MAX_MERGED_BYTES {
+        tokio::select! {
+            more = items.recv() => match more {
+                Some(more) => {
+                    bytes += more.records.len();
+                    let must_not_wait = !mergeable(&more);
+                    waiting.push_back(more);
+                    if must_not_wait {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            _ = &mut sleep => return,
+        }
+    }
 }
 
 /// `item` and the items of the same partition queued after it that can go in the same
