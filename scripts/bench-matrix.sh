@@ -85,7 +85,7 @@ for size in 100 1024 16384; do
   done
 done
 echo "== batched throughput: 1 KB, acks=1, 1000 in flight, linger 5 ms"
-"$kshift" bench --target direct=127.0.0.1:19200 --target passthrough=127.0.0.1:19231 \
-  --target async=127.0.0.1:19232 --topic matrix-batched --messages $((messages * 50)) --size 1000 \
-  --acks 1 --inflight 1000 --linger-ms 5 --rounds 4 --interval 0 --json "$out/batched.json" \
-  2>"$out/batched.log"
+"$kshift" bench --target direct=127.0.0.1:19200 --target haproxy=127.0.0.1:19211 \
+  --target passthrough=127.0.0.1:19231 --target async=127.0.0.1:19232 --topic matrix-batched \
+  --messages $((messages * 50)) --size 1000 --acks 1 --inflight 1000 --linger-ms 5 --rounds 4 \
+  --interval 0 --json "$out/batched.json" 2>"$out/batched.log"
