@@ -206,6 +206,17 @@ fn backend_requests(proxy: &RunningProxy, cluster: &str, api: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Produces one record and waits for its acknowledgement.
+async fn send_one(producer: &common::TestProducer, topic: &str, key: &str, value: &str) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(error, _)| panic!("record to {topic} not acknowledged: {error}"));
+}
+
 /// A burst of small produce requests outruns the async mirror writer, which then sends the
 /// queued batches of the partition merged: fewer requests, the same records in the same
 /// order, every one translatable. (No lingering: this is the writer catching up.)
@@ -256,14 +267,7 @@ async fn a_one_at_a_time_producers_batches_are_lingered_into_fewer_mirror_reques
     common::wait_for_topic(&new.bootstrap(), &topic, 1);
     let producer = common::producer(&through, &[("linger.ms", "0"), ("acks", "all")]);
     for i in 0..10 {
-        let value = format!("value-{i}");
-        producer
-            .send(
-                FutureRecord::to(&topic).key("key").payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("record acknowledged");
+        send_one(&producer, &topic, "key", &format!("value-{i}")).await;
     }
     let on_old = read_all(&old.bootstrap(), &topic, 1, 10).await;
     let on_new = read_all(&new.bootstrap(), &topic, 1, 10).await;
@@ -301,11 +305,9 @@ async fn a_sync_batch_does_not_wait_out_an_async_linger() {
         common::wait_for_topic(&new.bootstrap(), topic, 1);
     }
     let producer = common::producer(&through, &[("linger.ms", "0")]);
-    let record = |topic| FutureRecord::to(topic).key("key").payload("value");
-    let timeout = Duration::from_secs(30);
-    (producer.send(record(&lazy), timeout).await).expect("async record acknowledged");
+    send_one(&producer, &lazy, "key", "value").await;
     let started = std::time::Instant::now();
-    (producer.send(record(&eager), timeout).await).expect("sync record acknowledged");
+    send_one(&producer, &eager, "key", "value").await;
     assert!(
         started.elapsed() < linger / 2,
         "the sync produce took {:?}: it waited for the async linger",
@@ -436,14 +438,7 @@ async fn aborted_transactions_never_reach_the_mirror_and_committed_ones_do() {
     for (round, commit) in [(0, true), (1, false), (2, true)] {
         producer.begin_transaction().expect("begin");
         for i in 0..3 {
-            let value = format!("txn-{round}-{i}");
-            producer
-                .send(
-                    FutureRecord::to(&topic).key("k").payload(&value),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("delivered");
+            send_one(&producer, &topic, "k", &format!("txn-{round}-{i}")).await;
         }
         if commit {
             producer
