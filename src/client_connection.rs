@@ -31,6 +31,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
 
 use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
@@ -72,6 +73,11 @@ impl ClientConnection {
         let mut reader = BufReader::with_capacity(64 * 1024, read_half);
         let limit = self.state.config.max_frame_bytes;
         let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
+        // One idle timer per connection, moved only when it fires: setting a timer per
+        // request made it the runtime's earliest deadline each time, which wakes a parked
+        // worker thread (an eventfd write and a context switch per request).
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
         loop {
             let permit = tokio::select! {
                 permit = window.clone().acquire_owned() => match permit {
@@ -84,20 +90,32 @@ impl ClientConnection {
                     break;
                 }
             };
-            // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms).
-            let frame = tokio::select! {
-                frame = codec::read_frame(&mut reader, limit) => frame,
-                _ = tokio::time::sleep(idle_timeout) => {
-                    tracing::debug!(peer = %self.peer, "closing idle client connection");
-                    self.state.metrics.client_connections_idle_closed.inc();
-                    break;
-                }
-                _ = shutdown.changed() => break,
-                _ = &mut writer => {
-                    writer_done = true;
-                    break;
+            // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms)
+            // since this read started.
+            let read_started = Instant::now();
+            let read = codec::read_frame(&mut reader, limit);
+            tokio::pin!(read);
+            let frame = loop {
+                tokio::select! {
+                    frame = &mut read => break Some(frame),
+                    _ = &mut idle => {
+                        let deadline = read_started + idle_timeout;
+                        if Instant::now() < deadline {
+                            idle.as_mut().reset(deadline);
+                            continue;
+                        }
+                        tracing::debug!(peer = %self.peer, "closing idle client connection");
+                        self.state.metrics.client_connections_idle_closed.inc();
+                        break None;
+                    }
+                    _ = shutdown.changed() => break None,
+                    _ = &mut writer => {
+                        writer_done = true;
+                        break None;
+                    }
                 }
             };
+            let Some(frame) = frame else { break };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,

@@ -29,7 +29,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-pub use broker_connection::{BrokerConnection, Observer, ResponseFuture};
+pub use broker_connection::{keep_timer_armed, BrokerConnection, Observer, ResponseFuture};
 
 use crate::codec::{self, decode_body};
 use crate::config::ProxyConfig;

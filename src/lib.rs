@@ -271,6 +271,7 @@ impl Proxy {
             redis.spawn_sync(state.clone());
         }
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(cluster::keep_timer_armed(shutdown_rx.clone()));
         let admin_addr = match &config.proxy.admin_listen {
             Some(address) => {
                 let admin = tokio::net::TcpListener::bind(address)

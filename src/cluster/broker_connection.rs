@@ -385,6 +385,27 @@ async fn write_frame(writer: &mut BufWriter<WriteHalf>, frame: &[Bytes; 2]) -> s
     Ok(())
 }
 
+/// How far away the runtime's earliest timer deadline is kept by [`keep_timer_armed`].
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// Keeps a timer deadline at most [`TIMER_TICK`] away in the runtime, so that the request
+/// timeouts [`ResponseFuture::wait`] sets (seconds away) are never its earliest deadline.
+/// tokio wakes the worker parked on its I/O driver whenever a timer earlier than that
+/// worker's own wake-up is set; without this tick that was one eventfd write and one extra
+/// `epoll_wait` return per backend request (`strace -c` over 3,000 produces: 3,466 writes
+/// and 9,299 `epoll_wait`, against 23 and 6,446 without a per-request timer). Ten wake-ups a
+/// second for the whole process instead. Runs until `shutdown` changes or is dropped.
+pub async fn keep_timer_armed(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Read buffer per broker connection: a response's length prefix and body (and often the
 /// next response) in one read. Larger bodies bypass it.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
