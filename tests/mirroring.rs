@@ -217,6 +217,26 @@ async fn send_one(producer: &common::TestProducer, topic: &str, key: &str, value
         .unwrap_or_else(|(error, _)| panic!("record to {topic} not acknowledged: {error}"));
 }
 
+/// Reads the `count` records of single-partition `topic` from both clusters, checks they are
+/// the same in the same order and that every offset translates; returns the produce
+/// requests kshift sent to `old` and to the mirror `new`.
+async fn mirrored_alike(
+    proxy: &RunningProxy,
+    old: &Broker,
+    new: &Broker,
+    topic: &str,
+    count: usize,
+) -> (u64, u64) {
+    let on_old = read_all(&old.bootstrap(), topic, 1, count).await;
+    let on_new = read_all(&new.bootstrap(), topic, 1, count).await;
+    assert_eq!(by_partition(&on_old), by_partition(&on_new));
+    assert_every_record_translates(proxy, topic, &on_old, &on_new);
+    (
+        backend_requests(proxy, "old", "Produce"),
+        backend_requests(proxy, "new", "Produce"),
+    )
+}
+
 /// A burst of small produce requests outruns the async mirror writer, which then sends the
 /// queued batches of the partition merged: fewer requests, the same records in the same
 /// order, every one translatable. (No lingering: this is the writer catching up.)
@@ -240,14 +260,7 @@ async fn queued_async_batches_are_mirrored_merged_in_order_and_translatable() {
         ("batch.num.messages", "5"),
     ];
     produce_keyed(&through, &topic, &settings, 20, 50).await;
-    let on_old = read_all(&old.bootstrap(), &topic, 1, 1000).await;
-    let on_new = read_all(&new.bootstrap(), &topic, 1, 1000).await;
-    assert_eq!(by_partition(&on_old), by_partition(&on_new));
-    assert_every_record_translates(&proxy, &topic, &on_old, &on_new);
-    let (written, mirrored) = (
-        backend_requests(&proxy, "old", "Produce"),
-        backend_requests(&proxy, "new", "Produce"),
-    );
+    let (written, mirrored) = mirrored_alike(&proxy, &old, &new, &topic, 1000).await;
     assert!(
         mirrored < written,
         "{written} produce requests to old, {mirrored} to the mirror: nothing was merged"
@@ -269,14 +282,7 @@ async fn a_one_at_a_time_producers_batches_are_lingered_into_fewer_mirror_reques
     for i in 0..10 {
         send_one(&producer, &topic, "key", &format!("value-{i}")).await;
     }
-    let on_old = read_all(&old.bootstrap(), &topic, 1, 10).await;
-    let on_new = read_all(&new.bootstrap(), &topic, 1, 10).await;
-    assert_eq!(by_partition(&on_old), by_partition(&on_new));
-    assert_every_record_translates(&proxy, &topic, &on_old, &on_new);
-    let (written, mirrored) = (
-        backend_requests(&proxy, "old", "Produce"),
-        backend_requests(&proxy, "new", "Produce"),
-    );
+    let (written, mirrored) = mirrored_alike(&proxy, &old, &new, &topic, 10).await;
     assert!(
         written >= 10 && mirrored < written / 2,
         "{written} produce requests to old, {mirrored} to the mirror: batches were not gathered"
