@@ -1007,10 +1007,10 @@ fn mergeable(item: &MirrorItem) -> bool {
 /// Gathers what is queued behind a mergeable item of `bytes` until `until` (its enqueue
 /// time plus `mirror_linger_ms`), so that one request carries the batches a producer sends
 /// in that time. Stops early when an item that must not wait arrives (a `sync` client is
-/// waiting for it) or when a merged request would be full. A writer that is behind never lingers: its
-/// items are older than `until` already. (Lingering pays for big batches too: stopping at a
-/// producer's 16 KiB `batch.size` put 16 KB records back at +40-54% over passthrough at p50
-/// against +3-12% lingering the whole time, 1 in flight.)
+/// waiting for it) or when a merged request would be full. A writer that is behind never
+/// lingers: its items are older than `until` already. (Lingering pays for big batches too:
+/// stopping at a producer's 16 KiB `batch.size` put 16 KB records back at +40-54% over
+/// passthrough at p50 against +3-12% lingering the whole time, 1 in flight.)
 async fn linger(
     items: &mut mpsc::UnboundedReceiver<MirrorItem>,
     waiting: &mut VecDeque<MirrorItem>,
