@@ -436,6 +436,12 @@ impl Cluster {
             .then(|| i32::try_from(leaders.leaders.len()).unwrap_or(i32::MAX))
     }
 
+    /// The leader of `topic`/`partition` as last learnt, without asking (`None` when
+    /// unknown, stale or leaderless).
+    pub fn known_leader(&self, topic: &str, partition: i32) -> Option<i32> {
+        self.cached_leader(topic, partition)
+    }
+
     fn cached_leader(&self, topic: &str, partition: i32) -> Option<i32> {
         let state = read(&self.state);
         let leaders = state.topics.get(topic)?;

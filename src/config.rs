@@ -241,6 +241,34 @@ pub struct ClusterConfig {
     /// a request per batch. Clients never wait for it; `sync` batches never linger.
     #[serde(default = "default_mirror_linger_ms")]
     pub mirror_linger_ms: u64,
+    /// What an item that does not fit in a full mirror queue does: `drop` (never delays
+    /// the client; the records are counted, logged and journalled for `kshift repair`) or
+    /// `block` (the client's produce waits for room, up to its request timeout, and is
+    /// refused unwritten with a retriable error after that: the mirror stays complete and
+    /// producers slow down instead).
+    #[serde(default)]
+    pub mirror_overflow: MirrorOverflow,
+    /// Produce requests kshift's mirror producer keeps in flight on each connection to a
+    /// broker of this cluster, and batches per partition (Kafka's idempotence keeps at most
+    /// 5 in order). Over a link of round trip R the mirror carries at most this many
+    /// requests' bytes per R.
+    #[serde(default = "default_mirror_max_in_flight")]
+    pub mirror_max_in_flight: usize,
+    /// Largest produce request the mirror producer sends, in bytes: the ready batches of
+    /// every partition a broker leads, up to this (Java's `max.request.size`). A single
+    /// batch larger than this still goes, alone.
+    #[serde(default = "default_mirror_request_bytes")]
+    pub mirror_request_bytes: usize,
+    /// Largest batch the mirror producer makes by merging a partition's queued client
+    /// batches, in bytes; keep it under the mirror topics' `max.message.bytes`.
+    #[serde(default = "default_mirror_batch_bytes")]
+    pub mirror_batch_bytes: usize,
+    /// How long the mirror producer keeps retrying a batch (leader moves, a broker down,
+    /// timeouts) before it counts it as failed and journals it for `kshift repair`, in
+    /// milliseconds (Java's `delivery.timeout.ms`). Batches behind a failed one in its
+    /// partition fail with it, so that the mirror keeps a prefix of the write log.
+    #[serde(default = "default_mirror_delivery_timeout_ms")]
+    pub mirror_delivery_timeout_ms: u64,
     /// `[clusters.NAME.tls]`: connect to this cluster's brokers over TLS. Plain TCP when
     /// absent; an empty table means TLS checked against the system's CA certificates.
     #[serde(default)]
@@ -364,6 +392,53 @@ fn default_mirror_linger_ms() -> u64 {
 
 /// Longest `mirror_linger_ms`: lingering is for gathering batches, not for holding them.
 pub const MAX_MIRROR_LINGER_MS: u64 = 10_000;
+
+/// What a full mirror queue does with what does not fit (`mirror_overflow`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorOverflow {
+    /// Drop it (counted, logged, journalled): never delays the client.
+    #[default]
+    Drop,
+    /// Hold the client's produce until there is room, up to its timeout.
+    Block,
+}
+
+impl std::fmt::Display for MirrorOverflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MirrorOverflow::Drop => "drop",
+            MirrorOverflow::Block => "block",
+        })
+    }
+}
+
+fn default_mirror_max_in_flight() -> usize {
+    5
+}
+
+/// Most `mirror_max_in_flight`: what an idempotent Kafka broker keeps in order per partition.
+pub const MAX_MIRROR_IN_FLIGHT: usize = 5;
+
+fn default_mirror_request_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_mirror_batch_bytes() -> usize {
+    512 * 1024
+}
+
+/// Most `mirror_request_bytes` and `mirror_batch_bytes`: a broker's default
+/// `socket.request.max.bytes`.
+pub const MAX_MIRROR_REQUEST_BYTES: usize = 100 * 1024 * 1024;
+
+fn default_mirror_delivery_timeout_ms() -> u64 {
+    120_000
+}
+
+/// Longest `mirror_delivery_timeout_ms` (a day): long enough for any outage, short enough
+/// that no deadline computed from it can overflow.
+pub const MAX_MIRROR_DELIVERY_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl Config {
     /// Parses and validates a configuration from TOML text.
@@ -534,6 +609,29 @@ impl Config {
                 return Err(ConfigError::field(
                     format!("clusters.{name}.mirror_linger_ms"),
                     format!("must be at most {MAX_MIRROR_LINGER_MS}"),
+                ));
+            }
+            if !(1..=MAX_MIRROR_IN_FLIGHT).contains(&cluster.mirror_max_in_flight) {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.mirror_max_in_flight"),
+                    format!("must be 1 to {MAX_MIRROR_IN_FLIGHT}"),
+                ));
+            }
+            for (field, bytes) in [
+                ("mirror_request_bytes", cluster.mirror_request_bytes),
+                ("mirror_batch_bytes", cluster.mirror_batch_bytes),
+            ] {
+                if !(1024..=MAX_MIRROR_REQUEST_BYTES).contains(&bytes) {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.{field}"),
+                        format!("must be 1024 to {MAX_MIRROR_REQUEST_BYTES}"),
+                    ));
+                }
+            }
+            if !(1..=MAX_MIRROR_DELIVERY_TIMEOUT_MS).contains(&cluster.mirror_delivery_timeout_ms) {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.mirror_delivery_timeout_ms"),
+                    format!("must be 1 to {MAX_MIRROR_DELIVERY_TIMEOUT_MS}"),
                 ));
             }
             for (i, address) in cluster.bootstrap.iter().enumerate() {

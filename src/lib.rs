@@ -197,10 +197,7 @@ impl Proxy {
             .map_err(config::ConfigError::from)?;
         let writer_settings: Vec<produce::mirror::WriterSettings> = names
             .iter()
-            .map(|name| produce::mirror::WriterSettings {
-                queue_bytes: config.clusters[name].mirror_queue_bytes,
-                linger: std::time::Duration::from_millis(config.clusters[name].mirror_linger_ms),
-            })
+            .map(|name| produce::mirror::WriterSettings::from_config(&config.clusters[name]))
             .collect();
         let offsets = match &config.proxy.offset_map_file {
             Some(path) => produce::offset_map::OffsetMap::open(std::path::Path::new(path), &names)

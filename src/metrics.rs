@@ -57,6 +57,20 @@ pub struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub cluster: String,
+    /// `mirror_overflow`: `drop` or `block`.
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabels {
+    pub cluster: String,
+    /// The broker's node id in that cluster (a handful per cluster).
+    pub broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     pub cluster: String,
     pub route: String,
@@ -92,6 +106,11 @@ pub struct Metrics {
     mirror_queue_bytes: Family<ClusterLabels, Gauge>,
     mirror_lag_records: Family<ClusterLabels, Gauge>,
     mirror_lag_seconds: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    mirror_queue_full: Family<PolicyLabels, Counter>,
+    mirror_requests: Family<ClusterLabels, Counter>,
+    mirror_request_bytes: Family<ClusterLabels, Counter>,
+    mirror_requests_in_flight: Family<BrokerLabels, Gauge>,
+    mirror_bytes_in_flight: Family<BrokerLabels, Gauge>,
     routing_version: Gauge,
     routing_redis_connected: Gauge,
     pub routing_updates: Family<OutcomeLabels, Counter>,
@@ -144,6 +163,11 @@ impl Metrics {
             mirror_queue_bytes: Family::default(),
             mirror_lag_records: Family::default(),
             mirror_lag_seconds: Family::default(),
+            mirror_queue_full: Family::default(),
+            mirror_requests: Family::default(),
+            mirror_request_bytes: Family::default(),
+            mirror_requests_in_flight: Family::default(),
+            mirror_bytes_in_flight: Family::default(),
             routing_version: Gauge::default(),
             routing_redis_connected: Gauge::default(),
             routing_updates: Family::default(),
@@ -232,8 +256,33 @@ impl Metrics {
         );
         registry.register(
             "mirror_lag_seconds",
-            "Age of the record being mirrored now (0 when the queue is empty)",
+            "Age of the oldest record queued for a mirror and not on it yet (0 when none)",
             metrics.mirror_lag_seconds.clone(),
+        );
+        registry.register(
+            "mirror_queue_full",
+            "Items that found a mirror queue full, by what the overflow policy did (drop, block)",
+            metrics.mirror_queue_full.clone(),
+        );
+        registry.register(
+            "mirror_requests",
+            "Produce requests kshift's mirror producer sent",
+            metrics.mirror_requests.clone(),
+        );
+        registry.register(
+            "mirror_request_bytes",
+            "Bytes of record batches in the mirror producer's produce requests",
+            metrics.mirror_request_bytes.clone(),
+        );
+        registry.register(
+            "mirror_requests_in_flight",
+            "Mirror produce requests awaiting their answer, per mirror broker",
+            metrics.mirror_requests_in_flight.clone(),
+        );
+        registry.register(
+            "mirror_bytes_in_flight",
+            "Bytes of mirror produce requests awaiting their answer, per mirror broker",
+            metrics.mirror_bytes_in_flight.clone(),
         );
         registry.register(
             "routing_version",
@@ -325,6 +374,28 @@ impl Metrics {
             .inc();
     }
 
+    /// One produce request of the mirror producer, carrying `bytes` of batches.
+    pub fn mirror_request(&self, cluster: &str, bytes: usize) {
+        let labels = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.mirror_requests.get_or_create(&labels).inc();
+        self.mirror_request_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes as u64);
+    }
+
+    /// An item found `cluster`'s mirror queue full; `policy` is what happened to it
+    /// (`drop` or `block`).
+    pub fn mirror_queue_full(&self, cluster: &str, policy: &str) {
+        self.mirror_queue_full
+            .get_or_create(&PolicyLabels {
+                cluster: cluster.to_string(),
+                policy: policy.to_string(),
+            })
+            .inc();
+    }
+
     pub fn mirror_outcome(&self, cluster: &str, route: usize, outcome: &str, records: u64) {
         self.mirror_records
             .get_or_create(&MirrorLabels {
@@ -355,6 +426,18 @@ impl Metrics {
                 self.mirror_lag_seconds
                     .get_or_create(&labels)
                     .set(stats.lag_seconds());
+                for (broker, (requests, bytes)) in stats.in_flight() {
+                    let labels = BrokerLabels {
+                        cluster: cluster.name.to_string(),
+                        broker: broker.to_string(),
+                    };
+                    self.mirror_requests_in_flight
+                        .get_or_create(&labels)
+                        .set(requests as i64);
+                    self.mirror_bytes_in_flight
+                        .get_or_create(&labels)
+                        .set(bytes as i64);
+                }
             }
         }
         self.exposition()

@@ -58,6 +58,10 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         trace_request(context, &request);
     }
     let client_id = context.client_id();
+    // How long a full `mirror_overflow = "block"` queue may hold this request: half its
+    // timeout, so that a refusal reaches the client before it gives up on the request.
+    let room_deadline = Instant::now()
+        + std::time::Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0) / 2);
     let mut split = Split::default();
     let mut mirrored = Vec::new();
     let mut renamed = false;
@@ -99,14 +103,27 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
             };
             if !route.mirror.is_empty() && route.mirror_percent > 0 {
                 if let Some(records) = &partition.records {
-                    mirrored.push(plan_mirror(
+                    let planned = plan_mirror(
                         context,
                         &request,
                         route,
                         client_name,
                         partition.index,
                         records,
-                    ));
+                        room_deadline,
+                    )
+                    .await;
+                    let Some(planned) = planned else {
+                        // `mirror_overflow = "block"` and no room came: refused unwritten,
+                        // so the client's retry loses nothing and duplicates nothing.
+                        split.errors.push((
+                            client_name.clone(),
+                            partition.index,
+                            ResponseError::RequestTimedOut.code(),
+                        ));
+                        continue;
+                    };
+                    mirrored.push(planned);
                 }
             }
             let target = Target {
@@ -231,15 +248,18 @@ enum Answer {
 }
 
 /// Queues (or holds, inside a transaction) one partition's records for each mirror of its
-/// route. The items wait in their queues until the write's outcome is known.
-fn plan_mirror(
+/// route. The items wait in their queues until the write's outcome is known. `None` when a
+/// `mirror_overflow = "block"` queue had no room by `room_deadline`: the partition must not
+/// be written (the items queued for other mirrors see the write fail).
+async fn plan_mirror(
     context: &Context,
     request: &ProduceRequest,
     route: &crate::routing::Route,
     topic: &StrBytes,
     partition: i32,
     records: &Bytes,
-) -> MirroredPartition {
+    room_deadline: Instant,
+) -> Option<MirroredPartition> {
     let record_count: i64 = batch::split_batches(records.clone())
         .map(|batches| batches.iter().map(|b| i64::from(b.record_count())).sum())
         .unwrap_or(0);
@@ -282,8 +302,17 @@ fn plan_mirror(
         planned.written.push(written);
         match &request.transactional_id {
             Some(id) => context.state.mirrors.hold(id.0.as_str(), mirror, item),
-            None => match context.state.mirrors.offer(mirror, item) {
+            None => match context
+                .state
+                .mirrors
+                .offer_waiting(mirror, item, room_deadline)
+                .await
+            {
                 Ok(()) => planned.mirrored.extend(done_rx),
+                Err(refused) if refused.0 == mirror::Refused::NoRoomInTime => {
+                    tracing::debug!(topic = %topic, partition, mirror_cluster = mirror, "mirror queue stayed full; produce refused unwritten");
+                    return None;
+                }
                 Err(refused) => {
                     let (reason, item) = *refused;
                     mirror::log_dropped(&item, mirror, &reason);
@@ -293,7 +322,7 @@ fn plan_mirror(
             },
         }
     }
-    planned
+    Some(planned)
 }
 
 /// Waits for the write cluster's answers, releases the mirror items, waits for `sync`

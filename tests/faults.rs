@@ -307,13 +307,16 @@ async fn write_broker_crash_idempotent_producer_direct_to_the_broker() {
 /// on the mirror and not copy it twice, or verify reports a mismatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
+    common::trace_from_env();
     let store = ObjectStore::start().await;
     let old = Broker::start().await;
     let mut new = Broker::start_persistent(&store).await;
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("failures.jsonl");
     let proxy_lines = format!("mirror_failures_file = \"{}\"", journal.display());
-    let routes = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"";
+    // Mirror batches are given up after 1.5 s of retries (120 s by default), so that the
+    // 4 s outage below costs some.
+    let routes = "mirror_delivery_timeout_ms = 1500\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"";
     let text = common::two_cluster_toml(&old, &new, &proxy_lines, routes);
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, &text).unwrap();
@@ -337,7 +340,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     new.kill();
-    // Longer than a mirror batch's retries (5 attempts, 1.5 s of backoff), so some give up.
+    // Longer than a mirror batch's retries (mirror_delivery_timeout_ms), so some give up.
     tokio::time::sleep(Duration::from_secs(4)).await;
     new.restart().await;
     let produced = sending.await.unwrap();

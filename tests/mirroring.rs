@@ -470,7 +470,14 @@ async fn aborted_transactions_never_reach_the_mirror_and_committed_ones_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_down_async_producers_see_nothing_and_failures_are_counted() {
     let (old, new) = (Broker::start().await, Broker::start().await);
-    let proxy = start(&old, &new, "mirror = [\"new\"]").await;
+    // The mirror producer gives a batch up after 2 s of retries (120 s by default).
+    let proxy = start_with(
+        &old,
+        &new,
+        "mirror = [\"new\"]",
+        "mirror_delivery_timeout_ms = 2000",
+    )
+    .await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("mirror-down");
     common::create_topic(&through, &topic, 1).await;
@@ -498,7 +505,13 @@ async fn mirror_down_async_producers_see_nothing_and_failures_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_down_sync_producers_get_retriable_errors() {
     let (old, new) = (Broker::start().await, Broker::start().await);
-    let proxy = start(&old, &new, "mirror = [\"new\"]\nmirror_mode = \"sync\"").await;
+    let proxy = start_with(
+        &old,
+        &new,
+        "mirror = [\"new\"]\nmirror_mode = \"sync\"",
+        "mirror_delivery_timeout_ms = 2000",
+    )
+    .await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("mirror-sync");
     common::create_topic(&through, &topic, 1).await;

@@ -29,6 +29,8 @@ async fn setup(topics: &str) -> Setup {
     let journal = dir.path().join("failures.jsonl");
     let proxy_lines = format!("mirror_failures_file = \"{}\"", journal.display());
     let routes = format!("[[routes]]\ntopics = \"{topics}\"\nwrite = \"old\"\nmirror = [\"new\"]");
+    // Mirror batches are given up after 2 s of retries (120 s by default).
+    let routes = format!("mirror_delivery_timeout_ms = 2000\n{routes}");
     let text = common::two_cluster_toml(&old, &new, &proxy_lines, &routes);
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, &text).unwrap();

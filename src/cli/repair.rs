@@ -84,11 +84,27 @@ pub async fn run(config: &Config) -> anyhow::Result<usize> {
 }
 
 /// `pending` cut into runs that one copy covers: ranges of one partition, mirror and target,
-/// each starting where the previous ended. Per partition the journal order is kept (it is the
-/// write order); partitions are independent, and an outage interleaves them in the journal.
+/// each starting where the previous ended. Per partition they go in write-offset order, which
+/// is not always the journal's: the writer holds batches back behind a gap while the producer
+/// is still journalling the batches that opened it. Partitions are independent.
 fn contiguous_runs(pending: &[FailedRange]) -> Vec<Vec<&FailedRange>> {
+    let mut sorted: Vec<&FailedRange> = pending.iter().collect();
+    sorted.sort_by(|a, b| {
+        (
+            &a.mirror_cluster,
+            &a.topic,
+            a.write_partition,
+            a.first_offset,
+        )
+            .cmp(&(
+                &b.mirror_cluster,
+                &b.topic,
+                b.write_partition,
+                b.first_offset,
+            ))
+    });
     let mut runs: Vec<Vec<&FailedRange>> = Vec::new();
-    for range in pending {
+    for range in sorted {
         let same_partition = |other: &FailedRange| {
             other.topic == range.topic
                 && other.write_partition == range.write_partition
@@ -553,13 +569,15 @@ mod tests {
     }
 
     #[test]
-    fn adjacent_ranges_of_a_partition_are_copied_in_one_run() {
+    fn adjacent_ranges_of_a_partition_are_copied_in_one_run_in_write_order() {
         let pending = [
             range(0, 10, 11),
             range(1, 4, 4),
             range(0, 12, 15),
             range(1, 5, 9),
             range(0, 20, 21), // after a gap in the journal: its own run
+            range(1, 12, 12), // journalled before the range it follows
+            range(1, 10, 11),
         ];
         let runs: Vec<Vec<(i32, i64, i64)>> = contiguous_runs(&pending)
             .into_iter()
@@ -573,8 +591,8 @@ mod tests {
             runs,
             vec![
                 vec![(0, 10, 11), (0, 12, 15)],
-                vec![(1, 4, 4), (1, 5, 9)],
                 vec![(0, 20, 21)],
+                vec![(1, 4, 4), (1, 5, 9), (1, 10, 11), (1, 12, 12)],
             ]
         );
     }

@@ -145,6 +145,132 @@ pub fn split_batches(mut records: Bytes) -> Result<Vec<Batch>, BatchError> {
     Ok(batches)
 }
 
+/// Attribute bits of the compression codec, and of LogAppendTime.
+const COMPRESSION_MASK: i16 = 0x07;
+const LOG_APPEND_TIME_BIT: i16 = 0x08;
+const BASE_TIMESTAMP_OFFSET: usize = 27;
+const MAX_TIMESTAMP_OFFSET: usize = 35;
+
+impl Batch {
+    fn i64_at(&self, offset: usize) -> i64 {
+        let b = &self.bytes[offset..offset + 8];
+        i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    /// True for an uncompressed batch of client-set (CreateTime) timestamps: its records can
+    /// be copied into another batch without being decoded.
+    pub fn is_plain(&self) -> bool {
+        let attributes = self.i16_at(ATTRIBUTES_OFFSET);
+        attributes & (COMPRESSION_MASK | LOG_APPEND_TIME_BIT | CONTROL_BIT) == 0
+    }
+}
+
+/// The records of `batches`, each [`Batch::is_plain`], as one uncompressed batch: offsets
+/// renumbered from 0 and timestamps rebased on the first batch's, every record's key, value
+/// and headers copied byte for byte (no decoding, no allocation per record). Producer id,
+/// epoch and sequence are left unset (-1) for [`Batch::for_mirror`].
+pub fn concatenate(batches: &[&Batch]) -> Result<Batch, BatchError> {
+    let first = batches.first().ok_or(BatchError::Truncated("no batches"))?;
+    let base_timestamp = first.i64_at(BASE_TIMESTAMP_OFFSET);
+    let max_timestamp = batches
+        .iter()
+        .map(|batch| batch.i64_at(MAX_TIMESTAMP_OFFSET))
+        .max()
+        .unwrap_or(base_timestamp);
+    let size: usize = batches.iter().map(|batch| batch.bytes.len()).sum();
+    let mut out = BytesMut::with_capacity(size + 16 * batches.len());
+    out.resize(HEADER_LEN, 0);
+    let mut count: i64 = 0;
+    for batch in batches {
+        if !batch.is_plain() {
+            return Err(BatchError::Truncated("not a plain batch"));
+        }
+        let batch_base = batch.i64_at(BASE_TIMESTAMP_OFFSET);
+        let mut records = &batch.bytes[HEADER_LEN..];
+        for _ in 0..batch.record_count().max(0) {
+            let length = read_varint(&mut records)?;
+            let length = usize::try_from(length).map_err(|_| BatchError::Truncated("record"))?;
+            let mut body = records
+                .get(..length)
+                .ok_or(BatchError::Truncated("record"))?;
+            records = &records[length..];
+            let (&attributes, rest) = body.split_first().ok_or(BatchError::Truncated("record"))?;
+            body = rest;
+            let timestamp_delta = read_varint(&mut body)?;
+            let _offset_delta = read_varint(&mut body)?;
+            let timestamp = batch_base
+                .checked_add(timestamp_delta)
+                .ok_or(BatchError::Truncated("record timestamp"))?;
+            let mut head = [0u8; 1 + 10 + 10];
+            head[0] = attributes;
+            let mut used = 1;
+            used += write_varint(&mut head[used..], timestamp.wrapping_sub(base_timestamp));
+            used += write_varint(&mut head[used..], count);
+            let mut length_bytes = [0u8; 10];
+            let length_used = write_varint(&mut length_bytes, (used + body.len()) as i64);
+            out.extend_from_slice(&length_bytes[..length_used]);
+            out.extend_from_slice(&head[..used]);
+            out.extend_from_slice(body);
+            count += 1;
+        }
+        if !records.is_empty() {
+            return Err(BatchError::Truncated("bytes after the last record"));
+        }
+    }
+    let count = i32::try_from(count).map_err(|_| BatchError::Truncated("record count"))?;
+    let length = i32::try_from(out.len() - 12).map_err(|_| BatchError::Truncated("length"))?;
+    out[0..8].copy_from_slice(&0i64.to_be_bytes());
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    out[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+    out[MAGIC_OFFSET] = 2;
+    out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&0i16.to_be_bytes());
+    out[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+        .copy_from_slice(&(count - 1).max(0).to_be_bytes());
+    out[BASE_TIMESTAMP_OFFSET..BASE_TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&base_timestamp.to_be_bytes());
+    out[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
+        .copy_from_slice(&max_timestamp.to_be_bytes());
+    out[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&(-1i64).to_be_bytes());
+    out[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2].copy_from_slice(&(-1i16).to_be_bytes());
+    out[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&(-1i32).to_be_bytes());
+    out[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(Batch {
+        bytes: out.freeze(),
+    })
+}
+
+/// Reads one zigzag varint (Kafka's varint and varlong alike) from the front of `bytes`.
+fn read_varint(bytes: &mut &[u8]) -> Result<i64, BatchError> {
+    let mut value: u64 = 0;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    Err(BatchError::Truncated("varint"))
+}
+
+/// Writes `value` as a zigzag varint at the start of `out` (10 bytes are always enough);
+/// returns the bytes used.
+fn write_varint(out: &mut [u8], value: i64) -> usize {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    let mut used = 0;
+    loop {
+        let byte = (zigzag & 0x7f) as u8;
+        zigzag >>= 7;
+        if zigzag == 0 {
+            out[used] = byte;
+            return used + 1;
+        }
+        out[used] = byte | 0x80;
+        used += 1;
+    }
+}
+
 /// The complete batches at the start of fetched `records`: a broker may end a size-limited
 /// fetch with part of a batch, which the next fetch returns whole.
 pub fn complete_batches(records: Bytes) -> Result<Vec<Batch>, BatchError> {
@@ -312,6 +438,94 @@ pub(crate) mod tests {
             split_batches(magic.freeze()).unwrap_err(),
             BatchError::Magic(1)
         );
+    }
+
+    /// `count` uncompressed records `k{i}`/`v{i}` (with a header) at `timestamp` + i.
+    pub(crate) fn plain(count: usize, first: usize, timestamp: i64) -> Batch {
+        let records: Vec<Record> = (first..first + count)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 7,
+                producer_id: 42,
+                producer_epoch: 3,
+                timestamp_type: TimestampType::Creation,
+                offset: (i - first) as i64,
+                sequence: (i - first) as i32,
+                timestamp: timestamp + i as i64,
+                key: (i % 3 != 0).then(|| Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("v{i}").repeat(i % 5 + 1))),
+                headers: [(
+                    kafka_protocol::protocol::StrBytes::from_string(format!("h{i}")),
+                    Some(Bytes::from_static(b"x")),
+                )]
+                .into_iter()
+                .collect(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        split_batches(buf.freeze()).unwrap().remove(0)
+    }
+
+    #[test]
+    fn concatenated_plain_batches_decode_to_the_same_records_in_order() {
+        let inputs = [
+            plain(3, 0, 1_700_000_000_000),
+            plain(1, 3, 1_700_000_000_100),
+            // Timestamps before the first batch's: deltas go negative.
+            plain(200, 4, 1_600_000_000_000),
+        ];
+        assert!(inputs.iter().all(Batch::is_plain));
+        let merged = concatenate(&inputs.iter().collect::<Vec<_>>()).unwrap();
+        assert!(merged.crc_is_valid());
+        assert_eq!(merged.record_count(), 204);
+        assert_eq!(merged.last_offset(), 203);
+        assert_eq!(merged.producer_id(), -1);
+        let mut expected = Vec::new();
+        for input in &inputs {
+            let mut bytes = input.bytes().clone();
+            expected.extend(RecordBatchDecoder::decode(&mut bytes).unwrap().records);
+        }
+        let mut bytes = merged.bytes().clone();
+        let decoded = RecordBatchDecoder::decode(&mut bytes).unwrap().records;
+        assert_eq!(decoded.len(), expected.len());
+        for (i, (got, want)) in decoded.iter().zip(&expected).enumerate() {
+            assert_eq!(got.offset, i as i64);
+            assert_eq!(got.timestamp, want.timestamp, "record {i}");
+            assert_eq!(got.key, want.key, "record {i}");
+            assert_eq!(got.value, want.value, "record {i}");
+            assert_eq!(got.headers, want.headers, "record {i}");
+        }
+    }
+
+    #[test]
+    fn only_plain_batches_are_concatenated_and_truncation_is_an_error() {
+        let compressed = split_batches(encoded(2, false)).unwrap().remove(0);
+        assert!(!compressed.is_plain());
+        let plain_one = plain(2, 0, 0);
+        assert!(concatenate(&[&plain_one, &compressed]).is_err());
+        // A record count promising more records than the bytes hold.
+        let mut bytes = BytesMut::from(&plain_one.bytes()[..]);
+        bytes[57..61].copy_from_slice(&3i32.to_be_bytes());
+        let lying = split_batches(bytes.freeze()).unwrap().remove(0);
+        assert!(concatenate(&[&lying]).is_err());
+        let mut out = [0u8; 10];
+        for value in [0i64, -1, 1, 63, -64, 64, i64::MAX, i64::MIN, 300, -300] {
+            let used = write_varint(&mut out, value);
+            let mut read = &out[..used];
+            assert_eq!(read_varint(&mut read).unwrap(), value);
+            assert!(read.is_empty());
+        }
     }
 
     #[test]

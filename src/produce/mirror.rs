@@ -1,60 +1,56 @@
 //! Mirroring: every record a client writes to a route's write cluster is copied to the
-//! route's mirror clusters by one [`MirrorWriter`] task per mirror cluster, under kshift's
-//! own producer identity there.
+//! route's mirror clusters under kshift's own producer identity there. Per mirror cluster:
+//!
+//! ```text
+//! produce ─offer─▶ MirrorQueue (bytes-bounded) ─▶ MirrorWriter ─Submission─▶ MirrorProducer
+//!                  drop | block when full          waits for each write's     per-broker
+//!                                                  offset, backfills, plans   pipelined sends
+//! ```
 //!
 //! Invariants:
 //! - Order: items enter a mirror cluster's queue in the order their produce requests were
-//!   sent to the write cluster (the submit phase of one client connection is sequential),
-//!   and the writer mirrors them in that order, one request at a time. When it has fallen
-//!   behind, the queued `async` batches of one partition go as one merged batch in one
-//!   request (each still counted, mapped and journalled on its own). For one producer
-//!   connection per partition — the normal case — the mirror therefore receives batches in
-//!   the write cluster's offset order. Producers on different connections writing the same
-//!   partition may interleave differently on the mirror.
-//! - Identity: a mirror never sees the client's producer id, epoch or sequences. The writer
-//!   calls InitProducerId on the mirror, numbers each mirror partition's batches itself and
-//!   retries with the same sequence, so the mirror broker drops kshift's own duplicates.
-//! - Memory: each queue is bounded in bytes. When full, an `async` route's item is dropped
-//!   and counted (never blocking the write path); a `sync` route's client gets a retriable
-//!   error. Every record that fails to mirror or is dropped is logged with its
-//!   (topic, partition, write-offset range), for a later repair.
+//!   sent to the write cluster (the submit phase of one client connection is sequential).
+//!   The writer takes them in that order, waits for each one's write offset, and submits its
+//!   batches to the producer in that order; the producer sends and completes each
+//!   partition's batches in sequence order (see [`producer`]). For one producer connection
+//!   per partition — the normal case — the mirror therefore receives batches in the write
+//!   cluster's offset order, and the offset map is recorded in that order. Producers on
+//!   different connections writing the same partition may interleave differently.
+//! - Identity: a mirror never sees the client's producer id, epoch or sequences: the
+//!   producer calls InitProducerId on the mirror and numbers each partition's batches
+//!   itself, so the mirror broker drops kshift's own duplicates.
+//! - Memory: each queue is bounded in bytes, counted from `offer` until the item's last
+//!   batch is on the mirror (or failed). When full, `mirror_overflow = "drop"` drops the
+//!   item and counts it (never delaying the write path; a `sync` client gets a retriable
+//!   error), and `"block"` holds the client's produce until there is room. Every record
+//!   that fails to mirror or is dropped is logged and journalled with its (topic,
+//!   partition, write-offset range), for `kshift repair`.
 //! - Transactions: records produced in a transaction are held until the client's EndTxn
 //!   commits (then queued in order) or aborts (then discarded).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
-    TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
-use kafka_protocol::ResponseError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 mod backfill;
+pub mod producer;
 pub use backfill::{queue_backfill, BackfillState};
+pub use producer::ProducerSettings;
 
 use super::batch::{self, Batch};
 use super::failures::{FailedRange, FailureJournal, MirrorTarget};
-use super::offset_map::{OffsetMap, OffsetMapping};
-use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
-use crate::codec::{self, decode_body};
+use super::offset_map::OffsetMap;
+use crate::cluster::Cluster;
+use crate::config::MirrorOverflow;
 use crate::routing::Partitioning;
 use crate::ClusterId;
+use producer::{MapFrom, MirrorProducer, Report, Submission};
 
-/// Attempts per mirror batch before it is counted as failed.
-const MAX_ATTEMPTS: u32 = 5;
-/// Pause between attempts, doubled each time.
-const RETRY_BACKOFF: Duration = Duration::from_millis(100);
-/// Versions kshift's own mirror producer sends (capped by the mirror's brokers).
-const PRODUCE_VERSION: i16 = 9;
-const INIT_PRODUCER_ID_VERSION: i16 = 4;
 /// Uncommitted transactional records older than this are dropped (the transaction timed
 /// out at its coordinator without an EndTxn through kshift).
 const TRANSACTION_HOLD_LIMIT: Duration = Duration::from_secs(15 * 60);
@@ -133,10 +129,25 @@ pub struct MirrorStats {
     /// Records queued and not yet mirrored.
     pub lag_records: AtomicU64,
     /// The same, per route position (for the status page).
-    pub lag_records_by_route: Mutex<std::collections::BTreeMap<usize, u64>>,
+    pub lag_records_by_route: Mutex<BTreeMap<usize, u64>>,
     pub queued_bytes: AtomicUsize,
-    /// When the item being mirrored now was queued; `None` while idle.
-    pub current_since: Mutex<Option<Instant>>,
+    /// Items queued and not finished, by queue number: the first is the oldest.
+    unfinished: Mutex<BTreeMap<u64, Instant>>,
+    /// Told whenever queued bytes are released (producers blocked on a full queue wait
+    /// for it).
+    room: Notify,
+    /// Times an item found the queue full, and what the policy did: dropped it, or made
+    /// the client's produce wait (and of those, waits that ended in a refusal).
+    pub queue_full_dropped: AtomicU64,
+    pub queue_full_blocked: AtomicU64,
+    pub queue_full_refused: AtomicU64,
+    /// Produce requests the mirror producer sent, and their bytes.
+    pub requests_sent: AtomicU64,
+    pub request_bytes_sent: AtomicU64,
+    /// The most produce requests that were in flight at once, over all brokers.
+    pub max_requests_in_flight: AtomicUsize,
+    /// Requests and bytes in flight now, per broker of the mirror cluster.
+    in_flight: Mutex<BTreeMap<i32, (usize, usize)>>,
 }
 
 /// A snapshot of [`MirrorStats`].
@@ -150,6 +161,11 @@ pub struct MirrorCounts {
     pub dropped_records: u64,
     pub lag_records: u64,
     pub queued_bytes: usize,
+    pub queue_full_dropped: u64,
+    pub queue_full_blocked: u64,
+    pub queue_full_refused: u64,
+    pub requests_sent: u64,
+    pub max_requests_in_flight: usize,
 }
 
 impl MirrorStats {
@@ -167,13 +183,34 @@ impl MirrorStats {
     }
 
     /// Records waiting for this mirror, per route position.
-    pub fn lag_by_route(&self) -> std::collections::BTreeMap<usize, u64> {
+    pub fn lag_by_route(&self) -> BTreeMap<usize, u64> {
         lock(&self.lag_records_by_route).clone()
     }
 
-    /// How long the item being mirrored now has waited since it was queued.
+    /// How long the oldest item not mirrored yet has waited since it was queued.
     pub fn lag_seconds(&self) -> f64 {
-        lock(&self.current_since).map_or(0.0, |since| since.elapsed().as_secs_f64())
+        lock(&self.unfinished)
+            .values()
+            .next()
+            .map_or(0.0, |since| since.elapsed().as_secs_f64())
+    }
+
+    /// Requests and bytes in flight per broker id of the mirror cluster.
+    pub fn in_flight(&self) -> BTreeMap<i32, (usize, usize)> {
+        lock(&self.in_flight).clone()
+    }
+
+    fn set_in_flight(&self, in_flight: BTreeMap<i32, (usize, usize)>) {
+        let requests: usize = in_flight.values().map(|(requests, _)| requests).sum();
+        self.max_requests_in_flight
+            .fetch_max(requests, Ordering::Relaxed);
+        *lock(&self.in_flight) = in_flight;
+    }
+
+    fn note_request(&self, bytes: usize) {
+        self.requests_sent.fetch_add(1, Ordering::Relaxed);
+        self.request_bytes_sent
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> MirrorCounts {
@@ -186,32 +223,78 @@ impl MirrorStats {
             dropped_records: self.dropped_records.load(Ordering::Relaxed),
             lag_records: self.lag_records.load(Ordering::Relaxed),
             queued_bytes: self.queued_bytes.load(Ordering::Relaxed),
+            queue_full_dropped: self.queue_full_dropped.load(Ordering::Relaxed),
+            queue_full_blocked: self.queue_full_blocked.load(Ordering::Relaxed),
+            queue_full_refused: self.queue_full_refused.load(Ordering::Relaxed),
+            requests_sent: self.requests_sent.load(Ordering::Relaxed),
+            max_requests_in_flight: self.max_requests_in_flight.load(Ordering::Relaxed),
         }
     }
+}
+
+/// An item in a mirror queue, numbered in queue order.
+struct Queued {
+    number: u64,
+    item: MirrorItem,
 }
 
 /// The queue in front of one mirror cluster's writer.
 struct MirrorQueue {
     cluster: Arc<Cluster>,
-    items: mpsc::UnboundedSender<MirrorItem>,
+    items: mpsc::UnboundedSender<Queued>,
     /// Bytes of records queued; the queue is full at `limit_bytes`.
     limit_bytes: usize,
+    overflow: MirrorOverflow,
+    next_number: AtomicU64,
     stats: Arc<MirrorStats>,
 }
 
-/// How one mirror cluster's queue and writer behave (`[clusters.NAME]`).
+impl MirrorQueue {
+    /// Takes `size` bytes of the queue when they fit. With `alone`, an item larger than
+    /// the whole queue fits an empty one (a blocked producer would otherwise wait for room
+    /// that never comes).
+    fn reserve(&self, size: usize, alone: bool) -> bool {
+        let queued = self.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued + size > self.limit_bytes && !(alone && queued == 0) {
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// How one mirror cluster's queue, writer and producer behave (`[clusters.NAME]`).
 #[derive(Debug, Clone, Copy)]
 pub struct WriterSettings {
-    /// `mirror_queue_bytes`: records queued beyond this are refused.
+    /// `mirror_queue_bytes`: records queued beyond this are refused (or wait).
     pub queue_bytes: usize,
-    /// `mirror_linger_ms`: how long an `async` batch waits for more of its partition.
-    pub linger: Duration,
+    /// `mirror_overflow`.
+    pub overflow: MirrorOverflow,
+    pub producer: ProducerSettings,
+}
+
+impl WriterSettings {
+    pub fn from_config(cluster: &crate::config::ClusterConfig) -> WriterSettings {
+        WriterSettings {
+            queue_bytes: cluster.mirror_queue_bytes,
+            overflow: cluster.mirror_overflow,
+            producer: ProducerSettings {
+                max_in_flight: cluster.mirror_max_in_flight,
+                request_bytes: cluster.mirror_request_bytes,
+                batch_bytes: cluster.mirror_batch_bytes,
+                linger: Duration::from_millis(cluster.mirror_linger_ms),
+                delivery_timeout: Duration::from_millis(cluster.mirror_delivery_timeout_ms),
+            },
+        }
+    }
 }
 
 /// Why an item was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     QueueFull,
+    /// `mirror_overflow = "block"`: no room came within the wait allowed.
+    NoRoomInTime,
     NoMirror,
 }
 
@@ -237,7 +320,7 @@ impl std::fmt::Debug for Mirrors {
 }
 
 impl Mirrors {
-    /// Starts one writer per cluster (idle until a route mirrors to it).
+    /// Starts one writer and one producer per cluster (idle until a route mirrors to it).
     pub fn start(
         clusters: &[Arc<Cluster>],
         settings: &[WriterSettings],
@@ -251,22 +334,28 @@ impl Mirrors {
             .map(|(cluster, settings)| {
                 let (items, receiver) = mpsc::unbounded_channel();
                 let stats = Arc::new(MirrorStats::default());
-                let writer = MirrorWriter {
-                    backfill: backfill.clone(),
+                let shared = Arc::new(Shared {
                     cluster: cluster.clone(),
                     stats: stats.clone(),
                     offsets: offsets.clone(),
                     failures: failures.clone(),
-                    producer: None,
-                    sequences: HashMap::new(),
-                    connections: HashMap::new(),
-                    linger: settings.linger,
+                    backfill: backfill.clone(),
+                });
+                let (submissions, submitted) = mpsc::unbounded_channel();
+                tokio::spawn(
+                    MirrorProducer::new(shared.clone(), settings.producer, submitted).run(),
+                );
+                let writer = MirrorWriter {
+                    shared,
+                    producer: submissions,
                 };
                 tokio::spawn(writer.run(receiver));
                 MirrorQueue {
                     cluster: cluster.clone(),
                     items,
                     limit_bytes: settings.queue_bytes,
+                    overflow: settings.overflow,
+                    next_number: AtomicU64::new(0),
                     stats,
                 }
             })
@@ -291,6 +380,13 @@ impl Mirrors {
             .unwrap_or_default()
     }
 
+    /// What `cluster`'s queue does when full.
+    pub fn overflow(&self, cluster: ClusterId) -> MirrorOverflow {
+        self.queues
+            .get(cluster)
+            .map_or(MirrorOverflow::Drop, |q| q.overflow)
+    }
+
     /// Waits until every mirror queue is empty or `deadline` passes; returns the records
     /// still waiting.
     pub async fn flush(&self, deadline: Instant) -> u64 {
@@ -308,7 +404,8 @@ impl Mirrors {
     }
 
     /// Queues `item` for `cluster`, or refuses it (and counts the drop) when the queue is
-    /// full. A refused item is handed back so a `sync` caller can fail its client.
+    /// full, whatever the cluster's `mirror_overflow`. A refused item is handed back so a
+    /// `sync` caller can fail its client.
     pub fn offer(
         &self,
         cluster: ClusterId,
@@ -317,27 +414,95 @@ impl Mirrors {
         let Some(queue) = self.queues.get(cluster) else {
             return Err(Box::new((Refused::NoMirror, item)));
         };
-        let size = item.records.len();
-        let queued = queue.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        if queued + size > queue.limit_bytes {
-            queue.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            queue.stats.dropped_batches.fetch_add(1, Ordering::Relaxed);
+        if !queue.reserve(item.records.len(), false) {
             queue
                 .stats
-                .dropped_records
-                .fetch_add(item.record_count as u64, Ordering::Relaxed);
-            queue.cluster.metrics.mirror_outcome(
-                &queue.cluster.name,
-                item.route,
-                "dropped",
-                item.record_count as u64,
-            );
+                .queue_full_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            self.count_dropped(queue, &item);
             return Err(Box::new((Refused::QueueFull, item)));
         }
+        Mirrors::enqueue(queue, item)
+    }
+
+    /// Queues `item` as [`Mirrors::offer`] does, except that with `mirror_overflow =
+    /// "block"` a full queue makes it wait for room until `deadline` (then it is refused
+    /// with [`Refused::NoRoomInTime`], not counted as dropped: the caller refuses the write).
+    pub async fn offer_waiting(
+        &self,
+        cluster: ClusterId,
+        item: MirrorItem,
+        deadline: Instant,
+    ) -> Result<(), Box<(Refused, MirrorItem)>> {
+        let Some(queue) = self.queues.get(cluster) else {
+            return Err(Box::new((Refused::NoMirror, item)));
+        };
+        if queue.overflow == MirrorOverflow::Drop {
+            return self.offer(cluster, item);
+        }
+        let size = item.records.len();
+        let mut counted = false;
+        loop {
+            let room = queue.stats.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if queue.reserve(size, true) {
+                return Mirrors::enqueue(queue, item);
+            }
+            if !counted {
+                counted = true;
+                queue
+                    .stats
+                    .queue_full_blocked
+                    .fetch_add(1, Ordering::Relaxed);
+                queue
+                    .cluster
+                    .metrics
+                    .mirror_queue_full(&queue.cluster.name, "block");
+            }
+            if tokio::time::timeout_at(deadline.into(), room)
+                .await
+                .is_err()
+            {
+                queue
+                    .stats
+                    .queue_full_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Box::new((Refused::NoRoomInTime, item)));
+            }
+        }
+    }
+
+    fn count_dropped(&self, queue: &MirrorQueue, item: &MirrorItem) {
+        queue.stats.dropped_batches.fetch_add(1, Ordering::Relaxed);
+        queue
+            .stats
+            .dropped_records
+            .fetch_add(item.record_count as u64, Ordering::Relaxed);
+        queue
+            .cluster
+            .metrics
+            .mirror_queue_full(&queue.cluster.name, "drop");
+        queue.cluster.metrics.mirror_outcome(
+            &queue.cluster.name,
+            item.route,
+            "dropped",
+            item.record_count as u64,
+        );
+    }
+
+    /// Hands an item whose bytes are reserved to the queue's writer.
+    fn enqueue(queue: &MirrorQueue, item: MirrorItem) -> Result<(), Box<(Refused, MirrorItem)>> {
+        let size = item.records.len();
+        let number = queue.next_number.fetch_add(1, Ordering::Relaxed);
         queue.stats.add_lag(item.route, item.record_count as u64);
-        if let Err(mpsc::error::SendError(item)) = queue.items.send(item) {
+        lock(&queue.stats.unfinished).insert(number, item.enqueued_at);
+        if let Err(mpsc::error::SendError(Queued { item, .. })) =
+            queue.items.send(Queued { number, item })
+        {
             queue.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             queue.stats.remove_lag(item.route, item.record_count as u64);
+            lock(&queue.stats.unfinished).remove(&number);
             return Err(Box::new((Refused::NoMirror, item)));
         }
         Ok(())
@@ -376,7 +541,9 @@ impl Mirrors {
             .push((item, cluster));
     }
 
-    /// The client's EndTxn succeeded: queue the transaction's records, or drop them.
+    /// The client's EndTxn succeeded: queue the transaction's records, or drop them. (A
+    /// full queue drops them whatever `mirror_overflow` says: the transaction is already
+    /// committed on the write cluster, and its records are journalled for repair.)
     pub fn end_transaction(&self, transactional_id: &str, committed: bool) {
         let items = lock(&self.transactions)
             .remove(transactional_id)
@@ -421,195 +588,87 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// kshift's idempotent producer on one mirror cluster.
-struct MirrorWriter {
-    backfill: Arc<backfill::Progress>,
+/// What a mirror cluster's writer and producer share: where outcomes are counted, mapped
+/// and journalled.
+struct Shared {
     cluster: Arc<Cluster>,
     stats: Arc<MirrorStats>,
     offsets: Arc<OffsetMap>,
     failures: Arc<FailureJournal>,
-    /// Producer id and epoch from the mirror's InitProducerId.
-    producer: Option<(i64, i16)>,
-    /// Next sequence per (mirror topic, partition).
-    sequences: HashMap<(Arc<str>, i32), i32>,
-    /// kshift's own connections to the mirror's brokers.
-    connections: HashMap<i32, BrokerConnection>,
-    /// `mirror_linger_ms`.
-    linger: Duration,
+    backfill: Arc<backfill::Progress>,
 }
 
-/// Why a mirror attempt failed, and whether trying again can help.
-enum AttemptError {
-    Retry(String),
-    /// The mirror lost kshift's producer state: start a new producer, then retry.
-    ResetProducer(String),
-    Fatal(String),
+/// An item whose batches are with the producer: it finishes when the last one reports.
+struct ItemProgress {
+    state: Mutex<Option<ItemState>>,
 }
 
-impl MirrorWriter {
-    async fn run(mut self, mut items: mpsc::UnboundedReceiver<MirrorItem>) {
-        // Items taken off the channel but not mirrored yet, in queue order.
-        let mut waiting: VecDeque<MirrorItem> = VecDeque::new();
-        loop {
-            let item = match waiting.pop_front() {
-                Some(item) => item,
-                None => match items.recv().await {
-                    Some(item) => item,
-                    None => return,
-                },
-            };
-            while let Ok(more) = items.try_recv() {
-                waiting.push_back(more);
-            }
-            if mergeable(&item) {
-                let until = item.enqueued_at + self.linger;
-                linger(&mut items, &mut waiting, until, item.records.len()).await;
-            }
-            let group = take_group(item, &mut waiting);
-            let queued: Vec<(usize, u64, usize)> = group
-                .iter()
-                .map(|item| (item.records.len(), item.record_count as u64, item.route))
-                .collect();
-            *lock(&self.stats.current_since) = group.first().map(|item| item.enqueued_at);
-            if group.len() == 1 {
-                for item in group {
-                    self.mirror(item).await;
-                }
-            } else {
-                self.mirror_merged(group).await;
-            }
-            *lock(&self.stats.current_since) = None;
-            for (size, count, route) in queued {
-                self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                self.stats.remove_lag(route, count);
+struct ItemState {
+    number: u64,
+    item: MirrorItem,
+    write_base_offset: i64,
+    remaining: usize,
+    error: Option<String>,
+    /// Failed only because it was held back behind a gap (logged at debug, not warn).
+    held_back: bool,
+}
+
+/// Why a batch is held back instead of sent.
+const HELD_BACK: &str = "held back behind an unrepaired gap, to keep the mirror in write order";
+
+impl Shared {
+    /// A submission that was not sent because its write partition has a gap.
+    fn report_held_back(&self, report: Report) {
+        if let Report::Item(progress) = &report {
+            if let Some(item) = lock(&progress.state).as_mut() {
+                item.held_back = item.error.is_none();
             }
         }
+        self.report(report, Err(HELD_BACK.into()));
     }
 
-    /// Mirrors queued `async` batches of one partition as one batch in one request (the
-    /// writer fell behind: a request per batch would keep it behind). Each item is
-    /// counted, mapped and journalled on its own, as if sent alone.
-    async fn mirror_merged(&mut self, group: Vec<MirrorItem>) {
-        let mut written = Vec::with_capacity(group.len());
-        for mut item in group {
-            if let Ok(Some(offset)) = (&mut item.written).await {
-                written.push((item, offset));
+    /// One submission's outcome.
+    fn report(&self, report: Report, result: Result<(), String>) {
+        match report {
+            Report::Copy(done) => {
+                let _ = done.send(result);
             }
-            // (A failed write: the client was told, nothing to mirror.)
-        }
-        tokio::task::yield_now().await;
-        let Some((first, _)) = written.first() else {
-            return;
-        };
-        if self
-            .failures
-            .has_gap(&self.cluster.name, &first.topic, first.write_partition)
-        {
-            for (item, offset) in written {
-                let error = "held back behind an unrepaired gap, to keep the mirror in write order";
-                self.finish(item, offset, Err(error.into()), true);
-            }
-            return;
-        }
-        let (mirror_topic, partition) = (first.mirror_topic.clone(), first.write_partition);
-        let merged = match merge(written.iter().map(|(item, _)| &item.records)) {
-            Ok(merged) => merged,
-            Err(error) => {
-                for (item, offset) in written {
-                    self.finish(item, offset, Err(error.clone()), false);
-                }
-                return;
-            }
-        };
-        let result = self.deliver(&mirror_topic, partition, &merged.batch).await;
-        let mut mirror_offset = result.as_ref().ok().copied();
-        for ((item, write_base_offset), count) in written.into_iter().zip(merged.counts) {
-            if let Some(base) = mirror_offset.as_mut() {
-                if count > 0 {
-                    self.record_mapping(&item, write_base_offset, partition, *base, count);
-                }
-                *base += count;
-            }
-            let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
-            self.finish(item, write_base_offset, outcome, false);
-        }
-    }
-
-    async fn mirror(&mut self, mut item: MirrorItem) {
-        let written = (&mut item.written).await;
-        // Let the client's answer, woken by the same broker response, go out first.
-        tokio::task::yield_now().await;
-        let write_base_offset = match written {
-            Ok(Some(offset)) => offset,
-            _ => {
-                // The write failed: the client was told, nothing to mirror.
-                if let Some(done) = item.done.take() {
-                    let _ = done.send(Ok(()));
-                }
-                return;
-            }
-        };
-        if let Some(source) = item.source.clone() {
-            // A backfill route: first copy what the mirror lacks before this batch.
-            let until = (!item.fill_only).then_some(write_base_offset);
-            let filled = self.fill(&item, &source, until).await;
-            if let Err(error) = &filled {
-                tracing::warn!(
-                    mirror_cluster = %self.cluster.name,
-                    topic = %item.topic,
-                    partition = item.write_partition,
-                    %error,
-                    "backfill failed; the mirror lacks these records until the next try"
-                );
-            }
-            if item.fill_only || matches!(filled, Ok(backfill::Filled::AlreadyCopied)) {
-                if let Some(done) = item.done.take() {
-                    let _ = done.send(Ok(()));
-                }
-                return;
-            }
-        }
-        // An async batch behind an unrepaired gap is journalled, not sent: the mirror keeps a
-        // prefix of the write log and repair appends the rest in order. (A sync route's
-        // client would be refused until the repair instead; it gets the mirror's own answer.)
-        let held_back = item.done.is_none()
-            && item.source.is_none()
-            && self
-                .failures
-                .has_gap(&self.cluster.name, &item.topic, item.write_partition);
-        let result = if held_back {
-            Err("held back behind an unrepaired gap, to keep the mirror in write order".into())
-        } else {
-            self.send_planned(&item, write_base_offset).await
-        };
-        self.finish(item, write_base_offset, result, held_back);
-    }
-
-    async fn send_planned(
-        &mut self,
-        item: &MirrorItem,
-        write_base_offset: i64,
-    ) -> Result<(), String> {
-        match self.plan(item, write_base_offset).await {
-            Ok(batches) => {
-                let mut result = Ok(());
-                for (partition, batch) in batches {
-                    if let Err(error) = self
-                        .send_batch(item, write_base_offset, partition, batch)
-                        .await
-                    {
-                        result = Err(error);
+            Report::Item(progress) => {
+                let finished = {
+                    let mut state = lock(&progress.state);
+                    let Some(item) = state.as_mut() else {
+                        return;
+                    };
+                    item.remaining = item.remaining.saturating_sub(1);
+                    if let Err(error) = result {
+                        item.error.get_or_insert(error);
                     }
+                    if item.remaining == 0 {
+                        state.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(done) = finished {
+                    let held_back = done.held_back;
+                    let result = done.error.map_or(Ok(()), Err);
+                    self.finish(
+                        done.number,
+                        done.item,
+                        done.write_base_offset,
+                        result,
+                        held_back,
+                    );
                 }
-                result
             }
-            Err(error) => Err(error),
         }
     }
 
-    /// Counts, logs and journals the outcome of `item`, and tells a waiting sync client.
+    /// Counts, logs and journals the outcome of `item`, tells a waiting sync client, and
+    /// releases its place in the queue.
     fn finish(
-        &mut self,
+        &self,
+        number: u64,
         mut item: MirrorItem,
         write_base_offset: i64,
         result: Result<(), String>,
@@ -667,6 +726,144 @@ impl MirrorWriter {
         if let Some(done) = item.done.take() {
             let _ = done.send(result);
         }
+        self.release(number, &item);
+    }
+
+    /// Gives `item`'s bytes and records back to the queue.
+    fn release(&self, number: u64, item: &MirrorItem) {
+        self.stats
+            .queued_bytes
+            .fetch_sub(item.records.len(), Ordering::Relaxed);
+        self.stats.remove_lag(item.route, item.record_count as u64);
+        lock(&self.stats.unfinished).remove(&number);
+        self.stats.room.notify_waiters();
+    }
+}
+
+/// Takes one mirror cluster's queue in order: waits for each item's write offset, runs the
+/// backfill a route asks for, plans the item's batches and hands them to the producer.
+struct MirrorWriter {
+    shared: Arc<Shared>,
+    producer: mpsc::UnboundedSender<Submission>,
+}
+
+impl MirrorWriter {
+    async fn run(mut self, mut items: mpsc::UnboundedReceiver<Queued>) {
+        while let Some(Queued { number, item }) = items.recv().await {
+            self.process(number, item).await;
+        }
+    }
+
+    async fn process(&mut self, number: u64, mut item: MirrorItem) {
+        let written = (&mut item.written).await;
+        // Let the client's answer, woken by the same broker response, go out first.
+        tokio::task::yield_now().await;
+        let write_base_offset = match written {
+            Ok(Some(offset)) => offset,
+            _ => {
+                // The write failed: the client was told, nothing to mirror.
+                if let Some(done) = item.done.take() {
+                    let _ = done.send(Ok(()));
+                }
+                self.shared.release(number, &item);
+                return;
+            }
+        };
+        if let Some(source) = item.source.clone() {
+            // A backfill route: first copy what the mirror lacks before this batch.
+            let until = (!item.fill_only).then_some(write_base_offset);
+            let filled = self.fill(&item, &source, until).await;
+            if let Err(error) = &filled {
+                tracing::warn!(
+                    mirror_cluster = %self.shared.cluster.name,
+                    topic = %item.topic,
+                    partition = item.write_partition,
+                    %error,
+                    "backfill failed; the mirror lacks these records until the next try"
+                );
+            }
+            if item.fill_only || matches!(filled, Ok(backfill::Filled::AlreadyCopied)) {
+                if let Some(done) = item.done.take() {
+                    let _ = done.send(Ok(()));
+                }
+                self.shared.release(number, &item);
+                return;
+            }
+        }
+        // An async batch behind an unrepaired gap is journalled, not sent: the mirror keeps a
+        // prefix of the write log and repair appends the rest in order. (A sync route's
+        // client would be refused until the repair instead; it gets the mirror's own answer.)
+        let held_back = item.done.is_none()
+            && item.source.is_none()
+            && self.shared.failures.has_gap(
+                &self.shared.cluster.name,
+                &item.topic,
+                item.write_partition,
+            );
+        if held_back {
+            self.shared
+                .finish(number, item, write_base_offset, Err(HELD_BACK.into()), true);
+            return;
+        }
+        let planned = match self.plan(&item, write_base_offset).await {
+            Ok(planned) => planned,
+            Err(error) => {
+                self.shared
+                    .finish(number, item, write_base_offset, Err(error), false);
+                return;
+            }
+        };
+        if planned.is_empty() {
+            self.shared
+                .finish(number, item, write_base_offset, Ok(()), false);
+            return;
+        }
+        // Only whole batches at their own partition map offset for offset; a filtered or
+        // re-partitioned one cannot be translated.
+        let translatable =
+            item.partitioning == Partitioning::Identity && item.mirror_percent >= 100;
+        let urgent = item.done.is_some() || item.source.is_some() || !translatable;
+        let gap = (item.done.is_none() && item.source.is_none())
+            .then(|| (item.topic.clone(), item.write_partition));
+        let (topic, mirror_topic, write_partition, queued_at) = (
+            item.topic.clone(),
+            item.mirror_topic.clone(),
+            item.write_partition,
+            item.enqueued_at,
+        );
+        let progress = Arc::new(ItemProgress {
+            state: Mutex::new(Some(ItemState {
+                number,
+                item,
+                write_base_offset,
+                remaining: planned.len(),
+                error: None,
+                held_back: false,
+            })),
+        });
+        let mut write_offset = write_base_offset;
+        for (partition, batch) in planned {
+            let records = i64::from(batch.record_count());
+            let submission = Submission {
+                topic: mirror_topic.clone(),
+                partition,
+                batch,
+                queued_at,
+                urgent,
+                mapping: translatable.then(|| MapFrom {
+                    topic: topic.clone(),
+                    write_partition,
+                    write_base_offset: write_offset,
+                }),
+                gap: gap.clone(),
+                report: Report::Item(progress.clone()),
+            };
+            write_offset += records;
+            if let Err(mpsc::error::SendError(submission)) = self.producer.send(submission) {
+                self.shared
+                    .report(submission.report, Err("mirror producer stopped".into()));
+            }
+        }
     }
 
     /// The batches to send: (mirror partition, batch). The client's batches as they are
@@ -687,7 +884,8 @@ impl MirrorWriter {
         let partitions = match item.partitioning {
             Partitioning::Identity => None,
             Partitioning::Murmur2 => Some(
-                self.cluster
+                self.shared
+                    .cluster
                     .partition_count(&item.mirror_topic)
                     .await
                     .map_err(|e| e.to_string())?
@@ -755,381 +953,36 @@ impl MirrorWriter {
         Ok(planned)
     }
 
-    async fn send_batch(
-        &mut self,
-        item: &MirrorItem,
-        write_base_offset: i64,
-        partition: i32,
-        batch: Batch,
-    ) -> Result<(), String> {
-        let mirror_base_offset = self.deliver(&item.mirror_topic, partition, &batch).await?;
-        // Only a whole batch at its own partition maps offset for offset; a filtered or
-        // re-partitioned one cannot be translated.
-        let translatable =
-            item.partitioning == Partitioning::Identity && item.mirror_percent >= 100;
-        if translatable {
-            let count = i64::from(batch.record_count());
-            self.record_mapping(
-                item,
-                write_base_offset,
-                partition,
-                mirror_base_offset,
-                count,
-            );
-        }
-        Ok(())
-    }
-
-    /// Puts `count` records of `item` at `write_base_offset` → `mirror_base_offset` of
-    /// `partition` in the offset map.
-    fn record_mapping(
+    /// Copies one batch the write cluster holds at `write_base_offset` (a backfill): hands
+    /// it to the producer, to be awaited with the others of the same fetch.
+    fn submit_copy(
         &self,
         item: &MirrorItem,
         write_base_offset: i64,
         partition: i32,
-        mirror_base_offset: i64,
-        count: i64,
-    ) {
-        self.offsets.record(OffsetMapping {
-            topic: item.topic.clone(),
-            write_partition: item.write_partition,
-            write_base_offset,
-            mirror_cluster: self.cluster.id,
-            mirror_partition: partition,
-            mirror_base_offset,
-            record_count: count,
-        });
-    }
-
-    /// Sends `batch` to `partition` of `mirror_topic` under kshift's producer, retrying;
-    /// returns the mirror offset it landed at.
-    async fn deliver(
-        &mut self,
-        mirror_topic: &Arc<str>,
-        partition: i32,
-        batch: &Batch,
-    ) -> Result<i64, String> {
-        let mut backoff = RETRY_BACKOFF;
-        let mut last_error = String::new();
-        for attempt in 1..=MAX_ATTEMPTS {
-            match self.attempt(mirror_topic, partition, batch).await {
-                Ok(mirror_base_offset) => {
-                    let count = i64::from(batch.record_count());
-                    let key = (mirror_topic.clone(), partition);
-                    let sequence = self.sequences.entry(key).or_insert(0);
-                    *sequence = sequence.wrapping_add(batch.record_count()) & i32::MAX;
-                    self.stats.mirrored_batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .mirrored_records
-                        .fetch_add(count as u64, Ordering::Relaxed);
-                    return Ok(mirror_base_offset);
-                }
-                Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(AttemptError::ResetProducer(error)) => {
-                    tracing::info!(mirror_cluster = %self.cluster.name, %error, "mirror producer state lost; starting a new producer id");
-                    self.producer = None;
-                    self.sequences.clear();
-                    last_error = error;
-                }
-                Err(AttemptError::Retry(error)) => last_error = error,
-            }
-            if attempt < MAX_ATTEMPTS {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
+        batch: Batch,
+    ) -> oneshot::Receiver<Result<(), String>> {
+        let (done, copied) = oneshot::channel();
+        let submission = Submission {
+            topic: item.mirror_topic.clone(),
+            partition,
+            batch,
+            queued_at: Instant::now(),
+            urgent: true,
+            mapping: Some(MapFrom {
+                topic: item.topic.clone(),
+                write_partition: item.write_partition,
+                write_base_offset,
+            }),
+            gap: None,
+            report: Report::Copy(done),
+        };
+        if let Err(mpsc::error::SendError(submission)) = self.producer.send(submission) {
+            self.shared
+                .report(submission.report, Err("mirror producer stopped".into()));
         }
-        Err(format!(
-            "gave up after {MAX_ATTEMPTS} attempts: {last_error}"
-        ))
+        copied
     }
-
-    async fn attempt(
-        &mut self,
-        mirror_topic: &Arc<str>,
-        partition: i32,
-        batch: &Batch,
-    ) -> Result<i64, AttemptError> {
-        let (producer_id, producer_epoch) = self.producer().await.map_err(retry)?;
-        let sequence = *self
-            .sequences
-            .get(&(mirror_topic.clone(), partition))
-            .unwrap_or(&0);
-        let node = self
-            .cluster
-            .leader(mirror_topic, partition)
-            .await
-            .map_err(retry)?
-            .ok_or_else(|| {
-                AttemptError::Retry(format!(
-                    "no leader for {}/{partition} on the mirror (does the topic exist there with enough partitions?)",
-                    mirror_topic
-                ))
-            })?;
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(self.cluster.settings.request_timeout.as_millis() as i32)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(mirror_topic.to_string())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch.for_mirror(
-                        producer_id,
-                        producer_epoch,
-                        sequence,
-                    )))])]);
-        let version = self
-            .cluster
-            .version_for(ApiKey::Produce, PRODUCE_VERSION)
-            .await
-            .map_err(retry)?;
-        let body = codec::encode_body(&request, version)
-            .map_err(|e| AttemptError::Fatal(e.to_string()))?;
-        let connection = self.connection(node).await.map_err(retry)?;
-        let response = connection
-            .request(
-                ApiKey::Produce,
-                version,
-                &StrBytes::from_static_str("kshift-mirror"),
-                body,
-            )
-            .map_err(retry)?
-            .wait(self.cluster.settings.request_timeout * 2)
-            .await
-            .map_err(|e| {
-                self.connections.remove(&node);
-                retry(e)
-            })?;
-        let response: ProduceResponse = decode_body(response, version, "mirror produce response")
-            .map_err(|e| AttemptError::Fatal(e.to_string()))?;
-        let result = response
-            .responses
-            .first()
-            .and_then(|t| t.partition_responses.first())
-            .ok_or_else(|| AttemptError::Fatal("empty produce response".into()))?;
-        match ResponseError::try_from_code(result.error_code) {
-            None => Ok(result.base_offset),
-            // Already written by an earlier attempt whose answer was lost.
-            Some(ResponseError::DuplicateSequenceNumber) => Ok(result.base_offset),
-            Some(
-                error @ (ResponseError::OutOfOrderSequenceNumber
-                | ResponseError::UnknownProducerId
-                | ResponseError::InvalidProducerEpoch
-                | ResponseError::ProducerFenced),
-            ) => Err(AttemptError::ResetProducer(error.to_string())),
-            Some(error) => {
-                if is_leadership_error(result.error_code) {
-                    self.cluster.forget_leaders(mirror_topic);
-                }
-                if error.is_retriable() {
-                    Err(AttemptError::Retry(error.to_string()))
-                } else {
-                    Err(AttemptError::Fatal(error.to_string()))
-                }
-            }
-        }
-    }
-
-    async fn producer(&mut self) -> Result<(i64, i16), BackendError> {
-        if let Some(producer) = self.producer {
-            return Ok(producer);
-        }
-        let version = self
-            .cluster
-            .version_for(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION)
-            .await?;
-        let node = self.cluster.any_broker().await?;
-        let request = InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id((-1).into())
-            .with_producer_epoch(-1);
-        let body = codec::encode_body(&request, version).map_err(|e| BackendError::Protocol {
-            address: self.cluster.name.clone(),
-            reason: e.to_string().into(),
-        })?;
-        let connection = self.connection(node).await?;
-        let response = connection
-            .request(
-                ApiKey::InitProducerId,
-                version,
-                &StrBytes::from_static_str("kshift-mirror"),
-                body,
-            )?
-            .wait(self.cluster.settings.request_timeout)
-            .await?;
-        let response: InitProducerIdResponse =
-            decode_body(response, version, "InitProducerId response").map_err(|e| {
-                BackendError::Protocol {
-                    address: self.cluster.name.clone(),
-                    reason: e.to_string().into(),
-                }
-            })?;
-        if response.error_code != 0 {
-            return Err(BackendError::Kafka {
-                cluster: self.cluster.name.clone(),
-                what: "InitProducerId",
-                code: response.error_code,
-            });
-        }
-        let producer = (response.producer_id.0, response.producer_epoch);
-        tracing::info!(mirror_cluster = %self.cluster.name, producer_id = producer.0, epoch = producer.1, "mirror producer initialised");
-        self.producer = Some(producer);
-        Ok(producer)
-    }
-
-    async fn connection(&mut self, node: i32) -> Result<BrokerConnection, BackendError> {
-        if let Some(connection) = self.connections.get(&node) {
-            if !connection.is_poisoned() {
-                return Ok(connection.clone());
-            }
-        }
-        let address = self.cluster.broker_address(node)?;
-        let connection = self.cluster.connect(&address).await?;
-        self.connections.insert(node, connection.clone());
-        Ok(connection)
-    }
-}
-
-/// Largest merged batch, in bytes of client batches (brokers take 1 MB by default).
-const MAX_MERGED_BYTES: usize = 512 * 1024;
-/// Queued items looked through for batches of the same partition to merge.
-const MERGE_SCAN_ITEMS: usize = 1024;
-
-/// Whether `item` may be sent merged with the items after it: an `async`, whole,
-/// identity-partitioned batch that is not a backfill's.
-fn mergeable(item: &MirrorItem) -> bool {
-    item.done.is_none()
-        && item.source.is_none()
-        && item.partitioning == Partitioning::Identity
-        && item.mirror_percent >= 100
-}
-
-/// Gathers what is queued behind a mergeable item of `bytes` until `until` (its enqueue
-/// time plus `mirror_linger_ms`), so that one request carries the batches a producer sends
-/// in that time. Stops early when an item that must not wait arrives (a `sync` client is
-/// waiting for it) or when a merged request would be full. A writer that is behind never
-/// lingers: its items are older than `until` already. (Lingering pays for big batches too:
-/// stopping at a producer's 16 KiB `batch.size` put 16 KB records back at +40-54% over
-/// passthrough at p50 against +3-12% lingering the whole time, 1 in flight.)
-async fn linger(
-    items: &mut mpsc::UnboundedReceiver<MirrorItem>,
-    waiting: &mut VecDeque<MirrorItem>,
-    until: Instant,
-    mut bytes: usize,
-) {
-    if until <= Instant::now() || !waiting.iter().all(mergeable) {
-        return;
-    }
-    bytes += waiting.iter().map(|item| item.records.len()).sum::<usize>();
-    let sleep = tokio::time::sleep_until(until.into());
-    tokio::pin!(sleep);
-    while bytes < MAX_MERGED_BYTES {
-        tokio::select! {
-            more = items.recv() => match more {
-                Some(more) => {
-                    bytes += more.records.len();
-                    let must_not_wait = !mergeable(&more);
-                    waiting.push_back(more);
-                    if must_not_wait {
-                        return;
-                    }
-                }
-                None => return,
-            },
-            _ = &mut sleep => return,
-        }
-    }
-}
-
-/// `item` and the items of the same partition queued after it that can go in the same
-/// request: mergeable ones, up to the first that is not (order per partition is kept;
-/// other partitions' items stay waiting, in order).
-fn take_group(item: MirrorItem, waiting: &mut VecDeque<MirrorItem>) -> Vec<MirrorItem> {
-    if !mergeable(&item) {
-        return vec![item];
-    }
-    let mut bytes = item.records.len();
-    let mut group = vec![item];
-    let mut index = 0;
-    // Only the front of a long backlog is searched: a full scan per request would cost
-    // O(backlog²) while the writer is behind, the moment it needs to catch up.
-    while index < waiting.len().min(MERGE_SCAN_ITEMS) {
-        let next = &waiting[index];
-        let first = &group[0];
-        let same_partition = next.topic == first.topic
-            && next.mirror_topic == first.mirror_topic
-            && next.write_partition == first.write_partition;
-        if !same_partition {
-            index += 1;
-            continue;
-        }
-        if !mergeable(next) || bytes + next.records.len() > MAX_MERGED_BYTES {
-            break;
-        }
-        bytes += next.records.len();
-        if let Some(next) = waiting.remove(index) {
-            group.push(next);
-        }
-    }
-    group
-}
-
-/// Client batches merged into one.
-struct Merged {
-    batch: Batch,
-    /// Records each input contributed, in order.
-    counts: Vec<i64>,
-}
-
-/// The records of `inputs` (each a client's batches of one partition), control batches
-/// left out, as one batch: compressed like the first, offsets renumbered.
-fn merge<'a>(inputs: impl Iterator<Item = &'a Bytes>) -> Result<Merged, String> {
-    let mut records = Vec::new();
-    let mut counts = Vec::new();
-    let mut compression = None;
-    for input in inputs {
-        let mut count = 0;
-        for batch in batch::split_batches(input.clone()).map_err(|e| e.to_string())? {
-            if batch.is_control() {
-                continue;
-            }
-            let mut bytes = batch.bytes().clone();
-            let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| e.to_string())?;
-            compression.get_or_insert(set.compression);
-            for mut record in set.records {
-                // Batch-level fields alike, sequence following offset: one batch out.
-                record.offset = records.len() as i64;
-                record.sequence = record.offset as i32;
-                record.partition_leader_epoch = -1;
-                record.transactional = false;
-                record.producer_id = -1;
-                record.producer_epoch = -1;
-                records.push(record);
-                count += 1;
-            }
-        }
-        counts.push(count);
-    }
-    let mut encoded = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut encoded,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: compression.unwrap_or(kafka_protocol::records::Compression::None),
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let batch = batch::split_batches(encoded.freeze())
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .next()
-        .ok_or("nothing to mirror in the merged batches")?;
-    Ok(Merged { batch, counts })
-}
-
-fn retry(error: impl std::fmt::Display) -> AttemptError {
-    AttemptError::Retry(error.to_string())
 }
 
 /// Whether a record with `key` falls in the mirrored `percent`: stable per key, so all
@@ -1144,81 +997,6 @@ pub fn percent_selects(key: &[u8], percent: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn item(topic: &str, partition: i32, count: usize) -> MirrorItem {
-        let (_, written) = oneshot::channel();
-        MirrorItem {
-            route: 0,
-            topic: topic.into(),
-            mirror_topic: topic.into(),
-            write_partition: partition,
-            records: batch::tests::encoded(count, false),
-            record_count: count as i64,
-            partitioning: Partitioning::Identity,
-            mirror_percent: 100,
-            written,
-            done: None,
-            enqueued_at: Instant::now(),
-            source: None,
-            fill_only: false,
-        }
-    }
-
-    #[test]
-    fn queued_batches_of_a_partition_go_together_up_to_one_that_cannot() {
-        let mut waiting: VecDeque<MirrorItem> = VecDeque::new();
-        waiting.push_back(item("a", 0, 2));
-        waiting.push_back(item("b", 0, 3)); // another topic: stays, in order
-        waiting.push_back(item("a", 0, 4));
-        let mut sync = item("a", 0, 5);
-        sync.done = Some(oneshot::channel().0); // a sync batch: not merged, ends the group
-        waiting.push_back(sync);
-        waiting.push_back(item("a", 0, 6)); // behind it: must wait for it
-        waiting.push_back(item("a", 1, 7));
-        let group = take_group(item("a", 0, 1), &mut waiting);
-        let counts: Vec<i64> = group.iter().map(|i| i.record_count).collect();
-        assert_eq!(counts, [1, 2, 4]);
-        let left: Vec<(String, i64)> = waiting
-            .iter()
-            .map(|i| (i.topic.to_string(), i.record_count))
-            .collect();
-        assert_eq!(
-            left,
-            [
-                ("b".into(), 3),
-                ("a".into(), 5),
-                ("a".into(), 6),
-                ("a".into(), 7)
-            ]
-        );
-        // A sync item is sent alone.
-        let mut sync = item("a", 0, 5);
-        sync.done = Some(oneshot::channel().0);
-        assert_eq!(take_group(sync, &mut waiting).len(), 1);
-    }
-
-    #[test]
-    fn merged_batches_keep_every_record_in_order() {
-        let inputs = [
-            batch::tests::encoded(2, false),
-            batch::tests::encoded(3, true),
-        ];
-        let merged = merge(inputs.iter()).unwrap();
-        assert_eq!(merged.counts, [2, 3]);
-        assert_eq!(merged.batch.record_count(), 5);
-        assert!(merged.batch.crc_is_valid());
-        assert!(!merged.batch.is_transactional());
-        let mut bytes = merged.batch.bytes().clone();
-        let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
-        let values: Vec<Bytes> = set.records.iter().filter_map(|r| r.value.clone()).collect();
-        let expected: Vec<Bytes> = ["v0", "v1", "v0", "v1", "v2"]
-            .into_iter()
-            .map(|value| Bytes::from_static(value.as_bytes()))
-            .collect();
-        assert_eq!(values, expected);
-        let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
-        assert_eq!(offsets, [0, 1, 2, 3, 4]);
-    }
 
     #[test]
     fn percent_selection_is_stable_and_proportional() {

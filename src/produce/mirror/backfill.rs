@@ -144,25 +144,35 @@ impl MirrorWriter {
                 .map_err(|e| e.to_string())?,
         };
         let known = self
+            .shared
             .backfill
-            .covered_at(&item.topic, partition, self.cluster.id)
-            .or_else(|| self.offsets.end(&item.topic, partition, self.cluster.id));
+            .covered_at(&item.topic, partition, self.shared.cluster.id)
+            .or_else(|| {
+                self.shared
+                    .offsets
+                    .end(&item.topic, partition, self.shared.cluster.id)
+            });
         let start = match known {
             Some(start) => start,
             None => {
                 let mirror_end = self
+                    .shared
                     .cluster
                     .list_offset(&item.mirror_topic, partition, -1)
                     .await
                     .map_err(|e| e.to_string())?;
                 if mirror_end > 0 {
                     // Don't ask again for every batch.
-                    self.backfill
-                        .covered(&item.topic, partition, self.cluster.id, until);
+                    self.shared.backfill.covered(
+                        &item.topic,
+                        partition,
+                        self.shared.cluster.id,
+                        until,
+                    );
                     return Err(format!(
                         "{}[{partition}] on {} already holds {mirror_end} records kshift has no record of copying; \
                          history could only be appended after them, out of order: not backfilled",
-                        item.mirror_topic, self.cluster.name
+                        item.mirror_topic, self.shared.cluster.name
                     ));
                 }
                 source
@@ -193,12 +203,16 @@ impl MirrorWriter {
                 continue;
             }
             stalled_since = None;
+            // The fetch's batches go to the producer together (pipelined, merged), and are
+            // awaited before the next fetch: `covered` only ever says what landed.
+            let mut copies = Vec::new();
+            let mut reached = offset;
             for batch in batches {
                 if batch.last_offset() < offset {
                     continue;
                 }
                 if batch.base_offset() >= until {
-                    offset = until;
+                    reached = until;
                     break;
                 }
                 aborted.retain(|(producer, first)| {
@@ -213,14 +227,23 @@ impl MirrorWriter {
                 if batch.is_control() {
                     aborting.remove(&producer);
                 } else if !(batch.is_transactional() && aborting.contains(&producer)) {
-                    self.backfill.pace(batch.bytes().len()).await;
+                    self.shared.backfill.pace(batch.bytes().len()).await;
                     let base = batch.base_offset();
-                    self.send_batch(item, base, partition, batch).await?;
+                    copies.push(self.submit_copy(item, base, partition, batch));
                 }
-                offset = next;
-                self.backfill
-                    .covered(&item.topic, partition, self.cluster.id, offset);
+                reached = next;
             }
+            for copied in copies {
+                match copied.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => return Err("mirror producer stopped".into()),
+                }
+            }
+            offset = reached;
+            self.shared
+                .backfill
+                .covered(&item.topic, partition, self.shared.cluster.id, offset);
         }
         Ok(Filled::Ready)
     }
