@@ -731,6 +731,42 @@ mod tests {
     }
 
     #[test]
+    fn mirror_producer_fields_have_defaults_and_bounds_naming_the_field() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let old = &config.clusters["old"];
+        assert_eq!(old.mirror_overflow, MirrorOverflow::Drop);
+        assert_eq!(old.mirror_max_in_flight, 5);
+        assert_eq!(old.mirror_request_bytes, 1024 * 1024);
+        assert_eq!(old.mirror_batch_bytes, 512 * 1024);
+        assert_eq!(old.mirror_delivery_timeout_ms, 120_000);
+        let bootstrap = "bootstrap = [\"127.0.0.1:9093\"]";
+        let with = |line: &str| MINIMAL.replace(bootstrap, &format!("{bootstrap}\n{line}"));
+        for good in [
+            "mirror_overflow = \"block\"",
+            "mirror_max_in_flight = 1",
+            "mirror_max_in_flight = 5",
+            "mirror_request_bytes = 1024",
+            "mirror_batch_bytes = 104857600",
+            "mirror_delivery_timeout_ms = 1",
+            "mirror_delivery_timeout_ms = 86400000",
+        ] {
+            Config::parse(&with(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, field) in [
+            ("mirror_max_in_flight = 0", "mirror_max_in_flight"),
+            ("mirror_max_in_flight = 6", "mirror_max_in_flight"),
+            ("mirror_request_bytes = 1023", "mirror_request_bytes"),
+            ("mirror_batch_bytes = 104857601", "mirror_batch_bytes"),
+            ("mirror_delivery_timeout_ms = 0", "mirror_delivery_timeout_ms"),
+            ("mirror_delivery_timeout_ms = 86400001", "mirror_delivery_timeout_ms"),
+            ("mirror_overflow = \"wait\"", "mirror_overflow"),
+        ] {
+            let error = Config::parse(&with(bad)).unwrap_err().to_string();
+            assert!(error.contains(field), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn zero_in_flight_window_is_rejected() {
         let text = MINIMAL.replace("[proxy]", "[proxy]\nmax_in_flight_requests = 0");
         let error = Config::parse(&text).unwrap_err().to_string();
