@@ -6,12 +6,14 @@
 //! with the test process, however it ends); a test that panics prints the tail of each broker's log so the failure can be told apart from a
 //! broker quirk (see DESIGN.md, "Tests run against real brokers").
 //!
-//! A far cluster is a broker behind the delay proxy of [`delay`]: [`FarBroker`].
+//! Other real cluster shapes live in submodules: [`delay`] (a far link; [`FarBroker`] is a
+//! broker behind one) and [`mock_cluster`] (librdkafka's multi-broker MockCluster).
 //!
 //! Test binaries use different subsets of these helpers, hence the module-wide `dead_code` allow.
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod mock_cluster;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
