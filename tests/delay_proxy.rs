@@ -165,7 +165,10 @@ async fn a_large_transfer_is_not_paced_one_chunk_per_delay() {
     let count = u64::from_be_bytes(answer[..8].try_into().unwrap());
     let checksum = u64::from_be_bytes(answer[8..].try_into().unwrap());
     assert_eq!(count, sent.len() as u64, "bytes that reached the sink");
-    assert_eq!(checksum, digest.0, "the sink saw other bytes, or in another order");
+    assert_eq!(
+        checksum, digest.0,
+        "the sink saw other bytes, or in another order"
+    );
     // A proxy sleeping `one_way` per read (reads are at most CHUNK_BYTES) needs 256 x 50 ms =
     // 12.8 s for this; a delay queue needs ~2 x 50 ms plus the copying. A third of the former
     // leaves seconds of slack for a loaded machine and a debug build.
@@ -259,8 +262,8 @@ async fn dropping_the_proxy_closes_its_connections() {
     if let Ok(mut again) = TcpStream::connect(address).await {
         let _ = again.write_all(b"ping").await;
         let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(2), again.read_to_end(&mut answer))
-            .await;
+        let read =
+            tokio::time::timeout(Duration::from_secs(2), again.read_to_end(&mut answer)).await;
         assert!(
             !matches!(read, Ok(Ok(4))),
             "a dropped proxy still echoes: {answer:?}"

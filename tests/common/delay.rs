@@ -180,7 +180,13 @@ async fn relay(
                     .await
                     .map_err(|_| std::io::Error::other("budget closed"))?;
                 permits.forget();
-                if queue.send(Due { at, bytes: Some(bytes) }).is_err() {
+                if queue
+                    .send(Due {
+                        at,
+                        bytes: Some(bytes),
+                    })
+                    .is_err()
+                {
                     return Ok(()); // the writer failed; its error ends the connection
                 }
             }
