@@ -326,6 +326,20 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         .iter()
         .map(|cluster| {
             let mirror = state.mirrors.stats(cluster.id);
+            let (queue_limit_bytes, overflow) = state
+                .mirrors
+                .queue_settings(cluster.id)
+                .unwrap_or_default();
+            let in_flight: Vec<serde_json::Value> = state
+                .mirrors
+                .stats_of(cluster.id)
+                .map(|stats| stats.in_flight())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(broker, (requests, bytes))| {
+                    json!({ "broker": broker, "requests": requests, "bytes": bytes })
+                })
+                .collect();
             json!({
                 "name": &*cluster.name,
                 "reachable": cluster.known_api_versions().is_some(),
@@ -335,6 +349,15 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
                     "dropped_records": mirror.dropped_records,
                     "lag_records": mirror.lag_records,
                     "queued_bytes": mirror.queued_bytes,
+                    "queue_limit_bytes": queue_limit_bytes,
+                    "overflow": overflow.to_string(),
+                    "queue_full": {
+                        "dropped": mirror.queue_full_dropped,
+                        "blocked": mirror.queue_full_blocked,
+                        "refused": mirror.queue_full_refused,
+                    },
+                    "requests_sent": mirror.requests_sent,
+                    "in_flight": in_flight,
                 },
             })
         })
@@ -404,7 +427,7 @@ async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Ht
             lag.get(&index).copied().unwrap_or(0),
         ));
     }
-    html.push_str("</table><h2>Clusters</h2><table id=\"clusters\"><tr><th>cluster</th><th>health</th><th>mirrored records</th><th>mirror lag (records)</th><th>mirror lag (s)</th><th>failed</th><th>dropped</th></tr>");
+    html.push_str("</table><h2>Clusters</h2><table id=\"clusters\"><tr><th>cluster</th><th>health</th><th>mirrored records</th><th>mirror lag (records)</th><th>mirror lag (s)</th><th>failed</th><th>dropped</th><th>mirror queue</th><th>requests in flight</th><th>queue full</th></tr>");
     for cluster in &state.clusters {
         let mirror = state.mirrors.stats(cluster.id);
         let lag_seconds = state
@@ -415,13 +438,25 @@ async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Ht
             Some(_) => ("up", "reachable"),
             None => ("down", "not reached yet"),
         };
+        let (limit, overflow) = state
+            .mirrors
+            .queue_settings(cluster.id)
+            .unwrap_or_default();
+        let in_flight: usize = state
+            .mirrors
+            .stats_of(cluster.id)
+            .map_or(0, |s| s.in_flight().values().map(|(requests, _)| requests).sum());
         html.push_str(&format!(
-            "<tr><td>{}</td><td class=\"{class}\">{health}</td><td>{}</td><td>{}</td><td>{lag_seconds:.1}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"{class}\">{health}</td><td>{}</td><td>{}</td><td>{lag_seconds:.1}</td><td>{}</td><td>{}</td>\
+             <td>{:.1} of {:.0} MiB, {overflow} when full</td><td>{in_flight}</td><td>{}</td></tr>",
             escape(&cluster.name),
             mirror.mirrored_records,
             mirror.lag_records,
             mirror.failed_records,
             mirror.dropped_records,
+            mirror.queued_bytes as f64 / (1024.0 * 1024.0),
+            limit as f64 / (1024.0 * 1024.0),
+            mirror.queue_full_dropped + mirror.queue_full_blocked,
         ));
     }
     html.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/status\">status (JSON)</a> · <a href=\"/routes\">routes (JSON)</a></p></body></html>");

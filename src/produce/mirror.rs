@@ -380,11 +380,11 @@ impl Mirrors {
             .unwrap_or_default()
     }
 
-    /// What `cluster`'s queue does when full.
-    pub fn overflow(&self, cluster: ClusterId) -> MirrorOverflow {
+    /// `cluster`'s queue limit in bytes, and what it does when full.
+    pub fn queue_settings(&self, cluster: ClusterId) -> Option<(usize, MirrorOverflow)> {
         self.queues
             .get(cluster)
-            .map_or(MirrorOverflow::Drop, |q| q.overflow)
+            .map(|q| (q.limit_bytes, q.overflow))
     }
 
     /// Waits until every mirror queue is empty or `deadline` passes; returns the records

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod mirror;
 pub mod mock_cluster;
 
 use std::net::{SocketAddr, TcpListener};

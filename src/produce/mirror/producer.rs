@@ -338,7 +338,10 @@ impl MirrorProducer {
             if !open && self.active.is_empty() && self.events.is_empty() {
                 return;
             }
-            let wake = self.next_wake(now);
+            // Every wait also ends in an event or a timer above; the second is a safety net.
+            let wake = self
+                .next_wake(now)
+                .unwrap_or(now + Duration::from_secs(1));
             tokio::select! {
                 submission = self.submissions.recv(), if open => match submission {
                     Some(submission) => {
@@ -357,7 +360,7 @@ impl MirrorProducer {
                         self.handle(event, Instant::now());
                     }
                 }
-                _ = tokio::time::sleep_until(wake.unwrap_or(now + Duration::from_secs(3600)).into()), if wake.is_some() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     }

@@ -1,0 +1,325 @@
+//! kshift's mirror producer at production shapes: a mirror cluster in another region (a delay
+//! proxy in front of Tansu), a mirror cluster of several brokers whose leaders move and whose
+//! Produce answers fail (librdkafka's MockCluster), and a mirror too slow for its producers,
+//! with each overflow policy. Every test ends with the mirror holding exactly the write
+//! cluster's records in the same order per partition, every offset translating — or, for
+//! `drop`, with the loss counted.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::mirror::{assert_mirrored_alike, settled};
+use common::mock_cluster::{MockKafka, RDKafkaApiKey, RDKafkaRespErr};
+use common::{Broker, FarBroker, Kshift};
+use rdkafka::producer::FutureRecord;
+
+const ASYNC_ROUTE: &str = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"";
+
+/// Sends `count` records keyed and valued `{prefix}-{i}` (unique values) as fast as the
+/// producer takes them, then waits for every acknowledgement.
+async fn send_many(producer: &common::TestProducer, topic: &str, prefix: &str, count: usize) {
+    let values: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    common::send_all(
+        producer,
+        values
+            .iter()
+            .map(|value| {
+                FutureRecord::to(topic)
+                    .key(value.as_str())
+                    .payload(value.as_str())
+            })
+            .collect(),
+    )
+    .await;
+}
+
+/// A mirror 10 ms away (a 20 ms round trip): the producer keeps several requests in flight
+/// to it, and the mirror still gets every record in write order with every offset mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_mirror_gets_every_record_in_write_order_with_several_requests_in_flight() {
+    const PARTITIONS: i32 = 3;
+    const RECORDS: usize = 6_000;
+    let old = Broker::start().await;
+    let new = FarBroker::start(Duration::from_millis(10)).await;
+    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "",
+        "",
+        ASYNC_ROUTE,
+    ))
+    .await;
+    let topic = common::unique_topic("far-mirror");
+    common::create_topic(&kshift.bootstrap(), &topic, PARTITIONS).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
+    // Small client batches, many of them: more than one round trip's worth is queued for the
+    // mirror at any time.
+    let producer = common::producer(
+        &kshift.bootstrap(),
+        &[("linger.ms", "1"), ("batch.num.messages", "50")],
+    );
+    send_many(&producer, &topic, "far", RECORDS).await;
+    let stats = settled(kshift.state(), "new", RECORDS as u64, Duration::from_secs(60)).await;
+    assert_eq!(
+        (stats.mirrored_records, stats.failed_records, stats.dropped_records),
+        (RECORDS as u64, 0, 0),
+        "{stats:?}"
+    );
+    assert!(
+        stats.max_requests_in_flight >= 2,
+        "the producer never had two requests in flight to the far mirror: {stats:?}"
+    );
+    assert_mirrored_alike(
+        kshift.state(),
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "new",
+        &topic,
+        PARTITIONS,
+        RECORDS,
+    )
+    .await;
+}
+
+/// A 3-broker mirror under an idempotent producer through kshift: partition leaders move
+/// every 100 ms, and the mirror's Produce answers fail with NOT_LEADER_OR_FOLLOWER,
+/// REQUEST_TIMED_OUT and a broken connection. Nothing is lost or written twice, the order is
+/// kept and every offset translates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_broker_mirror_loses_nothing_through_leader_moves_and_failed_produces() {
+    const PARTITIONS: i32 = 6;
+    const ROUNDS: usize = 20;
+    const PER_ROUND: usize = 200;
+    const RECORDS: usize = ROUNDS * PER_ROUND;
+    common::trace_from_env();
+    let old = Broker::start().await;
+    let new = Arc::new(MockKafka::start(3));
+    let topic = common::unique_topic("mock-mirror-faults");
+    new.create_topic(&topic, PARTITIONS);
+    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
+    common::create_topic(&old.bootstrap(), &topic, PARTITIONS).await;
+    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "",
+        "",
+        ASYNC_ROUTE,
+    ))
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let faults = Arc::new(AtomicUsize::new(0));
+    let chaos = {
+        let (new, topic, stop, faults) = (new.clone(), topic.clone(), stop.clone(), faults.clone());
+        tokio::spawn(async move {
+            let mut leaders: Vec<i32> = (0..PARTITIONS).map(|p| p % 3 + 1).collect();
+            let errors = [
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT,
+            ];
+            for step in 0usize.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let partition = step % PARTITIONS as usize;
+                leaders[partition] = leaders[partition] % 3 + 1;
+                new.move_leader(&topic, partition as i32, leaders[partition]);
+                new.request_errors(RDKafkaApiKey::Produce, &[errors[step % errors.len()]]);
+                faults.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let producer = common::producer(
+        &kshift.bootstrap(),
+        &[("enable.idempotence", "true"), ("linger.ms", "2")],
+    );
+    for round in 0..ROUNDS {
+        send_many(&producer, &topic, &format!("round-{round}"), PER_ROUND).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The last faults land while the mirror catches up.
+    let stats = settled(kshift.state(), "new", RECORDS as u64, Duration::from_secs(90)).await;
+    stop.store(true, Ordering::Relaxed);
+    chaos.await.expect("fault injector");
+    new.clear_request_errors(RDKafkaApiKey::Produce);
+    assert!(
+        faults.load(Ordering::Relaxed) >= 10,
+        "only {} faults were injected while the records were mirrored",
+        faults.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        (stats.mirrored_records, stats.failed_records, stats.dropped_records),
+        (RECORDS as u64, 0, 0),
+        "{stats:?}"
+    );
+    assert_mirrored_alike(
+        kshift.state(),
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "new",
+        &topic,
+        PARTITIONS,
+        RECORDS,
+    )
+    .await;
+    // The faults reached kshift's producer, not just the log.
+    let metrics = kshift.state().metrics.exposition();
+    let mirror_errors: u64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("kshift_backend_errors_total{")
+                && line.contains("cluster=\"new\"")
+                && line.contains("api=\"Produce\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        mirror_errors > 0,
+        "no mirror produce failed, so this test proved little:\n{metrics}"
+    );
+}
+
+/// A mirror far too slow for its producer, with a small queue: `drop` keeps the producer fast
+/// and loses records from the mirror (counted), `block` slows the producer down and the
+/// mirror gets every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_keeps_the_mirror_complete_where_drop_loses_records() {
+    const RECORDS: usize = 3_000;
+    let old = Broker::start().await;
+    // 100 ms each way and one request in flight: the mirror takes about one request per
+    // 200 ms, far less than the producer sends.
+    let new = FarBroker::start(Duration::from_millis(100)).await;
+    for policy in ["drop", "block"] {
+        let mirror_lines = format!(
+            "mirror_overflow = \"{policy}\"\nmirror_queue_bytes = 16384\nmirror_max_in_flight = 1\nmirror_batch_bytes = 4096\nmirror_request_bytes = 4096"
+        );
+        let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
+            &old.bootstrap(),
+            &new.bootstrap(),
+            "",
+            &mirror_lines,
+            ASYNC_ROUTE,
+        ))
+        .await;
+        let topic = common::unique_topic(&format!("overflow-{policy}"));
+        common::create_topic(&kshift.bootstrap(), &topic, 1).await;
+        common::wait_for_topic(&new.bootstrap(), &topic, 1);
+        let producer = common::producer(
+            &kshift.bootstrap(),
+            &[
+                ("linger.ms", "0"),
+                ("batch.num.messages", "20"),
+                ("enable.idempotence", "true"),
+                ("message.timeout.ms", "120000"),
+            ],
+        );
+        send_many(&producer, &topic, policy, RECORDS).await;
+        let stats = settled(kshift.state(), "new", RECORDS as u64, Duration::from_secs(120)).await;
+        match policy {
+            "drop" => {
+                assert!(
+                    stats.dropped_records > 0 && stats.queue_full_dropped > 0,
+                    "the queue never overflowed, so this test proved little: {stats:?}"
+                );
+                assert_eq!(stats.queue_full_blocked, 0, "{stats:?}");
+                assert_eq!(
+                    stats.mirrored_records + stats.dropped_records,
+                    RECORDS as u64,
+                    "{stats:?}"
+                );
+            }
+            _ => {
+                assert!(
+                    stats.queue_full_blocked > 0,
+                    "no produce ever waited for room, so this test proved little: {stats:?}"
+                );
+                assert_eq!(
+                    (stats.mirrored_records, stats.dropped_records, stats.failed_records),
+                    (RECORDS as u64, 0, 0),
+                    "{stats:?}"
+                );
+                assert_mirrored_alike(
+                    kshift.state(),
+                    &old.bootstrap(),
+                    &new.bootstrap(),
+                    "new",
+                    &topic,
+                    1,
+                    RECORDS,
+                )
+                .await;
+            }
+        }
+        kshift.shutdown().await;
+    }
+}
+
+/// With `block`, a produce that finds no room within half its timeout is refused unwritten
+/// with the retriable REQUEST_TIMED_OUT: the client sees the error (retries off), and the
+/// write cluster does not hold the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_produce_that_gets_no_room_is_refused_unwritten() {
+    let old = Broker::start().await;
+    let new = Broker::start().await;
+    let mirror_lines = "mirror_overflow = \"block\"\nmirror_queue_bytes = 1024";
+    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "",
+        mirror_lines,
+        ASYNC_ROUTE,
+    ))
+    .await;
+    let topic = common::unique_topic("blocked");
+    common::create_topic(&kshift.bootstrap(), &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    drop(new); // nothing leaves the queue now (for mirror_delivery_timeout_ms, 120 s)
+    let producer = common::producer(
+        &kshift.bootstrap(),
+        &[
+            ("retries", "0"),
+            ("enable.idempotence", "false"),
+            ("request.timeout.ms", "2000"),
+            ("linger.ms", "0"),
+        ],
+    );
+    let value = "x".repeat(2000);
+    // The first fills the queue (alone, it fits even though it is larger); the second finds
+    // it full and waits ~1 s (half of request.timeout.ms) before it is refused.
+    producer
+        .send(
+            FutureRecord::to(&topic).key("first").payload(&value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the first record fits the empty queue");
+    let refused = producer
+        .send(
+            FutureRecord::to(&topic).key("second").payload(&value),
+            Duration::from_secs(10),
+        )
+        .await;
+    let (error, _) = refused.expect_err("no room came: the produce is refused");
+    assert_eq!(
+        error.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::RequestTimedOut),
+        "{error}"
+    );
+    let stats = kshift
+        .state()
+        .mirrors
+        .stats(kshift.state().cluster_id("new").unwrap());
+    assert_eq!(
+        (stats.queue_full_blocked, stats.queue_full_refused),
+        (1, 1),
+        "{stats:?}"
+    );
+    // Only the first record was written.
+    let on_old = common::mirror::read_all(&old.bootstrap(), &topic, 1, 1).await;
+    assert_eq!(on_old[0].key.as_deref(), Some(&b"first"[..]));
+}
