@@ -587,7 +587,7 @@ async fn lan(settings: &Settings, summary: &mut Vec<String>) {
 
 async fn burst(settings: &Settings, overflow: Option<&str>, summary: &mut Vec<String>) {
     let cell = format!(
-        "burst[{}]{}",
+        "burst[{},{}]",
         overflow.unwrap_or("default"),
         if settings.burst_far { "wan" } else { "lan" }
     );
