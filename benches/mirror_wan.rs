@@ -31,6 +31,9 @@
 //! `mirror_max_in_flight = 5`); `--overflow` runs the burst once per policy, each adding
 //! `mirror_overflow = "POLICY"` there (so do not set that key in `--mirror-toml` as well).
 //!
+//! Every producer run starts warm: one record is acknowledged (and, through a mirroring kshift,
+//! mirrored) before the clock starts, so connection set-up over the far link is not counted.
+//!
 //! Under `cargo test` (no `--bench` argument) it runs a smoke version instead — a few hundred
 //! records over a 2 ms link, every cell — and asserts that every record was acknowledged and
 //! mirrored, so the bench cannot rot. Output: one line per measurement, then a summary of the
@@ -255,7 +258,16 @@ impl Produced {
 
 /// Produces `records` values of 100 B to `topic` through `bootstrap` as fast as librdkafka's
 /// default queue lets it (waiting for delivery reports when it is full), then flushes.
-async fn produce(bootstrap: String, topic: String, records: u64) -> Produced {
+///
+/// The clock starts warm: one record is produced and acknowledged first (connections,
+/// metadata, the broker's producer state), then `before_timing` runs (on this blocking thread;
+/// it may wait for a mirror to catch up) and its result is returned with the measurement.
+async fn produce<T: Send + 'static>(
+    bootstrap: String,
+    topic: String,
+    records: u64,
+    before_timing: impl FnOnce() -> T + Send + 'static,
+) -> (Produced, T) {
     tokio::task::spawn_blocking(move || {
         let producer: BaseProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -266,6 +278,24 @@ async fn produce(bootstrap: String, topic: String, records: u64) -> Produced {
             .create_with_context(Deliveries::new())
             .expect("create the bench producer");
         let value = [b'x'; VALUE_BYTES];
+        producer
+            .send(BaseRecord::<(), [u8]>::to(&topic).payload(&value[..]))
+            .unwrap_or_else(|(error, _)| panic!("enqueue the warm-up record: {error}"));
+        producer
+            .flush(Duration::from_secs(60))
+            .unwrap_or_else(|error| panic!("the warm-up record to {topic}: {error}"));
+        let deliveries = producer.context();
+        if deliveries.acked.swap(0, Ordering::Relaxed) != 1 {
+            panic!(
+                "the warm-up record to {topic} failed: {:?}",
+                deliveries
+                    .first_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            );
+        }
+        let hooked = before_timing();
+
         let first_send = Instant::now();
         for sent in 0..records {
             loop {
@@ -286,28 +316,33 @@ async fn produce(bootstrap: String, topic: String, records: u64) -> Produced {
         if let Err(error) = producer.flush(Duration::from_secs(600)) {
             eprintln!("mirror_wan: flush of {topic} did not finish: {error}");
         }
-        let deliveries = producer.context();
-        let done = deliveries.last();
         let first_error = deliveries
             .first_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Produced {
+        let produced = Produced {
             records,
             acked: deliveries.acked.load(Ordering::Relaxed),
             failed: deliveries.failed.load(Ordering::Relaxed),
             first_error,
             first_send,
-            done,
-        }
+            done: deliveries.last(),
+        };
+        (produced, hooked)
     })
     .await
     .expect("the bench producer panicked")
 }
 
-/// How far the mirror got.
+/// Produces with nothing to wait for between the warm-up and the timed run (no mirror).
+async fn produce_plain(bootstrap: String, topic: String, records: u64) -> Produced {
+    produce(bootstrap, topic, records, || ()).await.0
+}
+
+/// How far the mirror got, counting only the timed records.
 struct Mirrored {
+    /// Counters since the timed run began (the warm-up record excluded).
     counts: MirrorCounts,
     /// When the mirror held every record, if it did.
     complete: Option<Instant>,
@@ -316,52 +351,76 @@ struct Mirrored {
     stalled: bool,
 }
 
-/// Watches kshift's counters for mirror cluster `new` until `expected` records are mirrored,
-/// every record is accounted for (mirrored, dropped or failed, nothing queued), or nothing
-/// moved for [`MIRROR_STALL`].
-async fn watch_mirror(state: Arc<kshift::ProxyState>, expected: u64) -> Mirrored {
-    let cluster = state.cluster_id("new").expect("a cluster named new");
+/// Counters of mirror cluster `new` now.
+fn mirror_counts(state: &kshift::ProxyState) -> MirrorCounts {
+    state
+        .mirrors
+        .stats(state.cluster_id("new").expect("a cluster named new"))
+}
+
+/// `now` minus `baseline`, for the counters a watch compares.
+fn since(baseline: &MirrorCounts, now: MirrorCounts) -> MirrorCounts {
+    MirrorCounts {
+        mirrored_records: now.mirrored_records - baseline.mirrored_records,
+        dropped_records: now.dropped_records - baseline.dropped_records,
+        failed_records: now.failed_records - baseline.failed_records,
+        ..now
+    }
+}
+
+/// Watches kshift's counters until `expected` more records than in `baseline` are mirrored,
+/// every one is accounted for (mirrored, dropped or failed, nothing queued), or nothing moved
+/// for [`MIRROR_STALL`].
+async fn watch_mirror(
+    state: Arc<kshift::ProxyState>,
+    baseline: MirrorCounts,
+    expected: u64,
+) -> Mirrored {
     let mut last_settled = 0;
     let mut last_progress = Instant::now();
     loop {
-        let counts = state.mirrors.stats(cluster);
+        let counts = since(&baseline, mirror_counts(&state));
         let now = Instant::now();
-        if counts.mirrored_records >= expected {
-            return Mirrored {
-                counts,
-                complete: Some(now),
-                ended: now,
-                stalled: false,
-            };
-        }
         let settled = counts.mirrored_records + counts.dropped_records + counts.failed_records;
-        if settled >= expected && counts.lag_records == 0 {
+        let complete = counts.mirrored_records >= expected;
+        let stalled = now.duration_since(last_progress) > MIRROR_STALL;
+        if complete || stalled || (settled >= expected && counts.lag_records == 0) {
             return Mirrored {
                 counts,
-                complete: None,
+                complete: complete.then_some(now),
                 ended: now,
-                stalled: false,
+                stalled: stalled && !complete,
             };
         }
         if settled != last_settled {
             last_settled = settled;
             last_progress = now;
-        } else if now.duration_since(last_progress) > MIRROR_STALL {
-            return Mirrored {
-                counts,
-                complete: None,
-                ended: now,
-                stalled: true,
-            };
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
-/// Produces through `kshift` while watching its mirror; both results.
+/// Produces through `kshift` while watching its mirror; both results. The timed run starts
+/// once the warm-up record is mirrored, so the mirror writer is warm as well.
 async fn produce_mirrored(kshift: &Kshift, topic: &str, records: u64) -> (Produced, Mirrored) {
-    let watch = tokio::spawn(watch_mirror(kshift.state().clone(), records));
-    let produced = produce(kshift.bootstrap(), topic.to_string(), records).await;
+    let state = kshift.state().clone();
+    let runtime = tokio::runtime::Handle::current();
+    let (produced, watch) = produce(kshift.bootstrap(), topic.to_string(), records, move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let baseline = loop {
+            let counts = mirror_counts(&state);
+            if counts.mirrored_records >= 1 && counts.lag_records == 0 {
+                break counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the warm-up record was not mirrored within 60 s: {counts:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        runtime.spawn(watch_mirror(state, baseline, records))
+    })
+    .await;
     let mirrored = watch.await.expect("the mirror watch panicked");
     (produced, mirrored)
 }
@@ -452,7 +511,7 @@ async fn wan(settings: &Settings, summary: &mut Vec<String>) {
     let far = FarBroker::start(settings.one_way).await;
 
     let topic = topic_on(settings, "wan-direct", &[&far.bootstrap()]).await;
-    let direct = produce(far.bootstrap(), topic, settings.records).await;
+    let direct = produce_plain(far.bootstrap(), topic, settings.records).await;
     report_client(settings, &cell, "direct-far", &direct);
 
     let topic = topic_on(
@@ -492,7 +551,7 @@ async fn lan(settings: &Settings, summary: &mut Vec<String>) {
 
     let topic = topic_on(settings, "lan-pass", &[&old.bootstrap()]).await;
     let passthrough = Kshift::start_single(&old).await;
-    let pass = produce(passthrough.bootstrap(), topic, settings.records).await;
+    let pass = produce_plain(passthrough.bootstrap(), topic, settings.records).await;
     report_client(settings, cell, "passthrough", &pass);
     passthrough.shutdown().await;
 
@@ -528,7 +587,7 @@ async fn lan(settings: &Settings, summary: &mut Vec<String>) {
 
 async fn burst(settings: &Settings, overflow: Option<&str>, summary: &mut Vec<String>) {
     let cell = format!(
-        "burst[{}]{}",
+        "burst[{},{}]",
         overflow.unwrap_or("default"),
         if settings.burst_far { "wan" } else { "lan" }
     );

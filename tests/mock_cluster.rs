@@ -177,9 +177,10 @@ async fn injected_produce_errors_reach_the_producer_until_cleared() {
 async fn a_broker_down_fails_its_partitions_until_it_is_up() {
     let topic = common::unique_topic("mock-down");
     let cluster = three_brokers_with(&topic);
-    let leader = leaders(&cluster.bootstrap(), &topic)[&0];
+    let leaders = leaders(&cluster.bootstrap(), &topic);
+    let leader = leaders[&0];
     let other = (1..6)
-        .find(|partition| leaders(&cluster.bootstrap(), &topic)[partition] != leader)
+        .find(|partition| leaders[partition] != leader)
         .unwrap();
     let producer = common::producer(&cluster.bootstrap(), &[("message.timeout.ms", "2000")]);
     send_to(&producer, &topic, 0)

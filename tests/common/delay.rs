@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -164,16 +164,15 @@ async fn relay(
     let reader = {
         let budget = budget.clone();
         async move {
-            let mut buffer = BytesMut::new();
+            let mut buffer = vec![0u8; CHUNK_BYTES];
             loop {
-                buffer.reserve(CHUNK_BYTES);
-                let read = from.read_buf(&mut buffer).await?;
+                let read = from.read(&mut buffer).await?;
                 let at = Instant::now() + one_way;
                 if read == 0 {
                     let _ = queue.send(Due { at, bytes: None });
                     return Ok::<(), std::io::Error>(());
                 }
-                let bytes = buffer.split().freeze();
+                let bytes = Bytes::copy_from_slice(&buffer[..read]);
                 // Waits only when IN_FLIGHT_BYTES are queued: the link is full.
                 let permits = budget
                     .acquire_many(bytes.len() as u32)
