@@ -326,10 +326,8 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         .iter()
         .map(|cluster| {
             let mirror = state.mirrors.stats(cluster.id);
-            let (queue_limit_bytes, overflow) = state
-                .mirrors
-                .queue_settings(cluster.id)
-                .unwrap_or_default();
+            let (queue_limit_bytes, overflow) =
+                state.mirrors.queue_settings(cluster.id).unwrap_or_default();
             let in_flight: Vec<serde_json::Value> = state
                 .mirrors
                 .stats_of(cluster.id)
@@ -438,14 +436,10 @@ async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Ht
             Some(_) => ("up", "reachable"),
             None => ("down", "not reached yet"),
         };
-        let (limit, overflow) = state
-            .mirrors
-            .queue_settings(cluster.id)
-            .unwrap_or_default();
-        let in_flight: usize = state
-            .mirrors
-            .stats_of(cluster.id)
-            .map_or(0, |s| s.in_flight().values().map(|(requests, _)| requests).sum());
+        let (limit, overflow) = state.mirrors.queue_settings(cluster.id).unwrap_or_default();
+        let in_flight: usize = state.mirrors.stats_of(cluster.id).map_or(0, |s| {
+            s.in_flight().values().map(|(requests, _)| requests).sum()
+        });
         html.push_str(&format!(
             "<tr><td>{}</td><td class=\"{class}\">{health}</td><td>{}</td><td>{}</td><td>{lag_seconds:.1}</td><td>{}</td><td>{}</td>\
              <td>{:.1} of {:.0} MiB, {overflow} when full</td><td>{in_flight}</td><td>{}</td></tr>",

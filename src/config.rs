@@ -757,8 +757,14 @@ mod tests {
             ("mirror_max_in_flight = 6", "mirror_max_in_flight"),
             ("mirror_request_bytes = 1023", "mirror_request_bytes"),
             ("mirror_batch_bytes = 104857601", "mirror_batch_bytes"),
-            ("mirror_delivery_timeout_ms = 0", "mirror_delivery_timeout_ms"),
-            ("mirror_delivery_timeout_ms = 86400001", "mirror_delivery_timeout_ms"),
+            (
+                "mirror_delivery_timeout_ms = 0",
+                "mirror_delivery_timeout_ms",
+            ),
+            (
+                "mirror_delivery_timeout_ms = 86400001",
+                "mirror_delivery_timeout_ms",
+            ),
             ("mirror_overflow = \"wait\"", "mirror_overflow"),
         ] {
             let error = Config::parse(&with(bad)).unwrap_err().to_string();

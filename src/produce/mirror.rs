@@ -146,6 +146,10 @@ pub struct MirrorStats {
     pub request_bytes_sent: AtomicU64,
     /// The most produce requests that were in flight at once, over all brokers.
     pub max_requests_in_flight: AtomicUsize,
+    /// Resent batches the mirror answered as duplicates (they had landed, their answer was
+    /// lost), and those of them whose offset kshift had to look up (the broker did not say).
+    pub duplicates: AtomicU64,
+    pub duplicates_located: AtomicU64,
     /// Requests and bytes in flight now, per broker of the mirror cluster.
     in_flight: Mutex<BTreeMap<i32, (usize, usize)>>,
 }
@@ -166,6 +170,8 @@ pub struct MirrorCounts {
     pub queue_full_refused: u64,
     pub requests_sent: u64,
     pub max_requests_in_flight: usize,
+    pub duplicates: u64,
+    pub duplicates_located: u64,
 }
 
 impl MirrorStats {
@@ -228,6 +234,8 @@ impl MirrorStats {
             queue_full_refused: self.queue_full_refused.load(Ordering::Relaxed),
             requests_sent: self.requests_sent.load(Ordering::Relaxed),
             max_requests_in_flight: self.max_requests_in_flight.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            duplicates_located: self.duplicates_located.load(Ordering::Relaxed),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct DelayProxy {
     /// The accept loop; it owns every connection's task (a `JoinSet`), so aborting it on drop
     /// ends them all.
     accept: JoinHandle<()>,
+    /// Bumped by [`DelayProxy::break_connections`]: the accept loop aborts every connection.
+    breaks: watch::Sender<u64>,
 }
 
 impl DelayProxy {
@@ -66,13 +68,27 @@ impl DelayProxy {
         let addr = listener.local_addr().expect("delay proxy address");
         let listener = TcpListener::from_std(listener).expect("delay proxy inside a tokio runtime");
         let (upstream, upstream_receiver) = watch::channel(None);
-        let accept = tokio::spawn(accept_loop(listener, upstream_receiver, one_way));
+        let (breaks, breaks_receiver) = watch::channel(0);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            upstream_receiver,
+            breaks_receiver,
+            one_way,
+        ));
         DelayProxy {
             addr,
             one_way,
             upstream,
             accept,
+            breaks,
         }
+    }
+
+    /// Cuts every connection now, as a network failure would: bytes still on the link are
+    /// lost (what already reached the far end was delivered), both ends see their socket
+    /// close. New connections are accepted as before.
+    pub fn break_connections(&self) {
+        self.breaks.send_modify(|count| *count += 1);
     }
 
     /// Sets (or changes, for connections accepted from now on) where connections go.
@@ -100,12 +116,14 @@ impl Drop for DelayProxy {
 async fn accept_loop(
     listener: TcpListener,
     upstream: watch::Receiver<Option<SocketAddr>>,
+    mut breaks: watch::Receiver<u64>,
     one_way: Duration,
 ) {
     // Dropped with this task when the proxy is dropped: that aborts every connection.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            Ok(()) = breaks.changed() => connections.abort_all(),
             accepted = listener.accept() => {
                 let Ok((client, _peer)) = accepted else { continue };
                 let upstream = upstream.clone();

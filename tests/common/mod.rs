@@ -441,6 +441,11 @@ impl FarBroker {
     pub fn one_way(&self) -> Duration {
         self.proxy.one_way()
     }
+
+    /// Cuts every connection over the link (see [`delay::DelayProxy::break_connections`]).
+    pub fn break_connections(&self) {
+        self.proxy.break_connections();
+    }
 }
 
 /// kshift running in-process in front of one or more brokers.

@@ -249,9 +249,9 @@ impl MirrorWriter {
     }
 }
 
-/// One read_committed fetch from the write cluster: complete batches, and aborted
-/// transactions as (producer id, first offset).
-async fn fetch(
+/// One read_committed fetch from `source` (the write cluster; the mirror, to find where a
+/// batch landed): complete batches, and aborted transactions as (producer id, first offset).
+pub(super) async fn fetch(
     source: &Source,
     partition: i32,
     offset: i64,

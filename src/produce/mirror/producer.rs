@@ -51,6 +51,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ItemProgress, Shared};
 use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
 use crate::codec::{self, decode_body};
+use crate::metrics::BackendFailure;
 use crate::produce::batch::{self, Batch};
 use crate::produce::offset_map::OffsetMapping;
 
@@ -147,8 +148,11 @@ enum SealedState {
         request: u64,
         broker: i32,
     },
-    /// On the mirror at this base offset (-1: a duplicate whose offset the broker did not say).
+    /// On the mirror at this base offset (-1: a duplicate whose offset is not known).
     Landed(i64),
+    /// On the mirror (the broker answered a resend as a duplicate without saying where, as
+    /// Tansu does; Kafka gives the original offset): being looked for in the partition.
+    Locating,
     /// Waiting to be resent once nothing of the partition is in flight.
     Failed,
 }
@@ -172,6 +176,8 @@ struct PartitionState {
     last_error: Option<String>,
     /// The mirror refused a batch for good: give the partition up once nothing is in flight.
     doomed: Option<String>,
+    /// The mirror offset after the last batch completed, where a duplicate is looked for.
+    landed_end: Option<i64>,
 }
 
 impl PartitionState {
@@ -187,6 +193,7 @@ impl PartitionState {
             retry_at: None,
             last_error: None,
             doomed: None,
+            landed_end: None,
         }
     }
 
@@ -206,7 +213,7 @@ impl PartitionState {
     fn oldest_unlanded(&self) -> Option<Instant> {
         self.sealed
             .iter()
-            .find(|sealed| !matches!(sealed.state, SealedState::Landed(_)))
+            .find(|sealed| !matches!(sealed.state, SealedState::Landed(_) | SealedState::Locating))
             .map(|sealed| sealed.queued_at)
             .or_else(|| self.pending.front().map(|s| s.queued_at))
     }
@@ -242,6 +249,12 @@ enum Event {
     },
     Initialised(Result<Identity, BackendError>),
     Answered(Answer),
+    /// Where a duplicate landed, if it was found.
+    Located {
+        key: PartitionKey,
+        sequence: i32,
+        offset: Option<i64>,
+    },
 }
 
 /// A producer id and epoch, and the Produce version the cluster takes.
@@ -339,9 +352,7 @@ impl MirrorProducer {
                 return;
             }
             // Every wait also ends in an event or a timer above; the second is a safety net.
-            let wake = self
-                .next_wake(now)
-                .unwrap_or(now + Duration::from_secs(1));
+            let wake = self.next_wake(now).unwrap_or(now + Duration::from_secs(1));
             tokio::select! {
                 submission = self.submissions.recv(), if open => match submission {
                     Some(submission) => {
@@ -479,6 +490,7 @@ impl MirrorProducer {
         for batch in sealed {
             let landed = match batch.state {
                 SealedState::Landed(offset) => Some(offset),
+                SealedState::Locating => Some(-1),
                 _ => None,
             };
             match landed {
@@ -877,6 +889,29 @@ impl MirrorProducer {
                 }
             }
             Event::Answered(answer) => self.answered(answer, now),
+            Event::Located {
+                key,
+                sequence,
+                offset,
+            } => {
+                if let Some(partition) = self.partitions.get_mut(&key) {
+                    if let Some(sealed) = partition.sealed.iter_mut().find(|sealed| {
+                        sealed.base_sequence == sequence && sealed.state == SealedState::Locating
+                    }) {
+                        tracing::debug!(mirror_cluster = %self.shared.cluster.name, topic = %key.0, partition = key.1, sequence, ?offset, "located a batch the mirror answered as a duplicate");
+                        if offset.is_some() {
+                            self.shared
+                                .stats
+                                .duplicates_located
+                                .fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            tracing::debug!(mirror_cluster = %self.shared.cluster.name, topic = %key.0, partition = key.1, sequence, "a duplicate's offset was not found: its records are left out of the offset map");
+                        }
+                        sealed.state = SealedState::Landed(offset.unwrap_or(-1));
+                    }
+                }
+                self.complete_front(&key);
+            }
         }
     }
 
@@ -886,7 +921,7 @@ impl MirrorProducer {
             partition.next_sequence = 0;
             let mut sequence: i64 = 0;
             for sealed in &mut partition.sealed {
-                if matches!(sealed.state, SealedState::Landed(_)) {
+                if matches!(sealed.state, SealedState::Landed(_) | SealedState::Locating) {
                     continue;
                 }
                 sealed.state = SealedState::Ready;
@@ -922,7 +957,14 @@ impl MirrorProducer {
                     .and_then(|topic| topic.partition_responses.iter().find(|p| p.index == key.1))
                     .map_or_else(
                         || Outcome::Retry("the answer left the partition out".into()),
-                        |p| Outcome::from_code(p.error_code, p.base_offset),
+                        |p| {
+                            self.shared.cluster.metrics.backend_error(
+                                &self.shared.cluster.name,
+                                ApiKey::Produce,
+                                BackendFailure::Code(p.error_code),
+                            );
+                            Outcome::from_code(p.error_code, p.base_offset)
+                        },
                     ),
                 Err(error) => Outcome::Retry(error.clone()),
             };
@@ -941,7 +983,7 @@ impl MirrorProducer {
         key: &PartitionKey,
         sequence: i32,
         request: u64,
-        outcome: Outcome,
+        mut outcome: Outcome,
         now: Instant,
     ) {
         let Some(partition) = self.partitions.get_mut(key) else {
@@ -961,11 +1003,27 @@ impl MirrorProducer {
                 SealedState::Failed | SealedState::InFlight { .. } | SealedState::Ready
             )
         });
+        if !matches!(outcome, Outcome::Landed(_) | Outcome::Duplicate(_)) {
+            tracing::debug!(mirror_cluster = %self.shared.cluster.name, topic = %key.0, partition = key.1, sequence, behind_trouble, ?outcome, "mirror batch not landed");
+        }
         let mut reset = None;
         let mut fatal = None;
+        if let Outcome::Duplicate(offset) = outcome {
+            self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            outcome = Outcome::Landed(offset);
+        }
+        let to_locate = match (&outcome, partition.landed_end, self.identity) {
+            (Outcome::Landed(offset), Some(from), Some(identity)) if *offset < 0 => {
+                Some((from, identity.producer_id))
+            }
+            _ => None,
+        };
         let sealed = &mut partition.sealed[index];
         match outcome {
-            Outcome::Landed(offset) => sealed.state = SealedState::Landed(offset),
+            Outcome::Landed(_) if to_locate.is_some() => sealed.state = SealedState::Locating,
+            Outcome::Landed(offset) | Outcome::Duplicate(offset) => {
+                sealed.state = SealedState::Landed(offset)
+            }
             Outcome::OutOfOrder if behind_trouble => sealed.state = SealedState::Failed,
             Outcome::OutOfOrder => {
                 sealed.state = SealedState::Failed;
@@ -994,6 +1052,18 @@ impl MirrorProducer {
                 sealed.state = SealedState::Failed;
                 fatal = Some(error);
             }
+        }
+        if let Some((from, producer_id)) = to_locate {
+            let cluster = self.shared.cluster.clone();
+            let key = key.clone();
+            self.events.push(Box::pin(async move {
+                let offset = locate(&cluster, &key, from, producer_id, sequence).await;
+                Event::Located {
+                    key,
+                    sequence,
+                    offset,
+                }
+            }));
         }
         if let Some(why) = reset {
             self.reset(why);
@@ -1029,6 +1099,9 @@ impl MirrorProducer {
             let Some(sealed) = partition.sealed.pop_front() else {
                 break;
             };
+            partition.landed_end = (offset >= 0)
+                .then(|| offset.checked_add(i64::from(sealed.batch.record_count())))
+                .flatten();
             partition.last_error = None;
             if partition.sealed.is_empty() {
                 partition.retry_at = None;
@@ -1084,8 +1157,11 @@ impl MirrorProducer {
 }
 
 /// What one partition's answer means for its batch.
+#[derive(Debug)]
 enum Outcome {
     Landed(i64),
+    /// Landed by an earlier attempt; the offset (-1 when the broker did not say).
+    Duplicate(i64),
     OutOfOrder,
     ResetProducer(String),
     Leadership(String),
@@ -1098,7 +1174,7 @@ impl Outcome {
         match ResponseError::try_from_code(code) {
             None => Outcome::Landed(base_offset),
             // Written by an earlier attempt whose answer was lost.
-            Some(ResponseError::DuplicateSequenceNumber) => Outcome::Landed(base_offset),
+            Some(ResponseError::DuplicateSequenceNumber) => Outcome::Duplicate(base_offset),
             Some(ResponseError::OutOfOrderSequenceNumber) => Outcome::OutOfOrder,
             Some(
                 error @ (ResponseError::UnknownProducerId
@@ -1221,6 +1297,45 @@ pub(super) fn merge(batches: &[&Batch]) -> Result<Batch, String> {
         return Err(format!("merging made {} batches", merged.len()));
     }
     Ok(merged.remove(0))
+}
+
+/// Most bytes read looking for a duplicate's batch before leaving it out of the offset map.
+const LOCATE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The base offset of kshift's batch (`producer_id`, `sequence`) in the mirror partition
+/// `key`, reading from `from` (where the last completed batch ended: the batch is after it).
+async fn locate(
+    cluster: &Arc<Cluster>,
+    key: &PartitionKey,
+    from: i64,
+    producer_id: i64,
+    sequence: i32,
+) -> Option<i64> {
+    let source = super::Source {
+        cluster: cluster.clone(),
+        topic: key.0.clone(),
+    };
+    let mut offset = from;
+    let mut read = 0;
+    while read < LOCATE_BYTES {
+        let (batches, _) = super::backfill::fetch(&source, key.1, offset).await.ok()?;
+        if batches.is_empty() {
+            return None;
+        }
+        for batch in batches {
+            read += batch.bytes().len();
+            if batch.producer_id() == producer_id {
+                if batch.base_sequence() == sequence {
+                    return Some(batch.base_offset());
+                }
+                if batch.base_sequence() > sequence {
+                    return None; // passed it: it is not there
+                }
+            }
+            offset = batch.last_offset().checked_add(1)?;
+        }
+    }
+    None
 }
 
 /// A new producer id from the mirror cluster, and the Produce version it takes.
