@@ -385,6 +385,20 @@ impl Metrics {
             .inc_by(bytes as u64);
     }
 
+    /// The mirror producer's requests and bytes awaiting an answer from `broker` of `cluster`.
+    pub fn mirror_in_flight(&self, cluster: &str, broker: i32, requests: usize, bytes: usize) {
+        let labels = BrokerLabels {
+            cluster: cluster.to_string(),
+            broker: broker.to_string(),
+        };
+        self.mirror_requests_in_flight
+            .get_or_create(&labels)
+            .set(i64::try_from(requests).unwrap_or(i64::MAX));
+        self.mirror_bytes_in_flight
+            .get_or_create(&labels)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// An item found `cluster`'s mirror queue full; `policy` is what happened to it
     /// (`drop` or `block`).
     pub fn mirror_queue_full(&self, cluster: &str, policy: &str) {
@@ -427,16 +441,7 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(stats.lag_seconds());
                 for (broker, (requests, bytes)) in stats.in_flight() {
-                    let labels = BrokerLabels {
-                        cluster: cluster.name.to_string(),
-                        broker: broker.to_string(),
-                    };
-                    self.mirror_requests_in_flight
-                        .get_or_create(&labels)
-                        .set(requests as i64);
-                    self.mirror_bytes_in_flight
-                        .get_or_create(&labels)
-                        .set(bytes as i64);
+                    self.mirror_in_flight(&cluster.name, broker, requests, bytes);
                 }
             }
         }

@@ -149,6 +149,9 @@ async fn dashboard_and_alerts_use_only_metrics_kshift_exports() {
     metrics.backend_request("old", api, std::time::Duration::from_millis(1));
     metrics.backend_error("old", api, kshift::metrics::BackendFailure::Code(6));
     metrics.mirror_outcome("new", 0, "failed", 1);
+    metrics.mirror_queue_full("new", "drop");
+    metrics.mirror_request("new", 100);
+    metrics.mirror_in_flight("new", 1, 1, 100);
     metrics.routing_update("rejected", "admin");
     let exposition = metrics.render(state);
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

@@ -106,19 +106,17 @@ async fn a_far_mirror_gets_every_record_in_write_order_with_several_requests_in_
     .await;
 }
 
-/// The link to a far mirror breaks every 300 ms while 5 batches per partition are in flight:
-/// some of what was on the link had reached the broker, some not. The producer resends
-/// everything unanswered in sequence order, and the broker's idempotence drops what had
-/// landed: nothing lost, nothing twice, the order kept.
+/// The link to a far mirror breaks again and again while batches are in flight on it: some
+/// of what was on the link had reached the broker, some not. The producer resends everything
+/// unanswered in sequence order, and the broker's idempotence drops what had landed: nothing
+/// lost, nothing twice, the order kept, every offset mapped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_far_mirror_whose_link_breaks_gets_every_record_once_in_order() {
     const PARTITIONS: i32 = 3;
-    const ROUNDS: usize = 20;
     const PER_ROUND: usize = 300;
-    const RECORDS: usize = ROUNDS * PER_ROUND;
     common::trace_from_env();
     let old = Broker::start().await;
-    let new = Arc::new(FarBroker::start(Duration::from_millis(10)).await);
+    let new = FarBroker::start(Duration::from_millis(10)).await;
     let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
         &old.bootstrap(),
         &new.bootstrap(),
@@ -130,36 +128,30 @@ async fn a_far_mirror_whose_link_breaks_gets_every_record_once_in_order() {
     let topic = common::unique_topic("far-breaks");
     common::create_topic(&kshift.bootstrap(), &topic, PARTITIONS).await;
     common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
-    let stop = Arc::new(AtomicBool::new(false));
-    let breaks = Arc::new(AtomicUsize::new(0));
-    let breaker = {
-        let (new, stop, breaks) = (new.clone(), stop.clone(), breaks.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                new.break_connections();
-                breaks.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
     let producer = common::producer(
         &kshift.bootstrap(),
         &[("linger.ms", "1"), ("batch.num.messages", "50")],
     );
-    for round in 0..ROUNDS {
-        send_many(&producer, &topic, &format!("round-{round}"), PER_ROUND).await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    // The producer is connected and has its producer id before the link starts breaking.
+    send_many(&producer, &topic, "warm-up", 1).await;
+    settled(kshift.state(), "new", 1, Duration::from_secs(30)).await;
+    // Each round's mirror requests are on the link for ~20 ms after its records are written:
+    // every third round, the break comes 12 ms in. Rounds go on until the breaks have failed
+    // a few requests.
+    let mut rounds = 0;
+    while rounds < 12 || (mirror_produce_failures(&kshift) < 3 && rounds < 150) {
+        send_many(&producer, &topic, &format!("round-{rounds}"), PER_ROUND).await;
+        rounds += 1;
+        if rounds % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(12)).await;
+            new.break_connections();
+        }
     }
-    stop.store(true, Ordering::Relaxed);
-    breaker.await.expect("link breaker");
-    assert!(
-        breaks.load(Ordering::Relaxed) >= 3,
-        "the link broke too seldom to prove much"
-    );
+    let records = rounds * PER_ROUND + 1;
     let stats = settled(
         kshift.state(),
         "new",
-        RECORDS as u64,
+        records as u64,
         Duration::from_secs(90),
     )
     .await;
@@ -169,7 +161,7 @@ async fn a_far_mirror_whose_link_breaks_gets_every_record_once_in_order() {
             stats.failed_records,
             stats.dropped_records
         ),
-        (RECORDS as u64, 0, 0),
+        (records as u64, 0, 0),
         "{stats:?}"
     );
     assert_mirrored_alike(
@@ -179,7 +171,7 @@ async fn a_far_mirror_whose_link_breaks_gets_every_record_once_in_order() {
         "new",
         &topic,
         PARTITIONS,
-        RECORDS,
+        records,
     )
     .await;
     assert_mirror_produces_failed(&kshift);
@@ -358,10 +350,21 @@ async fn mirror_through(faults: Faults) {
 }
 
 /// The faults reached kshift's mirror producer, not just the network: some of its produce
-/// requests failed (`kshift_backend_errors_total` for the mirror's Produce).
+/// requests failed.
 fn assert_mirror_produces_failed(kshift: &Kshift) {
-    let metrics = kshift.state().metrics.exposition();
-    let mirror_errors: u64 = metrics
+    assert!(
+        mirror_produce_failures(kshift) > 0,
+        "no mirror produce failed, so this test proved little:\n{}",
+        kshift.state().metrics.exposition()
+    );
+}
+
+/// `kshift_backend_errors_total` of the mirror cluster `new`'s Produce, over every error.
+fn mirror_produce_failures(kshift: &Kshift) -> u64 {
+    kshift
+        .state()
+        .metrics
+        .exposition()
         .lines()
         .filter(|line| {
             line.starts_with("kshift_backend_errors_total{")
@@ -369,11 +372,7 @@ fn assert_mirror_produces_failed(kshift: &Kshift) {
                 && line.contains("api=\"Produce\"")
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(
-        mirror_errors > 0,
-        "no mirror produce failed, so this test proved little:\n{metrics}"
-    );
+        .sum()
 }
 
 /// Leaders moving every 100 ms with 5 batches in flight per partition: a moved leader
@@ -409,6 +408,74 @@ async fn a_multi_broker_mirror_loses_nothing_through_failed_produce_answers() {
         ],
         mirror_lines: "mirror_max_in_flight = 1",
     })
+    .await;
+}
+
+/// Ten `sync` clients, each waiting for its record to be on a mirror 10 ms away before it
+/// sends the next: their batches share requests and several requests are in flight at once,
+/// instead of each record waiting for a request of its own, one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_clients_share_the_mirrors_requests_instead_of_queueing() {
+    const CLIENTS: usize = 10;
+    const EACH: usize = 20;
+    let old = Broker::start().await;
+    let new = FarBroker::start(Duration::from_millis(10)).await;
+    let routing = ASYNC_ROUTE.replace("mirror_mode = \"async\"", "mirror_mode = \"sync\"");
+    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "",
+        "",
+        &routing,
+    ))
+    .await;
+    let topic = common::unique_topic("sync-clients");
+    common::create_topic(&kshift.bootstrap(), &topic, CLIENTS as i32).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, CLIENTS as i32);
+    let new_id = kshift.state().cluster_id("new").unwrap();
+    let before = kshift.state().mirrors.stats(new_id).requests_sent;
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (bootstrap, topic) = (kshift.bootstrap(), topic.clone());
+        clients.push(tokio::spawn(async move {
+            let producer = common::producer(&bootstrap, &[("linger.ms", "0")]);
+            for i in 0..EACH {
+                let value = format!("client-{client}-{i}");
+                producer
+                    .send(
+                        FutureRecord::to(&topic)
+                            .partition(client as i32)
+                            .key(&value)
+                            .payload(&value),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .unwrap_or_else(|(error, _)| panic!("{value}: {error}"));
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("client");
+    }
+    let stats = kshift.state().mirrors.stats(new_id);
+    let records = (CLIENTS * EACH) as u64;
+    assert_eq!(stats.mirrored_records, records, "{stats:?}");
+    let requests = stats.requests_sent - before;
+    assert!(
+        requests < records && stats.max_requests_in_flight >= 2,
+        "{requests} mirror requests for {records} sync records, at most {} in flight: the \
+         clients queued behind one another ({stats:?})",
+        stats.max_requests_in_flight
+    );
+    assert_mirrored_alike(
+        kshift.state(),
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "new",
+        &topic,
+        CLIENTS as i32,
+        records as usize,
+    )
     .await;
 }
 
