@@ -9,7 +9,9 @@
 //!   - [`virtual_cluster`] answers ApiVersions, Metadata, FindCoordinator and
 //!     DescribeCluster itself, with kshift as the only broker;
 //!   - [`produce`] routes records to the route's write cluster and queues them for its
-//!     mirrors (one ordered writer per mirror cluster, which also backfills);
+//!     mirrors: per mirror cluster, a writer that takes the queue in order (waiting for write
+//!     offsets, backfilling, planning) and a pipelined idempotent producer with a connection
+//!     per leader broker and several requests in flight on each;
 //!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
 //!   - [`groups`] forwards group, offset and transaction APIs to the right coordinator;
 //!   - [`split`] groups a request's partitions by the broker that must serve them;

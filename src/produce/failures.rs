@@ -7,11 +7,13 @@
 //! skipped by later repairs, so repair can be run again safely.
 //!
 //! Gaps: while a (mirror, topic, partition) has a pending range, it has a *gap*, and the
-//! mirror writer journals that partition's later `async` batches too instead of sending them
-//! (see `MirrorWriter::mirror`). So the mirror holds a prefix of the write cluster's log and
-//! `kshift repair` appends the rest in write order; sending later batches past the gap would
-//! leave the repaired ones out of order (and offset translation wrong). The journal re-reads
-//! the file at most once per [`GAP_RECHECK`] per gap to notice a repair.
+//! mirror writer and producer journal that partition's later `async` batches too instead of
+//! sending them (`MirrorWriter::process`, `MirrorProducer::add`). So the mirror holds a prefix
+//! of the write cluster's log and `kshift repair` appends the rest in write order; sending
+//! later batches past the gap would leave the repaired ones out of order (and offset
+//! translation wrong). The journal re-reads the file at most once per [`GAP_RECHECK`] per gap
+//! to notice a repair. (Writer and producer run apart, so a partition's ranges can reach the
+//! file out of write order; repair sorts them.)
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};

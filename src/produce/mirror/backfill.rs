@@ -2,14 +2,15 @@
 //! of the write cluster's partition, in offset order.
 //!
 //! Invariants:
-//! - The mirror writer is the only one copying a partition, so history and live batches
-//!   reach the mirror in the write cluster's offset order: before it mirrors a batch at write
-//!   offset W it copies, from the write cluster, whatever lies between what the mirror has
-//!   (`covered`, else the offset map's end, else the write cluster's log start when the
-//!   mirror partition is empty) and W. A live batch the copy already took is skipped.
-//! - Copies go through the same idempotent producer as live batches and feed the offset
-//!   map, which is also the checkpoint: a restarted kshift resumes after the last copied
-//!   batch (needs `offset_map_file`).
+//! - The mirror writer is the only one feeding a partition's producer, so history and live
+//!   batches reach the mirror in the write cluster's offset order: before it mirrors a batch
+//!   at write offset W it copies, from the write cluster, whatever lies between what the
+//!   mirror has (`covered`, else the offset map's end, else the write cluster's log start
+//!   when the mirror partition is empty) and W. A live batch the copy already took is skipped.
+//! - Copies go through the same idempotent producer as live batches (a fetch's batches
+//!   together, pipelined, awaited before the next fetch) and feed the offset map, which is
+//!   also the checkpoint: a restarted kshift resumes after the last copied batch (needs
+//!   `offset_map_file`).
 //! - Transaction markers and aborted transactions are not copied (read_committed fetches,
 //!   aborted ranges skipped).
 //! - A mirror partition that already holds records kshift has no record of copying is not
