@@ -9,8 +9,9 @@
 //! Invariants:
 //! - Cached leaders are refreshed when older than `metadata_max_age_ms`, and dropped at
 //!   once when a broker answers with a leadership error, so the next request asks again.
-//! - Node ids and addresses learned here never leave kshift: the virtual cluster answers
-//!   clients with kshift's own.
+//! - Addresses learned here never leave kshift, nor do backend node ids: the virtual
+//!   cluster shows each broker as its virtual node ([`Cluster::virtual_node`]), at kshift's
+//!   own address.
 
 pub mod broker_connection;
 
@@ -141,7 +142,14 @@ pub struct Cluster {
     coordinators: Mutex<HashMap<(i8, String), i32>>,
     /// kshift's own connection for metadata and coordinator lookups; replaced on failure.
     control: tokio::sync::Mutex<Option<BrokerConnection>>,
+    /// Broker `b` of this cluster is virtual node `node_id_base + b` (see
+    /// [`crate::config::ClusterConfig::node_id_base`]).
+    node_id_base: i32,
 }
+
+/// Broker ids a cluster's block of virtual node ids holds: broker `b` is virtual node
+/// `base + b mod VIRTUAL_NODE_BLOCK`.
+pub const VIRTUAL_NODE_BLOCK: i32 = 1_000_000;
 
 /// Versions kshift itself sends to backends (the newest it handles, capped by the broker).
 const METADATA_VERSION: i16 = 12;
@@ -169,8 +177,10 @@ impl Cluster {
         settings: ConnectionSettings,
         security: Arc<BackendSecurity>,
         metrics: Arc<Metrics>,
+        node_id_base: i32,
     ) -> Cluster {
         Cluster {
+            node_id_base,
             id,
             name: name.into(),
             bootstrap,
@@ -444,6 +454,31 @@ impl Cluster {
         }
         let leader = *leaders.leaders.get(usize::try_from(partition).ok()?)?;
         (leader >= 0).then_some(leader)
+    }
+
+    /// The node id clients know broker `broker` of this cluster by: stable per (cluster,
+    /// broker), the same on every kshift with this cluster's configuration, never derived
+    /// from an address. Broker ids beyond the block fold into it (two brokers then share a
+    /// virtual node: still served correctly, since kshift serves any partition on any
+    /// connection).
+    pub fn virtual_node(&self, broker: i32) -> i32 {
+        self.node_id_base
+            .saturating_add(broker.rem_euclid(VIRTUAL_NODE_BLOCK))
+    }
+
+    /// The brokers the last metadata (or coordinator lookup) named, in id order.
+    pub fn known_brokers(&self) -> Vec<i32> {
+        let mut brokers: Vec<i32> = read(&self.state).brokers.keys().copied().collect();
+        brokers.sort_unstable();
+        brokers
+    }
+
+    /// The controller the last metadata named, if it is still a known broker.
+    pub fn known_controller(&self) -> Option<i32> {
+        let state = read(&self.state);
+        state
+            .controller
+            .filter(|node| state.brokers.contains_key(node))
     }
 
     /// Forgets what is cached about `topic`, after a broker said it is not the leader.

@@ -95,7 +95,9 @@ pub struct ProxyConfig {
     /// on every endpoint but /health and /ready. The token stays out of the config file.
     #[serde(default)]
     pub admin_token_file: Option<String>,
-    /// Node id kshift presents as the broker (and controller) of its virtual cluster.
+    /// Node id of the one broker Metadata lists while kshift knows no backend broker (every
+    /// cluster unreachable since start). Otherwise clients see one virtual node per backend
+    /// broker (`[clusters.NAME] node_id_base`), all at `advertised`.
     #[serde(default)]
     pub node_id: i32,
     /// Cluster id reported in Metadata and DescribeCluster.
@@ -248,9 +250,31 @@ pub struct ClusterConfig {
     /// `[clusters.NAME.sasl]`: the credentials kshift authenticates to this cluster with.
     #[serde(default)]
     pub sasl: Option<BackendSaslConfig>,
+    /// The first of this cluster's 1,000,000 virtual node ids: clients know its broker `b`
+    /// as node `node_id_base + b`. Defaults to a multiple of 1,000,000 derived from the
+    /// cluster's name alone (see [`ClusterConfig::virtual_node_base`]), so every kshift of a
+    /// fleet shows the same ids; set it only when two clusters' default blocks meet.
+    #[serde(default)]
+    pub node_id_base: Option<i32>,
 }
 
+/// Largest `node_id_base`: the block above it still fits an `i32`.
+pub const MAX_NODE_ID_BASE: i32 = i32::MAX - (crate::cluster::VIRTUAL_NODE_BLOCK - 1);
+
 impl ClusterConfig {
+    /// Where cluster `name`'s virtual node ids start: `node_id_base` when set, else
+    /// 1,000,000 × (1 + FNV-1a(name) mod 2,000) — stable for a name, whatever else the
+    /// configuration holds.
+    pub fn virtual_node_base(&self, name: &str) -> i32 {
+        self.node_id_base.unwrap_or_else(|| {
+            let hash = name.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+                (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+            });
+            let block = i32::try_from(hash % 2_000).unwrap_or(0) + 1;
+            block * crate::cluster::VIRTUAL_NODE_BLOCK
+        })
+    }
+
     /// The librdkafka properties (besides `bootstrap.servers`) that give the CLI tools
     /// (`verify`, `repair`) the same TLS and SASL as kshift's own connections to cluster
     /// `name`. librdkafka cannot check another name than the broker's host, so with
@@ -536,6 +560,26 @@ impl Config {
                     format!("must be at most {MAX_MIRROR_LINGER_MS}"),
                 ));
             }
+            if let Some(base) = cluster.node_id_base {
+                if !(0..=MAX_NODE_ID_BASE).contains(&base) {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.node_id_base"),
+                        format!("must be between 0 and {MAX_NODE_ID_BASE}"),
+                    ));
+                }
+            }
+            let base = cluster.virtual_node_base(name);
+            let block = crate::cluster::VIRTUAL_NODE_BLOCK;
+            if let Some((other, _)) = self.clusters.iter().find(|(other, config)| {
+                *other != name
+                    && (i64::from(config.virtual_node_base(other)) - i64::from(base)).abs()
+                        < i64::from(block)
+            }) {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.node_id_base"),
+                    format!("virtual node ids {base}.. overlap those of cluster {other:?}: set node_id_base on one of them, at least {block} apart"),
+                ));
+            }
             for (i, address) in cluster.bootstrap.iter().enumerate() {
                 parse_host_port(address).map_err(|e| {
                     ConfigError::field(format!("clusters.{name}.bootstrap[{i}]"), e)
@@ -630,6 +674,43 @@ mod tests {
         let text = MINIMAL.replace(bootstrap, &format!("{bootstrap}\nmirror_linger_ms = 10001"));
         let error = Config::parse(&text).unwrap_err().to_string();
         assert!(error.contains("clusters.old.mirror_linger_ms"), "{error}");
+    }
+
+    #[test]
+    fn virtual_node_ids_come_from_the_cluster_name_and_never_overlap() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let base = config.clusters["old"].virtual_node_base("old");
+        // Derived from the name alone: the same for any kshift of a fleet.
+        assert_eq!(
+            base,
+            Config::parse(MINIMAL).unwrap().clusters["old"].virtual_node_base("old")
+        );
+        assert_eq!(base % crate::cluster::VIRTUAL_NODE_BLOCK, 0);
+        assert!(base > 0 && base <= MAX_NODE_ID_BASE, "{base}");
+        let bootstrap = "bootstrap = [\"127.0.0.1:9093\"]";
+        let with_base = |value: i64| {
+            MINIMAL.replace(bootstrap, &format!("{bootstrap}\nnode_id_base = {value}"))
+        };
+        let highest = with_base(i64::from(MAX_NODE_ID_BASE));
+        assert_eq!(
+            Config::parse(&highest).unwrap().clusters["old"].virtual_node_base("old"),
+            MAX_NODE_ID_BASE
+        );
+        assert!(Config::parse(&with_base(0)).is_ok());
+        for beyond in [-1, i64::from(MAX_NODE_ID_BASE) + 1] {
+            let error = Config::parse(&with_base(beyond)).unwrap_err().to_string();
+            assert!(error.contains("clusters.old.node_id_base"), "{error}");
+        }
+        // A second cluster whose block meets old's is refused, naming the field.
+        let two = |new_base: i32| {
+            format!(
+                "{}\n[clusters.new]\nbootstrap = [\"127.0.0.1:9094\"]\nnode_id_base = {new_base}\n",
+                with_base(0)
+            )
+        };
+        let error = Config::parse(&two(999_999)).unwrap_err().to_string();
+        assert!(error.contains("node_id_base"), "{error}");
+        assert!(Config::parse(&two(1_000_000)).is_ok());
     }
 
     #[test]

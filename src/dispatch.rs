@@ -263,8 +263,8 @@ pub async fn submit(
     let submitted = match api_key {
         ApiKey::ApiVersions => Ok(virtual_cluster::api_versions(context.clone())),
         ApiKey::Metadata => Ok(virtual_cluster::metadata(context.clone())),
-        ApiKey::FindCoordinator => virtual_cluster::find_coordinator(&context),
-        ApiKey::DescribeCluster => virtual_cluster::describe_cluster(&context),
+        ApiKey::FindCoordinator => Ok(virtual_cluster::find_coordinator(context.clone())),
+        ApiKey::DescribeCluster => Ok(virtual_cluster::describe_cluster(context.clone())),
         ApiKey::Produce => produce::submit(&context).await,
         ApiKey::Fetch => fetch::submit_fetch(&context).await,
         ApiKey::ListOffsets => fetch::submit_list_offsets(&context).await,

@@ -7,7 +7,7 @@
 //!   bounded window of requests in flight and writes responses in request order;
 //! - [`dispatch`] sends each request by api key to its handler:
 //!   - [`virtual_cluster`] answers ApiVersions, Metadata, FindCoordinator and
-//!     DescribeCluster itself, with kshift as the only broker;
+//!     DescribeCluster itself: one virtual node per backend broker, all at kshift's address;
 //!   - [`produce`] routes records to the route's write cluster and queues them for its
 //!     mirrors (one ordered writer per mirror cluster, which also backfills);
 //!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
@@ -84,7 +84,8 @@ pub struct ProxyState {
     pub redis: Option<Arc<routing::redis::RedisSource>>,
     /// Mirror queues and writers (one per cluster), the offset map, held transactions.
     pub mirrors: Arc<produce::mirror::Mirrors>,
-    /// The broker kshift presents to clients.
+    /// kshift's advertised address (every virtual node is there), and the node id listed
+    /// while no backend broker is known.
     pub node: VirtualNode,
     /// Consumer groups being moved by a routing change.
     pub cutover: cutover::Cutover,
@@ -101,7 +102,7 @@ impl ProxyState {
     }
 }
 
-/// kshift as a broker: what Metadata and FindCoordinator tell clients.
+/// kshift as a broker: the address Metadata and FindCoordinator give every virtual node.
 #[derive(Debug, Clone)]
 pub struct VirtualNode {
     pub node_id: i32,
@@ -191,6 +192,7 @@ impl Proxy {
                 settings,
                 Arc::new(security::BackendSecurity::from_config(name, cluster)?),
                 metrics.clone(),
+                cluster.virtual_node_base(name),
             )));
         }
         let table = RoutingTable::build(&config.routing_spec(), &names, 1)
