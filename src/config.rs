@@ -386,6 +386,10 @@ fn default_mirror_linger_ms() -> u64 {
     5
 }
 
+/// Longest duration any `_ms` field may hold (7 days): far beyond any sensible timeout, and
+/// far enough below what an `Instant` can add that no deadline computed from one overflows.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Longest `mirror_linger_ms`: lingering is for gathering batches, not for holding them.
 pub const MAX_MIRROR_LINGER_MS: u64 = 10_000;
 
@@ -479,6 +483,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));
             }
+            if value > MAX_DURATION_MS {
+                return Err(ConfigError::field(
+                    field,
+                    format!("must be at most {MAX_DURATION_MS} (7 days)"),
+                ));
+            }
         }
         if self.clusters.is_empty() {
             return Err(ConfigError::field(
@@ -487,10 +497,10 @@ impl Config {
             ));
         }
         if let Some(tls) = &proxy.tls {
-            if tls.handshake_timeout_ms == 0 {
+            if !(1..=MAX_DURATION_MS).contains(&tls.handshake_timeout_ms) {
                 return Err(ConfigError::field(
                     "proxy.tls.handshake_timeout_ms",
-                    "must be at least 1",
+                    format!("must be between 1 and {MAX_DURATION_MS}"),
                 ));
             }
         }
@@ -711,6 +721,42 @@ mod tests {
         let error = Config::parse(&two(999_999)).unwrap_err().to_string();
         assert!(error.contains("node_id_base"), "{error}");
         assert!(Config::parse(&two(1_000_000)).is_ok());
+    }
+
+    #[test]
+    fn durations_are_bounded_so_no_deadline_overflows() {
+        let fields = [
+            "connect_timeout_ms",
+            "request_timeout_ms",
+            "metadata_max_age_ms",
+            "drain_timeout_ms",
+            "idle_timeout_ms",
+        ];
+        for field in fields {
+            let set =
+                |value: u64| MINIMAL.replace("[proxy]", &format!("[proxy]\n{field} = {value}"));
+            assert!(Config::parse(&set(MAX_DURATION_MS)).is_ok(), "{field}");
+            for beyond in [MAX_DURATION_MS + 1, i64::MAX as u64] {
+                let error = Config::parse(&set(beyond)).unwrap_err().to_string();
+                assert!(error.contains(&format!("proxy.{field}")), "{error}");
+            }
+        }
+        let handshake = |value: u64| {
+            SECURED.replace(
+                "key_file = \"/etc/kshift/kshift.key\"",
+                &format!("key_file = \"/etc/kshift/kshift.key\"\nhandshake_timeout_ms = {value}"),
+            )
+        };
+        assert!(Config::parse(&handshake(MAX_DURATION_MS)).is_ok());
+        let error = Config::parse(&handshake(MAX_DURATION_MS + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("proxy.tls.handshake_timeout_ms"), "{error}");
+        // The largest accepted value still makes a deadline.
+        let now = std::time::Instant::now();
+        assert!(now
+            .checked_add(std::time::Duration::from_millis(MAX_DURATION_MS))
+            .is_some());
     }
 
     #[test]

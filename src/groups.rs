@@ -319,12 +319,13 @@ async fn list_groups(context: &Context) -> Result<PendingReply, HandlerError> {
         sent.push(response);
     }
     let context = context.clone();
-    let timeout = context.backend_timeout(0);
+    // One deadline for every cluster's answer, awaited in turn below.
+    let deadline = context.deadline(0);
     Ok(Box::pin(async move {
         let version = context.request.api_version;
         let mut merged = ListGroupsResponse::default();
         for response in sent {
-            let body: Result<Bytes, BackendError> = response.wait(timeout).await;
+            let body: Result<Bytes, BackendError> = response.wait_until(deadline).await;
             match body.map(|body| {
                 decode_body::<ListGroupsResponse>(body, version, "list groups response")
             }) {
