@@ -1,10 +1,12 @@
 //! The client of one backend cluster: bootstrap, the API versions its brokers speak, a
 //! metadata cache (brokers, controller, partition leaders) and a coordinator cache.
 //!
-//! kshift's own requests to a cluster (metadata, coordinator lookups) use one control
-//! connection per cluster. Client traffic never does: it goes over the
-//! [`UpstreamConnections`] owned by each client connection (see DESIGN.md, "one
-//! connection, one request at a time").
+//! kshift's own requests to a cluster use its own connections, never a client's: metadata
+//! and coordinator lookups one control connection per cluster, and requests that must reach
+//! one broker (offsets and groups at cutover, backfill reads, `list_offset`) one pooled
+//! connection per broker ([`Cluster::request_node`]), opened once and reused until it
+//! breaks. Client traffic goes over the [`UpstreamConnections`] owned by each client
+//! connection (see DESIGN.md, "one connection, one request at a time").
 //!
 //! Invariants:
 //! - Cached leaders are refreshed when older than `metadata_max_age_ms`, and dropped at
@@ -142,6 +144,10 @@ pub struct Cluster {
     coordinators: Mutex<HashMap<(i8, String), i32>>,
     /// kshift's own connection for metadata and coordinator lookups; replaced on failure.
     control: tokio::sync::Mutex<Option<BrokerConnection>>,
+    /// kshift's own connection per broker for requests that must reach that broker
+    /// ([`Cluster::request_node`]): shared by all of them (pipelined), replaced once broken.
+    /// A std mutex: never held across an await.
+    pool: Mutex<HashMap<i32, BrokerConnection>>,
     /// Broker `b` of this cluster is virtual node `node_id_base + b` (see
     /// [`crate::config::ClusterConfig::node_id_base`]).
     node_id_base: i32,
@@ -190,6 +196,7 @@ impl Cluster {
             state: RwLock::default(),
             coordinators: Mutex::default(),
             control: tokio::sync::Mutex::new(None),
+            pool: Mutex::default(),
         }
     }
 
@@ -225,6 +232,7 @@ impl Cluster {
 
     /// Opens a connection to `address`, one of this cluster's brokers.
     pub async fn connect(&self, address: &str) -> Result<BrokerConnection, BackendError> {
+        self.metrics.backend_connection_opened(&self.name);
         let observer = Observer {
             metrics: self.metrics.clone(),
             cluster: self.name.clone(),
@@ -569,9 +577,31 @@ impl Cluster {
         self.control_request(api_key, version, body).await
     }
 
-    /// Sends one request to broker `node` on a connection of its own and decodes the
-    /// answer: for kshift's own occasional requests (moving a consumer group), which must
-    /// reach one particular broker and must not queue behind a client's.
+    /// kshift's pooled connection to broker `node`, opened if there is none (or it broke,
+    /// or the broker moved to another address).
+    async fn pooled(&self, node: i32) -> Result<BrokerConnection, BackendError> {
+        let address = self.broker_address(node)?;
+        let usable = |connection: &BrokerConnection| {
+            !connection.is_poisoned() && *connection.address() == address
+        };
+        if let Some(connection) = lock(&self.pool).get(&node).filter(|c| usable(c)) {
+            return Ok(connection.clone());
+        }
+        let connection = self.connect(&address).await?;
+        let mut pool = lock(&self.pool);
+        // Another request may have opened one meanwhile: keep that one, drop this.
+        match pool.get(&node).filter(|c| usable(c)) {
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                pool.insert(node, connection.clone());
+                Ok(connection)
+            }
+        }
+    }
+
+    /// Sends one request to broker `node` on kshift's pooled connection to it and decodes
+    /// the answer: for kshift's own requests (offsets and groups at cutover, backfill reads),
+    /// which must reach one particular broker and must not queue behind a client's.
     pub async fn request_node<Req, Resp>(
         &self,
         node: i32,
@@ -583,8 +613,7 @@ impl Cluster {
         Req: kafka_protocol::protocol::Encodable,
         Resp: kafka_protocol::protocol::Decodable,
     {
-        let address = self.broker_address(node)?;
-        let connection = self.connect(&address).await?;
+        let connection = self.pooled(node).await?;
         let body = self.encode(request, version)?;
         let client_id = StrBytes::from_static_str("kshift");
         let response = connection.request(api_key, version, &client_id, body)?;
