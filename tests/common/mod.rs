@@ -6,8 +6,14 @@
 //! with the test process, however it ends); a test that panics prints the tail of each broker's log so the failure can be told apart from a
 //! broker quirk (see DESIGN.md, "Tests run against real brokers").
 //!
+//! Other real cluster shapes live in submodules: [`delay`] (a far link; [`FarBroker`] is a
+//! broker behind one) and [`mock_cluster`] (librdkafka's multi-broker MockCluster).
+//!
 //! Test binaries use different subsets of these helpers, hence the module-wide `dead_code` allow.
 #![allow(dead_code)]
+
+pub mod delay;
+pub mod mock_cluster;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -109,6 +115,9 @@ pub struct Broker {
     /// The watchdog shell around Tansu; closing its stdin kills Tansu. `None` while killed.
     child: Option<Child>,
     port: u16,
+    /// The port Tansu tells clients to use (`--advertised-listener-url`): `port` unless a
+    /// [`FarBroker`]'s delay proxy sits in front of it.
+    advertised_port: u16,
     storage: Storage,
     extra_args: Vec<String>,
     /// stdout + stderr of the broker; kept until drop so a failing test can show it.
@@ -216,7 +225,13 @@ impl Broker {
 
     /// Like `start`, with further `tansu broker` arguments (e.g. `--authentication`).
     pub async fn start_with_args(extra_args: &[&str]) -> Broker {
-        Broker::start_with_storage(Storage::Memory, extra_args).await
+        Broker::start_with_storage(Storage::Memory, extra_args, None).await
+    }
+
+    /// A fresh broker that tells clients to connect to 127.0.0.1:`advertised_port` (a proxy in
+    /// front of it) instead of its own port.
+    pub async fn start_advertising(advertised_port: u16) -> Broker {
+        Broker::start_with_storage(Storage::Memory, &[], Some(advertised_port)).await
     }
 
     /// A broker whose log lives in a fresh bucket of `store`: `kill()` + `restart()` keep its
@@ -226,17 +241,23 @@ impl Broker {
             endpoint: store.endpoint(),
             bucket: store.bucket().await,
         };
-        Broker::start_with_storage(storage, &[]).await
+        Broker::start_with_storage(storage, &[], None).await
     }
 
-    async fn start_with_storage(storage: Storage, extra_args: &[&str]) -> Broker {
+    async fn start_with_storage(
+        storage: Storage,
+        extra_args: &[&str],
+        advertised_port: Option<u16>,
+    ) -> Broker {
         let mut last_failure = String::new();
         // A port found free can be taken (e.g. by a client's outgoing socket) before Tansu binds
         // it: then Tansu exits and we try another one.
         for _attempt in 0..5 {
+            let port = free_port();
             let mut broker = Broker {
                 child: None,
-                port: free_port(),
+                port,
+                advertised_port: advertised_port.unwrap_or(port),
                 storage: storage.clone(),
                 extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
                 log: match tempfile::Builder::new()
@@ -296,6 +317,7 @@ impl Broker {
             .try_clone()
             .map_err(|error| error.to_string())?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         // Tansu runs under a small shell that kills it as soon as its stdin (a pipe from this
         // process) closes: on drop, and also when the test process dies without running drops
         // (a timeout, SIGKILL), so no broker outlives its test. The shell exits with Tansu's
@@ -308,7 +330,7 @@ impl Broker {
             .arg(tansu_binary())
             .arg("broker")
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--cluster-id", &format!("kshift-test-{port}")])
             .args(&self.extra_args);
         match &self.storage {
@@ -385,6 +407,41 @@ impl Drop for Broker {
     }
 }
 
+/// A far cluster: a Tansu broker behind a [`delay::DelayProxy`], advertising the proxy's
+/// address, so every client (kshift included) that bootstraps from [`FarBroker::bootstrap`]
+/// reaches it only over the delayed link. Both stop when it is dropped.
+pub struct FarBroker {
+    /// Field order is drop order: the proxy goes first, then the broker.
+    proxy: delay::DelayProxy,
+    broker: Broker,
+}
+
+impl FarBroker {
+    /// Starts a fresh broker `one_way` away (each direction): the proxy's port is bound first
+    /// so that Tansu can advertise it; the proxy connects to Tansu's own port per connection.
+    pub async fn start(one_way: Duration) -> FarBroker {
+        let proxy = delay::DelayProxy::bind(one_way);
+        let broker = Broker::start_advertising(proxy.addr().port()).await;
+        proxy.set_upstream(broker.addr());
+        FarBroker { proxy, broker }
+    }
+
+    /// `bootstrap.servers` for a client at the near end of the link.
+    pub fn bootstrap(&self) -> String {
+        self.proxy.addr().to_string()
+    }
+
+    /// The broker itself (its own port skips the delay for bootstrap only: its metadata still
+    /// names the proxy).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn one_way(&self) -> Duration {
+        self.proxy.one_way()
+    }
+}
+
 /// kshift running in-process in front of one or more brokers.
 pub struct Kshift {
     addr: SocketAddr,
@@ -421,6 +478,14 @@ impl Kshift {
     /// `bootstrap.servers` for a client going through kshift.
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// kshift's shared state (counters, routing, mirrors), for assertions and benches.
+    pub fn state(&self) -> &std::sync::Arc<kshift::ProxyState> {
+        self.proxy
+            .as_ref()
+            .expect("kshift running until shutdown()")
+            .state()
     }
 
     /// Stops kshift; dropping a `Kshift` without this drops the proxy instead.
@@ -462,10 +527,29 @@ cluster = "old"
 /// The config of a kshift in front of two clusters, `old` and `new`: `[proxy]` listens on a
 /// free port plus `proxy_lines`; `routing` (routes, groups, `[routing]`) follows the clusters.
 pub fn two_cluster_toml(old: &Broker, new: &Broker, proxy_lines: &str, routing: &str) -> String {
+    two_cluster_toml_at(&old.bootstrap(), &new.bootstrap(), proxy_lines, "", routing)
+}
+
+/// As [`two_cluster_toml`], with each cluster given by its `bootstrap.servers` (a comma-separated
+/// list, e.g. a MockCluster's) and `new_lines` added to `[clusters.new]`.
+pub fn two_cluster_toml_at(
+    old: &str,
+    new: &str,
+    proxy_lines: &str,
+    new_lines: &str,
+    routing: &str,
+) -> String {
+    let list = |bootstrap: &str| {
+        bootstrap
+            .split(',')
+            .map(|address| format!("\"{}\"", address.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_lines}\n[clusters.old]\nbootstrap = [\"{}\"]\n[clusters.new]\nbootstrap = [\"{}\"]\n{routing}\n",
-        old.bootstrap(),
-        new.bootstrap()
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_lines}\n[clusters.old]\nbootstrap = [{}]\n[clusters.new]\nbootstrap = [{}]\n{new_lines}\n{routing}\n",
+        list(old),
+        list(new)
     )
 }
 
