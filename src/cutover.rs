@@ -498,7 +498,18 @@ struct Committed {
     metadata: Option<StrBytes>,
 }
 
+/// The groups `cluster` lists. A cluster that does not serve ListGroups at all (librdkafka's
+/// mock cluster, some Kafka-compatible brokers) lists none: then the groups kshift's own
+/// clients used are the ones moved, as with a broker that lists none.
 async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
+    if !cluster
+        .api_versions()
+        .await?
+        .contains_key(&(ApiKey::ListGroups as i16))
+    {
+        tracing::warn!(cluster = %cluster.name, "cluster does not serve ListGroups: moving only the groups kshift's clients used");
+        return Ok(BTreeSet::new());
+    }
     let version = cluster
         .version_for(ApiKey::ListGroups, LIST_GROUPS_VERSION)
         .await?;
