@@ -117,7 +117,7 @@ pub type ApiVersionTable = HashMap<i16, (i16, i16)>;
 #[derive(Debug, Clone)]
 struct TopicLeaders {
     /// Leader node per partition index; -1 where the partition has no leader.
-    leaders: Vec<i32>,
+    leaders: HashMap<i32, i32>,
     fetched_at: Instant,
 }
 
@@ -404,19 +404,14 @@ impl Cluster {
                 state.topics.remove(name.0.as_str());
                 continue;
             }
-            let count = topic
+            // Keyed by index, never a vector sized by the largest index a broker sent (an
+            // index near 2^31 asked for 8 GiB, and `+ 1` on it overflowed).
+            let leaders: HashMap<i32, i32> = topic
                 .partitions
                 .iter()
-                .map(|p| p.partition_index + 1)
-                .max()
-                .unwrap_or(0)
-                .max(0) as usize;
-            let mut leaders = vec![-1; count];
-            for partition in &topic.partitions {
-                if let Some(slot) = leaders.get_mut(partition.partition_index as usize) {
-                    *slot = partition.leader_id.0;
-                }
-            }
+                .filter(|p| p.partition_index >= 0)
+                .map(|p| (p.partition_index, p.leader_id.0))
+                .collect();
             state.topics.insert(
                 name.0.to_string(),
                 TopicLeaders {
@@ -460,7 +455,7 @@ impl Cluster {
         if leaders.fetched_at.elapsed() > self.settings.metadata_max_age {
             return None;
         }
-        let leader = *leaders.leaders.get(usize::try_from(partition).ok()?)?;
+        let leader = *leaders.leaders.get(&partition)?;
         (leader >= 0).then_some(leader)
     }
 
@@ -734,5 +729,78 @@ impl UpstreamConnections {
         let connection = cluster.connect(&address).await?;
         connections.insert(key, connection.clone());
         Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+
+    fn cluster() -> Cluster {
+        Cluster::new(
+            0,
+            "old",
+            vec!["127.0.0.1:9".into()],
+            ConnectionSettings {
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(1),
+                metadata_max_age: Duration::from_secs(60),
+            },
+            Arc::new(BackendSecurity::default()),
+            Arc::new(Metrics::new()),
+            5_000_000,
+        )
+    }
+
+    fn topic(name: &str, partitions: &[(i32, i32)]) -> MetadataResponseTopic {
+        MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.into()))))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&(index, leader)| {
+                        MetadataResponsePartition::default()
+                            .with_partition_index(index)
+                            .with_leader_id(BrokerId(leader))
+                    })
+                    .collect(),
+            )
+    }
+
+    #[test]
+    fn a_partition_index_near_2_pow_31_neither_overflows_nor_allocates_by_it() {
+        let cluster = cluster();
+        let response = MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(7))
+                .with_host(StrBytes::from_static_str("b7"))
+                .with_port(9092)])
+            .with_topics(vec![
+                topic("huge", &[(i32::MAX, 7), (0, 7)]),
+                topic("negative", &[(-5, 7), (1, 7)]),
+            ]);
+        cluster.absorb_metadata(&response);
+        assert_eq!(cluster.cached_leader("huge", i32::MAX), Some(7));
+        assert_eq!(cluster.cached_leader("huge", 0), Some(7));
+        assert_eq!(cluster.cached_leader("huge", 1), None);
+        assert_eq!(cluster.cached_partition_count("huge"), Some(2));
+        assert_eq!(cluster.cached_leader("negative", -5), None);
+        assert_eq!(cluster.cached_leader("negative", 1), Some(7));
+    }
+
+    #[test]
+    fn virtual_nodes_are_the_base_plus_the_broker_id() {
+        let cluster = cluster();
+        assert_eq!(cluster.virtual_node(0), 5_000_000);
+        assert_eq!(cluster.virtual_node(111), 5_000_111);
+        // Ids beyond the block fold into it rather than into another cluster's.
+        assert_eq!(cluster.virtual_node(VIRTUAL_NODE_BLOCK + 3), 5_000_003);
+        assert_eq!(
+            cluster.virtual_node(i32::MAX),
+            5_000_000 + i32::MAX % VIRTUAL_NODE_BLOCK
+        );
     }
 }
