@@ -12,6 +12,8 @@
 //!     mirrors (one ordered writer per mirror cluster, which also backfills);
 //!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
 //!   - [`groups`] forwards group, offset and transaction APIs to the right coordinator;
+//!   - [`admin_apis`] splits admin APIs naming topics or groups per cluster, leader or
+//!     coordinator, and merges the answers;
 //!   - [`split`] groups a request's partitions by the broker that must serve them;
 //! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
 //!   coordinator cache) plus the upstream broker connections each client connection owns;
@@ -23,6 +25,7 @@
 //!   server) and each backend cluster's (kshift as the client).
 
 pub mod admin;
+pub mod admin_apis;
 pub mod cli;
 pub mod client_connection;
 pub mod cluster;
