@@ -11,6 +11,9 @@
 //! - At most `max_in_flight_requests` requests are in flight — read, submitted and not yet
 //!   answered; while that many are, the reader does not read the socket (TCP
 //!   backpressure), as a broker does.
+//! - Every frame's bytes count against the proxy-wide request budget
+//!   (`queued_max_request_bytes`) from before its body is read until it is answered: at
+//!   the budget, no connection reads a further frame — before SASL authentication too.
 //! - Requests are submitted to backends in arrival order ([`dispatch::submit`] finishes
 //!   sending before the next request is read), so a producer's pipelined batches reach the
 //!   broker in the order it sent them.
@@ -93,7 +96,19 @@ impl ClientConnection {
             // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms)
             // since this read started.
             let read_started = Instant::now();
-            let read = codec::read_frame(&mut reader, limit);
+            let budget = &self.state.request_budget;
+            let read = async {
+                let Some(length) = codec::read_frame_length(&mut reader, limit).await? else {
+                    return Ok(None);
+                };
+                // Frames are at most max_frame_bytes (≤ 1 GiB) and the budget at least that.
+                let permits = u32::try_from(length).unwrap_or(u32::MAX);
+                let Ok(held) = budget.clone().acquire_many_owned(permits).await else {
+                    return Ok(None);
+                };
+                let frame = codec::read_frame_body(&mut reader, length).await?;
+                Ok::<_, codec::FrameError>(Some((frame, held)))
+            };
             tokio::pin!(read);
             let frame = loop {
                 tokio::select! {
@@ -116,7 +131,7 @@ impl ClientConnection {
                 }
             };
             let Some(frame) = frame else { break };
-            let frame = match frame {
+            let (frame, held) = match frame {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
@@ -156,6 +171,7 @@ impl ClientConnection {
                         }
                     };
                     drop(permit);
+                    drop(held);
                     let reply: PendingReply = Box::pin(async move {
                         // A failed login is answered late, as a broker does.
                         if let Some(delay) = delay {
@@ -181,6 +197,7 @@ impl ClientConnection {
                     Box::pin(async move {
                         let reply = pending.await;
                         drop(permit);
+                        drop(held);
                         metrics.client_request(api_key, started.elapsed());
                         reply
                     })
@@ -188,6 +205,7 @@ impl ClientConnection {
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
                     drop(permit);
+                    drop(held);
                     Box::pin(async move { Reply::Close(error.to_string()) })
                 }
             };

@@ -106,6 +106,12 @@ pub struct ProxyConfig {
     /// Largest request frame a client may send; larger ones close the connection.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
+    /// Bytes of request frames read from clients and not yet answered, across all client
+    /// connections (Kafka's `queued.max.request.bytes`). At the budget kshift reads no
+    /// further frame from any socket, authenticated or not, until answers free some; at
+    /// least `max_frame_bytes`, so that any one frame fits.
+    #[serde(default = "default_queued_max_request_bytes")]
+    pub queued_max_request_bytes: usize,
     /// Requests of one client connection handled concurrently; when full, kshift stops
     /// reading that socket (backpressure), as a broker does.
     #[serde(default = "default_max_in_flight_requests")]
@@ -209,6 +215,9 @@ fn default_cluster_id() -> String {
 }
 fn default_max_frame_bytes() -> usize {
     100 * 1024 * 1024
+}
+fn default_queued_max_request_bytes() -> usize {
+    256 * 1024 * 1024
 }
 fn default_max_in_flight_requests() -> usize {
     64
@@ -386,6 +395,9 @@ fn default_mirror_linger_ms() -> u64 {
     5
 }
 
+/// Largest `queued_max_request_bytes` (64 GiB).
+pub const MAX_QUEUED_REQUEST_BYTES: usize = 64 << 30;
+
 /// Longest duration any `_ms` field may hold (7 days): far beyond any sensible timeout, and
 /// far enough below what an `Instant` can add that no deadline computed from one overflows.
 pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -463,6 +475,18 @@ impl Config {
             return Err(ConfigError::field(
                 "proxy.max_frame_bytes",
                 "must be between 12 and 1073741824",
+            ));
+        }
+        // Held as semaphore permits; 64 GiB is far beyond any host kshift runs on.
+        if !(proxy.max_frame_bytes..=MAX_QUEUED_REQUEST_BYTES)
+            .contains(&proxy.queued_max_request_bytes)
+        {
+            return Err(ConfigError::field(
+                "proxy.queued_max_request_bytes",
+                format!(
+                    "must be between max_frame_bytes ({}) and {MAX_QUEUED_REQUEST_BYTES}",
+                    proxy.max_frame_bytes
+                ),
             ));
         }
         for (field, value) in [
@@ -778,6 +802,24 @@ mod tests {
         assert!(Config::parse(&with_token).is_ok());
         let loopback = MINIMAL.replace("[proxy]", "[proxy]\nadmin_listen = \"127.0.0.1:9644\"");
         assert!(Config::parse(&loopback).is_ok());
+    }
+
+    #[test]
+    fn the_request_memory_budget_holds_at_least_one_frame() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.proxy.queued_max_request_bytes, 256 << 20);
+        let set = |frame: usize, budget: usize| {
+            MINIMAL.replace(
+                "[proxy]",
+                &format!("[proxy]\nmax_frame_bytes = {frame}\nqueued_max_request_bytes = {budget}"),
+            )
+        };
+        assert!(Config::parse(&set(1000, 1000)).is_ok());
+        assert!(Config::parse(&set(1000, MAX_QUEUED_REQUEST_BYTES)).is_ok());
+        for (frame, budget) in [(1000, 999), (1000, MAX_QUEUED_REQUEST_BYTES + 1)] {
+            let error = Config::parse(&set(frame, budget)).unwrap_err().to_string();
+            assert!(error.contains("proxy.queued_max_request_bytes"), "{error}");
+        }
     }
 
     #[test]

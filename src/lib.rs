@@ -96,6 +96,10 @@ pub struct ProxyState {
     pub tls: Option<security::tls::ListenerTls>,
     /// SASL termination for clients, when `[proxy.sasl]` is set.
     pub sasl: Option<Arc<security::sasl_server::SaslListener>>,
+    /// The request memory budget (`queued_max_request_bytes`), one permit per byte: a client
+    /// connection takes a frame's length in permits before reading its body and gives them
+    /// back once the request is answered, so at the budget no socket is read.
+    pub request_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProxyState {
@@ -263,6 +267,9 @@ impl Proxy {
             cutover: cutover::Cutover::default(),
             tls,
             sasl,
+            request_budget: Arc::new(tokio::sync::Semaphore::new(
+                config.proxy.queued_max_request_bytes,
+            )),
         });
         for cluster in &state.clusters {
             let cluster = cluster.clone();
