@@ -149,6 +149,24 @@ fn virtual_brokers(state: &ProxyState) -> Vec<(BrokerId, StrBytes, i32)> {
         .collect()
 }
 
+/// Asks each cluster that serves this client (reads, groups, its default writes) and whose
+/// brokers kshift does not know yet for them.
+async fn learn_brokers(context: &Context) {
+    let mut serving = context.routing.read_clusters();
+    serving.extend(context.routing.group_clusters());
+    serving.push(context.routing.default_write_cluster(context.client_id()));
+    serving.sort_unstable();
+    serving.dedup();
+    for cluster_id in serving {
+        let cluster = context.cluster(cluster_id);
+        if cluster.known_brokers().is_empty() {
+            if let Err(error) = cluster.any_broker().await {
+                tracing::debug!(cluster = %cluster.name, %error, "Metadata: brokers unknown");
+            }
+        }
+    }
+}
+
 /// The controller clients are shown: the virtual node of the client's write cluster's
 /// controller, else the first virtual node.
 fn controller(context: &Context, brokers: &[(BrokerId, StrBytes, i32)]) -> BrokerId {
@@ -186,7 +204,10 @@ pub fn metadata(context: Context) -> PendingReply {
             Some(topics) => listed_topics(&context, topics, auto_create).await,
             None => all_topics(&context).await,
         };
-        // After the topics: their metadata taught kshift the brokers.
+        // After the topics: their metadata taught kshift the brokers. A cluster clients are
+        // served from whose brokers kshift has not learned yet (a Metadata request naming no
+        // topic, right after start) is asked first, so clients never see only the fallback.
+        learn_brokers(&context).await;
         let brokers = virtual_brokers(&context.state);
         let response = MetadataResponse::default()
             .with_controller_id(controller(&context, &brokers))
@@ -543,19 +564,7 @@ pub fn find_coordinator(context: Context) -> PendingReply {
 
 pub fn describe_cluster(context: Context) -> PendingReply {
     Box::pin(async move {
-        // Knowing no broker yet, ask the client's write cluster for its brokers first.
-        if context
-            .state
-            .clusters
-            .iter()
-            .all(|c| c.known_brokers().is_empty())
-        {
-            let cluster =
-                context.cluster(context.routing.default_write_cluster(context.client_id()));
-            if let Err(error) = cluster.any_broker().await {
-                tracing::debug!(cluster = %cluster.name, %error, "DescribeCluster: no broker known");
-            }
-        }
+        learn_brokers(&context).await;
         let brokers = virtual_brokers(&context.state);
         let response = DescribeClusterResponse::default()
             .with_cluster_id(StrBytes::from_string(
