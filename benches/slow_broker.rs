@@ -7,7 +7,8 @@
 //! The cluster is librdkafka's mock cluster (`tests/common/mock_cluster.rs`): 3 brokers, a
 //! topic of 6 partitions (partition p led by broker p % 3 + 1), broker 1 answering every
 //! request `--slow-ms` late (default 1000). Each phase runs a fresh librdkafka producer
-//! (acks=all, linger 5 ms) for `--seconds` after a 2 s warm-up; records go to partition
+//! (idempotent, so at most 5 requests in flight per connection; acks=all, linger 5 ms) for
+//! `--seconds` after a 2 s warm-up; records go to partition
 //! i % 6 in turn, 100 bytes each, as fast as the producer takes them (or at `--rate` msg/s).
 //! Delivery reports are counted per partition.
 //!
@@ -114,6 +115,9 @@ fn run_phase(bootstrap: &str, topic: &str, settings: &Settings) -> Phase {
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
         .set("acks", "all")
+        // As Java's producer by default since Kafka 3.0: at most 5 requests in flight per
+        // connection, which is what makes a request held by the slow broker cost the others.
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "300000")
         .set("queue.buffering.max.messages", "5000000")
