@@ -83,10 +83,17 @@ fn default_redis_key() -> String {
 pub struct ProxyConfig {
     /// Address the Kafka listener binds, e.g. `0.0.0.0:9092` (port 0 picks a free port).
     pub listen: String,
-    /// `host:port` that clients are told to connect to (Metadata, FindCoordinator).
-    /// Defaults to the bound listen address.
+    /// `host:port` that clients are told to connect to (Metadata, FindCoordinator): where
+    /// every virtual node is. Defaults to the bound listen address.
     #[serde(default)]
     pub advertised: Option<String>,
+    /// A second listener, served exactly like `listen`, for clients' `bootstrap.servers`
+    /// only: then no client's bootstrap address is spelled like the virtual nodes'
+    /// (`advertised`). kafkajs needs that: it takes every node at exactly its bootstrap
+    /// host:port for its bootstrap broker and then sends only one node's records of a batch,
+    /// losing the others silently. Off when absent.
+    #[serde(default)]
+    pub bootstrap_listen: Option<String>,
     /// Address of the admin HTTP API (metrics, health, routes); off when absent. Anything
     /// but a loopback address requires `admin_token_file`.
     #[serde(default)]
@@ -453,6 +460,17 @@ impl Config {
         if let Some(advertised) = &proxy.advertised {
             parse_host_port(advertised).map_err(|e| ConfigError::field("proxy.advertised", e))?;
         }
+        if let Some(bootstrap) = &proxy.bootstrap_listen {
+            let address = bootstrap.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::field("proxy.bootstrap_listen", format!("{bootstrap:?}: {e}"))
+            })?;
+            if address.port() != 0 && Some(address) == proxy.listen.parse::<SocketAddr>().ok() {
+                return Err(ConfigError::field(
+                    "proxy.bootstrap_listen",
+                    "must differ from listen (it exists to be another address)",
+                ));
+            }
+        }
         if let Some(admin) = &proxy.admin_listen {
             let address = admin
                 .parse::<SocketAddr>()
@@ -781,6 +799,26 @@ mod tests {
         assert!(now
             .checked_add(std::time::Duration::from_millis(MAX_DURATION_MS))
             .is_some());
+    }
+
+    #[test]
+    fn bootstrap_listen_is_another_socket_address() {
+        let set = |value: &str| {
+            MINIMAL.replace(
+                "[proxy]",
+                &format!("[proxy]\nbootstrap_listen = \"{value}\""),
+            )
+        };
+        assert!(Config::parse(&set("127.0.0.1:9091")).is_ok());
+        assert!(Config::parse(MINIMAL)
+            .unwrap()
+            .proxy
+            .bootstrap_listen
+            .is_none());
+        for bad in ["127.0.0.1:9092", "kshift:9091", "nowhere"] {
+            let error = Config::parse(&set(bad)).unwrap_err().to_string();
+            assert!(error.contains("proxy.bootstrap_listen"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct ProxyState {
     pub tls: Option<security::tls::ListenerTls>,
     /// SASL termination for clients, when `[proxy.sasl]` is set.
     pub sasl: Option<Arc<security::sasl_server::SaslListener>>,
+    /// Permits for client connections (`max_connections`), one held by each connection
+    /// task, shared by the `listen` and `bootstrap_listen` accept loops.
+    pub connection_permits: Arc<tokio::sync::Semaphore>,
     /// The request memory budget (`queued_max_request_bytes`), one permit per byte: a client
     /// connection takes a frame's length in permits before reading its body and gives them
     /// back once the request is answered, so at the budget no socket is read.
@@ -123,6 +126,8 @@ pub struct Proxy;
 /// A running proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    /// The `bootstrap_listen` listener's address, when set.
+    bootstrap_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     state: Arc<ProxyState>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -147,6 +152,16 @@ impl Proxy {
             address: config.proxy.listen.clone(),
             source,
         })?;
+        let bootstrap_tcp = match &config.proxy.bootstrap_listen {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
+                |source| StartError::Bind {
+                    address: address.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let bootstrap_addr = bootstrap_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let node = match &config.proxy.advertised {
             Some(advertised) => {
                 let (host, port) =
@@ -267,6 +282,7 @@ impl Proxy {
             cutover: cutover::Cutover::default(),
             tls,
             sasl,
+            connection_permits: Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections)),
             request_budget: Arc::new(tokio::sync::Semaphore::new(
                 config.proxy.queued_max_request_bytes,
             )),
@@ -308,10 +324,21 @@ impl Proxy {
             }
             None => None,
         };
-        let listener = tokio::spawn(listener::run(tcp, state.clone(), shutdown_rx));
+        let bootstrap_loop =
+            bootstrap_tcp.map(|tcp| listener::run(tcp, state.clone(), shutdown_rx.clone()));
+        let main_loop = listener::run(tcp, state.clone(), shutdown_rx);
+        let listener = tokio::spawn(async move {
+            match bootstrap_loop {
+                Some(bootstrap_loop) => {
+                    tokio::join!(main_loop, bootstrap_loop);
+                }
+                None => main_loop.await,
+            }
+        });
         tracing::info!(listen = %local_addr, advertised = %format!("{}:{}", state.node.host, state.node.port), "kshift listening");
         Ok(RunningProxy {
             local_addr,
+            bootstrap_addr,
             admin_addr,
             state,
             shutdown,
@@ -325,6 +352,11 @@ impl RunningProxy {
     /// The address the Kafka listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the `bootstrap_listen` listener, when set.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_addr
     }
 
     /// The address of the admin API, when `admin_listen` is set.

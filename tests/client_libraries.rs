@@ -5,8 +5,8 @@
 //! bootstrap address; every node at exactly its bootstrap host:port becomes its bootstrap broker
 //! object, and then kafkajs 2.2.4 sends only the last such node's partitions and reports the
 //! send done: the other records are silently lost (its `sendMessages` keys requests by broker
-//! object). Operators give kafkajs clients a bootstrap address spelled differently from
-//! kshift's `advertised` one. The scripts live in `tests/clients/`; `.ci/run` installs
+//! object). Operators point kafkajs clients at `[proxy] bootstrap_listen`, a second listener
+//! whose address no virtual node has (or at another spelling of `advertised`). The scripts live in `tests/clients/`; `.ci/run` installs
 //! kafka-python (PyPI) and kafkajs (npm, `tests/clients/package.json`). A missing client fails
 //! its test with the install command, never skips it.
 
@@ -25,6 +25,15 @@ const PARTITIONS: i32 = 3;
 /// A 3-broker cluster with `topic` (partition p led by broker p + 1) and kshift in front,
 /// advertising `advertised` when given.
 async fn cluster_and_kshift(topic: &str, advertised: Option<&str>) -> (MockKafka, Kshift) {
+    cluster_and_kshift_with(topic, advertised, "").await
+}
+
+/// As [`cluster_and_kshift`], with `proxy_lines` in `[proxy]`.
+async fn cluster_and_kshift_with(
+    topic: &str,
+    advertised: Option<&str>,
+    proxy_lines: &str,
+) -> (MockKafka, Kshift) {
     let cluster = MockKafka::start(3);
     cluster.create_topic(topic, PARTITIONS);
     common::wait_for_topic(&cluster.bootstrap(), topic, PARTITIONS);
@@ -38,7 +47,7 @@ async fn cluster_and_kshift(topic: &str, advertised: Option<&str>) -> (MockKafka
         .map(|host| format!("advertised = \"{host}:{port}\"\n"))
         .unwrap_or_default();
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{advertised}[clusters.old]\nbootstrap = [{}]\n\
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{advertised}{proxy_lines}\n[clusters.old]\nbootstrap = [{}]\n\
          [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n",
         bootstrap.join(", ")
     );
@@ -187,6 +196,34 @@ async fn kafkajs_keeps_one_broker_per_node_id_when_advertised_differs_from_its_b
         .filter_map(|n| n.as_str().map(str::to_string))
         .collect();
     assert_eq!(nodes, virtual_nodes(&kshift), "{answer}");
+    assert_eq!(answer["distinct_broker_objects"], 3, "{answer}");
+    assert_eq!(answer["seed_is_a_node"], false, "{answer}");
+    assert_eq!(
+        answer["acknowledged"],
+        serde_json::json!([0, 1, 2]),
+        "{answer}"
+    );
+    one_record_per_partition(&cluster, &topic).await;
+    kshift.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafkajs_bootstrapped_at_bootstrap_listen_keeps_one_broker_per_node_and_every_record() {
+    let topic = common::unique_topic("kafkajs-bootstrap-listen");
+    let bootstrap = format!("127.0.0.1:{}", common::free_port());
+    let (cluster, kshift) =
+        cluster_and_kshift_with(&topic, None, &format!("bootstrap_listen = \"{bootstrap}\"")).await;
+    let answer = run_client(
+        "node",
+        vec![
+            script("kafkajs_producer.js").display().to_string(),
+            bootstrap,
+            topic.clone(),
+            PARTITIONS.to_string(),
+        ],
+        KAFKAJS,
+    )
+    .await;
     assert_eq!(answer["distinct_broker_objects"], 3, "{answer}");
     assert_eq!(answer["seed_is_a_node"], false, "{answer}");
     assert_eq!(
