@@ -42,6 +42,13 @@ use crate::dispatch::{self, PendingReply, Reply};
 use crate::security::sasl_server::{Outcome, SaslSession};
 use crate::ProxyState;
 
+/// Read and write buffer of each client connection. Small, because every idle connection
+/// holds both (the read buffer zero-filled): 64 KiB each made an idle connection cost ~37 KiB
+/// of resident memory, 4 KiB (and the boxed submit below) ~13 KiB (`benches/scale.rs`). Frames larger than the buffer bypass it — a
+/// produce body is read straight into its own allocation, a fetch answer written straight
+/// from its chunks — so the size only decides how many small frames share one syscall.
+const CLIENT_BUFFER_BYTES: usize = 4 * 1024;
+
 pub struct ClientConnection {
     state: Arc<ProxyState>,
     peer: SocketAddr,
@@ -73,7 +80,7 @@ impl ClientConnection {
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
         let mut writer_done = false;
-        let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+        let mut reader = BufReader::with_capacity(CLIENT_BUFFER_BYTES, read_half);
         let limit = self.state.config.max_frame_bytes;
         let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
         // One idle timer per connection, moved only when it fires: setting a timer per
@@ -192,7 +199,10 @@ impl ClientConnection {
                 Ok(request) => {
                     let started = std::time::Instant::now();
                     let api_key = request.api_key;
-                    let pending = dispatch::submit(&self.state, &self.upstream, request).await;
+                    // Boxed: the largest handler's submit future would otherwise sit inside
+                    // every connection's task, idle ones too (~3 KiB each, benches/scale.rs).
+                    let pending =
+                        Box::pin(dispatch::submit(&self.state, &self.upstream, request)).await;
                     let metrics = self.state.metrics.clone();
                     Box::pin(async move {
                         let reply = pending.await;
@@ -236,7 +246,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     write_half: W,
     mut replies: mpsc::UnboundedReceiver<PendingReply>,
 ) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    let mut writer = BufWriter::with_capacity(CLIENT_BUFFER_BYTES, write_half);
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
     loop {
