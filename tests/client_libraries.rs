@@ -1,14 +1,19 @@
 //! What Kafka client libraries other than librdkafka do with kshift's virtual nodes — several
 //! node ids at one address — proven by running each through kshift in front of a 3-broker
-//! MockCluster (`tests/multi_broker.rs` has librdkafka): kafka-python keeps one connection per
-//! node id. kafkajs keeps one per node id when the nodes' address is not spelled as its
-//! bootstrap address; every node at exactly its bootstrap host:port becomes its bootstrap broker
-//! object, and then kafkajs 2.2.4 sends only the last such node's partitions and reports the
-//! send done: the other records are silently lost (its `sendMessages` keys requests by broker
-//! object). Operators point kafkajs clients at `[proxy] bootstrap_listen`, a second listener
-//! whose address no virtual node has (or at another spelling of `advertised`). The scripts live in `tests/clients/`; `.ci/run` installs
-//! kafka-python (PyPI) and kafkajs (npm, `tests/clients/package.json`). A missing client fails
-//! its test with the install command, never skips it.
+//! MockCluster (`tests/multi_broker.rs` has librdkafka):
+//! - kafka-python keeps one connection per node id;
+//! - sarama (Debian's 1.22, built with Debian's Go in GOPATH mode) keeps one per node id,
+//!   plus its seed broker's;
+//! - kafkajs keeps one per node id when the nodes' address is not spelled as its bootstrap
+//!   address. Every node at exactly its bootstrap host:port becomes its bootstrap broker
+//!   object, and then kafkajs 2.2.4 sends only the last such node's partitions and reports
+//!   the send done: the other records are silently lost (its `sendMessages` keys requests by
+//!   broker object). Operators point kafkajs clients at `[proxy] bootstrap_listen`, a second
+//!   listener whose address no virtual node has (or at another spelling of `advertised`).
+//!
+//! The programs live in `tests/clients/`; `.ci/run` installs kafka-python (PyPI), kafkajs
+//! (npm, `tests/clients/package.json`), Go and sarama (Debian). A missing client fails its
+//! test with the install command, never skips it.
 
 mod common;
 
@@ -94,6 +99,8 @@ async fn one_record_per_partition(cluster: &MockKafka, topic: &str) {
     assert_eq!(partitions, (0..PARTITIONS).collect());
 }
 
+const SARAMA: &str =
+    "sarama is needed: `apt-get install golang-go golang-github-shopify-sarama-dev` (.ci/run)";
 const KAFKA_PYTHON: &str = "kafka-python is needed: `pip install kafka-python==3.0.12` (.ci/run)";
 const KAFKAJS: &str =
     "kafkajs is needed: `npm ci --prefix tests/clients` (.ci/run), and node on the PATH";
@@ -231,6 +238,47 @@ async fn kafkajs_bootstrapped_at_bootstrap_listen_keeps_one_broker_per_node_and_
         serde_json::json!([0, 1, 2]),
         "{answer}"
     );
+    one_record_per_partition(&cluster, &topic).await;
+    kshift.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sarama_keeps_one_connection_per_virtual_node_at_one_address() {
+    let topic = common::unique_topic("sarama");
+    let (cluster, kshift) = cluster_and_kshift(&topic, None).await;
+    // Debian's sarama (1.22) in GOPATH mode: `go run` builds it against /usr/share/gocode.
+    let answer = run_client(
+        "sh",
+        vec![
+            "-c".into(),
+            "cd \"$1\" && GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE=\"${TMPDIR:-/tmp}/kshift-sarama-cache\" go run main.go \"$2\" \"$3\" \"$4\"".into(),
+            "sarama".into(),
+            script("sarama").display().to_string(),
+            kshift.bootstrap(),
+            topic.clone(),
+            PARTITIONS.to_string(),
+        ],
+        SARAMA,
+    )
+    .await;
+    let expected = virtual_nodes(&kshift);
+    let brokers = answer["brokers"].as_object().expect("brokers");
+    assert_eq!(
+        brokers.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "one broker per node id: {answer}"
+    );
+    for (id, broker) in brokers {
+        assert_eq!(
+            broker["address"],
+            kshift.bootstrap().as_str(),
+            "node {id}: {answer}"
+        );
+        assert_eq!(broker["connected"], true, "node {id}: {answer}");
+    }
+    // kshift saw one connection per node id, plus sarama's seed broker's.
+    let accepted = kshift.state().metrics.client_connections_accepted.get();
+    assert_eq!(accepted, 4, "{accepted} connections: {answer}");
     one_record_per_partition(&cluster, &topic).await;
     kshift.shutdown().await;
 }
