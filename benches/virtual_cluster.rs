@@ -1,6 +1,6 @@
 //! The virtual cluster's hot paths: request header parsing and response framing (every
-//! request), and Metadata synthesis for a topic with 10,000 partitions (kshift as leader of
-//! each, epochs hidden) including encoding the answer.
+//! request), and Metadata synthesis for a topic with 10,000 partitions (leaders mapped to
+//! virtual nodes, epochs hidden) including encoding the answer.
 //!
 //! `cargo bench --bench virtual_cluster`.
 
@@ -49,6 +49,11 @@ fn backend_topic(partitions: i32) -> MetadataResponseTopic {
         )
 }
 
+/// Broker `b` of the bench's cluster as virtual node `1_000_000 + b`.
+fn virtual_leader(partition: &MetadataResponsePartition) -> Option<BrokerId> {
+    Some(BrokerId(1_000_000 + partition.leader_id.0))
+}
+
 fn codec(c: &mut Criterion) {
     let frame = request_frame();
     c.bench_function("codec/parse_request_header", |b| {
@@ -62,14 +67,14 @@ fn codec(c: &mut Criterion) {
 fn metadata(c: &mut Criterion) {
     let backend = backend_topic(10_000);
     c.bench_function("metadata/present_topic_10000_partitions", |b| {
-        b.iter(|| present_topic(BrokerId(0), "orders", &backend))
+        b.iter(|| present_topic("orders", &backend, virtual_leader))
     });
     c.bench_function("metadata/present_and_encode_10000_partitions", |b| {
         b.iter(|| {
             let response = MetadataResponse::default().with_topics(vec![present_topic(
-                BrokerId(0),
                 "orders",
                 &backend,
+                virtual_leader,
             )]);
             let mut buf = BytesMut::new();
             response.encode(&mut buf, 12).unwrap();

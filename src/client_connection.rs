@@ -11,6 +11,9 @@
 //! - At most `max_in_flight_requests` requests are in flight — read, submitted and not yet
 //!   answered; while that many are, the reader does not read the socket (TCP
 //!   backpressure), as a broker does.
+//! - Every frame's bytes count against the proxy-wide request budget
+//!   (`queued_max_request_bytes`) from before its body is read until it is answered: at
+//!   the budget, no connection reads a further frame — before SASL authentication too.
 //! - Requests are submitted to backends in arrival order ([`dispatch::submit`] finishes
 //!   sending before the next request is read), so a producer's pipelined batches reach the
 //!   broker in the order it sent them.
@@ -38,6 +41,13 @@ use crate::codec::{self, Request};
 use crate::dispatch::{self, PendingReply, Reply};
 use crate::security::sasl_server::{Outcome, SaslSession};
 use crate::ProxyState;
+
+/// Read and write buffer of each client connection. Small, because every idle connection
+/// holds both (the read buffer zero-filled): 64 KiB each made an idle connection cost ~37 KiB
+/// of resident memory, 4 KiB (and the boxed submit below) ~13 KiB (`benches/scale.rs`). Frames larger than the buffer bypass it — a
+/// produce body is read straight into its own allocation, a fetch answer written straight
+/// from its chunks — so the size only decides how many small frames share one syscall.
+const CLIENT_BUFFER_BYTES: usize = 4 * 1024;
 
 pub struct ClientConnection {
     state: Arc<ProxyState>,
@@ -70,7 +80,7 @@ impl ClientConnection {
         let (replies, replies_rx) = mpsc::unbounded_channel();
         let mut writer = tokio::spawn(write_replies(write_half, replies_rx));
         let mut writer_done = false;
-        let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+        let mut reader = BufReader::with_capacity(CLIENT_BUFFER_BYTES, read_half);
         let limit = self.state.config.max_frame_bytes;
         let idle_timeout = std::time::Duration::from_millis(self.state.config.idle_timeout_ms);
         // One idle timer per connection, moved only when it fires: setting a timer per
@@ -93,7 +103,19 @@ impl ClientConnection {
             // Idle = no request read for `idle_timeout_ms` (Kafka's connections.max.idle.ms)
             // since this read started.
             let read_started = Instant::now();
-            let read = codec::read_frame(&mut reader, limit);
+            let budget = &self.state.request_budget;
+            let read = async {
+                let Some(length) = codec::read_frame_length(&mut reader, limit).await? else {
+                    return Ok(None);
+                };
+                // Frames are at most max_frame_bytes (≤ 1 GiB) and the budget at least that.
+                let permits = u32::try_from(length).unwrap_or(u32::MAX);
+                let Ok(held) = budget.clone().acquire_many_owned(permits).await else {
+                    return Ok(None);
+                };
+                let frame = codec::read_frame_body(&mut reader, length).await?;
+                Ok::<_, codec::FrameError>(Some((frame, held)))
+            };
             tokio::pin!(read);
             let frame = loop {
                 tokio::select! {
@@ -116,7 +138,7 @@ impl ClientConnection {
                 }
             };
             let Some(frame) = frame else { break };
-            let frame = match frame {
+            let (frame, held) = match frame {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
@@ -156,6 +178,7 @@ impl ClientConnection {
                         }
                     };
                     drop(permit);
+                    drop(held);
                     let reply: PendingReply = Box::pin(async move {
                         // A failed login is answered late, as a broker does.
                         if let Some(delay) = delay {
@@ -176,11 +199,15 @@ impl ClientConnection {
                 Ok(request) => {
                     let started = std::time::Instant::now();
                     let api_key = request.api_key;
-                    let pending = dispatch::submit(&self.state, &self.upstream, request).await;
+                    // Boxed: the largest handler's submit future would otherwise sit inside
+                    // every connection's task, idle ones too (~3 KiB each, benches/scale.rs).
+                    let pending =
+                        Box::pin(dispatch::submit(&self.state, &self.upstream, request)).await;
                     let metrics = self.state.metrics.clone();
                     Box::pin(async move {
                         let reply = pending.await;
                         drop(permit);
+                        drop(held);
                         metrics.client_request(api_key, started.elapsed());
                         reply
                     })
@@ -188,6 +215,7 @@ impl ClientConnection {
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
                     drop(permit);
+                    drop(held);
                     Box::pin(async move { Reply::Close(error.to_string()) })
                 }
             };
@@ -218,7 +246,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     write_half: W,
     mut replies: mpsc::UnboundedReceiver<PendingReply>,
 ) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
+    let mut writer = BufWriter::with_capacity(CLIENT_BUFFER_BYTES, write_half);
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
     loop {

@@ -1,16 +1,19 @@
 //! The client of one backend cluster: bootstrap, the API versions its brokers speak, a
 //! metadata cache (brokers, controller, partition leaders) and a coordinator cache.
 //!
-//! kshift's own requests to a cluster (metadata, coordinator lookups) use one control
-//! connection per cluster. Client traffic never does: it goes over the
-//! [`UpstreamConnections`] owned by each client connection (see DESIGN.md, "one
-//! connection, one request at a time").
+//! kshift's own requests to a cluster use its own connections, never a client's: metadata
+//! and coordinator lookups one control connection per cluster, and requests that must reach
+//! one broker (offsets and groups at cutover, backfill reads, `list_offset`) one pooled
+//! connection per broker ([`Cluster::request_node`]), opened once and reused until it
+//! breaks. Client traffic goes over the [`UpstreamConnections`] owned by each client
+//! connection (see DESIGN.md, "one connection, one request at a time").
 //!
 //! Invariants:
 //! - Cached leaders are refreshed when older than `metadata_max_age_ms`, and dropped at
 //!   once when a broker answers with a leadership error, so the next request asks again.
-//! - Node ids and addresses learned here never leave kshift: the virtual cluster answers
-//!   clients with kshift's own.
+//! - Addresses learned here never leave kshift, nor do backend node ids: the virtual
+//!   cluster shows each broker as its virtual node ([`Cluster::virtual_node`]), at kshift's
+//!   own address.
 
 pub mod broker_connection;
 
@@ -114,7 +117,7 @@ pub type ApiVersionTable = HashMap<i16, (i16, i16)>;
 #[derive(Debug, Clone)]
 struct TopicLeaders {
     /// Leader node per partition index; -1 where the partition has no leader.
-    leaders: Vec<i32>,
+    leaders: HashMap<i32, i32>,
     fetched_at: Instant,
 }
 
@@ -141,7 +144,18 @@ pub struct Cluster {
     coordinators: Mutex<HashMap<(i8, String), i32>>,
     /// kshift's own connection for metadata and coordinator lookups; replaced on failure.
     control: tokio::sync::Mutex<Option<BrokerConnection>>,
+    /// kshift's own connection per broker for requests that must reach that broker
+    /// ([`Cluster::request_node`]): shared by all of them (pipelined), replaced once broken.
+    /// A std mutex: never held across an await.
+    pool: Mutex<HashMap<i32, BrokerConnection>>,
+    /// Broker `b` of this cluster is virtual node `node_id_base + b` (see
+    /// [`crate::config::ClusterConfig::node_id_base`]).
+    node_id_base: i32,
 }
+
+/// Broker ids a cluster's block of virtual node ids holds: broker `b` is virtual node
+/// `base + b mod VIRTUAL_NODE_BLOCK`.
+pub const VIRTUAL_NODE_BLOCK: i32 = 1_000_000;
 
 /// Versions kshift itself sends to backends (the newest it handles, capped by the broker).
 const METADATA_VERSION: i16 = 12;
@@ -169,8 +183,10 @@ impl Cluster {
         settings: ConnectionSettings,
         security: Arc<BackendSecurity>,
         metrics: Arc<Metrics>,
+        node_id_base: i32,
     ) -> Cluster {
         Cluster {
+            node_id_base,
             id,
             name: name.into(),
             bootstrap,
@@ -180,6 +196,7 @@ impl Cluster {
             state: RwLock::default(),
             coordinators: Mutex::default(),
             control: tokio::sync::Mutex::new(None),
+            pool: Mutex::default(),
         }
     }
 
@@ -215,6 +232,7 @@ impl Cluster {
 
     /// Opens a connection to `address`, one of this cluster's brokers.
     pub async fn connect(&self, address: &str) -> Result<BrokerConnection, BackendError> {
+        self.metrics.backend_connection_opened(&self.name);
         let observer = Observer {
             metrics: self.metrics.clone(),
             cluster: self.name.clone(),
@@ -386,19 +404,14 @@ impl Cluster {
                 state.topics.remove(name.0.as_str());
                 continue;
             }
-            let count = topic
+            // Keyed by index, never a vector sized by the largest index a broker sent (an
+            // index near 2^31 asked for 8 GiB, and `+ 1` on it overflowed).
+            let leaders: HashMap<i32, i32> = topic
                 .partitions
                 .iter()
-                .map(|p| p.partition_index + 1)
-                .max()
-                .unwrap_or(0)
-                .max(0) as usize;
-            let mut leaders = vec![-1; count];
-            for partition in &topic.partitions {
-                if let Some(slot) = leaders.get_mut(partition.partition_index as usize) {
-                    *slot = partition.leader_id.0;
-                }
-            }
+                .filter(|p| p.partition_index >= 0)
+                .map(|p| (p.partition_index, p.leader_id.0))
+                .collect();
             state.topics.insert(
                 name.0.to_string(),
                 TopicLeaders {
@@ -448,8 +461,33 @@ impl Cluster {
         if leaders.fetched_at.elapsed() > self.settings.metadata_max_age {
             return None;
         }
-        let leader = *leaders.leaders.get(usize::try_from(partition).ok()?)?;
+        let leader = *leaders.leaders.get(&partition)?;
         (leader >= 0).then_some(leader)
+    }
+
+    /// The node id clients know broker `broker` of this cluster by: stable per (cluster,
+    /// broker), the same on every kshift with this cluster's configuration, never derived
+    /// from an address. Broker ids beyond the block fold into it (two brokers then share a
+    /// virtual node: still served correctly, since kshift serves any partition on any
+    /// connection).
+    pub fn virtual_node(&self, broker: i32) -> i32 {
+        self.node_id_base
+            .saturating_add(broker.rem_euclid(VIRTUAL_NODE_BLOCK))
+    }
+
+    /// The brokers the last metadata (or coordinator lookup) named, in id order.
+    pub fn known_brokers(&self) -> Vec<i32> {
+        let mut brokers: Vec<i32> = read(&self.state).brokers.keys().copied().collect();
+        brokers.sort_unstable();
+        brokers
+    }
+
+    /// The controller the last metadata named, if it is still a known broker.
+    pub fn known_controller(&self) -> Option<i32> {
+        let state = read(&self.state);
+        state
+            .controller
+            .filter(|node| state.brokers.contains_key(node))
     }
 
     /// Forgets what is cached about `topic`, after a broker said it is not the leader.
@@ -540,9 +578,31 @@ impl Cluster {
         self.control_request(api_key, version, body).await
     }
 
-    /// Sends one request to broker `node` on a connection of its own and decodes the
-    /// answer: for kshift's own occasional requests (moving a consumer group), which must
-    /// reach one particular broker and must not queue behind a client's.
+    /// kshift's pooled connection to broker `node`, opened if there is none (or it broke,
+    /// or the broker moved to another address).
+    async fn pooled(&self, node: i32) -> Result<BrokerConnection, BackendError> {
+        let address = self.broker_address(node)?;
+        let usable = |connection: &BrokerConnection| {
+            !connection.is_poisoned() && *connection.address() == address
+        };
+        if let Some(connection) = lock(&self.pool).get(&node).filter(|c| usable(c)) {
+            return Ok(connection.clone());
+        }
+        let connection = self.connect(&address).await?;
+        let mut pool = lock(&self.pool);
+        // Another request may have opened one meanwhile: keep that one, drop this.
+        match pool.get(&node).filter(|c| usable(c)) {
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                pool.insert(node, connection.clone());
+                Ok(connection)
+            }
+        }
+    }
+
+    /// Sends one request to broker `node` on kshift's pooled connection to it and decodes
+    /// the answer: for kshift's own requests (offsets and groups at cutover, backfill reads),
+    /// which must reach one particular broker and must not queue behind a client's.
     pub async fn request_node<Req, Resp>(
         &self,
         node: i32,
@@ -554,8 +614,7 @@ impl Cluster {
         Req: kafka_protocol::protocol::Encodable,
         Resp: kafka_protocol::protocol::Decodable,
     {
-        let address = self.broker_address(node)?;
-        let connection = self.connect(&address).await?;
+        let connection = self.pooled(node).await?;
         let body = self.encode(request, version)?;
         let client_id = StrBytes::from_static_str("kshift");
         let response = connection.request(api_key, version, &client_id, body)?;
@@ -676,5 +735,78 @@ impl UpstreamConnections {
         let connection = cluster.connect(&address).await?;
         connections.insert(key, connection.clone());
         Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+
+    fn cluster() -> Cluster {
+        Cluster::new(
+            0,
+            "old",
+            vec!["127.0.0.1:9".into()],
+            ConnectionSettings {
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(1),
+                metadata_max_age: Duration::from_secs(60),
+            },
+            Arc::new(BackendSecurity::default()),
+            Arc::new(Metrics::new()),
+            5_000_000,
+        )
+    }
+
+    fn topic(name: &str, partitions: &[(i32, i32)]) -> MetadataResponseTopic {
+        MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.into()))))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&(index, leader)| {
+                        MetadataResponsePartition::default()
+                            .with_partition_index(index)
+                            .with_leader_id(BrokerId(leader))
+                    })
+                    .collect(),
+            )
+    }
+
+    #[test]
+    fn a_partition_index_near_2_pow_31_neither_overflows_nor_allocates_by_it() {
+        let cluster = cluster();
+        let response = MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(7))
+                .with_host(StrBytes::from_static_str("b7"))
+                .with_port(9092)])
+            .with_topics(vec![
+                topic("huge", &[(i32::MAX, 7), (0, 7)]),
+                topic("negative", &[(-5, 7), (1, 7)]),
+            ]);
+        cluster.absorb_metadata(&response);
+        assert_eq!(cluster.cached_leader("huge", i32::MAX), Some(7));
+        assert_eq!(cluster.cached_leader("huge", 0), Some(7));
+        assert_eq!(cluster.cached_leader("huge", 1), None);
+        assert_eq!(cluster.cached_partition_count("huge"), Some(2));
+        assert_eq!(cluster.cached_leader("negative", -5), None);
+        assert_eq!(cluster.cached_leader("negative", 1), Some(7));
+    }
+
+    #[test]
+    fn virtual_nodes_are_the_base_plus_the_broker_id() {
+        let cluster = cluster();
+        assert_eq!(cluster.virtual_node(0), 5_000_000);
+        assert_eq!(cluster.virtual_node(111), 5_000_111);
+        // Ids beyond the block fold into it rather than into another cluster's.
+        assert_eq!(cluster.virtual_node(VIRTUAL_NODE_BLOCK + 3), 5_000_003);
+        assert_eq!(
+            cluster.virtual_node(i32::MAX),
+            5_000_000 + i32::MAX % VIRTUAL_NODE_BLOCK
+        );
     }
 }

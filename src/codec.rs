@@ -37,6 +37,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    match read_frame_length(reader, limit).await? {
+        Some(length) => read_frame_body(reader, length).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's 4-byte length prefix and checks it against `limit`. `Ok(None)` is a
+/// clean end of stream between frames. The body follows ([`read_frame_body`]).
+pub async fn read_frame_length<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut prefix = [0u8; 4];
     match reader.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -51,6 +63,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if length > limit {
         return Err(FrameError::TooLarge { length, limit });
     }
+    Ok(Some(length))
+}
+
+/// Reads the `length` bytes of a frame's body (after [`read_frame_length`]).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    length: usize,
+) -> Result<Bytes, FrameError> {
     // Read into the frame's uninitialised capacity: zeroing it first cost as much as a copy
     // of every byte a client produced. One allocation of exactly the frame's size, so what
     // outlives the request (a mirrored batch) holds no one else's bytes.
@@ -61,7 +81,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             return Err(FrameError::Truncated);
         }
     }
-    Ok(Some(frame.freeze()))
+    Ok(frame.freeze())
 }
 
 /// The fixed start of every request header: enough to answer or reject a request even

@@ -83,10 +83,17 @@ fn default_redis_key() -> String {
 pub struct ProxyConfig {
     /// Address the Kafka listener binds, e.g. `0.0.0.0:9092` (port 0 picks a free port).
     pub listen: String,
-    /// `host:port` that clients are told to connect to (Metadata, FindCoordinator).
-    /// Defaults to the bound listen address.
+    /// `host:port` that clients are told to connect to (Metadata, FindCoordinator): where
+    /// every virtual node is. Defaults to the bound listen address.
     #[serde(default)]
     pub advertised: Option<String>,
+    /// A second listener, served exactly like `listen`, for clients' `bootstrap.servers`
+    /// only: then no client's bootstrap address is spelled like the virtual nodes'
+    /// (`advertised`). kafkajs needs that: it takes every node at exactly its bootstrap
+    /// host:port for its bootstrap broker and then sends only one node's records of a batch,
+    /// losing the others silently. Off when absent.
+    #[serde(default)]
+    pub bootstrap_listen: Option<String>,
     /// Address of the admin HTTP API (metrics, health, routes); off when absent. Anything
     /// but a loopback address requires `admin_token_file`.
     #[serde(default)]
@@ -95,7 +102,9 @@ pub struct ProxyConfig {
     /// on every endpoint but /health and /ready. The token stays out of the config file.
     #[serde(default)]
     pub admin_token_file: Option<String>,
-    /// Node id kshift presents as the broker (and controller) of its virtual cluster.
+    /// Node id of the one broker Metadata lists while kshift knows no backend broker (every
+    /// cluster unreachable since start). Otherwise clients see one virtual node per backend
+    /// broker (`[clusters.NAME] node_id_base`), all at `advertised`.
     #[serde(default)]
     pub node_id: i32,
     /// Cluster id reported in Metadata and DescribeCluster.
@@ -104,6 +113,12 @@ pub struct ProxyConfig {
     /// Largest request frame a client may send; larger ones close the connection.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: usize,
+    /// Bytes of request frames read from clients and not yet answered, across all client
+    /// connections (Kafka's `queued.max.request.bytes`). At the budget kshift reads no
+    /// further frame from any socket, authenticated or not, until answers free some; at
+    /// least `max_frame_bytes`, so that any one frame fits.
+    #[serde(default = "default_queued_max_request_bytes")]
+    pub queued_max_request_bytes: usize,
     /// Requests of one client connection handled concurrently; when full, kshift stops
     /// reading that socket (backpressure), as a broker does.
     #[serde(default = "default_max_in_flight_requests")]
@@ -208,6 +223,9 @@ fn default_cluster_id() -> String {
 fn default_max_frame_bytes() -> usize {
     100 * 1024 * 1024
 }
+fn default_queued_max_request_bytes() -> usize {
+    256 * 1024 * 1024
+}
 fn default_max_in_flight_requests() -> usize {
     64
 }
@@ -276,9 +294,31 @@ pub struct ClusterConfig {
     /// `[clusters.NAME.sasl]`: the credentials kshift authenticates to this cluster with.
     #[serde(default)]
     pub sasl: Option<BackendSaslConfig>,
+    /// The first of this cluster's 1,000,000 virtual node ids: clients know its broker `b`
+    /// as node `node_id_base + b`. Defaults to a multiple of 1,000,000 derived from the
+    /// cluster's name alone (see [`ClusterConfig::virtual_node_base`]), so every kshift of a
+    /// fleet shows the same ids; set it only when two clusters' default blocks meet.
+    #[serde(default)]
+    pub node_id_base: Option<i32>,
 }
 
+/// Largest `node_id_base`: the block above it still fits an `i32`.
+pub const MAX_NODE_ID_BASE: i32 = i32::MAX - (crate::cluster::VIRTUAL_NODE_BLOCK - 1);
+
 impl ClusterConfig {
+    /// Where cluster `name`'s virtual node ids start: `node_id_base` when set, else
+    /// 1,000,000 × (1 + FNV-1a(name) mod 2,000) — stable for a name, whatever else the
+    /// configuration holds.
+    pub fn virtual_node_base(&self, name: &str) -> i32 {
+        self.node_id_base.unwrap_or_else(|| {
+            let hash = name.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+                (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+            });
+            let block = i32::try_from(hash % 2_000).unwrap_or(0) + 1;
+            block * crate::cluster::VIRTUAL_NODE_BLOCK
+        })
+    }
+
     /// The librdkafka properties (besides `bootstrap.servers`) that give the CLI tools
     /// (`verify`, `repair`) the same TLS and SASL as kshift's own connections to cluster
     /// `name`. librdkafka cannot check another name than the broker's host, so with
@@ -390,6 +430,13 @@ fn default_mirror_linger_ms() -> u64 {
     5
 }
 
+/// Largest `queued_max_request_bytes` (64 GiB).
+pub const MAX_QUEUED_REQUEST_BYTES: usize = 64 << 30;
+
+/// Longest duration any `_ms` field may hold (7 days): far beyond any sensible timeout, and
+/// far enough below what an `Instant` can add that no deadline computed from one overflows.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Longest `mirror_linger_ms`: lingering is for gathering batches, not for holding them.
 pub const MAX_MIRROR_LINGER_MS: u64 = 10_000;
 
@@ -488,6 +535,17 @@ impl Config {
         if let Some(advertised) = &proxy.advertised {
             parse_host_port(advertised).map_err(|e| ConfigError::field("proxy.advertised", e))?;
         }
+        if let Some(bootstrap) = &proxy.bootstrap_listen {
+            let address = bootstrap.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::field("proxy.bootstrap_listen", format!("{bootstrap:?}: {e}"))
+            })?;
+            if address.port() != 0 && Some(address) == proxy.listen.parse::<SocketAddr>().ok() {
+                return Err(ConfigError::field(
+                    "proxy.bootstrap_listen",
+                    "must differ from listen (it exists to be another address)",
+                ));
+            }
+        }
         if let Some(admin) = &proxy.admin_listen {
             let address = admin
                 .parse::<SocketAddr>()
@@ -512,6 +570,18 @@ impl Config {
                 "must be between 12 and 1073741824",
             ));
         }
+        // Held as semaphore permits; 64 GiB is far beyond any host kshift runs on.
+        if !(proxy.max_frame_bytes..=MAX_QUEUED_REQUEST_BYTES)
+            .contains(&proxy.queued_max_request_bytes)
+        {
+            return Err(ConfigError::field(
+                "proxy.queued_max_request_bytes",
+                format!(
+                    "must be between max_frame_bytes ({}) and {MAX_QUEUED_REQUEST_BYTES}",
+                    proxy.max_frame_bytes
+                ),
+            ));
+        }
         for (field, value) in [
             ("proxy.max_in_flight_requests", proxy.max_in_flight_requests),
             ("proxy.max_connections", proxy.max_connections),
@@ -530,6 +600,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));
             }
+            if value > MAX_DURATION_MS {
+                return Err(ConfigError::field(
+                    field,
+                    format!("must be at most {MAX_DURATION_MS} (7 days)"),
+                ));
+            }
         }
         if self.clusters.is_empty() {
             return Err(ConfigError::field(
@@ -538,10 +614,10 @@ impl Config {
             ));
         }
         if let Some(tls) = &proxy.tls {
-            if tls.handshake_timeout_ms == 0 {
+            if !(1..=MAX_DURATION_MS).contains(&tls.handshake_timeout_ms) {
                 return Err(ConfigError::field(
                     "proxy.tls.handshake_timeout_ms",
-                    "must be at least 1",
+                    format!("must be between 1 and {MAX_DURATION_MS}"),
                 ));
             }
         }
@@ -632,6 +708,26 @@ impl Config {
                 return Err(ConfigError::field(
                     format!("clusters.{name}.mirror_delivery_timeout_ms"),
                     format!("must be 1 to {MAX_MIRROR_DELIVERY_TIMEOUT_MS}"),
+                ));
+            }
+            if let Some(base) = cluster.node_id_base {
+                if !(0..=MAX_NODE_ID_BASE).contains(&base) {
+                    return Err(ConfigError::field(
+                        format!("clusters.{name}.node_id_base"),
+                        format!("must be between 0 and {MAX_NODE_ID_BASE}"),
+                    ));
+                }
+            }
+            let base = cluster.virtual_node_base(name);
+            let block = crate::cluster::VIRTUAL_NODE_BLOCK;
+            if let Some((other, _)) = self.clusters.iter().find(|(other, config)| {
+                *other != name
+                    && (i64::from(config.virtual_node_base(other)) - i64::from(base)).abs()
+                        < i64::from(block)
+            }) {
+                return Err(ConfigError::field(
+                    format!("clusters.{name}.node_id_base"),
+                    format!("virtual node ids {base}.. overlap those of cluster {other:?}: set node_id_base on one of them, at least {block} apart"),
                 ));
             }
             for (i, address) in cluster.bootstrap.iter().enumerate() {
@@ -773,6 +869,99 @@ mod tests {
     }
 
     #[test]
+    fn virtual_node_ids_come_from_the_cluster_name_and_never_overlap() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let base = config.clusters["old"].virtual_node_base("old");
+        // Derived from the name alone: the same for any kshift of a fleet.
+        assert_eq!(
+            base,
+            Config::parse(MINIMAL).unwrap().clusters["old"].virtual_node_base("old")
+        );
+        assert_eq!(base % crate::cluster::VIRTUAL_NODE_BLOCK, 0);
+        assert!(base > 0 && base <= MAX_NODE_ID_BASE, "{base}");
+        let bootstrap = "bootstrap = [\"127.0.0.1:9093\"]";
+        let with_base = |value: i64| {
+            MINIMAL.replace(bootstrap, &format!("{bootstrap}\nnode_id_base = {value}"))
+        };
+        let highest = with_base(i64::from(MAX_NODE_ID_BASE));
+        assert_eq!(
+            Config::parse(&highest).unwrap().clusters["old"].virtual_node_base("old"),
+            MAX_NODE_ID_BASE
+        );
+        assert!(Config::parse(&with_base(0)).is_ok());
+        for beyond in [-1, i64::from(MAX_NODE_ID_BASE) + 1] {
+            let error = Config::parse(&with_base(beyond)).unwrap_err().to_string();
+            assert!(error.contains("clusters.old.node_id_base"), "{error}");
+        }
+        // A second cluster whose block meets old's is refused, naming the field.
+        let two = |new_base: i32| {
+            format!(
+                "{}\n[clusters.new]\nbootstrap = [\"127.0.0.1:9094\"]\nnode_id_base = {new_base}\n",
+                with_base(0)
+            )
+        };
+        let error = Config::parse(&two(999_999)).unwrap_err().to_string();
+        assert!(error.contains("node_id_base"), "{error}");
+        assert!(Config::parse(&two(1_000_000)).is_ok());
+    }
+
+    #[test]
+    fn durations_are_bounded_so_no_deadline_overflows() {
+        let fields = [
+            "connect_timeout_ms",
+            "request_timeout_ms",
+            "metadata_max_age_ms",
+            "drain_timeout_ms",
+            "idle_timeout_ms",
+        ];
+        for field in fields {
+            let set =
+                |value: u64| MINIMAL.replace("[proxy]", &format!("[proxy]\n{field} = {value}"));
+            assert!(Config::parse(&set(MAX_DURATION_MS)).is_ok(), "{field}");
+            for beyond in [MAX_DURATION_MS + 1, i64::MAX as u64] {
+                let error = Config::parse(&set(beyond)).unwrap_err().to_string();
+                assert!(error.contains(&format!("proxy.{field}")), "{error}");
+            }
+        }
+        let handshake = |value: u64| {
+            SECURED.replace(
+                "key_file = \"/etc/kshift/kshift.key\"",
+                &format!("key_file = \"/etc/kshift/kshift.key\"\nhandshake_timeout_ms = {value}"),
+            )
+        };
+        assert!(Config::parse(&handshake(MAX_DURATION_MS)).is_ok());
+        let error = Config::parse(&handshake(MAX_DURATION_MS + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("proxy.tls.handshake_timeout_ms"), "{error}");
+        // The largest accepted value still makes a deadline.
+        let now = std::time::Instant::now();
+        assert!(now
+            .checked_add(std::time::Duration::from_millis(MAX_DURATION_MS))
+            .is_some());
+    }
+
+    #[test]
+    fn bootstrap_listen_is_another_socket_address() {
+        let set = |value: &str| {
+            MINIMAL.replace(
+                "[proxy]",
+                &format!("[proxy]\nbootstrap_listen = \"{value}\""),
+            )
+        };
+        assert!(Config::parse(&set("127.0.0.1:9091")).is_ok());
+        assert!(Config::parse(MINIMAL)
+            .unwrap()
+            .proxy
+            .bootstrap_listen
+            .is_none());
+        for bad in ["127.0.0.1:9092", "kshift:9091", "nowhere"] {
+            let error = Config::parse(&set(bad)).unwrap_err().to_string();
+            assert!(error.contains("proxy.bootstrap_listen"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn zero_in_flight_window_is_rejected() {
         let text = MINIMAL.replace("[proxy]", "[proxy]\nmax_in_flight_requests = 0");
         let error = Config::parse(&text).unwrap_err().to_string();
@@ -791,6 +980,24 @@ mod tests {
         assert!(Config::parse(&with_token).is_ok());
         let loopback = MINIMAL.replace("[proxy]", "[proxy]\nadmin_listen = \"127.0.0.1:9644\"");
         assert!(Config::parse(&loopback).is_ok());
+    }
+
+    #[test]
+    fn the_request_memory_budget_holds_at_least_one_frame() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.proxy.queued_max_request_bytes, 256 << 20);
+        let set = |frame: usize, budget: usize| {
+            MINIMAL.replace(
+                "[proxy]",
+                &format!("[proxy]\nmax_frame_bytes = {frame}\nqueued_max_request_bytes = {budget}"),
+            )
+        };
+        assert!(Config::parse(&set(1000, 1000)).is_ok());
+        assert!(Config::parse(&set(1000, MAX_QUEUED_REQUEST_BYTES)).is_ok());
+        for (frame, budget) in [(1000, 999), (1000, MAX_QUEUED_REQUEST_BYTES + 1)] {
+            let error = Config::parse(&set(frame, budget)).unwrap_err().to_string();
+            assert!(error.contains("proxy.queued_max_request_bytes"), "{error}");
+        }
     }
 
     #[test]

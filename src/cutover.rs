@@ -498,7 +498,18 @@ struct Committed {
     metadata: Option<StrBytes>,
 }
 
+/// The groups `cluster` lists. A cluster that does not serve ListGroups at all (librdkafka's
+/// mock cluster, some Kafka-compatible brokers) lists none: then the groups kshift's own
+/// clients used are the ones moved, as with a broker that lists none.
 async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
+    if !cluster
+        .api_versions()
+        .await?
+        .contains_key(&(ApiKey::ListGroups as i16))
+    {
+        tracing::warn!(cluster = %cluster.name, "cluster does not serve ListGroups: moving only the groups kshift's clients used");
+        return Ok(BTreeSet::new());
+    }
     let version = cluster
         .version_for(ApiKey::ListGroups, LIST_GROUPS_VERSION)
         .await?;
@@ -757,7 +768,8 @@ impl ReadPositions {
     }
 }
 
-/// The offset after the last complete record batch in `records`, if any.
+/// The offset after the last complete record batch in `records`, if any (none when the
+/// batches' offsets overflow `i64`).
 pub fn next_offset(records: &[u8]) -> Option<i64> {
     const HEADER: usize = 12; // base offset (8) + batch length (4)
     const MAGIC: usize = 16;
@@ -777,11 +789,12 @@ pub fn next_offset(records: &[u8]) -> Option<i64> {
                     .try_into()
                     .ok()?,
             );
-            base + i64::from(delta)
+            base.checked_add(i64::from(delta))?
         } else {
             base // legacy message sets: the (wrapper) message's offset is its last
         };
-        next = Some(last + 1);
+        // Offsets from a broker's bytes: an overflow is a malformed answer, not a position.
+        next = Some(last.checked_add(1)?);
         at = end;
     }
     next
@@ -829,5 +842,11 @@ mod tests {
         assert_eq!(next_offset(&two), Some(50));
         assert_eq!(next_offset(&two[..80]), Some(45)); // partial second batch
         assert_eq!(next_offset(&[]), None);
+        // Offsets near i64::MAX from a broker's bytes: no overflow, no position.
+        let mut last = batch.clone();
+        last[0..8].copy_from_slice(&(i64::MAX - 4).to_be_bytes());
+        assert_eq!(next_offset(&last), None);
+        last[23..27].copy_from_slice(&3i32.to_be_bytes());
+        assert_eq!(next_offset(&last), Some(i64::MAX));
     }
 }

@@ -78,6 +78,12 @@ impl Context {
             + Duration::from_millis(u64::try_from(requested_wait_ms).unwrap_or(0))
     }
 
+    /// The one deadline of this request toward backends ([`Context::backend_timeout`] from
+    /// now): every backend answer it awaits, in turn or at once, shares it.
+    pub fn deadline(&self, requested_wait_ms: i32) -> tokio::time::Instant {
+        crate::cluster::broker_connection::deadline_after(self.backend_timeout(requested_wait_ms))
+    }
+
     /// Encodes `message` as the response to this request.
     pub fn respond<M: Encodable>(&self, message: &M) -> Reply {
         match codec::encode_body(message, self.request.api_version) {
@@ -122,9 +128,9 @@ impl Context {
             self.request.body.clone(),
         )?;
         let context = self.clone();
-        let timeout = self.backend_timeout(requested_wait_ms);
+        let deadline = self.deadline(requested_wait_ms);
         Ok(Box::pin(async move {
-            match response.wait(timeout).await {
+            match response.wait_until(deadline).await {
                 Ok(body) => {
                     inspect(&context, &body);
                     context.respond_raw(body)
@@ -263,8 +269,8 @@ pub async fn submit(
     let submitted = match api_key {
         ApiKey::ApiVersions => Ok(virtual_cluster::api_versions(context.clone())),
         ApiKey::Metadata => Ok(virtual_cluster::metadata(context.clone())),
-        ApiKey::FindCoordinator => virtual_cluster::find_coordinator(&context),
-        ApiKey::DescribeCluster => virtual_cluster::describe_cluster(&context),
+        ApiKey::FindCoordinator => Ok(virtual_cluster::find_coordinator(context.clone())),
+        ApiKey::DescribeCluster => Ok(virtual_cluster::describe_cluster(context.clone())),
         ApiKey::Produce => produce::submit(&context).await,
         ApiKey::Fetch => fetch::submit_fetch(&context).await,
         ApiKey::ListOffsets => fetch::submit_list_offsets(&context).await,

@@ -119,7 +119,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerErro
     let version = context.request.api_version;
     let mut waiting = tokio::task::JoinSet::new();
     let mut pending_parts = Vec::new();
-    let timeout = context.backend_timeout(request.max_wait_ms);
+    let deadline = context.deadline(request.max_wait_ms);
     for (index, part) in split.parts.iter().enumerate() {
         let sub_request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -141,7 +141,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerErro
         let body = codec::encode_body(&sub_request, version)?;
         match send_part(context, part.cluster, part.node, Lane::Fetch, body).await {
             Ok(response) => {
-                waiting.spawn(async move { (index, response.wait(timeout).await) });
+                waiting.spawn(async move { (index, response.wait_until(deadline).await) });
                 pending_parts.push(index);
             }
             Err(error) => fail_part(context, part, &error, &mut split.errors),
@@ -381,7 +381,8 @@ pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, Hand
         }
     }
     let version = context.request.api_version;
-    let timeout = context.backend_timeout(request.timeout_ms);
+    // One deadline for every broker's answer, awaited in turn below.
+    let deadline = context.deadline(request.timeout_ms);
     let mut sent = Vec::new();
     for (index, part) in split.parts.iter().enumerate() {
         let sub_request = ListOffsetsRequest::default()
@@ -410,7 +411,7 @@ pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, Hand
         for (index, result) in sent {
             let part = &split.parts[index];
             let response = match result {
-                Ok(response) => response.wait(timeout).await,
+                Ok(response) => response.wait_until(deadline).await,
                 Err(error) => Err(error),
             }
             .and_then(|body| {

@@ -1,7 +1,9 @@
 //! Everything a client sends to a coordinator or to "any broker": consumer-group and
 //! offset APIs (to the group's cluster, per `[[groups]]`), producer-id and transaction APIs
-//! (to the write cluster's transaction coordinator) and admin APIs (to the write cluster
-//! of the topics they name).
+//! (to the write cluster's transaction coordinator) and admin APIs: those naming topics or
+//! groups are split per cluster, leader or coordinator in [`crate::admin_apis`]; the
+//! others (configs of other resources, ACLs) go to any broker of the client's default
+//! write cluster.
 //!
 //! Invariants:
 //! - Requests are forwarded byte for byte on this client connection's own upstream
@@ -29,7 +31,7 @@ use kafka_protocol::ResponseError;
 use crate::cluster::{BackendError, Cluster, Lane};
 use crate::codec::decode_body;
 use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
-use crate::ClusterId;
+use crate::{admin_apis, ClusterId};
 
 /// Key types of FindCoordinator.
 const GROUP: i8 = 0;
@@ -76,21 +78,11 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         }
         ApiKey::DescribeGroups => {
             let request: DescribeGroupsRequest = context.request.decode()?;
-            let group = request
-                .groups
-                .first()
-                .map(|g| g.0.to_string())
-                .unwrap_or_default();
-            to_group(context, &group, 0).await
+            admin_apis::describe_groups(context, request).await
         }
         ApiKey::DeleteGroups => {
             let request: DeleteGroupsRequest = context.request.decode()?;
-            let group = request
-                .groups_names
-                .first()
-                .map(|g| g.0.to_string())
-                .unwrap_or_default();
-            to_group(context, &group, 0).await
+            admin_apis::delete_groups(context, request).await
         }
         ApiKey::ListGroups => list_groups(context).await,
         ApiKey::TxnOffsetCommit => {
@@ -161,49 +153,29 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         ApiKey::CreateTopics => {
             let request: CreateTopicsRequest = context.request.decode()?;
             create_on_mirrors(context, &request);
-            let topic = request.topics.first().map(|t| t.name.0.to_string());
-            to_admin(context, topic.as_deref()).await
+            admin_apis::create_topics(context, request).await
         }
         ApiKey::DeleteTopics => {
             let request: DeleteTopicsRequest = context.request.decode()?;
-            let topic = request
-                .topic_names
-                .first()
-                .map(|t| t.0.to_string())
-                .or_else(|| {
-                    request
-                        .topics
-                        .first()
-                        .and_then(|t| t.name.as_ref())
-                        .map(|n| n.0.to_string())
-                });
-            to_admin(context, topic.as_deref()).await
+            admin_apis::delete_topics(context, request).await
         }
         ApiKey::CreatePartitions => {
             let request: CreatePartitionsRequest = context.request.decode()?;
-            let topic = request.topics.first().map(|t| t.name.0.to_string());
-            to_admin(context, topic.as_deref()).await
+            admin_apis::create_partitions(context, request).await
         }
         ApiKey::DeleteRecords => {
             let request: DeleteRecordsRequest = context.request.decode()?;
-            let topic = request.topics.first().map(|t| t.name.0.to_string());
-            to_admin(context, topic.as_deref()).await
+            admin_apis::delete_records(context, request).await
         }
         ApiKey::DescribeConfigs => {
             let request: DescribeConfigsRequest = context.request.decode()?;
-            // Resource type 2 is a topic.
-            let topic = request
-                .resources
-                .iter()
-                .find(|r| r.resource_type == 2)
-                .map(|r| r.resource_name.to_string());
-            to_admin(context, topic.as_deref()).await
+            admin_apis::describe_configs(context, request).await
         }
         ApiKey::AlterConfigs
         | ApiKey::IncrementalAlterConfigs
         | ApiKey::DescribeAcls
         | ApiKey::CreateAcls
-        | ApiKey::DeleteAcls => to_admin(context, None).await,
+        | ApiKey::DeleteAcls => to_admin(context).await,
         other => Ok(Box::pin(async move {
             Reply::Close(format!("{other:?} is not served"))
         })),
@@ -282,17 +254,14 @@ async fn to_coordinator(
         .await
 }
 
-/// Admin APIs go to the write cluster of the (first) topic they name, else to the
-/// client's default write cluster; any broker there accepts them.
-async fn to_admin(context: &Context, topic: Option<&str>) -> Result<PendingReply, HandlerError> {
-    let client_id = context.client_id();
-    let cluster = topic
-        .and_then(|topic| context.routing.route(topic, client_id))
-        .map_or_else(
-            || context.routing.default_write_cluster(client_id),
-            |r| r.write,
-        );
-    to_any_broker(context, cluster).await
+/// Admin APIs that name no topic or group go to any broker of the client's default write
+/// cluster.
+async fn to_admin(context: &Context) -> Result<PendingReply, HandlerError> {
+    to_any_broker(
+        context,
+        context.routing.default_write_cluster(context.client_id()),
+    )
+    .await
 }
 
 async fn to_any_broker(
@@ -319,12 +288,13 @@ async fn list_groups(context: &Context) -> Result<PendingReply, HandlerError> {
         sent.push(response);
     }
     let context = context.clone();
-    let timeout = context.backend_timeout(0);
+    // One deadline for every cluster's answer, awaited in turn below.
+    let deadline = context.deadline(0);
     Ok(Box::pin(async move {
         let version = context.request.api_version;
         let mut merged = ListGroupsResponse::default();
         for response in sent {
-            let body: Result<Bytes, BackendError> = response.wait(timeout).await;
+            let body: Result<Bytes, BackendError> = response.wait_until(deadline).await;
             match body.map(|body| {
                 decode_body::<ListGroupsResponse>(body, version, "list groups response")
             }) {

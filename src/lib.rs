@@ -7,13 +7,15 @@
 //!   bounded window of requests in flight and writes responses in request order;
 //! - [`dispatch`] sends each request by api key to its handler:
 //!   - [`virtual_cluster`] answers ApiVersions, Metadata, FindCoordinator and
-//!     DescribeCluster itself, with kshift as the only broker;
+//!     DescribeCluster itself: one virtual node per backend broker, all at kshift's address;
 //!   - [`produce`] routes records to the route's write cluster and queues them for its
 //!     mirrors: per mirror cluster, a writer that takes the queue in order (waiting for write
 //!     offsets, backfilling, planning) and a pipelined idempotent producer with a connection
 //!     per leader broker and several requests in flight on each;
 //!   - [`fetch`] serves Fetch and ListOffsets from the route's read cluster;
 //!   - [`groups`] forwards group, offset and transaction APIs to the right coordinator;
+//!   - [`admin_apis`] splits admin APIs naming topics or groups per cluster, leader or
+//!     coordinator, and merges the answers;
 //!   - [`split`] groups a request's partitions by the broker that must serve them;
 //! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
 //!   coordinator cache) plus the upstream broker connections each client connection owns;
@@ -25,6 +27,7 @@
 //!   server) and each backend cluster's (kshift as the client).
 
 pub mod admin;
+pub mod admin_apis;
 pub mod cli;
 pub mod client_connection;
 pub mod cluster;
@@ -86,7 +89,8 @@ pub struct ProxyState {
     pub redis: Option<Arc<routing::redis::RedisSource>>,
     /// Mirror queues and writers (one per cluster), the offset map, held transactions.
     pub mirrors: Arc<produce::mirror::Mirrors>,
-    /// The broker kshift presents to clients.
+    /// kshift's advertised address (every virtual node is there), and the node id listed
+    /// while no backend broker is known.
     pub node: VirtualNode,
     /// Consumer groups being moved by a routing change.
     pub cutover: cutover::Cutover,
@@ -94,6 +98,13 @@ pub struct ProxyState {
     pub tls: Option<security::tls::ListenerTls>,
     /// SASL termination for clients, when `[proxy.sasl]` is set.
     pub sasl: Option<Arc<security::sasl_server::SaslListener>>,
+    /// Permits for client connections (`max_connections`), one held by each connection
+    /// task, shared by the `listen` and `bootstrap_listen` accept loops.
+    pub connection_permits: Arc<tokio::sync::Semaphore>,
+    /// The request memory budget (`queued_max_request_bytes`), one permit per byte: a client
+    /// connection takes a frame's length in permits before reading its body and gives them
+    /// back once the request is answered, so at the budget no socket is read.
+    pub request_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProxyState {
@@ -103,7 +114,7 @@ impl ProxyState {
     }
 }
 
-/// kshift as a broker: what Metadata and FindCoordinator tell clients.
+/// kshift as a broker: the address Metadata and FindCoordinator give every virtual node.
 #[derive(Debug, Clone)]
 pub struct VirtualNode {
     pub node_id: i32,
@@ -117,6 +128,8 @@ pub struct Proxy;
 /// A running proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    /// The `bootstrap_listen` listener's address, when set.
+    bootstrap_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     state: Arc<ProxyState>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -141,6 +154,16 @@ impl Proxy {
             address: config.proxy.listen.clone(),
             source,
         })?;
+        let bootstrap_tcp = match &config.proxy.bootstrap_listen {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(
+                |source| StartError::Bind {
+                    address: address.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let bootstrap_addr = bootstrap_tcp.as_ref().and_then(|l| l.local_addr().ok());
         let node = match &config.proxy.advertised {
             Some(advertised) => {
                 let (host, port) =
@@ -193,6 +216,7 @@ impl Proxy {
                 settings,
                 Arc::new(security::BackendSecurity::from_config(name, cluster)?),
                 metrics.clone(),
+                cluster.virtual_node_base(name),
             )));
         }
         let table = RoutingTable::build(&config.routing_spec(), &names, 1)
@@ -257,6 +281,10 @@ impl Proxy {
             cutover: cutover::Cutover::default(),
             tls,
             sasl,
+            connection_permits: Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections)),
+            request_budget: Arc::new(tokio::sync::Semaphore::new(
+                config.proxy.queued_max_request_bytes,
+            )),
         });
         for cluster in &state.clusters {
             let cluster = cluster.clone();
@@ -295,10 +323,21 @@ impl Proxy {
             }
             None => None,
         };
-        let listener = tokio::spawn(listener::run(tcp, state.clone(), shutdown_rx));
+        let bootstrap_loop =
+            bootstrap_tcp.map(|tcp| listener::run(tcp, state.clone(), shutdown_rx.clone()));
+        let main_loop = listener::run(tcp, state.clone(), shutdown_rx);
+        let listener = tokio::spawn(async move {
+            match bootstrap_loop {
+                Some(bootstrap_loop) => {
+                    tokio::join!(main_loop, bootstrap_loop);
+                }
+                None => main_loop.await,
+            }
+        });
         tracing::info!(listen = %local_addr, advertised = %format!("{}:{}", state.node.host, state.node.port), "kshift listening");
         Ok(RunningProxy {
             local_addr,
+            bootstrap_addr,
             admin_addr,
             state,
             shutdown,
@@ -312,6 +351,11 @@ impl RunningProxy {
     /// The address the Kafka listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the `bootstrap_listen` listener, when set.
+    pub fn bootstrap_addr(&self) -> Option<SocketAddr> {
+        self.bootstrap_addr
     }
 
     /// The address of the admin API, when `admin_listen` is set.

@@ -1,4 +1,5 @@
-//! The accept loop: one task per client socket, at most `max_connections` at once.
+//! The accept loop: one task per client socket, at most `max_connections` at once (across
+//! `listen` and `bootstrap_listen`, which run one loop each).
 //!
 //! Invariants: a connection over the limit is closed right after accept (counted in the
 //! log), never queued. On shutdown the loop stops accepting and every connection stops
@@ -12,7 +13,7 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::client_connection::ClientConnection;
@@ -23,8 +24,7 @@ pub async fn run(
     state: Arc<ProxyState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Permits for client connections: one held by each connection task.
-    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let permits = state.connection_permits.clone();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub backend_request_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     pub backend_bytes: Family<BackendBytesLabels, Counter>,
+    /// Connections kshift opened to a cluster's brokers (client traffic and its own).
+    pub backend_connections_opened: Family<ClusterLabels, Counter>,
     pub mirror_records: Family<MirrorLabels, Counter>,
     mirror_queue_bytes: Family<ClusterLabels, Gauge>,
     mirror_lag_records: Family<ClusterLabels, Gauge>,
@@ -159,6 +161,7 @@ impl Metrics {
             ),
             backend_errors: Family::default(),
             backend_bytes: Family::default(),
+            backend_connections_opened: Family::default(),
             mirror_records: Family::default(),
             mirror_queue_bytes: Family::default(),
             mirror_lag_records: Family::default(),
@@ -238,6 +241,11 @@ impl Metrics {
             "backend_bytes",
             "Bytes of request and response bodies exchanged with backend brokers",
             metrics.backend_bytes.clone(),
+        );
+        registry.register(
+            "backend_connections_opened",
+            "Connections opened to backend brokers (attempts, successful or not)",
+            metrics.backend_connections_opened.clone(),
         );
         registry.register(
             "mirror_records",
@@ -345,6 +353,14 @@ impl Metrics {
     }
 
     /// Counts a failure: a Kafka error code (0 is ignored) or a named failure.
+    pub fn backend_connection_opened(&self, cluster: &str) {
+        self.backend_connections_opened
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
     pub fn backend_error(&self, cluster: &str, api: ApiKey, error: BackendFailure) {
         let error = match error {
             BackendFailure::Code(0) => return,

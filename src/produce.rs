@@ -171,14 +171,14 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         sent.push((part, result));
     }
     let context = context.clone();
-    let timeout = context.backend_timeout(request.timeout_ms);
+    let deadline = context.deadline(request.timeout_ms);
     let completion = complete(
         context.clone(),
         sent,
         errors,
         mirrored,
         passthrough,
-        timeout,
+        deadline,
     );
     if !client_expects_answer {
         tokio::spawn(completion);
@@ -326,14 +326,15 @@ async fn plan_mirror(
 }
 
 /// Waits for the write cluster's answers, releases the mirror items, waits for `sync`
-/// mirrors, and builds the client's answer.
+/// mirrors, and builds the client's answer. Every wait ends at the request's one
+/// `deadline`: k slow brokers (or mirrors) cost one timeout, not k.
 async fn complete(
     context: Context,
     sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)>,
     mut errors: Vec<(StrBytes, i32, i16)>,
     mirrored: Vec<MirroredPartition>,
     passthrough: bool,
-    timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<Answer, HandlerError> {
     let version = context.request.api_version;
     let mut merged = ProduceResponse::default();
@@ -341,7 +342,7 @@ async fn complete(
     for (part, result) in sent {
         let cluster = context.cluster(part.cluster).clone();
         let response = match result {
-            Ok(Some(response)) => response.wait(timeout).await,
+            Ok(Some(response)) => response.wait_until(deadline).await,
             Ok(None) => {
                 // acks=0 without mirroring: nothing comes back.
                 continue;
@@ -435,7 +436,7 @@ async fn complete(
         }
         let mut failure = planned.refused.then(|| "mirror queue full".to_string());
         for done in planned.mirrored {
-            match tokio::time::timeout(timeout, done).await {
+            match tokio::time::timeout_at(deadline, done).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(error))) => failure = Some(error),
                 Ok(Err(_)) => failure = Some("mirror writer stopped".into()),

@@ -2,12 +2,21 @@
 //! Metadata, FindCoordinator, DescribeCluster.
 //!
 //! Invariants:
-//! - kshift is the only broker clients see: it is every partition's leader, the
-//!   controller and every coordinator, at its advertised address. No backend host, port,
-//!   node id, leader epoch or topic id reaches a client from here.
+//! - kshift speaks for every backend broker through a virtual node of its own
+//!   ([`crate::cluster::Cluster::virtual_node`]): Metadata lists one per broker kshift knows
+//!   of, every one at kshift's advertised address. Clients key connections by node id, so
+//!   they open one connection to kshift per virtual node and send each one only the
+//!   partitions of its real broker, as they would going direct; a slow or dead backend
+//!   broker then holds only the requests of its own partitions.
+//! - A partition's leader is the virtual node of its real leader on the route's write
+//!   cluster (where producers' requests must be split), or on the read cluster where the
+//!   write cluster does not have the partition. A group or transaction coordinator is the
+//!   virtual node of the real coordinator. The controller is any virtual node.
+//! - No backend host, port, node id, leader epoch or topic id reaches a client from here.
 //! - Topics are listed as their route's read cluster has them, under the client-visible
 //!   name; a topic no route matches does not exist for the client.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -23,10 +32,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::cluster::BackendError;
 use crate::codec;
-use crate::dispatch::{
-    Context, HandlerError, PendingReply, Reply, ANSWERED_LOCALLY, SERVED_VERSIONS,
-};
+use crate::dispatch::{Context, PendingReply, Reply, ANSWERED_LOCALLY, SERVED_VERSIONS};
 use crate::{ClusterId, ProxyState};
 
 /// The newest ApiVersions version kshift answers; a newer request gets the v0-shaped
@@ -117,8 +125,58 @@ pub fn api_versions(context: Context) -> PendingReply {
     })
 }
 
-fn node_id(context: &Context) -> BrokerId {
-    BrokerId(context.state.node.node_id)
+/// Every virtual node: one per broker of every cluster kshift has heard of, all at kshift's
+/// address (kshift's own `node_id` while it knows none, so clients have a broker to ask).
+fn virtual_brokers(state: &ProxyState) -> Vec<(BrokerId, StrBytes, i32)> {
+    let host = StrBytes::from_string(state.node.host.clone());
+    let mut ids: Vec<i32> = state
+        .clusters
+        .iter()
+        .flat_map(|cluster| {
+            cluster
+                .known_brokers()
+                .into_iter()
+                .map(|broker| cluster.virtual_node(broker))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        ids.push(state.node.node_id);
+    }
+    ids.into_iter()
+        .map(|id| (BrokerId(id), host.clone(), state.node.port))
+        .collect()
+}
+
+/// Asks each cluster that serves this client (reads, groups, its default writes) and whose
+/// brokers kshift does not know yet for them.
+async fn learn_brokers(context: &Context) {
+    let mut serving = context.routing.read_clusters();
+    serving.extend(context.routing.group_clusters());
+    serving.push(context.routing.default_write_cluster(context.client_id()));
+    serving.sort_unstable();
+    serving.dedup();
+    for cluster_id in serving {
+        let cluster = context.cluster(cluster_id);
+        if cluster.known_brokers().is_empty() {
+            if let Err(error) = cluster.any_broker().await {
+                tracing::debug!(cluster = %cluster.name, %error, "Metadata: brokers unknown");
+            }
+        }
+    }
+}
+
+/// The controller clients are shown: the virtual node of the client's write cluster's
+/// controller, else the first virtual node.
+fn controller(context: &Context, brokers: &[(BrokerId, StrBytes, i32)]) -> BrokerId {
+    let cluster = context.cluster(context.routing.default_write_cluster(context.client_id()));
+    match cluster.known_controller() {
+        Some(node) => BrokerId(cluster.virtual_node(node)),
+        None => brokers
+            .first()
+            .map_or(BrokerId(context.state.node.node_id), |(id, _, _)| *id),
+    }
 }
 
 pub fn metadata(context: Context) -> PendingReply {
@@ -131,17 +189,6 @@ pub fn metadata(context: Context) -> PendingReply {
             }
         };
         let version = context.request.api_version;
-        let node = &context.state.node;
-        let mut response = MetadataResponse::default()
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(node_id(&context))
-                .with_host(StrBytes::from_string(node.host.clone()))
-                .with_port(node.port)])
-            .with_cluster_id(Some(StrBytes::from_string(
-                context.state.config.cluster_id.clone(),
-            )))
-            .with_controller_id(node_id(&context))
-            .with_cluster_authorized_operations(i32::MIN);
         // v0 asks for every topic with an empty list, later versions with null.
         let requested: Option<Vec<String>> = match request.topics {
             Some(topics) if !(topics.is_empty() && version == 0) => Some(
@@ -153,11 +200,114 @@ pub fn metadata(context: Context) -> PendingReply {
             _ => None,
         };
         let auto_create = version < 4 || request.allow_auto_topic_creation;
-        response.topics = match requested {
+        let topics = match requested {
             Some(topics) => listed_topics(&context, topics, auto_create).await,
             None => all_topics(&context).await,
         };
+        // After the topics: their metadata taught kshift the brokers. A cluster clients are
+        // served from whose brokers kshift has not learned yet (a Metadata request naming no
+        // topic, right after start) is asked first, so clients never see only the fallback.
+        learn_brokers(&context).await;
+        let brokers = virtual_brokers(&context.state);
+        let response = MetadataResponse::default()
+            .with_controller_id(controller(&context, &brokers))
+            .with_brokers(
+                brokers
+                    .into_iter()
+                    .map(|(id, host, port)| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(id)
+                            .with_host(host)
+                            .with_port(port)
+                    })
+                    .collect(),
+            )
+            .with_cluster_id(Some(StrBytes::from_string(
+                context.state.config.cluster_id.clone(),
+            )))
+            .with_cluster_authorized_operations(i32::MIN)
+            .with_topics(topics);
         context.respond(&response)
+    })
+}
+
+/// One topic of a Metadata answer: where its partitions are read and where they are led.
+struct Wanted {
+    client_name: String,
+    read: ClusterId,
+    read_name: String,
+    write: ClusterId,
+    write_name: String,
+}
+
+/// Partition index → real leader, for topics of one cluster's Metadata answer.
+type Leaders = HashMap<String, HashMap<i32, i32>>;
+
+fn leaders_of(response: &MetadataResponse) -> Leaders {
+    response
+        .topics
+        .iter()
+        .filter(|t| t.error_code == 0)
+        .filter_map(|t| {
+            let name = t.name.as_ref()?.0.to_string();
+            let leaders = t
+                .partitions
+                .iter()
+                .filter(|p| p.leader_id.0 >= 0)
+                .map(|p| (p.partition_index, p.leader_id.0))
+                .collect();
+            Some((name, leaders))
+        })
+        .collect()
+}
+
+/// The write clusters' leaders of the `wanted` topics that are written elsewhere than read
+/// (one Metadata request per write cluster); a cluster that cannot answer is left out, and
+/// its topics' leaders are mapped from their read cluster.
+async fn write_leaders(context: &Context, wanted: &[Wanted]) -> HashMap<ClusterId, Leaders> {
+    let mut names: Vec<(ClusterId, Vec<String>)> = Vec::new();
+    for topic in wanted.iter().filter(|t| t.write != t.read) {
+        match names.iter_mut().find(|(id, _)| *id == topic.write) {
+            Some((_, list)) => list.push(topic.write_name.clone()),
+            None => names.push((topic.write, vec![topic.write_name.clone()])),
+        }
+    }
+    let mut leaders = HashMap::new();
+    for (cluster_id, list) in names {
+        let cluster = context.cluster(cluster_id);
+        match cluster.metadata(Some(&list), false).await {
+            Ok(response) => {
+                leaders.insert(cluster_id, leaders_of(&response));
+            }
+            Err(error) => {
+                tracing::warn!(cluster = %cluster.name, %error, "metadata from write cluster failed; leaders shown from the read cluster")
+            }
+        }
+    }
+    leaders
+}
+
+/// `backend` (from `wanted.read`) as the client sees it, leaders mapped to virtual nodes.
+fn present_wanted(
+    context: &Context,
+    wanted: &Wanted,
+    backend: &MetadataResponseTopic,
+    write_leaders: &HashMap<ClusterId, Leaders>,
+) -> MetadataResponseTopic {
+    let read = context.cluster(wanted.read);
+    let write = context.cluster(wanted.write);
+    let written = write_leaders
+        .get(&wanted.write)
+        .and_then(|leaders| leaders.get(&wanted.write_name));
+    present_topic(&wanted.client_name, backend, |partition| {
+        let on_write = written.and_then(|leaders| leaders.get(&partition.partition_index));
+        match on_write {
+            Some(&leader) => Some(BrokerId(write.virtual_node(leader))),
+            None if partition.leader_id.0 >= 0 => {
+                Some(BrokerId(read.virtual_node(partition.leader_id.0)))
+            }
+            None => None,
+        }
     })
 }
 
@@ -169,8 +319,7 @@ async fn listed_topics(
 ) -> Vec<MetadataResponseTopic> {
     let client_id = context.client_id();
     let mut answered = Vec::with_capacity(topics.len());
-    // (cluster, backend names, client names), one request per read cluster.
-    let mut per_cluster: Vec<(ClusterId, Vec<String>, Vec<String>)> = Vec::new();
+    let mut wanted = Vec::with_capacity(topics.len());
     for topic in topics {
         let Some(route) = context.routing.route(&topic, client_id) else {
             answered.push(topic_error(
@@ -193,44 +342,53 @@ async fn listed_topics(
                 }
             }
         }
-        let backend_name = route.topic_on(route.read, &topic).to_string();
-        match per_cluster.iter_mut().find(|(id, _, _)| *id == route.read) {
-            Some((_, backend, client)) => {
-                backend.push(backend_name);
-                client.push(topic);
-            }
-            None => per_cluster.push((route.read, vec![backend_name], vec![topic])),
-        }
+        wanted.push(Wanted {
+            read: route.read,
+            read_name: route.topic_on(route.read, &topic).to_string(),
+            write: route.write,
+            write_name: route.topic_on(route.write, &topic).to_string(),
+            client_name: topic,
+        });
     }
-    for (cluster_id, backend_names, client_names) in per_cluster {
+    let mut read_clusters: Vec<ClusterId> = wanted.iter().map(|t| t.read).collect();
+    read_clusters.sort_unstable();
+    read_clusters.dedup();
+    let mut read_answers = Vec::new();
+    for cluster_id in read_clusters {
+        let names: Vec<String> = wanted
+            .iter()
+            .filter(|t| t.read == cluster_id)
+            .map(|t| t.read_name.clone())
+            .collect();
         let cluster = context.cluster(cluster_id);
-        let create_here = auto_create;
-        match cluster.metadata(Some(&backend_names), create_here).await {
-            Ok(backend) => {
-                for (backend_name, client_name) in backend_names.iter().zip(&client_names) {
-                    let found = backend.topics.iter().find(|t| {
-                        t.name
-                            .as_ref()
-                            .is_some_and(|n| n.0.as_str() == backend_name)
-                    });
-                    answered.push(match found {
-                        Some(topic) => present_topic(node_id(context), client_name, topic),
-                        None => {
-                            topic_error(client_name, ResponseError::UnknownTopicOrPartition.code())
-                        }
-                    });
-                }
-            }
-            Err(error) => {
-                tracing::warn!(cluster = %cluster.name, %error, "metadata from read cluster failed");
-                for client_name in &client_names {
-                    answered.push(topic_error(
-                        client_name,
-                        ResponseError::LeaderNotAvailable.code(),
-                    ));
-                }
-            }
+        let answer = cluster.metadata(Some(&names), auto_create).await;
+        if let Err(error) = &answer {
+            tracing::warn!(cluster = %cluster.name, %error, "metadata from read cluster failed");
         }
+        read_answers.push((cluster_id, answer));
+    }
+    let write_leaders = write_leaders(context, &wanted).await;
+    for topic in &wanted {
+        let Some((_, answer)) = read_answers.iter().find(|(id, _)| *id == topic.read) else {
+            continue;
+        };
+        answered.push(match answer {
+            Ok(backend) => {
+                let found = backend.topics.iter().find(|t| {
+                    t.name
+                        .as_ref()
+                        .is_some_and(|n| n.0.as_str() == topic.read_name)
+                });
+                match found {
+                    Some(found) => present_wanted(context, topic, found, &write_leaders),
+                    None => topic_error(
+                        &topic.client_name,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    ),
+                }
+            }
+            Err(_) => topic_error(&topic.client_name, ResponseError::LeaderNotAvailable.code()),
+        });
     }
     answered
 }
@@ -238,7 +396,7 @@ async fn listed_topics(
 /// Every topic the client can reach: each read cluster's topics whose route reads there.
 async fn all_topics(context: &Context) -> Vec<MetadataResponseTopic> {
     let client_id = context.client_id();
-    let mut answered = Vec::new();
+    let mut found = Vec::new();
     for cluster_id in context.routing.read_clusters() {
         let cluster = context.cluster(cluster_id);
         let backend = match cluster.metadata(None, false).await {
@@ -248,43 +406,59 @@ async fn all_topics(context: &Context) -> Vec<MetadataResponseTopic> {
                 continue;
             }
         };
-        for topic in &backend.topics {
+        for topic in backend.topics {
             let Some(name) = &topic.name else { continue };
-            let name = name.0.as_str();
-            let Some(route) = context.routing.route(name, client_id) else {
+            let name = name.0.to_string();
+            let Some(route) = context.routing.route(&name, client_id) else {
                 continue;
             };
-            if route.read == cluster_id && route.topic_on(cluster_id, name) == name {
-                answered.push(present_topic(node_id(context), name, topic));
+            if route.read == cluster_id && route.topic_on(cluster_id, &name) == name {
+                let wanted = Wanted {
+                    read: cluster_id,
+                    read_name: name.clone(),
+                    write: route.write,
+                    write_name: route.topic_on(route.write, &name).to_string(),
+                    client_name: name,
+                };
+                found.push((wanted, topic));
             }
         }
     }
-    answered
+    let (wanted, backends): (Vec<Wanted>, Vec<MetadataResponseTopic>) = found.into_iter().unzip();
+    let write_leaders = write_leaders(context, &wanted).await;
+    wanted
+        .iter()
+        .zip(&backends)
+        .map(|(wanted, backend)| present_wanted(context, wanted, backend, &write_leaders))
+        .collect()
 }
 
-/// A backend topic as the client sees it: kshift leads every partition, epochs unknown.
+/// A backend topic as the client sees it: each partition led by the virtual node
+/// `leader_of` gives it (none: LEADER_NOT_AVAILABLE), replicas and ISR that node alone,
+/// epochs unknown.
 pub fn present_topic(
-    node: BrokerId,
     client_name: &str,
     backend: &MetadataResponseTopic,
+    leader_of: impl Fn(&MetadataResponsePartition) -> Option<BrokerId>,
 ) -> MetadataResponseTopic {
     let partitions = backend
         .partitions
         .iter()
         .map(|p| {
-            let has_leader = p.leader_id.0 >= 0;
-            let error_code = if p.error_code == 0 && !has_leader {
+            let leader = leader_of(p);
+            let error_code = if p.error_code == 0 && leader.is_none() {
                 ResponseError::LeaderNotAvailable.code()
             } else {
                 p.error_code
             };
+            let nodes: Vec<BrokerId> = leader.into_iter().collect();
             MetadataResponsePartition::default()
                 .with_error_code(error_code)
                 .with_partition_index(p.partition_index)
-                .with_leader_id(if has_leader { node } else { BrokerId(-1) })
+                .with_leader_id(leader.unwrap_or(BrokerId(-1)))
                 .with_leader_epoch(-1)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(nodes.clone())
+                .with_isr_nodes(nodes)
         })
         .collect();
     MetadataResponseTopic::default()
@@ -304,48 +478,112 @@ fn topic_error(name: &str, code: i16) -> MetadataResponseTopic {
         .with_topic_authorized_operations(i32::MIN)
 }
 
-/// kshift coordinates every group and transaction; it forwards their requests to the
-/// real coordinator of the right cluster.
-pub fn find_coordinator(context: &Context) -> Result<PendingReply, HandlerError> {
-    let request: FindCoordinatorRequest = context.request.decode()?;
-    let node = &context.state.node;
-    let host = StrBytes::from_string(node.host.clone());
-    let mut response = FindCoordinatorResponse::default();
-    if context.request.api_version >= 4 {
-        response.coordinators = request
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(node_id(context))
-                    .with_host(host.clone())
-                    .with_port(node.port)
+/// Key types of FindCoordinator.
+const GROUP: i8 = 0;
+const TRANSACTION: i8 = 1;
+
+/// The virtual node of the real coordinator of `key`: a group's on the cluster the
+/// `[[groups]]` rules give it, a transactional id's on the client's write cluster (where
+/// [`crate::groups`] sends their requests).
+async fn coordinator_node(context: &Context, key_type: i8, key: &str) -> Result<i32, i16> {
+    let cluster_id = match key_type {
+        GROUP => {
+            // A group being moved waits, then is looked up where the new table puts it.
+            if context.state.cutover.wait_if_moving(key).await {
+                context.state.routing.load().group_cluster(key)
+            } else {
+                context.routing.group_cluster(key)
+            }
+        }
+        TRANSACTION => context.routing.default_write_cluster(context.client_id()),
+        _ => return Err(ResponseError::InvalidRequest.code()),
+    };
+    let cluster = context.cluster(cluster_id);
+    match cluster.coordinator(key_type, key).await {
+        Ok(node) => Ok(cluster.virtual_node(node)),
+        Err(error) => {
+            tracing::debug!(cluster = %cluster.name, key, %error, "coordinator lookup failed");
+            Err(match error {
+                BackendError::Kafka { code, .. } => code,
+                _ => ResponseError::CoordinatorNotAvailable.code(),
             })
-            .collect();
-    } else {
-        response = response
-            .with_node_id(node_id(context))
-            .with_host(host)
-            .with_port(node.port);
+        }
     }
-    let reply = context.respond(&response);
-    Ok(Box::pin(async move { reply }))
 }
 
-pub fn describe_cluster(context: &Context) -> Result<PendingReply, HandlerError> {
-    let node = &context.state.node;
-    let response = DescribeClusterResponse::default()
-        .with_cluster_id(StrBytes::from_string(
-            context.state.config.cluster_id.clone(),
-        ))
-        .with_controller_id(node_id(context))
-        .with_endpoint_type(1)
-        .with_cluster_authorized_operations(i32::MIN)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(node_id(context))
-            .with_host(StrBytes::from_string(node.host.clone()))
-            .with_port(node.port)]);
-    let reply = context.respond(&response);
-    Ok(Box::pin(async move { reply }))
+/// FindCoordinator (v0–3 one key, v4+ several): each key's real coordinator, as its
+/// virtual node at kshift's address.
+pub fn find_coordinator(context: Context) -> PendingReply {
+    Box::pin(async move {
+        let request: FindCoordinatorRequest = match context.request.decode() {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::info!(%error, "closing client connection: malformed FindCoordinator request");
+                return Reply::Close(error.to_string());
+            }
+        };
+        let node = &context.state.node;
+        let host = StrBytes::from_string(node.host.clone());
+        let batched = context.request.api_version >= 4;
+        let keys = if batched {
+            request.coordinator_keys
+        } else {
+            vec![request.key]
+        };
+        let mut coordinators = Vec::with_capacity(keys.len());
+        for key in keys {
+            let coordinator = match coordinator_node(&context, request.key_type, &key).await {
+                Ok(id) => Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(BrokerId(id))
+                    .with_host(host.clone())
+                    .with_port(node.port),
+                Err(code) => Coordinator::default()
+                    .with_key(key)
+                    .with_error_code(code)
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1),
+            };
+            coordinators.push(coordinator);
+        }
+        let response = if batched {
+            FindCoordinatorResponse::default().with_coordinators(coordinators)
+        } else {
+            match coordinators.into_iter().next() {
+                Some(c) => FindCoordinatorResponse::default()
+                    .with_error_code(c.error_code)
+                    .with_node_id(c.node_id)
+                    .with_host(c.host)
+                    .with_port(c.port),
+                None => FindCoordinatorResponse::default(),
+            }
+        };
+        context.respond(&response)
+    })
+}
+
+pub fn describe_cluster(context: Context) -> PendingReply {
+    Box::pin(async move {
+        learn_brokers(&context).await;
+        let brokers = virtual_brokers(&context.state);
+        let response = DescribeClusterResponse::default()
+            .with_cluster_id(StrBytes::from_string(
+                context.state.config.cluster_id.clone(),
+            ))
+            .with_controller_id(controller(&context, &brokers))
+            .with_endpoint_type(1)
+            .with_cluster_authorized_operations(i32::MIN)
+            .with_brokers(
+                brokers
+                    .into_iter()
+                    .map(|(id, host, port)| {
+                        DescribeClusterBroker::default()
+                            .with_broker_id(id)
+                            .with_host(host)
+                            .with_port(port)
+                    })
+                    .collect(),
+            );
+        context.respond(&response)
+    })
 }

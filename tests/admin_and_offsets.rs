@@ -224,3 +224,65 @@ async fn offsets_are_listed_earliest_latest_and_by_timestamp() {
     drop(producer);
     kshift.shutdown().await;
 }
+
+/// Topics of `bootstrap` whose name is one of `names`.
+fn present(bootstrap: &str, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| partition_count(bootstrap, name).is_some())
+        .map(|name| name.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_naming_topics_of_two_clusters_reach_each_topics_write_cluster() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let routing = "[[routes]]\ntopics = \"on-old-*\"\nwrite = \"old\"\nread = \"old\"\n\
+                   [[routes]]\ntopics = \"on-new-*\"\nwrite = \"new\"\nread = \"new\"\n";
+    let kshift = Kshift::start_toml(&common::two_cluster_toml(&old, &new, "", routing)).await;
+    let on_old = common::unique_topic("on-old");
+    let on_new = common::unique_topic("on-new");
+    let admin = common::admin(&kshift.bootstrap());
+
+    // One CreateTopics request naming both (librdkafka sends them together).
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new(&on_old, 1, TopicReplication::Fixed(1)),
+                NewTopic::new(&on_new, 1, TopicReplication::Fixed(1)),
+            ],
+            &options(),
+        )
+        .await
+        .expect("CreateTopics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let names = [on_old.as_str(), on_new.as_str()];
+    let deadline = Instant::now() + common::TIMEOUT;
+    while present(&old.bootstrap(), &names) != [on_old.clone()]
+        || present(&new.bootstrap(), &names) != [on_new.clone()]
+    {
+        assert!(
+            Instant::now() < deadline,
+            "old has {:?}, new has {:?}",
+            present(&old.bootstrap(), &names),
+            present(&new.bootstrap(), &names)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // One DeleteTopics request naming both.
+    let deleted = admin
+        .delete_topics(&names, &options())
+        .await
+        .expect("DeleteTopics");
+    assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+    let deadline = Instant::now() + common::TIMEOUT;
+    while !present(&old.bootstrap(), &names).is_empty()
+        || !present(&new.bootstrap(), &names).is_empty()
+    {
+        assert!(Instant::now() < deadline, "topics not deleted everywhere");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(admin);
+    kshift.shutdown().await;
+}

@@ -1,6 +1,8 @@
 //! Limits, each tested on both sides: `max_connections` (excess refused at accept and
-//! counted, room again once a client leaves) and `mirror_queue_bytes` (records that fit are
-//! mirrored; what does not fit is dropped and counted, never blocking the producer).
+//! counted, room again once a client leaves), `mirror_queue_bytes` (records that fit are
+//! mirrored; what does not fit is dropped and counted, never blocking the producer) and
+//! `queued_max_request_bytes` (another connection's frame is not read while unanswered
+//! frames hold the budget; read at once while they leave room).
 
 mod common;
 mod raw;
@@ -321,4 +323,90 @@ async fn max_in_flight_requests_bounds_what_runs_behind_a_parked_request() {
         !produce_runs_behind_a_parked_fetch(1).await,
         "window 1 ran a second request"
     );
+}
+
+/// Two connections each send a ~40 KB produce: the first to a partition of a broker that
+/// answers 2 s late, the second to a healthy broker's. Returns true if the second was
+/// answered while the first was still waiting.
+async fn second_frame_read_while_first_waits(budget_bytes: usize) -> bool {
+    use common::mock_cluster::MockKafka;
+    use kafka_protocol::messages::ProduceResponse;
+
+    let topic = common::unique_topic("budget");
+    let cluster = MockKafka::start(3);
+    cluster.create_topic(&topic, 3); // partition p led by broker p + 1
+    common::wait_for_topic(&cluster.bootstrap(), &topic, 3);
+    let bootstrap: Vec<String> = cluster
+        .bootstrap()
+        .split(',')
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nmax_frame_bytes = 65536\nqueued_max_request_bytes = {budget_bytes}\n\
+         [clusters.old]\nbootstrap = [{}]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n",
+        bootstrap.join(", ")
+    );
+    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let batch = raw::record_batch(600);
+    assert!(
+        (33_000..60_000).contains(&batch.len()),
+        "{} bytes",
+        batch.len()
+    );
+    let request = |partition: i32| {
+        let mut request = raw::produce_request(&topic, 1, batch.clone());
+        request.topic_data[0].partition_data[0].index = partition;
+        request
+    };
+    // Leaders and connections first, then broker 1 turns slow.
+    let mut warm = RawClient::connect(proxy.local_addr()).await;
+    for partition in [0, 1] {
+        warm.send(ApiKey::Produce, 7, partition, &request(partition))
+            .await;
+        let answer: ProduceResponse = warm.receive(ApiKey::Produce, 7, partition).await;
+        assert_eq!(answer.responses[0].partition_responses[0].error_code, 0);
+    }
+    cluster.set_round_trip(1, Duration::from_secs(2));
+
+    let mut first = RawClient::connect(proxy.local_addr()).await;
+    let mut second = RawClient::connect(proxy.local_addr()).await;
+    first.send(ApiKey::Produce, 7, 1, &request(0)).await;
+    // The first frame is read (its bytes held in the budget) before the second is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.state().request_budget.available_permits() + batch.len() > budget_bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first frame was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    second.send(ApiKey::Produce, 7, 2, &request(1)).await;
+    let second_first = tokio::select! {
+        answer = first.read(Duration::from_secs(15)) => {
+            assert!(matches!(answer, Read::Frame(_)), "{answer:?}");
+            false
+        }
+        answer = second.read(Duration::from_secs(15)) => {
+            assert!(matches!(answer, Read::Frame(_)), "{answer:?}");
+            true
+        }
+    };
+    // Whichever waited is answered in the end.
+    let other = if second_first {
+        first.read(Duration::from_secs(15)).await
+    } else {
+        second.read(Duration::from_secs(15)).await
+    };
+    assert!(matches!(other, Read::Frame(_)), "{other:?}");
+    cluster.set_round_trip(-1, Duration::ZERO);
+    proxy.shutdown().await;
+    second_first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_max_request_bytes_stops_reading_sockets_at_the_budget() {
+    // 64 KiB: the first (unanswered) 40 KB frame leaves no room for the second.
+    assert!(!second_frame_read_while_first_waits(65_536).await);
+    // 1 MiB: room for both; the second is answered while the first waits.
+    assert!(second_frame_read_while_first_waits(1 << 20).await);
 }

@@ -2,7 +2,8 @@
 //! producers write through it keeps going when the routing table moves its reads and its
 //! coordinator from `old` to `new` — no restart, no gap, and duplicates only of what it had
 //! not committed — also after a kshift restart between mirroring and the switch; a group
-//! whose position precedes everything copied is refused with the reason.
+//! whose position precedes everything copied is refused with the reason. The same switch
+//! between two 3-broker clusters (MockCluster) whose leaders differ.
 
 mod common;
 mod http;
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::mock_cluster::MockKafka;
 use common::Broker;
 use kshift::config::Config;
 use kshift::{Proxy, RunningProxy};
@@ -35,7 +37,24 @@ fn config_text(
     offset_map: &std::path::Path,
     routing: &str,
 ) -> String {
-    common::two_cluster_toml(old, new, "", routing).replace(
+    config_text_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        listen,
+        offset_map,
+        routing,
+    )
+}
+
+/// As [`config_text`], each cluster given by its `bootstrap.servers`.
+fn config_text_at(
+    old: &str,
+    new: &str,
+    listen: &str,
+    offset_map: &std::path::Path,
+    routing: &str,
+) -> String {
+    common::two_cluster_toml_at(old, new, "", "", routing).replace(
         "listen = \"127.0.0.1:0\"",
         &format!(
             "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\noffset_map_file = \"{}\"\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 5000",
@@ -358,6 +377,49 @@ async fn a_running_group_follows_a_read_switch_without_gap() {
     let topic = setup(&old, &new, &bootstrap).await;
     let group = common::unique_topic("cutover-group");
 
+    let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
+    let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
+    wait_for_count(&log, 150, "before the switch").await;
+    // Let auto commit (every second) record a position on old.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    switch_and_check(&proxy, log, consumer, producing, &group).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_group_follows_a_read_switch_between_multi_broker_clusters() {
+    let (old, new) = (MockKafka::start(3), MockKafka::start(3));
+    let topic = common::unique_topic("cutover-mock");
+    for cluster in [&old, &new] {
+        cluster.create_topic(&topic, PARTITIONS);
+        common::wait_for_topic(&cluster.bootstrap(), &topic, PARTITIONS);
+    }
+    // new's leaders differ from old's (which clients are shown): after the switch, fetches
+    // sent by old's leaders are split by new's.
+    new.move_leader(&topic, 0, 3);
+    new.move_leader(&topic, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("offsets.jsonl");
+    let text = config_text_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "127.0.0.1:0",
+        &map,
+        &routing("old", "\"new\""),
+    );
+    let proxy = start(&text).await;
+    let bootstrap = proxy.local_addr().to_string();
+    // Records on old from before mirroring: offsets on old and new differ.
+    let early = common::producer(&old.bootstrap(), &[]);
+    let values: Vec<String> = (0..25).map(|i| format!("early-{i}")).collect();
+    common::send_all(
+        &early,
+        values
+            .iter()
+            .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
+            .collect(),
+    )
+    .await;
+    let group = common::unique_topic("cutover-group");
     let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
     let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
     wait_for_count(&log, 150, "before the switch").await;

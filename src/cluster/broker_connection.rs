@@ -97,7 +97,13 @@ pub struct ResponseFuture {
 impl ResponseFuture {
     /// Waits for the response, at most `timeout`.
     pub async fn wait(self, timeout: Duration) -> Result<Bytes, BackendError> {
-        let result = match tokio::time::timeout(timeout, self.receiver).await {
+        self.wait_until(deadline_after(timeout)).await
+    }
+
+    /// Waits for the response until `deadline`: the one deadline of the client request this
+    /// belongs to, however many backend answers it awaits in turn.
+    pub async fn wait_until(self, deadline: tokio::time::Instant) -> Result<Bytes, BackendError> {
+        let result = match tokio::time::timeout_at(deadline, self.receiver).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(BackendError::Closed {
                 address: self.address,
@@ -105,7 +111,7 @@ impl ResponseFuture {
             }),
             Err(_) => Err(BackendError::Timeout {
                 address: self.address,
-                after_ms: timeout.as_millis() as u64,
+                after_ms: u64::try_from(self.sent_at.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
         };
         if let Some(observer) = &self.observer {
@@ -296,6 +302,15 @@ impl BrokerConnection {
             observer: self.observer.clone(),
         }))
     }
+}
+
+/// `timeout` from now; a year from now if that does not fit an `Instant` (configured
+/// durations are bounded well below, see [`crate::config::MAX_DURATION_MS`]).
+pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Runs the SASL exchange on a fresh `stream` when the cluster has credentials.

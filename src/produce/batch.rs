@@ -59,9 +59,18 @@ impl Batch {
         i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
     }
 
-    /// The offset of the batch's last record.
+    /// The offset of the batch's last record; `None` when the header's base offset and
+    /// delta (bytes a broker sent) add up beyond `i64`.
+    pub fn checked_last_offset(&self) -> Option<i64> {
+        self.base_offset()
+            .checked_add(i64::from(self.i32_at(LAST_OFFSET_DELTA_OFFSET)))
+    }
+
+    /// The offset of the batch's last record, saturated at `i64::MAX` (see
+    /// [`Batch::checked_last_offset`]).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + i64::from(self.i32_at(LAST_OFFSET_DELTA_OFFSET))
+        self.base_offset()
+            .saturating_add(i64::from(self.i32_at(LAST_OFFSET_DELTA_OFFSET)))
     }
 
     pub fn producer_id(&self) -> i64 {
@@ -408,6 +417,18 @@ pub(crate) mod tests {
         assert_eq!(set.records[2].sequence, 57);
         assert_eq!(set.records[2].value.as_deref(), Some(&b"v2"[..]));
         assert_eq!(set.records[0].partition_leader_epoch, -1);
+    }
+
+    #[test]
+    fn a_last_offset_beyond_i64_does_not_overflow() {
+        let mut bytes = BytesMut::from(&encoded(3, false)[..]);
+        bytes[0..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        let batch = &split_batches(bytes.freeze()).unwrap()[0];
+        assert_eq!(batch.base_offset(), i64::MAX);
+        assert_eq!(batch.checked_last_offset(), None);
+        assert_eq!(batch.last_offset(), i64::MAX);
+        let fine = &split_batches(encoded(3, false)).unwrap()[0];
+        assert_eq!(fine.checked_last_offset(), Some(fine.base_offset() + 2));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl MirrorItem {
             topic: self.topic.to_string(),
             write_partition: self.write_partition,
             first_offset: write_base_offset,
-            last_offset: write_base_offset + self.record_count - 1,
+            last_offset: write_base_offset.saturating_add(self.record_count - 1),
             mirror_cluster: mirror_cluster.to_string(),
             reason,
             mirror: Some(self.target()),
@@ -687,7 +687,7 @@ impl Shared {
                 &item.topic,
                 item.write_partition,
                 self.cluster.id,
-                write_base_offset + item.record_count,
+                write_base_offset.saturating_add(item.record_count),
             );
         }
         let outcome = if result.is_ok() { "mirrored" } else { "failed" };
@@ -705,7 +705,7 @@ impl Shared {
             let write_offsets = format!(
                 "{}..={}",
                 write_base_offset,
-                write_base_offset + item.record_count - 1
+                write_base_offset.saturating_add(item.record_count - 1)
             );
             if held_back {
                 // The gap's opening was logged at warn; one line per held batch would flood.
@@ -866,7 +866,7 @@ impl MirrorWriter {
                 gap: gap.clone(),
                 report: Report::Item(progress.clone()),
             };
-            write_offset += records;
+            write_offset = write_offset.saturating_add(records);
             if let Err(mpsc::error::SendError(submission)) = self.producer.send(submission) {
                 self.shared
                     .report(submission.report, Err("mirror producer stopped".into()));

@@ -223,7 +223,15 @@ impl MirrorWriter {
                     }
                     !starts
                 });
-                let next = batch.last_offset() + 1;
+                let next = batch
+                    .checked_last_offset()
+                    .and_then(|last| last.checked_add(1))
+                    .ok_or_else(|| {
+                        format!(
+                            "{}[{partition}] on {} answered a batch whose offsets overflow",
+                            source.topic, source.cluster.name
+                        )
+                    })?;
                 let producer = batch.producer_id();
                 if batch.is_control() {
                     aborting.remove(&producer);

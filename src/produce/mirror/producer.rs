@@ -1332,7 +1332,7 @@ async fn locate(
                     return None; // passed it: it is not there
                 }
             }
-            offset = batch.last_offset().checked_add(1)?;
+            offset = batch.checked_last_offset()?.checked_add(1)?;
         }
     }
     None
