@@ -274,7 +274,8 @@ pub struct ClusterConfig {
     pub mirror_max_in_flight: usize,
     /// Largest produce request the mirror producer sends, in bytes: the ready batches of
     /// every partition a broker leads, up to this (Java's `max.request.size`). A single
-    /// batch larger than this still goes, alone.
+    /// batch larger than this still goes, alone. With `mirror_max_in_flight`, it bounds the
+    /// bytes in flight per broker, hence the mirror's rate over a long round trip.
     #[serde(default = "default_mirror_request_bytes")]
     pub mirror_request_bytes: usize,
     /// Largest batch the mirror producer makes by merging a partition's queued client
@@ -467,8 +468,11 @@ fn default_mirror_max_in_flight() -> usize {
 /// Most `mirror_max_in_flight`: what an idempotent Kafka broker keeps in order per partition.
 pub const MAX_MIRROR_IN_FLIGHT: usize = 5;
 
+/// 8 MiB: bytes in flight are what carries a mirror over a long round trip (5 requests per
+/// broker per round trip), and a broker takes requests up to its `socket.request.max.bytes`
+/// (100 MiB); each partition's batch in it stays under `mirror_batch_bytes`.
 fn default_mirror_request_bytes() -> usize {
-    1024 * 1024
+    8 * 1024 * 1024
 }
 
 fn default_mirror_batch_bytes() -> usize {
@@ -832,7 +836,7 @@ mod tests {
         let old = &config.clusters["old"];
         assert_eq!(old.mirror_overflow, MirrorOverflow::Drop);
         assert_eq!(old.mirror_max_in_flight, 5);
-        assert_eq!(old.mirror_request_bytes, 1024 * 1024);
+        assert_eq!(old.mirror_request_bytes, 8 * 1024 * 1024);
         assert_eq!(old.mirror_batch_bytes, 512 * 1024);
         assert_eq!(old.mirror_delivery_timeout_ms, 120_000);
         let bootstrap = "bootstrap = [\"127.0.0.1:9093\"]";
