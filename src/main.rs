@@ -45,7 +45,7 @@ enum Command {
         admin: String,
     },
     /// Compare each mirrored topic's records on its write cluster and its mirrors, per
-    /// partition (counts and digests); exit 1 on any difference.
+    /// partition: records missing, extra or changed, and order; exit 1 on any difference.
     Verify {
         /// The kshift configuration (clusters and routes).
         #[arg(long)]
@@ -56,6 +56,11 @@ enum Command {
         /// Only records from this time on (milliseconds since the epoch).
         #[arg(long)]
         since: Option<i64>,
+        /// strict: the mirror must keep each partition's write order (one kshift writes it);
+        /// fleet: order may differ between instances' batches. Default: fleet when the
+        /// config uses Redis, strict otherwise.
+        #[arg(long, value_enum)]
+        order: Option<kshift::cli::verify::OrderMode>,
     },
     /// Replay the write-offset ranges the mirror failure journal lists (mirror_failures_file)
     /// from the write cluster to the mirror; ranges done are not replayed again.
@@ -315,6 +320,7 @@ fn main() -> ExitCode {
             config,
             topics,
             since,
+            order,
         } => {
             let config = match Config::load(&config) {
                 Ok(config) => config,
@@ -323,7 +329,16 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match kshift::cli::verify::run(&config, &topics, since) {
+            let options = kshift::cli::verify::Options {
+                topics,
+                since,
+                order,
+                quiet: false,
+            };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(kshift::cli::verify::run(&config, &options)));
+            match result {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(error) => {

@@ -1,18 +1,65 @@
-//! `kshift verify` reports parity for a mirrored topic, and names the partition and the
-//! write-cluster offset range when a record exists on one side only.
+//! `kshift verify` reports parity for a mirrored topic, names the partition and the exact
+//! write-cluster offset of a record that exists on one side only, counts its progress from
+//! the high watermark a Fetch returns, and prints no librdkafka error for reaching the end of a
+//! partition. In a fleet (two kshift instances sharing Redis, two producers writing one
+//! partition through different instances) the mirror holds every record in another order:
+//! verify says so and passes in fleet mode, fails in strict mode, and still reports a record
+//! written behind kshift's back.
 
 mod common;
+mod redis;
 
-use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Broker;
 use kshift::config::Config;
-use kshift::Proxy;
+use kshift::{Proxy, RunningProxy};
 use rdkafka::producer::FutureRecord;
 
+/// Runs `kshift verify --config PATH --topics TOPIC` plus `extra`; returns (exit code,
+/// stdout, stderr).
+async fn verify(
+    path: &std::path::Path,
+    topic: &str,
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "verify".to_string(),
+        "--config".to_string(),
+        path.display().to_string(),
+        "--topics".to_string(),
+        topic.to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let output = common::run_kshift(args).await.unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Waits until `proxy` has mirrored `records` records to `new`.
+async fn mirrored(proxy: &RunningProxy, records: u64) {
+    let new_id = proxy.state().cluster_id("new").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.state().mirrors.stats(new_id).mirrored_records < records {
+        assert!(
+            Instant::now() < deadline,
+            "records not mirrored: {:?}",
+            proxy.state().mirrors.stats(new_id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Lines of `stdout` whose result says MISMATCH.
+fn mismatches(stdout: &str) -> Vec<&str> {
+    stdout.lines().filter(|l| l.contains("MISMATCH")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_reports_parity_then_names_the_missing_range() {
+async fn verify_reports_parity_then_names_the_missing_record() {
     let (old, new) = (Broker::start().await, Broker::start().await);
     let routes = "[[routes]]\ntopics = \"verify-*\"\nwrite = \"old\"\nmirror = [\"new\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"";
     let text = common::two_cluster_toml(&old, &new, "", routes);
@@ -35,36 +82,25 @@ async fn verify_reports_parity_then_names_the_missing_range() {
             .await
             .expect("delivered");
     }
-    let new_id = proxy.state().cluster_id("new").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while proxy.state().mirrors.stats(new_id).mirrored_records < 60 {
-        assert!(std::time::Instant::now() < deadline, "records not mirrored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    mirrored(&proxy, 60).await;
 
-    let verify = |path: std::path::PathBuf, topic: String| {
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_kshift"))
-                .args([
-                    "verify",
-                    "--config",
-                    path.to_str().unwrap(),
-                    "--topics",
-                    &topic,
-                ])
-                .output()
-                .unwrap()
-        })
-    };
-    let output = verify(path.clone(), "verify-*".into()).await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stdout, stderr) = verify(&path, "verify-*", &[]).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("mode: strict"), "{stdout}");
     assert_eq!(stdout.matches("  ok").count(), 3, "{stdout}");
-    assert!(!stdout.contains("MISMATCH"), "{stdout}");
+    assert!(mismatches(&stdout).is_empty(), "{stdout}");
+    assert!(stdout.contains("in write order"), "{stdout}");
+    // Progress totals: 60 records on each side (Fetch high watermarks, not ListOffsets),
+    // and the last line of each bar has read them all.
+    for side in ["old", "new"] {
+        let last = stderr
+            .lines()
+            .rfind(|l| l.contains(&format!("{topic} on {side}")))
+            .unwrap_or_else(|| panic!("no progress for {side}: {stderr}"));
+        assert!(last.contains("100% 60/60"), "{stderr}");
+    }
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    assert!(!stderr.contains("PartitionEOF"), "{stderr}");
 
     // A record written to old behind kshift's back: only partition 1 differs, at its offset.
     let direct = common::producer(&old.bootstrap(), &[]);
@@ -80,14 +116,127 @@ async fn verify_reports_parity_then_names_the_missing_range() {
         .expect("delivered directly");
     let (partition, offset) = (delivery.partition, delivery.offset);
     assert_eq!(partition, 1);
-    let output = verify(path, topic.clone()).await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let mismatch: Vec<&str> = stdout.lines().filter(|l| l.contains("MISMATCH")).collect();
+    let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let mismatch = mismatches(&stdout);
     assert_eq!(mismatch.len(), 1, "{stdout}");
     assert!(mismatch[0].contains(" 1 "), "{stdout}");
     assert!(
-        mismatch[0].contains(&format!("write offsets {offset}..={offset}")),
+        mismatch[0].ends_with(&format!(
+            "MISMATCH: 1 missing on the mirror (write offsets {offset})"
+        )),
         "{stdout}"
     );
+}
+
+/// A kshift of a fleet in front of `old` and `new`, sharing `redis`; its mirror to `new`
+/// lingers `linger_ms` before sending an async batch.
+async fn fleet_member(old: &Broker, new: &Broker, redis: &str, linger_ms: u64) -> RunningProxy {
+    let routing = format!(
+        "[routing]\nredis = \"{redis}\"\nredis_key = \"kshift:verify\"\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n"
+    );
+    let text = common::two_cluster_toml_at(
+        &old.bootstrap(),
+        &new.bootstrap(),
+        "",
+        &format!("mirror_linger_ms = {linger_ms}"),
+        &routing,
+    );
+    Proxy::start(Config::parse(&text).unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_verify_passes_another_order_and_still_finds_a_record_behind_kshifts_back() {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let redis = redis::Redis::start(0).await;
+    // A holds each async batch for 400 ms before mirroring it, B sends at once: records that
+    // A wrote first reach the mirror after B's.
+    let a = fleet_member(&old, &new, &redis.url(), 400).await;
+    let b = fleet_member(&old, &new, &redis.url(), 0).await;
+    let topic = common::unique_topic("fleet-verify");
+    common::create_topic(&a.local_addr().to_string(), &topic, 1).await;
+    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    let through_a = common::producer(&a.local_addr().to_string(), &[("linger.ms", "0")]);
+    let through_b = common::producer(&b.local_addr().to_string(), &[("linger.ms", "0")]);
+    // Two producers, one partition, alternating: on old a-0, b-0, a-1, b-1, ...
+    for i in 0..10 {
+        for (producer, name) in [(&through_a, "a"), (&through_b, "b")] {
+            let value = format!("{name}-{i}");
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .partition(0)
+                        .key(&value)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("delivered");
+        }
+    }
+    mirrored(&a, 10).await;
+    mirrored(&b, 10).await;
+
+    // The config verify reads is a fleet member's: Redis shared, so fleet mode by default.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kshift.toml");
+    let text = common::two_cluster_toml(
+        &old,
+        &new,
+        "",
+        &format!(
+            "[routing]\nredis = \"{}\"\nredis_key = \"kshift:verify\"\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\n",
+            redis.url()
+        ),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("mode: fleet"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains(&topic) && l.contains(" 20 "))
+        .unwrap_or_else(|| panic!("no row for {topic}: {stdout}"));
+    assert!(row.contains("ok; order differs"), "{stdout}");
+    assert!(
+        stdout.contains("the order differs in 1 partition(s)"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+
+    // Strict mode calls the same mirror a mismatch of order only.
+    let (code, stdout, _) = verify(&path, &topic, &["--order", "strict"]).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    let mismatch = mismatches(&stdout);
+    assert_eq!(mismatch.len(), 1, "{stdout}");
+    assert!(
+        mismatch[0].contains("MISMATCH: order differs from write offset"),
+        "{stdout}"
+    );
+
+    // A record behind the fleet's back is reported exactly, order notwithstanding.
+    let direct = common::producer(&old.bootstrap(), &[]);
+    let delivery = direct
+        .send(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key("stray")
+                .payload("only on old"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered directly");
+    let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let mismatch = mismatches(&stdout);
+    assert_eq!(mismatch.len(), 1, "{stdout}");
+    assert!(
+        mismatch[0].contains(&format!(
+            "MISMATCH: 1 missing on the mirror (write offsets {}); order differs",
+            delivery.offset
+        )),
+        "{stdout}"
+    );
+    assert!(!mismatch[0].contains("extra"), "{stdout}");
+    assert!(!mismatch[0].contains("changed"), "{stdout}");
 }

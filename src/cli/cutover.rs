@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use serde_json::Value;
 
 use super::routes::{current, refused, request};
@@ -105,9 +105,13 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
         let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
         let topics = cutover.topics.clone();
         println!("verifying {topics} on both clusters ...");
-        let equal = tokio::task::spawn_blocking(move || super::verify::run(&config, &topics, None))
-            .await
-            .context("verify did not finish")??;
+        let options = super::verify::Options {
+            topics,
+            since: None,
+            order: None,
+            quiet: false,
+        };
+        let equal = super::verify::run(&config, &options).await?;
         if !equal {
             bail!("the clusters differ (see the table above): not switching; `kshift repair` or `kshift backfill` first");
         }
