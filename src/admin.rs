@@ -369,6 +369,7 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         "mirror_lag_by_route": lag,
         "clusters": clusters,
         "client_connections": state.metrics.client_connections.get(),
+        "offset_sync": state.offset_sync.snapshot(),
     }))
 }
 

@@ -111,6 +111,11 @@ impl Cutover {
         }
     }
 
+    /// Every group this instance's clients have used.
+    pub fn seen_groups(&self) -> Vec<String> {
+        lock(&self.seen).keys().cloned().collect()
+    }
+
     fn seen_topics(&self, group: &str) -> BTreeSet<String> {
         lock(&self.seen).get(group).cloned().unwrap_or_default()
     }
@@ -491,17 +496,17 @@ async fn translate(
 
 /// One committed offset of a group.
 #[derive(Debug, Clone)]
-struct Committed {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    metadata: Option<StrBytes>,
+pub(crate) struct Committed {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) metadata: Option<StrBytes>,
 }
 
 /// The groups `cluster` lists. A cluster that does not serve ListGroups at all (librdkafka's
 /// mock cluster, some Kafka-compatible brokers) lists none: then the groups kshift's own
 /// clients used are the ones moved, as with a broker that lists none.
-async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
+pub(crate) async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
     if !cluster
         .api_versions()
         .await?
@@ -537,7 +542,7 @@ async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError
 }
 
 /// Every offset `group` has committed on `cluster`.
-async fn committed(
+pub(crate) async fn committed(
     state: &ProxyState,
     cluster: &Cluster,
     group: &str,
@@ -618,7 +623,7 @@ async fn committed(
     Ok(offsets)
 }
 
-async fn commit_offsets(
+pub(crate) async fn commit_offsets(
     cluster: &Cluster,
     group: &str,
     offsets: &[Committed],
