@@ -394,6 +394,7 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         "clusters": clusters,
         "client_connections": state.metrics.client_connections.get(),
         "offset_sync": state.offset_sync.snapshot(),
+        "unrouted": state.unrouted.report(),
     }))
 }
 

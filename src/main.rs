@@ -118,6 +118,10 @@ enum Command {
         /// nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse while records written around kshift (straight to the old cluster) were
+        /// found within this many minutes (--force overrides).
+        #[arg(long, default_value_t = 10)]
+        unrouted_window_minutes: u64,
         /// Put the previous routing table back (moving groups back).
         #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config", "dry_run"])]
         rollback: bool,
@@ -376,6 +380,7 @@ fn main() -> ExitCode {
             wait_secs,
             max_lag_records,
             dry_run,
+            unrouted_window_minutes,
             rollback,
             force,
         } => run_client(async {
@@ -391,6 +396,9 @@ fn main() -> ExitCode {
                 wait: std::time::Duration::from_secs(wait_secs),
                 max_lag_records,
                 dry_run,
+                unrouted_window: std::time::Duration::from_secs(
+                    unrouted_window_minutes.saturating_mul(60),
+                ),
                 force,
             };
             kshift::cli::cutover::run(&cutover).await

@@ -123,6 +123,7 @@ pub struct Metrics {
     mirror_bytes_in_flight: Family<BrokerLabels, Gauge>,
     offset_sync_groups: Family<SyncLabels, Counter>,
     offset_sync_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    unrouted_records: Family<ClusterLabels, Counter>,
     routing_version: Gauge,
     routing_redis_connected: Gauge,
     pub routing_updates: Family<OutcomeLabels, Counter>,
@@ -183,6 +184,7 @@ impl Metrics {
             mirror_bytes_in_flight: Family::default(),
             offset_sync_groups: Family::default(),
             offset_sync_age_seconds: Gauge::default(),
+            unrouted_records: Family::default(),
             routing_version: Gauge::default(),
             routing_redis_connected: Gauge::default(),
             routing_updates: Family::default(),
@@ -278,6 +280,11 @@ impl Metrics {
             "mirror_lag_seconds",
             "Age of the oldest record queued for a mirror and not on it yet (0 when none)",
             metrics.mirror_lag_seconds.clone(),
+        );
+        registry.register(
+            "unrouted_records",
+            "Records found on a mirrored partition of a write cluster that were not written through kshift",
+            metrics.unrouted_records.clone(),
         );
         registry.register(
             "offset_sync_groups",
@@ -421,6 +428,15 @@ impl Metrics {
         self.mirror_request_bytes
             .get_or_create(&labels)
             .inc_by(bytes as u64);
+    }
+
+    /// `records` written to a mirrored partition of `cluster` around kshift.
+    pub fn unrouted_records(&self, cluster: &str, records: i64) {
+        self.unrouted_records
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .inc_by(u64::try_from(records).unwrap_or(0));
     }
 
     /// A group's translated offsets on `cluster`: `synced`, `active` or `failed`.

@@ -40,6 +40,8 @@ pub struct Cutover {
     pub max_lag_records: u64,
     /// Check and plan only: change nothing.
     pub dry_run: bool,
+    /// Refuse while records written around kshift were found within this long.
+    pub unrouted_window: Duration,
     /// Switch even where groups cannot be moved or the mirror lags (an emergency: the old
     /// cluster is down); groups that cannot be moved keep untranslated offsets.
     pub force: bool,
@@ -113,6 +115,16 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
         "routes {matching:?} ({}) mirror every record to {}",
         cutover.topics, cutover.to
     ));
+    check(&format!(
+        "no record was written to a mirrored partition around kshift in the last {:?}",
+        cutover.unrouted_window
+    ));
+    if let Err(error) = unrouted_writes(cutover).await {
+        if !cutover.force {
+            return Err(error);
+        }
+        eprintln!("kshift: {error:#} — switching anyway (--force): those records are lost to the new cluster unless copied (`kshift backfill` on a backfill route)");
+    }
     check(&format!(
         "the mirror lag of these routes reaches {} record(s) within {:?}",
         cutover.max_lag_records, cutover.wait
@@ -223,6 +235,42 @@ fn print_groups(answer: &Value, verb: &str) {
             );
         }
     }
+}
+
+/// Fails when kshift found records written around it (to a mirrored partition, without
+/// going through kshift) within `unrouted_window`: the mirror does not have them.
+async fn unrouted_writes(cutover: &Cutover) -> anyhow::Result<()> {
+    let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
+    if status != 200 {
+        bail!("GET /status answered {status}: {body}");
+    }
+    let status: Value = serde_json::from_str(&body)?;
+    let unrouted = &status["unrouted"];
+    let recent = unrouted["last_seen_seconds_ago"]
+        .as_f64()
+        .is_some_and(|ago| ago <= cutover.unrouted_window.as_secs_f64());
+    if !recent {
+        if cutover.dry_run {
+            println!("  none found ({} check passes)", unrouted["passes"]);
+        }
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for finding in unrouted["findings"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  {}[{}] on {}: offsets {}..={} ({} records)",
+            finding["topic"].as_str().unwrap_or("?"),
+            finding["partition"],
+            finding["cluster"].as_str().unwrap_or("?"),
+            finding["first_offset"],
+            finding["last_offset"],
+            finding["records"]
+        ));
+    }
+    bail!(
+        "records were written to mirrored partitions without going through kshift (the mirror does not have them; point those writers at kshift first):\n{}",
+        lines.join("\n")
+    )
 }
 
 /// Asks kshift to plan the change in `body` and prints what it would do.
