@@ -184,13 +184,17 @@ fn rejected(state: &ProxyState, code: StatusCode, error: String) -> Response {
 }
 
 /// `?force=true`: put a change in force even where consumer groups cannot be moved.
-fn policy(uri: &Uri) -> Policy {
-    let forced = uri.query().is_some_and(|query| {
+/// Whether the query string sets `name` (`name` or `name=true`).
+fn query_flag(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|query| {
         query
             .split('&')
-            .any(|pair| pair == "force=true" || pair == "force")
-    });
-    if forced {
+            .any(|pair| pair == name || pair.strip_suffix("=true") == Some(name))
+    })
+}
+
+fn policy(uri: &Uri) -> Policy {
+    if query_flag(uri, "force") {
         Policy::Force
     } else {
         Policy::Refuse
@@ -205,11 +209,31 @@ async fn put_routes(
     body: String,
 ) -> Response {
     let policy = policy(&uri);
-    tracing::info!(%caller, ?policy, "PUT /routes");
+    let dry_run = query_flag(&uri, "dry_run");
+    tracing::info!(%caller, ?policy, dry_run, "PUT /routes");
     let spec = match parse_spec(&headers, &body) {
         Ok(spec) => spec,
         Err(error) => return rejected(&state, StatusCode::BAD_REQUEST, error),
     };
+    if dry_run {
+        // Checked and planned like a change, translated from the offsets committed now;
+        // nothing is fenced, committed or put in force.
+        return match cutover::dry_run(&state, &spec).await {
+            Ok(report) => {
+                let status = if report.refusals.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CONFLICT
+                };
+                (status, Json(json!({ "dry_run": report }))).into_response()
+            }
+            Err(error) => (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": error.to_string() })),
+            )
+                .into_response(),
+        };
+    }
     submit(&state, &spec, policy).await
 }
 
@@ -369,6 +393,8 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         "mirror_lag_by_route": lag,
         "clusters": clusters,
         "client_connections": state.metrics.client_connections.get(),
+        "offset_sync": state.offset_sync.snapshot(),
+        "unrouted": state.unrouted.report(),
     }))
 }
 

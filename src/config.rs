@@ -136,6 +136,11 @@ pub struct ProxyConfig {
     /// Age after which cached backend metadata (leaders, brokers) is refreshed.
     #[serde(default = "default_metadata_max_age_ms")]
     pub metadata_max_age_ms: u64,
+    /// How often mirrored partitions are checked for records written around kshift (which
+    /// never reach the mirror), in milliseconds; 0 turns the check off. A pass looks at what
+    /// was written at least `request_timeout_ms` earlier.
+    #[serde(default = "default_unrouted_check_ms")]
+    pub unrouted_check_ms: u64,
     /// Journal of the offset map (write offset -> mirror offset per mirrored batch), one
     /// JSON line per batch, read back at start so a restarted kshift translates committed
     /// offsets as before. In memory only when absent.
@@ -236,6 +241,9 @@ fn default_connect_timeout_ms() -> u64 {
     5_000
 }
 fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_unrouted_check_ms() -> u64 {
     30_000
 }
 fn default_metadata_max_age_ms() -> u64 {
@@ -593,6 +601,14 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));
             }
+        }
+        if proxy.unrouted_check_ms != 0
+            && !(100..=MAX_DURATION_MS).contains(&proxy.unrouted_check_ms)
+        {
+            return Err(ConfigError::field(
+                "proxy.unrouted_check_ms",
+                format!("must be 0 (off) or 100 to {MAX_DURATION_MS} (7 days)"),
+            ));
         }
         for (field, value) in [
             ("proxy.connect_timeout_ms", proxy.connect_timeout_ms),

@@ -111,6 +111,11 @@ impl Cutover {
         }
     }
 
+    /// Every group this instance's clients have used.
+    pub fn seen_groups(&self) -> Vec<String> {
+        lock(&self.seen).keys().cloned().collect()
+    }
+
     fn seen_topics(&self, group: &str) -> BTreeSet<String> {
         lock(&self.seen).get(group).cloned().unwrap_or_default()
     }
@@ -258,6 +263,49 @@ where
     Ok(Switched { applied, moved })
 }
 
+/// What a routing change would do, found without doing it: nothing is fenced, committed or
+/// put in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    /// The rules that would change, as `PUT /routes` reports them.
+    pub changes: Vec<String>,
+    /// The groups that would move, with each position before and after translation (from
+    /// the offsets committed now; a real switch reads them again once the group is fenced).
+    pub would_move: Vec<MovedGroup>,
+    /// Why the change would be refused (a group that cannot move, a position that does not
+    /// translate): empty when it would go through.
+    pub refusals: Vec<String>,
+}
+
+/// Plans `spec` as [`switch`] would, translating every moving group's committed offsets,
+/// and reports it; changes nothing.
+pub async fn dry_run(state: &ProxyState, spec: &RoutingSpec) -> Result<DryRun, UpdateError> {
+    let current = state.routing.load();
+    let next = RoutingTable::build(spec, state.routing.cluster_names(), current.version + 1)?;
+    let mut report = DryRun {
+        changes: crate::routing::diff(&current.spec, spec),
+        would_move: Vec::new(),
+        refusals: Vec::new(),
+    };
+    if !moves_groups(&current, &next) {
+        return Ok(report);
+    }
+    let movers = match plan(state, &current, &next).await {
+        Ok(movers) => movers,
+        Err(reason) => {
+            report.refusals.push(reason);
+            return Ok(report);
+        }
+    };
+    for mover in &movers {
+        match move_group_plan(state, &current, &next, mover).await {
+            Ok(group) => report.would_move.push(group),
+            Err(reason) => report.refusals.push(reason),
+        }
+    }
+    Ok(report)
+}
+
 /// Whether `next` may move a group or the read cluster of a topic, as far as the rules
 /// tell (a cheap test before asking any cluster).
 fn moves_groups(current: &RoutingTable, next: &RoutingTable) -> bool {
@@ -355,6 +403,36 @@ async fn move_group(
     next: &RoutingTable,
     mover: &Mover,
 ) -> Result<MovedGroup, String> {
+    let (moved, translated) = translated_offsets(state, current, next, mover).await?;
+    let to = &state.clusters[mover.to];
+    let group = &mover.group;
+    commit_offsets(to, group, &translated).await.map_err(|e| {
+        format!(
+            "cannot commit the offsets of group {group:?} on {}: {e}",
+            to.name
+        )
+    })?;
+    Ok(moved)
+}
+
+/// What [`move_group`] would commit, committing nothing.
+async fn move_group_plan(
+    state: &ProxyState,
+    current: &RoutingTable,
+    next: &RoutingTable,
+    mover: &Mover,
+) -> Result<MovedGroup, String> {
+    Ok(translated_offsets(state, current, next, mover).await?.0)
+}
+
+/// `mover`'s committed offsets on its cluster, translated to the new one: as reported, and
+/// as they would be committed there.
+async fn translated_offsets(
+    state: &ProxyState,
+    current: &RoutingTable,
+    next: &RoutingTable,
+    mover: &Mover,
+) -> Result<(MovedGroup, Vec<Committed>), String> {
     let from = &state.clusters[mover.from];
     let to = &state.clusters[mover.to];
     let group = &mover.group;
@@ -391,18 +469,13 @@ async fn move_group(
             ..commit
         });
     }
-    commit_offsets(to, group, &translated).await.map_err(|e| {
-        format!(
-            "cannot commit the offsets of group {group:?} on {}: {e}",
-            to.name
-        )
-    })?;
-    Ok(MovedGroup {
+    let moved = MovedGroup {
         group: group.clone(),
         from: from.name.to_string(),
         to: to.name.to_string(),
         offsets: moved,
-    })
+    };
+    Ok((moved, translated))
 }
 
 /// Where a consumer committed at `commit.offset` on `from` continues on `to`.
@@ -491,17 +564,17 @@ async fn translate(
 
 /// One committed offset of a group.
 #[derive(Debug, Clone)]
-struct Committed {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    metadata: Option<StrBytes>,
+pub(crate) struct Committed {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) metadata: Option<StrBytes>,
 }
 
 /// The groups `cluster` lists. A cluster that does not serve ListGroups at all (librdkafka's
 /// mock cluster, some Kafka-compatible brokers) lists none: then the groups kshift's own
 /// clients used are the ones moved, as with a broker that lists none.
-async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
+pub(crate) async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError> {
     if !cluster
         .api_versions()
         .await?
@@ -537,7 +610,7 @@ async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, BackendError
 }
 
 /// Every offset `group` has committed on `cluster`.
-async fn committed(
+pub(crate) async fn committed(
     state: &ProxyState,
     cluster: &Cluster,
     group: &str,
@@ -618,7 +691,7 @@ async fn committed(
     Ok(offsets)
 }
 
-async fn commit_offsets(
+pub(crate) async fn commit_offsets(
     cluster: &Cluster,
     group: &str,
     offsets: &[Committed],

@@ -19,6 +19,10 @@
 //!   - [`split`] groups a request's partitions by the broker that must serve them;
 //! - [`cluster`] is the client of one backend cluster (metadata and leader cache,
 //!   coordinator cache) plus the upstream broker connections each client connection owns;
+//! - [`offset_sync`] copies consumer groups' committed offsets, translated, to the other
+//!   clusters holding their topics (`[[groups]] offset_sync_ms`);
+//! - [`unrouted`] finds records written to a mirrored partition around kshift (they would
+//!   be lost at cutover);
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
 //!   every change to it goes through [`cutover`], which moves consumer groups (and their
 //!   committed positions, translated with the mirror's offset map) when reads switch;
@@ -39,10 +43,12 @@ pub mod fetch;
 pub mod groups;
 pub mod listener;
 pub mod metrics;
+pub mod offset_sync;
 pub mod produce;
 pub mod routing;
 pub mod security;
 pub mod split;
+pub mod unrouted;
 pub mod virtual_cluster;
 
 use std::net::SocketAddr;
@@ -94,6 +100,10 @@ pub struct ProxyState {
     pub node: VirtualNode,
     /// Consumer groups being moved by a routing change.
     pub cutover: cutover::Cutover,
+    /// What the continuous consumer-offset sync (`[[groups]] offset_sync_ms`) has done.
+    pub offset_sync: offset_sync::Stats,
+    /// What kshift wrote to mirrored partitions, and records found written around it.
+    pub unrouted: unrouted::Unrouted,
     /// TLS on the client listener, when `[proxy.tls]` is set.
     pub tls: Option<security::tls::ListenerTls>,
     /// SASL termination for clients, when `[proxy.sasl]` is set.
@@ -279,6 +289,8 @@ impl Proxy {
             routing: Routing::new(table, names.clone(), ROUTING_HISTORY),
             node,
             cutover: cutover::Cutover::default(),
+            offset_sync: offset_sync::Stats::default(),
+            unrouted: unrouted::Unrouted::default(),
             tls,
             sasl,
             connection_permits: Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections)),
@@ -299,6 +311,14 @@ impl Proxy {
         }
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(cluster::keep_timer_armed(shutdown_rx.clone()));
+        tokio::spawn(offset_sync::run(state.clone(), shutdown_rx.clone()));
+        if config.proxy.unrouted_check_ms > 0 {
+            tokio::spawn(unrouted::run(
+                state.clone(),
+                std::time::Duration::from_millis(config.proxy.unrouted_check_ms),
+                shutdown_rx.clone(),
+            ));
+        }
         let admin_addr = match &config.proxy.admin_listen {
             Some(address) => {
                 let admin = tokio::net::TcpListener::bind(address)

@@ -112,11 +112,23 @@ enum Command {
         /// kshift's config: also run `verify` on these topics before switching.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Seconds to wait for the mirror lag of these routes to reach zero.
+        /// Seconds to wait for the mirror lag of these routes to reach --max-lag-records.
         #[arg(long, default_value_t = 30)]
         wait_secs: u64,
+        /// Records the mirror may still have to copy for these routes when switching (the
+        /// switch itself waits for what a group has committed to be copied).
+        #[arg(long, default_value_t = 0)]
+        max_lag_records: u64,
+        /// Print every check and every group and position the switch would move, and change
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse while records written around kshift (straight to the old cluster) were
+        /// found within this many minutes (--force overrides).
+        #[arg(long, default_value_t = 10)]
+        unrouted_window_minutes: u64,
         /// Put the previous routing table back (moving groups back).
-        #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config"])]
+        #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config", "dry_run"])]
         rollback: bool,
         /// Switch even where consumer groups cannot be moved or the mirror lags (an
         /// emergency: a cluster is down); such groups keep untranslated offsets.
@@ -431,6 +443,9 @@ fn main() -> ExitCode {
             groups,
             config,
             wait_secs,
+            max_lag_records,
+            dry_run,
+            unrouted_window_minutes,
             rollback,
             force,
         } => run_client(async {
@@ -444,6 +459,11 @@ fn main() -> ExitCode {
                 groups,
                 config,
                 wait: std::time::Duration::from_secs(wait_secs),
+                max_lag_records,
+                dry_run,
+                unrouted_window: std::time::Duration::from_secs(
+                    unrouted_window_minutes.saturating_mul(60),
+                ),
                 force,
             };
             kshift::cli::cutover::run(&cutover).await

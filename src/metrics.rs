@@ -71,6 +71,14 @@ pub struct BrokerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// The cluster the offsets were committed on.
+    pub cluster: String,
+    /// `synced`, `active` (left alone: members there) or `failed`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     pub cluster: String,
     pub route: String,
@@ -113,6 +121,9 @@ pub struct Metrics {
     mirror_request_bytes: Family<ClusterLabels, Counter>,
     mirror_requests_in_flight: Family<BrokerLabels, Gauge>,
     mirror_bytes_in_flight: Family<BrokerLabels, Gauge>,
+    offset_sync_groups: Family<SyncLabels, Counter>,
+    offset_sync_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    unrouted_records: Family<ClusterLabels, Counter>,
     routing_version: Gauge,
     routing_redis_connected: Gauge,
     pub routing_updates: Family<OutcomeLabels, Counter>,
@@ -171,6 +182,9 @@ impl Metrics {
             mirror_request_bytes: Family::default(),
             mirror_requests_in_flight: Family::default(),
             mirror_bytes_in_flight: Family::default(),
+            offset_sync_groups: Family::default(),
+            offset_sync_age_seconds: Gauge::default(),
+            unrouted_records: Family::default(),
             routing_version: Gauge::default(),
             routing_redis_connected: Gauge::default(),
             routing_updates: Family::default(),
@@ -266,6 +280,21 @@ impl Metrics {
             "mirror_lag_seconds",
             "Age of the oldest record queued for a mirror and not on it yet (0 when none)",
             metrics.mirror_lag_seconds.clone(),
+        );
+        registry.register(
+            "unrouted_records",
+            "Records found on a mirrored partition of a write cluster that were not written through kshift",
+            metrics.unrouted_records.clone(),
+        );
+        registry.register(
+            "offset_sync_groups",
+            "Consumer groups whose translated offsets a sync pass committed on a cluster, by outcome",
+            metrics.offset_sync_groups.clone(),
+        );
+        registry.register(
+            "offset_sync_age_seconds",
+            "Seconds since the consumer-offset sync last finished a pass",
+            metrics.offset_sync_age_seconds.clone(),
         );
         registry.register(
             "mirror_queue_full",
@@ -401,6 +430,25 @@ impl Metrics {
             .inc_by(bytes as u64);
     }
 
+    /// `records` written to a mirrored partition of `cluster` around kshift.
+    pub fn unrouted_records(&self, cluster: &str, records: i64) {
+        self.unrouted_records
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
+            })
+            .inc_by(u64::try_from(records).unwrap_or(0));
+    }
+
+    /// A group's translated offsets on `cluster`: `synced`, `active` or `failed`.
+    pub fn offset_sync(&self, cluster: &str, outcome: &str) {
+        self.offset_sync_groups
+            .get_or_create(&SyncLabels {
+                cluster: cluster.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
     /// The mirror producer's requests and bytes awaiting an answer from `broker` of `cluster`.
     pub fn mirror_in_flight(&self, cluster: &str, broker: i32, requests: usize, bytes: usize) {
         let labels = BrokerLabels {
@@ -441,6 +489,9 @@ impl Metrics {
         let _guard = self.render.lock().unwrap_or_else(|p| p.into_inner());
         self.routing_version
             .set(state.routing.load().version as i64);
+        if let Some(age) = state.offset_sync.snapshot().last_pass_age_seconds {
+            self.offset_sync_age_seconds.set(age);
+        }
         for cluster in &state.clusters {
             let labels = ClusterLabels {
                 cluster: cluster.name.to_string(),

@@ -50,6 +50,11 @@ struct MirroredPartition {
     refused: bool,
     /// Items a mirror queue refused (journalled once the write offset is known).
     dropped: Vec<(ClusterId, MirrorItem)>,
+    /// Where the records are written (cluster, topic's name there) and how many, for the
+    /// unrouted-writer check.
+    write_cluster: ClusterId,
+    write_topic: Arc<str>,
+    records: i64,
 }
 
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
@@ -271,6 +276,9 @@ async fn plan_mirror(
         mirrored: Vec::new(),
         refused: false,
         dropped: Vec::new(),
+        write_cluster: route.write,
+        write_topic: route.topic_on(route.write, topic).into(),
+        records: record_count,
     };
     let topic_name: Arc<str> = topic.as_str().into();
     for &mirror in &route.mirror {
@@ -428,6 +436,13 @@ async fn complete(
         let Some(write_base_offset) = written else {
             continue;
         };
+        context.state.unrouted.wrote(
+            planned.write_cluster,
+            &planned.write_topic,
+            planned.partition,
+            write_base_offset,
+            planned.records,
+        );
         for (cluster, item) in &planned.dropped {
             context
                 .state

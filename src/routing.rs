@@ -77,7 +77,17 @@ pub struct GroupSpec {
     pub groups: String,
     /// Cluster hosting these groups and their committed offsets.
     pub cluster: String,
+    /// Copy these groups' committed offsets to every other cluster holding a copy of their
+    /// topics (the route's write cluster and mirrors), translated with the offset map, this
+    /// often (milliseconds): a rollback, or a consumer started straight on the other cluster,
+    /// resumes where the group is. Groups with members on the target are left alone. Off
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_sync_ms: Option<u64>,
 }
+
+/// Least and most `offset_sync_ms`.
+pub const OFFSET_SYNC_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
 
 fn match_all() -> String {
     "*".to_string()
@@ -146,6 +156,7 @@ impl Route {
 struct GroupRule {
     groups: GlobMatcher,
     cluster: ClusterId,
+    offset_sync: Option<std::time::Duration>,
 }
 
 /// One immutable, validated routing table.
@@ -288,9 +299,22 @@ impl RoutingTable {
                     format!("can never match: groups[{earlier}] matches every group it would"),
                 ));
             }
+            if let Some(interval) = rule.offset_sync_ms {
+                if !OFFSET_SYNC_MS.contains(&interval) {
+                    return Err(error(
+                        format!("groups[{index}].offset_sync_ms"),
+                        format!(
+                            "must be {} to {} (milliseconds)",
+                            OFFSET_SYNC_MS.start(),
+                            OFFSET_SYNC_MS.end()
+                        ),
+                    ));
+                }
+            }
             groups.push(GroupRule {
                 groups: matcher,
                 cluster,
+                offset_sync: rule.offset_sync_ms.map(std::time::Duration::from_millis),
             });
         }
         let default_group_cluster = routes[0].read;
@@ -352,6 +376,22 @@ impl RoutingTable {
     /// The route at position `index` (as recorded in a request's routing decisions).
     pub fn route_at(&self, index: usize) -> Option<&Route> {
         self.routes.get(index)
+    }
+
+    /// The `[[groups]]` rule `group` falls under (its position), if any.
+    pub fn group_rule(&self, group: &str) -> Option<usize> {
+        self.groups
+            .iter()
+            .position(|rule| rule.groups.is_match(group))
+    }
+
+    /// The rules whose groups' offsets are synced: (position, cluster, interval).
+    pub fn offset_sync_rules(&self) -> Vec<(usize, ClusterId, std::time::Duration)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| Some((index, rule.cluster, rule.offset_sync?)))
+            .collect()
     }
 
     /// The cluster hosting group (or transactional id) `group`.
@@ -560,6 +600,29 @@ mod tests {
 
     fn build(toml_text: &str) -> Result<RoutingTable, RoutingError> {
         RoutingTable::build(&spec(toml_text), &clusters(), 1)
+    }
+
+    #[test]
+    fn offset_sync_is_per_group_rule_and_bounded_naming_the_field() {
+        let with = |line: &str| {
+            format!(
+                "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n[[groups]]\ngroups = \"a*\"\ncluster = \"old\"\n\
+                 [[groups]]\ngroups = \"b*\"\ncluster = \"old\"\n{line}"
+            )
+        };
+        let table = build(&with("offset_sync_ms = 100")).unwrap();
+        assert_eq!(
+            table.offset_sync_rules(),
+            vec![(1, 1, std::time::Duration::from_millis(100))] // cluster 1: "old"
+        );
+        assert_eq!(table.group_rule("b-group"), Some(1));
+        assert_eq!(table.group_rule("c-group"), None);
+        assert!(build(&with("offset_sync_ms = 86400000")).is_ok());
+        for bad in ["offset_sync_ms = 99", "offset_sync_ms = 86400001"] {
+            let error = build(&with(bad)).unwrap_err().to_string();
+            assert!(error.contains("groups[1].offset_sync_ms"), "{bad}: {error}");
+        }
+        assert!(build(&with("")).unwrap().offset_sync_rules().is_empty());
     }
 
     #[test]

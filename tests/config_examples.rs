@@ -152,6 +152,8 @@ async fn dashboard_and_alerts_use_only_metrics_kshift_exports() {
     metrics.mirror_queue_full("new", "drop");
     metrics.mirror_request("new", 100);
     metrics.mirror_in_flight("new", 1, 1, 100);
+    metrics.unrouted_records("old", 1);
+    metrics.offset_sync("new", "synced");
     metrics.routing_update("rejected", "admin");
     let exposition = metrics.render(state);
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

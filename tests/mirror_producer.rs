@@ -225,6 +225,7 @@ async fn a_resent_batch_the_mirror_already_holds_is_mapped_where_it_landed() {
         (sent, 0),
         "{stats:?}"
     );
+    assert_eq!(stats.duplicates_located, stats.duplicates, "{stats:?}");
     // Every record once, in order, and every write offset translates to its record.
     assert_mirrored_alike(
         kshift.state(),

@@ -580,12 +580,67 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
         "{stderr}"
     );
 
+    // A dry run prints its checks and what would move, and changes nothing.
+    let routes_before = http::request(proxy.admin_addr().unwrap(), "GET", "/routes", "")
+        .await
+        .1;
+    let (ok, stdout, stderr) = kshift_cli(&[
+        "cutover",
+        "--admin",
+        &admin,
+        "--topics",
+        "*",
+        "--to",
+        "new",
+        "--dry-run",
+    ])
+    .await;
+    assert!(ok, "dry run failed: {stderr}\n{stdout}");
+    for expected in [
+        "check: routes [0] (*) mirror every record to new".to_string(),
+        "check: the mirror lag of these routes reaches 0 record(s)".to_string(),
+        format!("group {group} would move from old to new"),
+        format!("{topic}[0] committed 15 -> 10"),
+        "dry run: nothing was changed".to_string(),
+    ] {
+        assert!(stdout.contains(&expected), "{expected:?} not in:\n{stdout}");
+    }
+    let routes_after = http::request(proxy.admin_addr().unwrap(), "GET", "/routes", "")
+        .await
+        .1;
+    assert_eq!(
+        routes_before, routes_after,
+        "the dry run changed the routes"
+    );
+    let consumer = common::consumer(&new.bootstrap(), &[("group.id", group.as_str())]);
+    let mut partition = rdkafka::TopicPartitionList::new();
+    partition.add_partition(&topic, 0);
+    let committed = rdkafka::consumer::Consumer::committed_offsets(
+        &*consumer,
+        partition,
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(
+        committed.find_partition(&topic, 0).map(|p| p.offset()),
+        Some(rdkafka::Offset::Invalid),
+        "the dry run committed the group's offsets on new"
+    );
+
     let (ok, stdout, stderr) =
         kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
     assert!(ok, "cutover failed: {stderr}\n{stdout}");
     assert!(
         stdout.contains(&format!("group {group} moved from old to new")),
         "{stdout}"
+    );
+    // Run again (as after an interruption once it had switched), it finds it done.
+    let (ok, again, stderr) =
+        kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
+    assert!(ok, "second cutover failed: {stderr}\n{again}");
+    assert!(
+        again.contains("already reads from new") && again.contains("nothing to switch"),
+        "{again}"
     );
     assert!(
         stdout.contains(&format!("{topic}[0] committed 15 -> 10")),

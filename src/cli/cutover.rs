@@ -4,12 +4,18 @@
 //! `--config`) `verify` finds both clusters equal — then moves the route's reads and the
 //! groups' coordinator in one routing change, which kshift carries out (translating each
 //! group's committed offsets; see `src/cutover.rs`), and prints what moved.
+//!
+//! `--dry-run` makes every check and asks kshift to plan the change (`PUT /routes?dry_run`),
+//! printing each group and position it would move; nothing changes. The switch is one
+//! routing change, all or nothing: a cutover interrupted before it (while waiting for the
+//! mirror, verifying) changed nothing, and one interrupted after it finds the routes already
+//! reading from the target; either way running it again finishes it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
-use serde_json::Value;
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::{json, Value};
 
 use super::routes::{current, refused, request};
 use crate::config::Config;
@@ -28,8 +34,14 @@ pub struct Cutover {
     pub groups: Option<String>,
     /// Also compare both clusters' records (`kshift verify`) before switching.
     pub config: Option<PathBuf>,
-    /// How long to wait for the mirror lag of these routes to reach zero.
+    /// How long to wait for the mirror lag of these routes to reach `max_lag_records`.
     pub wait: Duration,
+    /// Records the mirror may still have to copy for these routes when switching.
+    pub max_lag_records: u64,
+    /// Check and plan only: change nothing.
+    pub dry_run: bool,
+    /// Refuse while records written around kshift were found within this long.
+    pub unrouted_window: Duration,
     /// Switch even where groups cannot be moved or the mirror lags (an emergency: the old
     /// cluster is down); groups that cannot be moved keep untranslated offsets.
     pub force: bool,
@@ -94,7 +106,29 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
         println!("nothing to switch");
         return Ok(());
     }
-
+    let check = |what: &str| {
+        if cutover.dry_run {
+            println!("check: {what}");
+        }
+    };
+    check(&format!(
+        "routes {matching:?} ({}) mirror every record to {}",
+        cutover.topics, cutover.to
+    ));
+    check(&format!(
+        "no record was written to a mirrored partition around kshift in the last {:?}",
+        cutover.unrouted_window
+    ));
+    if let Err(error) = unrouted_writes(cutover).await {
+        if !cutover.force {
+            return Err(error);
+        }
+        eprintln!("kshift: {error:#} — switching anyway (--force): those records are lost to the new cluster unless copied (`kshift backfill` on a backfill route)");
+    }
+    check(&format!(
+        "the mirror lag of these routes reaches {} record(s) within {:?}",
+        cutover.max_lag_records, cutover.wait
+    ));
     if let Err(error) = wait_for_mirror(cutover, &matching).await {
         if !cutover.force {
             return Err(error);
@@ -102,6 +136,7 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
         eprintln!("kshift: {error:#} — switching anyway (--force)");
     }
     if let Some(path) = &cutover.config {
+        check("`kshift verify` finds both clusters equal on these topics");
         let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
         let topics = cutover.topics.clone();
         println!("verifying {topics} on both clusters ...");
@@ -118,6 +153,9 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
     }
 
     let body = toml::to_string(&after)?;
+    if cutover.dry_run {
+        return dry_run(cutover, &body).await;
+    }
     let path = if cutover.force {
         "/routes?force=true"
     } else {
@@ -165,16 +203,28 @@ pub async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
 }
 
 fn print_moved(answer: &Value) {
+    print_groups(answer, "moved");
+}
+
+/// Each group of `answer["moved_groups"]` and its positions, `verb` ("moved", "would move").
+fn print_groups(answer: &Value, verb: &str) {
     let moved = answer["moved_groups"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     if moved.is_empty() {
-        println!("no consumer group had to move");
+        println!(
+            "no consumer group {}",
+            if verb == "moved" {
+                "had to move"
+            } else {
+                "would have to move"
+            }
+        );
     }
     for group in moved {
         println!(
-            "group {} moved from {} to {}:",
+            "group {} {verb} from {} to {}:",
             group["group"].as_str().unwrap_or("?"),
             group["from"].as_str().unwrap_or("?"),
             group["to"].as_str().unwrap_or("?")
@@ -191,7 +241,78 @@ fn print_moved(answer: &Value) {
     }
 }
 
-/// Waits until kshift reports no records waiting for a mirror on the routes at `indexes`.
+/// Fails when kshift found records written around it (to a mirrored partition, without
+/// going through kshift) within `unrouted_window`: the mirror does not have them.
+async fn unrouted_writes(cutover: &Cutover) -> anyhow::Result<()> {
+    let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
+    if status != 200 {
+        bail!("GET /status answered {status}: {body}");
+    }
+    let status: Value = serde_json::from_str(&body)?;
+    let unrouted = &status["unrouted"];
+    let recent = unrouted["last_seen_seconds_ago"]
+        .as_f64()
+        .is_some_and(|ago| ago <= cutover.unrouted_window.as_secs_f64());
+    if !recent {
+        if cutover.dry_run {
+            println!("  none found ({} check passes)", unrouted["passes"]);
+        }
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for finding in unrouted["findings"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  {}[{}] on {}: offsets {}..={} ({} records)",
+            finding["topic"].as_str().unwrap_or("?"),
+            finding["partition"],
+            finding["cluster"].as_str().unwrap_or("?"),
+            finding["first_offset"],
+            finding["last_offset"],
+            finding["records"]
+        ));
+    }
+    bail!(
+        "records were written to mirrored partitions without going through kshift (the mirror does not have them; point those writers at kshift first):\n{}",
+        lines.join("\n")
+    )
+}
+
+/// Asks kshift to plan the change in `body` and prints what it would do.
+async fn dry_run(cutover: &Cutover, body: &str) -> anyhow::Result<()> {
+    let (status, answer) = request(&cutover.admin, "PUT", "/routes?dry_run=true", body).await?;
+    let report: Value = serde_json::from_str(&answer)
+        .with_context(|| format!("PUT /routes?dry_run answered {status}: {answer}"))?;
+    let report = &report["dry_run"];
+    if report.is_null() {
+        return Err(refused(status, &answer));
+    }
+    println!("dry run: the switch would change");
+    for change in report["changes"].as_array().into_iter().flatten() {
+        println!("  {}", change.as_str().unwrap_or_default());
+    }
+    print_groups(
+        &json!({ "moved_groups": report["would_move"] }),
+        "would move",
+    );
+    let refusals: Vec<&str> = report["refusals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for refusal in &refusals {
+        println!("refused: {refusal}");
+    }
+    println!("dry run: nothing was changed");
+    if refusals.is_empty() || cutover.force {
+        Ok(())
+    } else {
+        bail!("kshift would refuse this switch (see above)")
+    }
+}
+
+/// Waits until kshift reports at most `max_lag_records` records waiting for a mirror on the
+/// routes at `indexes`.
 async fn wait_for_mirror(cutover: &Cutover, indexes: &[usize]) -> anyhow::Result<()> {
     let deadline = Instant::now() + cutover.wait;
     loop {
@@ -211,7 +332,10 @@ async fn wait_for_mirror(cutover: &Cutover, indexes: &[usize]) -> anyhow::Result
             })
             .filter_map(|entry| entry["lag_records"].as_u64())
             .sum();
-        if lag == 0 {
+        if lag <= cutover.max_lag_records {
+            if cutover.dry_run {
+                println!("  the mirror lag is {lag} record(s)");
+            }
             return Ok(());
         }
         if Instant::now() >= deadline {

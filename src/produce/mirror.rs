@@ -993,6 +993,16 @@ impl MirrorWriter {
     }
 }
 
+/// The complete batches of `source`'s `partition` from `offset` on (one read_committed
+/// fetch of up to 1 MiB; empty at the end of the log).
+pub async fn fetch_batches(
+    source: &Source,
+    partition: i32,
+    offset: i64,
+) -> Result<Vec<Batch>, String> {
+    Ok(backfill::fetch(source, partition, offset).await?.0)
+}
+
 /// Whether a record with `key` falls in the mirrored `percent`: stable per key, so all
 /// of a key's records are mirrored or none are.
 pub fn percent_selects(key: &[u8], percent: u8) -> bool {

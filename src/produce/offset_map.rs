@@ -193,6 +193,11 @@ impl OffsetMap {
     }
 
     /// Shares every entry through Redis too, and reads the fleet's before translating.
+    /// The fleet's shared map, when `[routing] redis` is set.
+    pub fn fleet(&self) -> Option<Arc<fleet::FleetOffsets>> {
+        self.fleet.clone()
+    }
+
     pub fn with_fleet(mut self, fleet: Arc<fleet::FleetOffsets>) -> OffsetMap {
         self.fleet = Some(fleet);
         self

@@ -481,6 +481,11 @@ impl Kshift {
         self.addr
     }
 
+    /// The admin API's address, when the config set `admin_listen`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().and_then(|proxy| proxy.admin_addr())
+    }
+
     /// `bootstrap.servers` for a client going through kshift.
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()

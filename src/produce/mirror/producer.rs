@@ -1012,9 +1012,11 @@ impl MirrorProducer {
             self.shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             outcome = Outcome::Landed(offset);
         }
-        let to_locate = match (&outcome, partition.landed_end, self.identity) {
-            (Outcome::Landed(offset), Some(from), Some(identity)) if *offset < 0 => {
-                Some((from, identity.producer_id))
+        // The first batch of a partition has no completed batch before it: it is looked
+        // for from the log start.
+        let to_locate = match (&outcome, self.identity) {
+            (Outcome::Landed(offset), Some(identity)) if *offset < 0 => {
+                Some((partition.landed_end, identity.producer_id))
             }
             _ => None,
         };
@@ -1303,11 +1305,12 @@ pub(super) fn merge(batches: &[&Batch]) -> Result<Batch, String> {
 const LOCATE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The base offset of kshift's batch (`producer_id`, `sequence`) in the mirror partition
-/// `key`, reading from `from` (where the last completed batch ended: the batch is after it).
+/// `key`, reading from `from` (where the last completed batch ended: the batch is after it) or,
+/// without one, from the log start.
 async fn locate(
     cluster: &Arc<Cluster>,
     key: &PartitionKey,
-    from: i64,
+    from: Option<i64>,
     producer_id: i64,
     sequence: i32,
 ) -> Option<i64> {
@@ -1315,7 +1318,10 @@ async fn locate(
         cluster: cluster.clone(),
         topic: key.0.clone(),
     };
-    let mut offset = from;
+    let mut offset = match from {
+        Some(from) => from,
+        None => cluster.list_offset(&key.0, key.1, -2).await.ok()?,
+    };
     let mut read = 0;
     while read < LOCATE_BYTES {
         let (batches, _) = super::backfill::fetch(&source, key.1, offset).await.ok()?;

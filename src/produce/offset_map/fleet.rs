@@ -71,6 +71,60 @@ impl FleetOffsets {
         let _ = self.sender.send((key, value));
     }
 
+    /// Shares that this instance wrote `count` records to `topic`/`partition` of `cluster`
+    /// from `start` (for the unrouted-writer check of every instance).
+    pub fn push_routed(&self, cluster: &str, topic: &str, partition: i32, start: i64, count: i64) {
+        let key = format!(
+            "{}:routed:{cluster}:{topic}:{partition}",
+            self.routed_prefix()
+        );
+        let _ = self.sender.send((key, format!("{start} {count}")));
+    }
+
+    /// Every `(start, count)` range any instance shared for `topic`/`partition` of `cluster`.
+    pub async fn load_routed(
+        &self,
+        cluster: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Vec<(i64, i64)>, String> {
+        let key = format!(
+            "{}:routed:{cluster}:{topic}:{partition}",
+            self.routed_prefix()
+        );
+        let entries = self.range(&key).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let (start, count) = entry.split_once(' ')?;
+                Some((start.parse().ok()?, count.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// `{redis_key}` (the offset lists live under `{redis_key}:offsets`).
+    fn routed_prefix(&self) -> &str {
+        self.prefix.strip_suffix(":offsets").unwrap_or(&self.prefix)
+    }
+
+    /// Every entry of the Redis list `key`.
+    async fn range(&self, key: &str) -> Result<Vec<String>, String> {
+        let mut connection = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| "redis: no connection within 2 s".to_string())?
+        .map_err(|e| format!("redis: {e}"))?;
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| format!("redis: {e}"))
+    }
+
     /// Every batch any instance mirrored from `topic`/`partition` to `mirror`.
     pub async fn load(
         &self,
@@ -81,20 +135,7 @@ impl FleetOffsets {
         let Some(key) = self.key(mirror, topic, partition) else {
             return Ok(Vec::new());
         };
-        let mut connection = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| "redis: no connection within 2 s".to_string())?
-        .map_err(|e| format!("redis: {e}"))?;
-        let entries: Vec<String> = redis::cmd("LRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
+        let entries = self.range(&key).await?;
         let topic: Arc<str> = Arc::from(topic);
         Ok(entries
             .iter()
