@@ -53,6 +53,7 @@ pub async fn run(
         .route("/routes/rollback", post(rollback))
         .route("/backfill", get(backfill_progress).post(start_backfill))
         .route("/status", get(status))
+        .route("/verify", get(last_verify).post(report_verify))
         .route("/", get(status_page))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(token),
@@ -344,6 +345,25 @@ async fn backfill_progress(State(state): State<Arc<ProxyState>>) -> Json<serde_j
     Json(json!({ "partitions": state.mirrors.backfill.states(&state) }))
 }
 
+/// `kshift verify --admin URL` reports its result here for the status page.
+async fn report_verify(State(state): State<Arc<ProxyState>>, body: String) -> Response {
+    match serde_json::from_str::<crate::console::VerifyResult>(&body) {
+        Ok(result) => {
+            state.console.set_verify(result);
+            (StatusCode::NO_CONTENT, "").into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("not a verify result (topics, ok, mode, summary): {error}") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn last_verify(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+    Json(json!({ "verify": state.console.verify() }))
+}
+
 async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
     let clusters: Vec<serde_json::Value> = state
         .clusters
@@ -395,6 +415,11 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
         "client_connections": state.metrics.client_connections.get(),
         "offset_sync": state.offset_sync.snapshot(),
         "unrouted": state.unrouted.report(),
+        "console": {
+            "routes": state.console.routes(&state.routing.load().spec),
+            "groups": state.console.groups(),
+            "verify": state.console.verify(),
+        },
     }))
 }
 
@@ -419,24 +444,140 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A human-readable status page (refreshes itself every 5 s): the routing table in force,
-/// each cluster's health and mirror progress, client connections.
-async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Html<String> {
+/// The status page: the migration's console. `GET /` is the whole page; its script fetches
+/// `GET /?part=console` (the same content without the page around it) every 2 s and swaps
+/// it in, so the page stays live without a reload or a framework.
+async fn status_page(
+    State(state): State<Arc<ProxyState>>,
+    uri: Uri,
+) -> axum::response::Html<String> {
+    let console = render_console(&state);
+    if uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "part=console"))
+    {
+        return axum::response::Html(console);
+    }
+    axum::response::Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>kshift status</title><style>\
+         body{{font-family:sans-serif;margin:2em}}\
+         table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #999;padding:4px 8px}}\
+         .down,.bad{{color:#b00}}.up,.good{{color:#070}}.phase{{font-weight:bold}}\
+         svg.spark{{vertical-align:middle;background:#f4f4f4}}</style></head><body>\
+         <h1>kshift status</h1><div id=\"console\">{console}</div>\
+         <p><a href=\"/metrics\">metrics</a> · <a href=\"/status\">status (JSON)</a> · \
+         <a href=\"/routes\">routes (JSON)</a> · <span id=\"live\">live: every 2 s</span></p>\
+         <script>{REFRESH_SCRIPT}</script></body></html>"
+    ))
+}
+
+/// Swaps in the console every 2 s; counts the refreshes on `<body data-refreshes>` and says
+/// when the last one failed.
+const REFRESH_SCRIPT: &str = "let refreshes=0;setInterval(async()=>{const live=document.getElementById('live');\
+try{const answer=await fetch('/?part=console',{cache:'no-store'});if(!answer.ok)throw new Error(answer.status);\
+document.getElementById('console').innerHTML=await answer.text();refreshes+=1;\
+document.body.dataset.refreshes=refreshes;live.textContent='live: every 2 s';}\
+catch(error){live.textContent='not refreshed: '+error;}},2000);";
+
+/// The console: routing version, a row per route (phase, rates, lag and its sparkline),
+/// groups with their positions per cluster, the last verify, offset sync, unrouted writes,
+/// then the routes as configured and the clusters.
+fn render_console(state: &ProxyState) -> String {
     let table = state.routing.load();
-    let mut html = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>kshift status</title><style>body{font-family:sans-serif;margin:2em}\
-         table{border-collapse:collapse;margin-bottom:1.5em}td,th{border:1px solid #999;padding:4px 8px}\
-         .down{color:#b00}.up{color:#070}</style></head><body><h1>kshift status</h1>",
-    );
-    html.push_str(&format!(
-        "<p id=\"routing\">Routing table <b>version {}</b>, in force for {} s. Client connections: <b id=\"connections\">{}</b>.</p>",
+    let mut html = format!(
+        "<p id=\"routing\">Routing table <b>version {}</b>, in force for {} s. Client connections: \
+         <b id=\"connections\">{}</b>.<span id=\"rendering\" data-rendering=\"{}\"></span></p>",
         table.version,
         table.built_at.elapsed().as_secs(),
-        state.metrics.client_connections.get()
+        state.metrics.client_connections.get(),
+        state.console.next_render(),
+    );
+    html.push_str("<h2>Migration</h2><table id=\"migration\"><tr><th>#</th><th>topics</th><th>phase</th>\
+         <th>written (records/s)</th><th>mirrored (records/s)</th><th>mirror lag (records)</th><th>lag, last 5 min</th></tr>");
+    let rate = |rate: Option<f64>| rate.map_or_else(|| "—".to_string(), |r| format!("{r:.0}"));
+    for route in state.console.routes(&table.spec) {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class=\"phase\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            route.route,
+            escape(&route.topics),
+            escape(&route.phase),
+            rate(route.write_rate),
+            rate(route.mirror_rate),
+            route.lag_records,
+            sparkline(&route.lag_history),
+        ));
+    }
+    html.push_str("</table><h2>Consumer groups</h2>");
+    let groups = state.console.groups();
+    if groups.is_empty() {
+        html.push_str("<p id=\"groups\">No consumer group has come through kshift yet.</p>");
+    } else {
+        html.push_str("<table id=\"groups\"><tr><th>group</th><th>route</th><th>cluster</th><th>committed positions</th></tr>");
+        for group in &groups {
+            for (cluster, positions) in &group.clusters {
+                let shown = match positions {
+                    Ok(positions) if positions.is_empty() => "none committed".to_string(),
+                    Ok(positions) => positions
+                        .iter()
+                        .map(|(topic, partition, offset)| format!("{topic}[{partition}] {offset}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Err(error) => format!("unknown: {error}"),
+                };
+                html.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&group.group),
+                    group.route,
+                    escape(cluster),
+                    escape(&shown)
+                ));
+            }
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>Checks</h2><ul>");
+    match state.console.verify() {
+        Some(verify) => html.push_str(&format!(
+            "<li id=\"verify\">Last verify of <b>{}</b> ({} mode): <span class=\"{}\">{}</span> — {}</li>",
+            escape(&verify.topics),
+            escape(&verify.mode),
+            if verify.ok { "good" } else { "bad" },
+            if verify.ok { "equal" } else { "DIFFERENT" },
+            escape(&verify.summary)
+        )),
+        None => html.push_str(
+            "<li id=\"verify\">No verify reported yet (<code>kshift verify --admin URL</code> reports here).</li>",
+        ),
+    }
+    let sync = state.offset_sync.snapshot();
+    html.push_str(&format!(
+        "<li id=\"offset-sync\">Offset sync: {} group commits copied, {} groups left alone (members there), {} failures; last pass {}.</li>",
+        sync.groups_synced,
+        sync.groups_active,
+        sync.failures,
+        sync.last_pass_age_seconds
+            .map_or_else(|| "never (no [[groups]] offset_sync_ms)".to_string(), |age| format!("{age:.0} s ago"))
     ));
+    let unrouted = state.unrouted.report();
+    match unrouted.findings.last() {
+        Some(last) => html.push_str(&format!(
+            "<li id=\"unrouted\" class=\"bad\">Unrouted writes: {} records written around kshift; last {}[{}] offsets {}–{} on {}, {:.0} s ago. <code>kshift cutover</code> refuses while they are recent.</li>",
+            unrouted.records,
+            escape(&last.topic),
+            last.partition,
+            last.first_offset,
+            last.last_offset,
+            escape(&last.cluster),
+            unrouted.last_seen_seconds_ago.unwrap_or(0.0)
+        )),
+        None => html.push_str(&format!(
+            "<li id=\"unrouted\">Unrouted writes: none found ({} checks).</li>",
+            unrouted.passes
+        )),
+    }
+    html.push_str("</ul>");
     html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>#</th><th>topics</th><th>clients</th><th>write</th><th>mirror</th><th>mode</th><th>%</th><th>read</th><th>partitioning</th><th>mirror lag (records)</th></tr>");
-    let lag = mirror_lag_by_route(&state);
+    let lag = mirror_lag_by_route(state);
     for (index, route) in table.spec.routes.iter().enumerate() {
         html.push_str(&format!(
             "<tr><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
@@ -479,6 +620,34 @@ async fn status_page(State(state): State<Arc<ProxyState>>) -> axum::response::Ht
             mirror.queue_full_dropped + mirror.queue_full_blocked,
         ));
     }
-    html.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/status\">status (JSON)</a> · <a href=\"/routes\">routes (JSON)</a></p></body></html>");
-    axum::response::Html(html)
+    html.push_str("</table>");
+    html
+}
+
+/// An inline SVG line of `values` (oldest first), scaled to its largest value, with that
+/// value written beside it.
+fn sparkline(values: &[u64]) -> String {
+    const WIDTH: f64 = 150.0;
+    const HEIGHT: f64 = 24.0;
+    let peak = values.iter().copied().max().unwrap_or(0);
+    if values.len() < 2 {
+        return "<svg class=\"spark\" width=\"150\" height=\"24\"></svg> (sampling)".to_string();
+    }
+    let step = WIDTH / (values.len() - 1) as f64;
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &value)| {
+            let y = if peak == 0 {
+                HEIGHT - 1.0
+            } else {
+                HEIGHT - 1.0 - (value as f64 / peak as f64) * (HEIGHT - 2.0)
+            };
+            format!("{:.1},{y:.1}", i as f64 * step)
+        })
+        .collect();
+    format!(
+        "<svg class=\"spark\" width=\"150\" height=\"24\" viewBox=\"0 0 150 24\"><polyline fill=\"none\" stroke=\"#06c\" stroke-width=\"1.5\" points=\"{}\"/></svg> peak {peak}",
+        points.join(" ")
+    )
 }

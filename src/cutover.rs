@@ -116,7 +116,7 @@ impl Cutover {
         lock(&self.seen).keys().cloned().collect()
     }
 
-    fn seen_topics(&self, group: &str) -> BTreeSet<String> {
+    pub(crate) fn seen_topics(&self, group: &str) -> BTreeSet<String> {
         lock(&self.seen).get(group).cloned().unwrap_or_default()
     }
 

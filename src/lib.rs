@@ -23,6 +23,8 @@
 //!   clusters holding their topics (`[[groups]] offset_sync_ms`);
 //! - [`unrouted`] finds records written to a mirrored partition around kshift (they would
 //!   be lost at cutover);
+//! - [`admin`] serves the admin API and the status page, the migration's console, whose
+//!   live figures [`console`] samples;
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`;
 //!   every change to it goes through [`cutover`], which moves consumer groups (and their
 //!   committed positions, translated with the mirror's offset map) when reads switch;
@@ -37,6 +39,7 @@ pub mod client_connection;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod cutover;
 pub mod dispatch;
 pub mod fetch;
@@ -104,6 +107,8 @@ pub struct ProxyState {
     pub offset_sync: offset_sync::Stats,
     /// What kshift wrote to mirrored partitions, and records found written around it.
     pub unrouted: unrouted::Unrouted,
+    /// The status page's migration console: rates, lag history, group positions, verify.
+    pub console: console::Console,
     /// TLS on the client listener, when `[proxy.tls]` is set.
     pub tls: Option<security::tls::ListenerTls>,
     /// SASL termination for clients, when `[proxy.sasl]` is set.
@@ -291,6 +296,7 @@ impl Proxy {
             cutover: cutover::Cutover::default(),
             offset_sync: offset_sync::Stats::default(),
             unrouted: unrouted::Unrouted::default(),
+            console: console::Console::new(&config.routing_spec()),
             tls,
             sasl,
             connection_permits: Arc::new(tokio::sync::Semaphore::new(config.proxy.max_connections)),
@@ -338,6 +344,7 @@ impl Proxy {
                     None => None,
                 };
                 tokio::spawn(admin::run(admin, state.clone(), token, shutdown_rx.clone()));
+                tokio::spawn(console::run(state.clone(), shutdown_rx.clone()));
                 tracing::info!(admin = ?admin_addr, "admin API listening");
                 admin_addr
             }

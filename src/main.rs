@@ -61,6 +61,10 @@ enum Command {
         /// config uses Redis, strict otherwise.
         #[arg(long, value_enum)]
         order: Option<kshift::cli::verify::OrderMode>,
+        /// A kshift admin API (http://host:port) to report the result to: its status page
+        /// shows the last verify.
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Replay the write-offset ranges the mirror failure journal lists (mirror_failures_file)
     /// from the write cluster to the mirror; ranges done are not replayed again.
@@ -383,6 +387,7 @@ fn main() -> ExitCode {
             topics,
             since,
             order,
+            admin,
         } => {
             let config = match Config::load(&config) {
                 Ok(config) => config,
@@ -396,6 +401,7 @@ fn main() -> ExitCode {
                 since,
                 order,
                 quiet: false,
+                report_to: admin,
             };
             let result = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)

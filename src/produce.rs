@@ -55,6 +55,8 @@ struct MirroredPartition {
     write_cluster: ClusterId,
     write_topic: Arc<str>,
     records: i64,
+    /// The route's position, for the status page's write rate.
+    route: usize,
 }
 
 pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
@@ -279,6 +281,7 @@ async fn plan_mirror(
         write_cluster: route.write,
         write_topic: route.topic_on(route.write, topic).into(),
         records: record_count,
+        route: route.index,
     };
     let topic_name: Arc<str> = topic.as_str().into();
     for &mirror in &route.mirror {
@@ -443,6 +446,7 @@ async fn complete(
             write_base_offset,
             planned.records,
         );
+        context.state.console.wrote(planned.route, planned.records);
         for (cluster, item) in &planned.dropped {
             context
                 .state

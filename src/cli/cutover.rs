@@ -145,6 +145,7 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
             since: None,
             order: None,
             quiet: false,
+            report_to: Some(cutover.admin.clone()),
         };
         let equal = super::verify::run(&config, &options).await?;
         if !equal {

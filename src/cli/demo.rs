@@ -150,7 +150,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 
     // 4. Verify what was mirrored since the ramp reached 100%, with the table in force.
     sync_config(&mut config, proxy.state(), &config_path, &text)?;
-    let verdict = verify(&config, complete_since).await;
+    let verdict = verify(proxy.state(), &config, complete_since).await;
     let verified = verdict.is_ok();
     steps
         .report("4 verify", &verdict.unwrap_or_else(|e| e), false)
@@ -303,16 +303,18 @@ fn moved_groups(answer: &Value) -> String {
 }
 
 /// Runs `kshift verify` on the topic for records since `since`; the one-line verdict.
-async fn verify(config: &Config, since: i64) -> Result<String, String> {
+async fn verify(state: &ProxyState, config: &Config, since: i64) -> Result<String, String> {
     let options = super::verify::Options {
         topics: format!("{TOPIC}*"),
         since: Some(since),
         order: None,
         quiet: true,
+        report_to: None,
     };
     let report = super::verify::verify(config, &options)
         .await
         .map_err(|e| format!("verify failed to run: {e:#}"))?;
+    state.console.set_verify(report.console_result());
     let (write, mirror): (usize, usize) = report
         .partitions
         .iter()

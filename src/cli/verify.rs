@@ -83,6 +83,8 @@ pub struct Options {
     pub order: Option<OrderMode>,
     /// No progress bars and no per-topic lines on stderr (the demo).
     pub quiet: bool,
+    /// A kshift admin API (`http://host:port`) to report the result to, for its status page.
+    pub report_to: Option<String>,
 }
 
 /// The comparison of one partition (or, with murmur2, one topic by key).
@@ -227,6 +229,51 @@ impl Report {
             .count()
     }
 
+    /// The result as the status page shows it (`POST /verify`).
+    pub fn console_result(&self) -> crate::console::VerifyResult {
+        let (write, mirror) = self.partitions.iter().fold((0, 0), |(w, m), p| {
+            (w + p.write_records, m + p.mirror_records)
+        });
+        let differ: Vec<String> = self
+            .partitions
+            .iter()
+            .filter(|p| !p.ok(self.mode))
+            .map(|p| {
+                let partition = p
+                    .partition
+                    .map_or_else(|| "all".to_string(), |p| p.to_string());
+                format!("{}[{partition}] {}", p.topic, p.verdict(self.mode))
+            })
+            .collect();
+        let summary = if differ.is_empty() {
+            format!(
+                "{} partitions compared, {write} records on the write cluster, {mirror} on the mirror; {} with another order",
+                self.partitions.len(),
+                self.order_differences()
+            )
+        } else {
+            format!(
+                "{} of {} partitions differ: {}",
+                differ.len(),
+                self.partitions.len(),
+                differ.join("; ")
+            )
+        };
+        crate::console::VerifyResult {
+            topics: self.topics.clone(),
+            ok: self.ok() && !self.partitions.is_empty(),
+            mode: match self.mode {
+                OrderMode::Strict => "strict",
+                OrderMode::Fleet => "fleet",
+            }
+            .to_string(),
+            summary,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+
     /// The table `kshift verify` prints.
     pub fn print(&self) {
         println!("mode: {}", self.mode.explained());
@@ -267,6 +314,14 @@ impl Report {
 pub async fn run(config: &Config, options: &Options) -> anyhow::Result<bool> {
     let report = verify(config, options).await?;
     report.print();
+    if let Some(admin) = &options.report_to {
+        let body = serde_json::to_string(&report.console_result())?;
+        let (status, answer) = super::routes::request(admin, "POST", "/verify", &body).await?;
+        if status != 204 {
+            return Err(super::routes::refused(status, &answer)
+                .context(format!("reporting the result to {admin}")));
+        }
+    }
     Ok(report.ok())
 }
 
