@@ -228,14 +228,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 fn table(write: &str, mirror: &[&str], percent: u8, read: &str, groups: &str) -> String {
     let mirror: Vec<String> = mirror.iter().map(|m| format!("{m:?}")).collect();
     format!(
-        "[[routes]]\ntopics = \"{TOPIC}*\"\nwrite = \"{write}\"\nmirror = [{}]\nmirror_mode = \"async\"\nmirror_percent = {percent}\nread = \"{read}\"\npartitioning = \"identity\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"{groups}\"\n",
+        "[[routes]]\ntopics = \"{TOPIC}*\"\nwrite = \"{write}\"\nmirror = [{}]\nmirror_mode = \"async\"\nmirror_percent = {percent}\nread = \"{read}\"\npartitioning = \"identity\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"{groups}\"\noffset_sync_ms = 1000\n",
         mirror.join(", ")
     )
 }
 
 fn config_text(options: &DemoOptions, work: &Path, old: &str, new: &str) -> String {
     format!(
-        "# Written by `kshift demo`.\n[proxy]\nlisten = \"{}\"\nadmin_listen = \"{}\"\noffset_map_file = \"{}\"\nmirror_failures_file = \"{}\"\n\n[clusters.old]\nbootstrap = [\"{old}\"]\n\n[clusters.new]\nbootstrap = [\"{new}\"]\n\n[[routes]]\ntopics = \"{TOPIC}*\"\nwrite = \"old\"\nread = \"old\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+        "# Written by `kshift demo`.\n[proxy]\nlisten = \"{}\"\nadmin_listen = \"{}\"\noffset_map_file = \"{}\"\nmirror_failures_file = \"{}\"\nunrouted_check_ms = 2000\n\n[clusters.old]\nbootstrap = [\"{old}\"]\n\n[clusters.new]\nbootstrap = [\"{new}\"]\n\n[[routes]]\ntopics = \"{TOPIC}*\"\nwrite = \"old\"\nread = \"old\"\n\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\noffset_sync_ms = 1000\n",
         options.listen,
         options.admin_listen,
         work.join("offset-map.jsonl").display(),

@@ -329,6 +329,8 @@ pub async fn run(config: &Config, options: &Options) -> anyhow::Result<bool> {
 #[derive(Debug, Clone)]
 struct Fingerprint {
     offset: i64,
+    /// Milliseconds since the epoch (-1: none).
+    timestamp: i64,
     key: Option<Vec<u8>>,
     /// Key, value, headers and timestamp.
     digest: u64,
@@ -370,6 +372,7 @@ fn fingerprint(message: &BorrowedMessage<'_>) -> Fingerprint {
     }
     Fingerprint {
         offset: message.offset(),
+        timestamp,
         key: message.key().map(<[u8]>::to_vec),
         digest: digest.0,
     }
@@ -853,10 +856,17 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Report
                     BTreeMap::new()
                 };
                 let percent = route.mirror_percent;
+                // A time lookup finds a batch: the mirror's batches (merged from several
+                // of the client's) can start before `since` where the write cluster's do
+                // not, so records are filtered by their own timestamps too.
+                let since = options.since.unwrap_or(i64::MIN);
                 let group = |records: &BTreeMap<i32, Vec<Fingerprint>>| {
                     records
                         .iter()
-                        .map(|(&p, list)| (p, selected(list.clone(), percent)))
+                        .map(|(&p, list)| {
+                            let recent = list.iter().filter(|r| r.timestamp >= since).cloned();
+                            (p, selected(recent.collect(), percent))
+                        })
                         .collect::<BTreeMap<i32, Vec<Fingerprint>>>()
                 };
                 let (write_records, mirror_records) =
@@ -974,6 +984,7 @@ mod tests {
     fn record(offset: i64, key: &str, content: u64) -> Fingerprint {
         Fingerprint {
             offset,
+            timestamp: 0,
             key: Some(key.as_bytes().to_vec()),
             digest: content,
         }
