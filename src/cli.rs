@@ -5,6 +5,7 @@ pub mod backfill;
 pub mod bench;
 pub mod cutover;
 pub mod demo;
+pub mod prepare;
 pub mod progress;
 pub mod repair;
 pub mod routes;
