@@ -15,8 +15,15 @@ use common::Broker;
 use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::Consumer;
 
-/// `orders` is renamed `orders-v2` on `new`; `prep-*` topics keep their names.
+/// `orders` is renamed `orders-v2` on `new`; `payments` is `payments-legacy` on `old` and
+/// `payments` on `new`; `prep-*` topics keep their names.
 const ROUTES: &str = r#"
+[[routes]]
+topics = "payments"
+write = "old"
+mirror = ["new"]
+rename = { old = "payments-legacy" }
+
 [[routes]]
 topics = "orders"
 write = "old"
@@ -139,6 +146,7 @@ async fn mirrored_topics_are_created_renamed_or_not_with_their_partitions_and_co
         &[("retention.ms", "3600000")],
     )
     .await;
+    create_topic_with(&old.bootstrap(), "payments-legacy", 1, &[]).await;
     // Routed, but to no mirror.
     create_topic_with(&old.bootstrap(), "unmirrored", 1, &[]).await;
 
@@ -156,14 +164,20 @@ async fn mirrored_topics_are_created_renamed_or_not_with_their_partitions_and_co
         "{printed}"
     );
     assert!(
-        printed.contains("2 target topic(s): 2 created"),
+        printed.contains("payments -> new:payments: created (1 partition)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("3 target topic(s): 3 created"),
         "{printed}"
     );
 
     let on_new = topics(&new.bootstrap());
     assert_eq!(on_new.get("orders-v2"), Some(&3), "{on_new:?}");
     assert_eq!(on_new.get("prep-events"), Some(&2), "{on_new:?}");
+    assert_eq!(on_new.get("payments"), Some(&1), "{on_new:?}");
     assert!(!on_new.contains_key("orders"), "{on_new:?}");
+    assert!(!on_new.contains_key("payments-legacy"), "{on_new:?}");
     assert!(!on_new.contains_key("unmirrored"), "{on_new:?}");
     let orders = configs(&new.bootstrap(), "orders-v2").await;
     assert_eq!(

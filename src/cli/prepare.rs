@@ -126,24 +126,33 @@ impl Target {
         };
         let what = match &self.state {
             State::WouldCreate => format!(
-                "would create ({} partitions{configs})",
-                self.write_partitions
+                "would create ({}{configs})",
+                partition_count(self.write_partitions)
             ),
-            State::Created => format!("created ({} partitions{configs})", self.write_partitions),
+            State::Created => format!(
+                "created ({}{configs})",
+                partition_count(self.write_partitions)
+            ),
             State::CreateFailed(error) => format!("create failed: {error}"),
-            State::Matches { partitions } => format!("exists, matches ({partitions} partitions)"),
+            State::Matches { partitions } => {
+                format!("exists, matches ({})", partition_count(*partitions))
+            }
             State::ConfigsDiffer {
                 partitions,
                 differences,
             } => format!(
-                "exists ({partitions} partitions), configs differ (warning): {}",
+                "exists ({}), configs differ (warning): {}",
+                partition_count(*partitions),
                 differences.join("; ")
             ),
             State::PartitionsDiffer { partitions } => format!(
-                "exists with {partitions} partitions, but {} has {} on {}: identity \
+                "exists with {}, but {} has {} on {}: identity \
                  partitioning needs the same count (create the topic anew, or route it with \
                  partitioning = \"murmur2\")",
-                self.topic, self.write_partitions, self.write_cluster
+                partition_count(*partitions),
+                self.topic,
+                self.write_partitions,
+                self.write_cluster
             ),
         };
         format!("{} -> {}:{}: {what}", self.topic, self.cluster, self.name)
@@ -243,6 +252,8 @@ pub async fn prepare(config: &Config, options: &Options) -> anyhow::Result<Repor
     let mut admins = Admins::default();
     let mut planned: Vec<Target> = Vec::new();
     let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+    // Each write cluster's topic -> partition count, listed once for all its routes.
+    let mut write_topics: BTreeMap<String, BTreeMap<String, i32>> = BTreeMap::new();
     // DescribeConfigs answers of the write topics, by (cluster, topic).
     let mut write_entries: BTreeMap<(String, String), Vec<ConfigEntry>> = BTreeMap::new();
     for (index, route) in (0..).map_while(|index| table.route_at(index).map(|r| (index, r))) {
@@ -262,7 +273,11 @@ pub async fn prepare(config: &Config, options: &Options) -> anyhow::Result<Repor
             continue;
         }
         let write = admins.get(config, write_cluster)?;
-        for (write_topic, write_partitions) in write.topics().await? {
+        if !write_topics.contains_key(write_cluster) {
+            write_topics.insert(write_cluster.clone(), write.topics().await?);
+        }
+        let listed = write_topics.get(write_cluster).into_iter().flatten();
+        for (write_topic, &write_partitions) in listed {
             // Kafka's own topics (__consumer_offsets, __transaction_state) are not mirrored.
             if write_topic.starts_with("__") {
                 continue;
@@ -271,7 +286,7 @@ pub async fn prepare(config: &Config, options: &Options) -> anyhow::Result<Repor
             // topic, its `topics`.
             let topic = match spec.rename.get(write_cluster) {
                 None => write_topic.clone(),
-                Some(renamed) if *renamed == write_topic && !is_glob(&spec.topics) => {
+                Some(renamed) if renamed == write_topic && !is_glob(&spec.topics) => {
                     spec.topics.clone()
                 }
                 Some(_) => continue,
@@ -281,7 +296,7 @@ pub async fn prepare(config: &Config, options: &Options) -> anyhow::Result<Repor
             }
             let key = (write_cluster.clone(), write_topic.clone());
             if !write_entries.contains_key(&key) {
-                write_entries.insert(key.clone(), write.configs(&write_topic).await?);
+                write_entries.insert(key.clone(), write.configs(write_topic).await?);
             }
             let configs = write_entries
                 .get(&key)
@@ -365,6 +380,14 @@ pub async fn prepare(config: &Config, options: &Options) -> anyhow::Result<Repor
         targets: planned,
         dry_run: options.dry_run,
     })
+}
+
+/// `1 partition`, `3 partitions`.
+fn partition_count(count: i32) -> String {
+    match count {
+        1 => "1 partition".to_string(),
+        _ => format!("{count} partitions"),
+    }
 }
 
 fn is_glob(pattern: &str) -> bool {
