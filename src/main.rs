@@ -73,6 +73,28 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Create on the mirror clusters the topics the routes will mirror there: same partition
+    /// count, topic configs set on the write topic copied (retention, cleanup policy,
+    /// compression, …). Existing topics are compared, not altered. Exit 1 when a target
+    /// cannot work (identity partitioning with another partition count) or a create failed;
+    /// differing configs are warnings only (exit 0). Exit 2 on errors.
+    Prepare {
+        /// The kshift configuration (clusters and routes).
+        #[arg(long)]
+        config: PathBuf,
+        /// Glob of client-visible topic names to prepare.
+        #[arg(long)]
+        topics: String,
+        /// Only this mirror cluster (default: every route's mirrors).
+        #[arg(long)]
+        to: Option<String>,
+        /// Replication factor of created topics; -1: the broker's default.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        replication_factor: i32,
+        /// Print what would be created and compare what exists; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Measure produce latency and throughput of several targets side by side.
     Bench(BenchArgs),
     /// Add or remove a client user in a SASL credentials file (`[proxy.sasl]
@@ -431,6 +453,38 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("kshift: {error:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Prepare {
+            config,
+            topics,
+            to,
+            replication_factor,
+            dry_run,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("kshift: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let options = kshift::cli::prepare::Options {
+                topics,
+                to,
+                replication_factor,
+                dry_run,
+            };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(kshift::cli::prepare::run(&config, &options)));
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("kshift: {error:#}");
+                    ExitCode::from(2)
                 }
             }
         }

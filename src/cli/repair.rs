@@ -11,13 +11,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::client_config;
 use crate::config::Config;
 use crate::produce::batch::partition_for_key;
 use crate::produce::failures::{self, FailedRange};
@@ -130,28 +130,6 @@ fn contiguous_runs(pending: &[FailedRange]) -> Vec<Vec<&FailedRange>> {
     runs
 }
 
-fn bootstrap(config: &Config, cluster: &str) -> anyhow::Result<String> {
-    config
-        .clusters
-        .get(cluster)
-        .map(|c| c.bootstrap.join(","))
-        .ok_or_else(|| anyhow!("cluster {cluster:?} is not configured"))
-}
-
-/// A librdkafka config with cluster `cluster`'s TLS and SASL settings.
-fn client_config(config: &Config, cluster: &str) -> anyhow::Result<ClientConfig> {
-    let properties = config
-        .clusters
-        .get(cluster)
-        .ok_or_else(|| anyhow!("cluster {cluster:?} is not configured"))?
-        .client_properties(cluster)?;
-    let mut settings = ClientConfig::new();
-    for (key, value) in properties {
-        settings.set(key, value);
-    }
-    Ok(settings)
-}
-
 /// A record as repair reads and writes it: what the mirror must hold, compared field by field
 /// when checking whether a batch already landed.
 #[derive(Debug, PartialEq, Eq)]
@@ -249,10 +227,6 @@ async fn repair(
     // Committed records only: the mirror writer skips aborted transactions.
     let consumer = consumer(config, write_name, "read_committed")?;
     let producer: FutureProducer = client_config(config, &range.mirror_cluster)?
-        .set(
-            "bootstrap.servers",
-            bootstrap(config, &range.mirror_cluster)?,
-        )
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
@@ -418,7 +392,6 @@ impl MirrorSender<'_> {
 /// A consumer of `cluster` for repair, signalling the end of each partition.
 fn consumer(config: &Config, cluster: &str, isolation: &str) -> anyhow::Result<BaseConsumer> {
     Ok(client_config(config, cluster)?
-        .set("bootstrap.servers", bootstrap(config, cluster)?)
         // An offset the broker does not have is an error, not a silent jump elsewhere.
         .set("auto.offset.reset", "error")
         .set("group.id", "kshift-repair")

@@ -505,8 +505,8 @@ impl ConsumerContext for QuietContext {}
 /// watermarks.
 struct Side {
     name: String,
-    bootstrap: String,
-    security: Vec<(&'static str, String)>,
+    /// How librdkafka reaches the cluster (bootstrap, TLS, SASL).
+    settings: ClientConfig,
     cluster: Cluster,
 }
 
@@ -530,19 +530,14 @@ impl Side {
         );
         Ok(Side {
             name: name.to_string(),
-            bootstrap: cluster_config.bootstrap.join(","),
-            security: cluster_config.client_properties(name)?,
+            settings: super::client_config(config, name)?,
             cluster,
         })
     }
 
     fn consumer(&self) -> anyhow::Result<BaseConsumer<QuietContext>> {
-        let mut settings = ClientConfig::new();
-        for (key, value) in &self.security {
-            settings.set(*key, value);
-        }
-        settings
-            .set("bootstrap.servers", &self.bootstrap)
+        self.settings
+            .clone()
             .set("group.id", "kshift-verify")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
