@@ -124,7 +124,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     };
 
     // 1. Prepare: the topic on new, as routes will mirror it there.
-    let created = prepare_new(&new.address()).await?;
+    let created = prepare_new(&config).await?;
     steps.report("1 prepare", &created, false).await;
 
     // 2. Shadow, 3. ramp.
@@ -430,11 +430,39 @@ async fn create_topic_at(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 1: the topic on new, as the mirror will need it.
-async fn prepare_new(new: &str) -> anyhow::Result<String> {
-    create_topic_at(new, TOPIC).await?;
+/// Step 1: `kshift prepare` for the routes of the shadow step: the topic on new, as the
+/// mirror will need it (same partition count, its topic configs).
+async fn prepare_new(config: &Config) -> anyhow::Result<String> {
+    let mut config = config.clone();
+    let shadow: crate::routing::RoutingSpec =
+        toml::from_str(&table("old", &["new"], 100, "old", "old")).context("shadow table")?;
+    config.routes = shadow.routes;
+    let options = super::prepare::Options {
+        topics: format!("{TOPIC}*"),
+        to: Some("new".into()),
+        replication_factor: -1,
+        dry_run: false,
+    };
+    let report = super::prepare::prepare(&config, &options).await?;
+    if !report.ok() || report.targets.is_empty() {
+        bail!(
+            "kshift prepare: {}",
+            report
+                .targets
+                .iter()
+                .map(super::prepare::Target::line)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     Ok(format!(
-        "{TOPIC} created on new with {PARTITIONS} partitions (identity partitioning needs the same count)"
+        "kshift prepare: {}",
+        report
+            .targets
+            .iter()
+            .map(super::prepare::Target::line)
+            .collect::<Vec<_>>()
+            .join("; ")
     ))
 }
 
