@@ -52,13 +52,17 @@ struct Sample {
     lag_records: u64,
 }
 
+/// Committed positions on one cluster: (topic on that cluster, partition, offset), or why
+/// they are unknown.
+pub type Positions = Result<Vec<(String, i32, i64)>, String>;
+
 /// A group's committed positions on each cluster of a route it consumes.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupPositions {
     pub group: String,
     pub route: usize,
-    /// Per cluster name: (topic on that cluster, partition, offset), or why it is unknown.
-    pub clusters: Vec<(String, Result<Vec<(String, i32, i64)>, String>)>,
+    /// Per cluster name.
+    pub clusters: Vec<(String, Positions)>,
 }
 
 /// What the last `kshift verify` found, as it reported it (`POST /verify`, or the demo).
