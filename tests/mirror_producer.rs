@@ -249,14 +249,13 @@ struct Faults {
     mirror_lines: &'static str,
 }
 
-/// Writes 4,000 records through kshift while `faults` hit the mirror every 100 ms, then
+/// Writes 4,000 records (or more, until 10 faults have hit) through kshift while `faults` hit the mirror every 100 ms, then
 /// checks that nothing was lost or written twice, the order was kept and every offset
 /// translates, and that the faults did reach kshift's producer.
 async fn mirror_through(faults: Faults) {
     const PARTITIONS: i32 = 6;
     const ROUNDS: usize = 20;
     const PER_ROUND: usize = 200;
-    const RECORDS: usize = ROUNDS * PER_ROUND;
     common::trace_from_env();
     let old = Broker::start().await;
     let new = Arc::new(MockKafka::start(3));
@@ -306,10 +305,15 @@ async fn mirror_through(faults: Faults) {
         &kshift.bootstrap(),
         &[("enable.idempotence", "true"), ("linger.ms", "2")],
     );
-    for round in 0..ROUNDS {
-        send_many(&producer, &topic, &format!("round-{round}"), PER_ROUND).await;
+    // At least ROUNDS rounds, and on until the faults have hit 10 times (a fast run writes
+    // ROUNDS rounds in less than the injector's first second).
+    let mut rounds = 0;
+    while rounds < ROUNDS || (steps.load(Ordering::Relaxed) < 10 && rounds < 10 * ROUNDS) {
+        send_many(&producer, &topic, &format!("round-{rounds}"), PER_ROUND).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
+        rounds += 1;
     }
+    let records = rounds * PER_ROUND;
     // The injector fails or moves about 10 times a second: more often than a stalled
     // partition retries (its backoff grows to 1 s). It stops with the producer, and the
     // mirror then catches up.
@@ -324,7 +328,7 @@ async fn mirror_through(faults: Faults) {
     let stats = settled(
         kshift.state(),
         "new",
-        RECORDS as u64,
+        records as u64,
         Duration::from_secs(90),
     )
     .await;
@@ -334,7 +338,7 @@ async fn mirror_through(faults: Faults) {
             stats.failed_records,
             stats.dropped_records
         ),
-        (RECORDS as u64, 0, 0),
+        (records as u64, 0, 0),
         "{stats:?}"
     );
     assert_mirrored_alike(
@@ -344,7 +348,7 @@ async fn mirror_through(faults: Faults) {
         "new",
         &topic,
         PARTITIONS,
-        RECORDS,
+        records,
     )
     .await;
     assert_mirror_produces_failed(&kshift);
