@@ -139,6 +139,8 @@ pub struct Cluster {
     /// TLS and SASL toward this cluster: every connection kshift opens to it uses them.
     security: Arc<BackendSecurity>,
     pub metrics: Arc<Metrics>,
+    /// This cluster's request and byte metrics, resolved once for its connections.
+    backend_metrics: Arc<crate::metrics::BackendMetrics>,
     state: RwLock<ClusterState>,
     /// Coordinator node per (key type, key): groups are 0, transactional ids 1.
     coordinators: Mutex<HashMap<(i8, String), i32>>,
@@ -185,10 +187,12 @@ impl Cluster {
         metrics: Arc<Metrics>,
         node_id_base: i32,
     ) -> Cluster {
+        let name: Arc<str> = name.into();
         Cluster {
             node_id_base,
             id,
-            name: name.into(),
+            backend_metrics: metrics.backend(&name),
+            name,
             bootstrap,
             settings,
             security,
@@ -234,8 +238,7 @@ impl Cluster {
     pub async fn connect(&self, address: &str) -> Result<BrokerConnection, BackendError> {
         self.metrics.backend_connection_opened(&self.name);
         let observer = Observer {
-            metrics: self.metrics.clone(),
-            cluster: self.name.clone(),
+            metrics: self.backend_metrics.clone(),
         };
         let connected = BrokerConnection::connect(
             address,

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::BackendError;
 use crate::codec::{self, FrameError};
-use crate::metrics::{BackendFailure, Metrics};
+use crate::metrics::BackendFailure;
 use crate::security::{sasl_client, BackendSecurity};
 
 /// The read half of a broker connection, plain or TLS.
@@ -81,8 +81,7 @@ struct Waiter {
 /// Metrics of the cluster a connection belongs to.
 #[derive(Clone, Debug)]
 pub struct Observer {
-    pub metrics: Arc<Metrics>,
-    pub cluster: Arc<str>,
+    pub metrics: Arc<crate::metrics::BackendMetrics>,
 }
 
 /// The response to one request: the body after the response header.
@@ -118,21 +117,13 @@ impl ResponseFuture {
             let metrics = &observer.metrics;
             match &result {
                 Ok(body) => {
-                    metrics.backend_request(
-                        &observer.cluster,
-                        self.api_key,
-                        self.sent_at.elapsed(),
-                    );
-                    metrics.backend_bytes(&observer.cluster, "received", body.len());
+                    metrics.request(self.api_key, self.sent_at.elapsed());
+                    metrics.received(body.len());
                 }
                 Err(BackendError::Timeout { .. }) => {
-                    metrics.backend_error(&observer.cluster, self.api_key, BackendFailure::Timeout)
+                    metrics.error(self.api_key, BackendFailure::Timeout)
                 }
-                Err(_) => metrics.backend_error(
-                    &observer.cluster,
-                    self.api_key,
-                    BackendFailure::Connection,
-                ),
+                Err(_) => metrics.error(self.api_key, BackendFailure::Connection),
             }
         }
         result
@@ -265,9 +256,7 @@ impl BrokerConnection {
                     reason: e.to_string().into(),
                 })?;
         if let Some(observer) = &self.observer {
-            observer
-                .metrics
-                .backend_bytes(&observer.cluster, "sent", body.len());
+            observer.metrics.sent(body.len());
         }
         let mut pending = lock(&self.state.pending);
         if let Some(error) = &pending.poisoned {
