@@ -36,6 +36,7 @@ pub use broker_connection::{keep_timer_armed, BrokerConnection, Observer, Respon
 
 use crate::codec::{self, decode_body};
 use crate::config::ProxyConfig;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::security::BackendSecurity;
 use crate::ClusterId;
@@ -171,12 +172,6 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Cluster {
     pub fn new(
         id: ClusterId,

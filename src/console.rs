@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lock;
 use crate::metrics::MirrorLabels;
 use crate::routing::{RouteSpec, RoutingSpec};
 use crate::ProxyState;
@@ -316,12 +317,6 @@ pub async fn run(
             state.console.read_groups(&state).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use crate::cluster::{BackendError, Cluster};
+use crate::lock;
 use crate::produce::offset_map::Position;
 use crate::routing::{Applied, Partitioning, Route, RoutingSpec, RoutingTable, UpdateError};
 use crate::{ClusterId, ProxyState};
@@ -871,12 +872,6 @@ pub fn next_offset(records: &[u8]) -> Option<i64> {
         at = end;
     }
     next
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -122,6 +122,14 @@ pub struct ProxyState {
     pub request_budget: Arc<tokio::sync::Semaphore>,
 }
 
+/// Locks `mutex`. A poisoned one (a task panicked while holding it) is used as it is, rather
+/// than failing every later caller: one task's bug must not stop the proxy.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl ProxyState {
     /// The id of the cluster configured as `name`.
     pub fn cluster_id(&self, name: &str) -> Option<ClusterId> {

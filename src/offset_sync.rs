@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use crate::cluster::{BackendError, Cluster};
 use crate::cutover::{self, Committed};
+use crate::lock;
 use crate::produce::offset_map::Position;
 use crate::routing::{Partitioning, RoutingTable};
 use crate::{ClusterId, ProxyState};
@@ -247,10 +248,4 @@ async fn has_members(cluster: &Cluster, group: &str) -> Result<bool, BackendErro
         !described.members.is_empty()
             || !matches!(described.group_state.as_str(), "" | "Empty" | "Dead")
     }))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::lock;
 use crate::ClusterId;
 
 pub mod file;
@@ -554,12 +555,6 @@ impl Routing {
         tracing::info!(source, version, changes = %diff.join("; "), "routing table rolled back");
         Ok(Applied { version, diff })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Human-readable changes from `before` to `after`, one line per rule.

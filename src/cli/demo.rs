@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use super::routes::{refused, request};
 use crate::config::Config;
+use crate::lock;
 use crate::{Proxy, ProxyState, RunningProxy};
 
 /// The demo's choices, from the command line.
@@ -617,12 +618,6 @@ impl Clients {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Sends `RATE` records a second (keyed, values `demo-SEQ`) until stopped.

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::BackendError;
 use crate::codec::{self, FrameError};
+use crate::lock;
 use crate::metrics::BackendFailure;
 use crate::security::{sasl_client, BackendSecurity};
 
@@ -321,12 +322,6 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Err(error)) => Err(failed(error.to_string())),
         Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Fails every pending request with `error` and refuses new ones.

@@ -47,6 +47,7 @@ use super::failures::{FailedRange, FailureJournal, MirrorTarget};
 use super::offset_map::OffsetMap;
 use crate::cluster::Cluster;
 use crate::config::MirrorOverflow;
+use crate::lock;
 use crate::routing::Partitioning;
 use crate::ClusterId;
 use producer::{MapFrom, MirrorProducer, Report, Submission};
@@ -588,12 +589,6 @@ pub fn log_dropped(item: &MirrorItem, cluster: ClusterId, reason: &Refused) {
         ?reason,
         "mirror queue refused records; they exist only on the write cluster"
     );
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a mirror cluster's writer and producer share: where outcomes are counted, mapped

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scram::{ScramHash, StoredCredential, MAX_ITERATIONS, MIN_ITERATIONS};
 use super::{constant_time_eq, random_bytes, Mechanism};
+use crate::lock;
 
 /// The whole file as TOML sees it.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -349,12 +350,6 @@ fn read(path: &Path) -> Result<Credentials, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Credentials::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
