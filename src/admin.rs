@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::console;
 use crate::cutover::{self, Policy, Switched};
 use crate::produce::mirror::queue_backfill;
 use crate::routing::redis::RedisSourceError;
@@ -404,7 +405,7 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
             })
         })
         .collect();
-    let lag: Vec<serde_json::Value> = mirror_lag_by_route(&state)
+    let lag: Vec<serde_json::Value> = console::mirror_lag_by_route(&state)
         .into_iter()
         .map(|(route, records)| json!({ "route": route, "lag_records": records }))
         .collect();
@@ -421,19 +422,6 @@ async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value>
             "verify": state.console.verify(),
         },
     }))
-}
-
-/// Records waiting to be mirrored per route position, over all mirror clusters.
-fn mirror_lag_by_route(state: &ProxyState) -> std::collections::BTreeMap<usize, u64> {
-    let mut lag = std::collections::BTreeMap::new();
-    for cluster in &state.clusters {
-        if let Some(stats) = state.mirrors.stats_of(cluster.id) {
-            for (route, records) in stats.lag_by_route() {
-                *lag.entry(route).or_default() += records;
-            }
-        }
-    }
-    lag
 }
 
 /// Escapes text for HTML.
@@ -577,7 +565,7 @@ fn render_console(state: &ProxyState) -> String {
     }
     html.push_str("</ul>");
     html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>#</th><th>topics</th><th>clients</th><th>write</th><th>mirror</th><th>mode</th><th>%</th><th>read</th><th>partitioning</th><th>mirror lag (records)</th></tr>");
-    let lag = mirror_lag_by_route(state);
+    let lag = console::mirror_lag_by_route(state);
     for (index, route) in table.spec.routes.iter().enumerate() {
         html.push_str(&format!(
             "<tr><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",

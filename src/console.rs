@@ -173,14 +173,7 @@ impl Console {
 
     fn sample(&self, state: &ProxyState) {
         let table = state.routing.load();
-        let mut lag = BTreeMap::<usize, u64>::new();
-        for cluster in &state.clusters {
-            if let Some(stats) = state.mirrors.stats_of(cluster.id) {
-                for (route, records) in stats.lag_by_route() {
-                    *lag.entry(route).or_default() += records;
-                }
-            }
-        }
+        let lag = mirror_lag_by_route(state);
         let now = Instant::now();
         let mut history = lock(&self.history);
         for index in 0..table.spec.routes.len() {
@@ -268,6 +261,19 @@ impl Console {
         }
         *lock(&self.groups) = found;
     }
+}
+
+/// Records waiting to be mirrored per route position, over all mirror clusters.
+pub fn mirror_lag_by_route(state: &ProxyState) -> BTreeMap<usize, u64> {
+    let mut lag = BTreeMap::new();
+    for cluster in &state.clusters {
+        if let Some(stats) = state.mirrors.stats_of(cluster.id) {
+            for (route, records) in stats.lag_by_route() {
+                *lag.entry(route).or_default() += records;
+            }
+        }
+    }
+    lag
 }
 
 /// Where a route is in a migration, told against its write cluster when kshift started.

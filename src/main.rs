@@ -365,15 +365,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match load_config(&config) {
             Ok(config) => {
                 print_routing(&config);
                 ExitCode::SUCCESS
             }
-            Err(error) => {
-                eprintln!("kshift: {error}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Err(exit) => exit,
         },
         Command::Bench(args) => {
             let options = kshift::cli::bench::BenchOptions {
@@ -411,12 +408,9 @@ fn main() -> ExitCode {
             order,
             admin,
         } => {
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("kshift: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(exit) => return exit,
             };
             let options = kshift::cli::verify::Options {
                 topics,
@@ -425,25 +419,12 @@ fn main() -> ExitCode {
                 quiet: false,
                 report_to: admin,
             };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::verify::run(&config, &options)));
-            match result {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::from(2)
-                }
-            }
+            run_check(kshift::cli::verify::run(&config, &options))
         }
         Command::Repair { config } => {
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("kshift: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(exit) => return exit,
             };
             let result = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
@@ -463,12 +444,9 @@ fn main() -> ExitCode {
             replication_factor,
             dry_run,
         } => {
-            let config = match Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("kshift: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(exit) => return exit,
             };
             let options = kshift::cli::prepare::Options {
                 topics,
@@ -476,17 +454,7 @@ fn main() -> ExitCode {
                 replication_factor,
                 dry_run,
             };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::prepare::run(&config, &options)));
-            match result {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::from(2)
-                }
-            }
+            run_check(kshift::cli::prepare::run(&config, &options))
         }
         Command::User { action } => match user(action) {
             Ok(()) => ExitCode::SUCCESS,
@@ -549,12 +517,9 @@ fn main() -> ExitCode {
         }),
         Command::Serve { config } => {
             let config_path = config;
-            let config = match Config::load(&config_path) {
+            let config = match load_config(&config_path) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("kshift: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(exit) => return exit,
             };
             match serve(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -563,6 +528,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Loads the configuration at `path`, or prints why it is invalid and gives the exit code for
+/// a bad configuration.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("kshift: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// Runs a command that checks something (verify, prepare): exit 0 when it passes, 1 when it
+/// found a problem (which it printed), 2 when it could not run.
+fn run_check(command: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(command));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("kshift: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

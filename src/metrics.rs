@@ -437,18 +437,16 @@ impl Metrics {
                 self.client_request_seconds.get_or_create(&labels).clone(),
             )
         };
-        match api_slot(&self.client_apis, api) {
-            Some(slot) => {
-                let (requests, seconds) = slot.get_or_init(resolve);
-                requests.inc();
-                seconds.observe(elapsed.as_secs_f64());
-            }
+        let uncached;
+        let (requests, seconds) = match api_slot(&self.client_apis, api) {
+            Some(slot) => slot.get_or_init(resolve),
             None => {
-                let (requests, seconds) = resolve();
-                requests.inc();
-                seconds.observe(elapsed.as_secs_f64());
+                uncached = resolve();
+                &uncached
             }
-        }
+        };
+        requests.inc();
+        seconds.observe(elapsed.as_secs_f64());
     }
 
     /// `cluster`'s request metrics, resolved once per api (see [`BackendMetrics`]).
@@ -479,15 +477,6 @@ impl Metrics {
         self.backend_request_seconds
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
-    }
-
-    pub fn backend_bytes(&self, cluster: &str, direction: &str, bytes: usize) {
-        self.backend_bytes
-            .get_or_create(&BackendBytesLabels {
-                cluster: cluster.to_string(),
-                direction: direction.to_string(),
-            })
-            .inc_by(bytes as u64);
     }
 
     /// Counts a failure: a Kafka error code (0 is ignored) or a named failure.

@@ -334,10 +334,7 @@ async fn verify(state: &ProxyState, config: &Config, since: i64) -> Result<Strin
         Ok(format!(
             "{} partitions equal since the 100% ramp: {write} records on old, {mirror} on new ({} mode)",
             report.partitions.len(),
-            match report.mode {
-                super::verify::OrderMode::Strict => "strict",
-                super::verify::OrderMode::Fleet => "fleet",
-            }
+            report.mode.name()
         ))
     } else {
         Err(format!("verify: {}", bad.join("; ")))
@@ -445,26 +442,16 @@ async fn prepare_new(config: &Config) -> anyhow::Result<String> {
         dry_run: false,
     };
     let report = super::prepare::prepare(&config, &options).await?;
+    let lines: Vec<String> = report
+        .targets
+        .iter()
+        .map(super::prepare::Target::line)
+        .collect();
+    let said = format!("kshift prepare: {}", lines.join("; "));
     if !report.ok() || report.targets.is_empty() {
-        bail!(
-            "kshift prepare: {}",
-            report
-                .targets
-                .iter()
-                .map(super::prepare::Target::line)
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        bail!(said);
     }
-    Ok(format!(
-        "kshift prepare: {}",
-        report
-            .targets
-            .iter()
-            .map(super::prepare::Target::line)
-            .collect::<Vec<_>>()
-            .join("; ")
-    ))
+    Ok(said)
 }
 
 /// Counts librdkafka's errors (client-level: a lost connection, a failed request).

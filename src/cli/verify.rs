@@ -60,6 +60,14 @@ pub enum OrderMode {
 }
 
 impl OrderMode {
+    /// The mode's name, as `--order` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderMode::Strict => "strict",
+            OrderMode::Fleet => "fleet",
+        }
+    }
+
     fn explained(self) -> &'static str {
         match self {
             OrderMode::Strict => {
@@ -262,11 +270,7 @@ impl Report {
         crate::console::VerifyResult {
             topics: self.topics.clone(),
             ok: self.ok() && !self.partitions.is_empty(),
-            mode: match self.mode {
-                OrderMode::Strict => "strict",
-                OrderMode::Fleet => "fleet",
-            }
-            .to_string(),
+            mode: self.mode.name().to_string(),
             summary,
             at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
