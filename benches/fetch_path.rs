@@ -12,9 +12,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchResponse, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
+use kshift::codec::batch::next_offset;
 use kshift::codec::{decode_body, encode_body};
-use kshift::cutover::{next_offset, ReadPositions};
-use kshift::fetch::{present_partition, push_fetch_partition};
+use kshift::handlers::fetch::positions::ReadPositions;
+use kshift::handlers::fetch::{present_partition, push_fetch_partition};
 
 const VERSION: i16 = 12;
 

@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kshift::produce::batch::split_batches;
+use kshift::codec::batch::split_batches;
 use kshift::routing::{RoutingSpec, RoutingTable};
 
 fn batch(records: usize, value_bytes: usize) -> Bytes {

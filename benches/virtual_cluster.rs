@@ -12,7 +12,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use kshift::codec::{response_frame_head, Request};
-use kshift::virtual_cluster::present_topic;
+use kshift::handlers::virtual_cluster::present_topic;
 
 fn request_frame() -> Bytes {
     let header = RequestHeader::default()

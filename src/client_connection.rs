@@ -38,9 +38,11 @@ use tokio::time::Instant;
 
 use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
-use crate::dispatch::{self, PendingReply, Reply};
+use crate::dispatch;
+use crate::handler::{PendingReply, Reply};
+use crate::handlers::fetch::positions::ReadPositions;
 use crate::security::sasl_server::{Outcome, SaslSession};
-use crate::ProxyState;
+use crate::state::ProxyState;
 
 /// Read and write buffer of each client connection. Small, because every idle connection
 /// holds both (the read buffer zero-filled): 64 KiB each made an idle connection cost ~37 KiB
@@ -54,6 +56,8 @@ pub struct ClientConnection {
     peer: SocketAddr,
     /// This connection's own backend connections; dropped (and closed) with it.
     upstream: Arc<UpstreamConnections>,
+    /// Which cluster this client's read positions belong to, per partition.
+    positions: Arc<ReadPositions>,
 }
 
 impl ClientConnection {
@@ -62,6 +66,7 @@ impl ClientConnection {
             state,
             peer,
             upstream: Arc::default(),
+            positions: Arc::default(),
         }
     }
 
@@ -201,8 +206,13 @@ impl ClientConnection {
                     let api_key = request.api_key;
                     // Boxed: the largest handler's submit future would otherwise sit inside
                     // every connection's task, idle ones too (~3 KiB each, benches/scale.rs).
-                    let pending =
-                        Box::pin(dispatch::submit(&self.state, &self.upstream, request)).await;
+                    let pending = Box::pin(dispatch::submit(
+                        &self.state,
+                        &self.upstream,
+                        &self.positions,
+                        request,
+                    ))
+                    .await;
                     let metrics = self.state.metrics.clone();
                     Box::pin(async move {
                         let reply = pending.await;

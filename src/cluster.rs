@@ -36,10 +36,10 @@ pub use broker_connection::{keep_timer_armed, BrokerConnection, Observer, Respon
 
 use crate::codec::{self, decode_body};
 use crate::config::ProxyConfig;
-use crate::lock;
 use crate::metrics::Metrics;
+use crate::routing::ClusterId;
 use crate::security::BackendSecurity;
-use crate::ClusterId;
+use crate::sync::lock;
 
 /// A failure talking to a backend cluster. Cloneable: one broken connection fails every
 /// request waiting on it with the same error.
@@ -691,8 +691,6 @@ pub enum Lane {
 pub struct UpstreamConnections {
     /// Held across a connect so that requests of this client connection keep their order.
     connections: tokio::sync::Mutex<HashMap<(ClusterId, i32, Lane), BrokerConnection>>,
-    /// Which cluster this client's read positions belong to, per partition.
-    pub positions: crate::cutover::ReadPositions,
     /// Set when one of these connections broke with requests in flight (see `get`).
     lost: std::sync::atomic::AtomicBool,
 }

@@ -8,10 +8,24 @@
 //! - Bodies stay `Bytes` slices of the frame they arrived in (zero-copy).
 //! - [`read_frame`] is not cancel-safe; callers own one reader per socket and never race it.
 
+pub mod batch;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// What the client connection writes back for one request.
+#[derive(Debug)]
+pub enum Reply {
+    /// A whole response frame, as chunks written back to back.
+    Frame(Vec<Bytes>),
+    /// Nothing: an `acks=0` produce.
+    None,
+    /// Close the connection once earlier replies are written (a broker's answer to a
+    /// request it cannot parse or does not support).
+    Close(String),
+}
 
 /// Why a frame or header could not be read.
 #[derive(Debug, thiserror::Error)]

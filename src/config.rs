@@ -532,7 +532,7 @@ impl Config {
         parts(self) != parts(other)
     }
 
-    /// Cluster names in a stable order; a cluster's position is its [`crate::ClusterId`].
+    /// Cluster names in a stable order; a cluster's position is its [`crate::routing::ClusterId`].
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.keys().cloned().collect()
     }

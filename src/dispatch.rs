@@ -1,251 +1,22 @@
-//! Request dispatch by api key, and what every handler shares: the per-request
-//! [`Context`] (routing snapshot, upstream connections) and the [`Reply`] it produces.
-//!
-//! A handler has two phases. The *submit* phase runs in the client connection's reader, in
-//! request order: it routes the request and queues it on the upstream connections. The
-//! returned [`PendingReply`] is the *wait* phase: it awaits the backends and builds the
-//! response, concurrently with later requests. Splitting them is what keeps a producer's
-//! pipelined requests in order on the wire while their answers overlap.
+//! Request dispatch by api key: checks the version is served, builds the request's
+//! [`Context`] on the routing snapshot in force, and runs the handler's submit phase.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use kafka_protocol::messages::{
-    AddOffsetsToTxnResponse, ApiKey, EndTxnResponse, HeartbeatResponse, InitProducerIdResponse,
-    JoinGroupResponse, LeaveGroupResponse, OffsetFetchResponse, SyncGroupResponse,
-};
-use kafka_protocol::protocol::Encodable;
+use kafka_protocol::messages::ApiKey;
 
-use crate::cluster::{BackendError, Cluster, Lane, UpstreamConnections};
-use crate::codec::{self, FrameError, Request};
-use crate::routing::RoutingTable;
-use crate::{fetch, groups, produce, virtual_cluster, ClusterId, ProxyState};
-
-/// What the client connection writes back for one request.
-#[derive(Debug)]
-pub enum Reply {
-    /// A whole response frame, as chunks written back to back.
-    Frame(Vec<Bytes>),
-    /// Nothing: an `acks=0` produce.
-    None,
-    /// Close the connection once earlier replies are written (a broker's answer to a
-    /// request it cannot parse or does not support).
-    Close(String),
-}
-
-pub type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
-
-/// Why a handler could not serve a request.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The client sent something kshift cannot decode: the connection is closed.
-    #[error(transparent)]
-    Malformed(#[from] FrameError),
-    /// A backend failed: the client gets the retriable error a broker would give.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
-
-/// Everything one request is handled with.
-#[derive(Clone)]
-pub struct Context {
-    pub state: Arc<ProxyState>,
-    pub upstream: Arc<UpstreamConnections>,
-    /// The routing table this request was started on, and will finish on.
-    pub routing: Arc<RoutingTable>,
-    pub request: Request,
-}
-
-impl Context {
-    pub fn cluster(&self, id: ClusterId) -> &Arc<Cluster> {
-        &self.state.clusters[id]
-    }
-
-    pub fn client_id(&self) -> &str {
-        self.request.client_id.as_str()
-    }
-
-    /// The request timeout toward backends, plus however long the request asks the
-    /// broker to wait (`max_wait_ms`, produce `timeout_ms`, a rebalance).
-    pub fn backend_timeout(&self, requested_wait_ms: i32) -> Duration {
-        self.state
-            .clusters
-            .first()
-            .map_or(Duration::from_secs(30), |c| c.settings.request_timeout)
-            + Duration::from_millis(u64::try_from(requested_wait_ms).unwrap_or(0))
-    }
-
-    /// The one deadline of this request toward backends ([`Context::backend_timeout`] from
-    /// now): every backend answer it awaits, in turn or at once, shares it.
-    pub fn deadline(&self, requested_wait_ms: i32) -> tokio::time::Instant {
-        crate::cluster::broker_connection::deadline_after(self.backend_timeout(requested_wait_ms))
-    }
-
-    /// Encodes `message` as the response to this request.
-    pub fn respond<M: Encodable>(&self, message: &M) -> Reply {
-        match codec::encode_body(message, self.request.api_version) {
-            Ok(body) => self.respond_raw(body),
-            Err(error) => Reply::Close(format!("cannot encode response: {error}")),
-        }
-    }
-
-    /// `body` (already encoded at the request's version) as the response.
-    pub fn respond_raw(&self, body: Bytes) -> Reply {
-        match codec::response_frame_head(
-            self.request.api_key,
-            self.request.api_version,
-            self.request.correlation_id,
-            body.len(),
-        ) {
-            Ok(head) => Reply::Frame(vec![head, body]),
-            Err(error) => Reply::Close(format!("cannot encode response: {error}")),
-        }
-    }
-
-    /// Forwards the request unchanged to `node` of `cluster` and the answer unchanged to
-    /// the client; `inspect` sees the answer first (to drop a stale cache entry).
-    pub async fn forward<F>(
-        &self,
-        cluster: ClusterId,
-        node: i32,
-        requested_wait_ms: i32,
-        inspect: F,
-    ) -> Result<PendingReply, HandlerError>
-    where
-        F: FnOnce(&Context, &Bytes) + Send + 'static,
-    {
-        let connection = self
-            .upstream
-            .get(self.cluster(cluster), node, Lane::Other)
-            .await?;
-        let response = connection.request(
-            self.request.api_key,
-            self.request.api_version,
-            &self.request.client_id,
-            self.request.body.clone(),
-        )?;
-        let context = self.clone();
-        let deadline = self.deadline(requested_wait_ms);
-        Ok(Box::pin(async move {
-            match response.wait_until(deadline).await {
-                Ok(body) => {
-                    inspect(&context, &body);
-                    context.respond_raw(body)
-                }
-                Err(error) => context.error_reply(&HandlerError::Backend(error)),
-            }
-        }))
-    }
-
-    /// The reply a broker would give when it cannot serve this request: a retriable error
-    /// code for the APIs whose response carries one at the top, else a closed connection
-    /// (which every client treats as retriable).
-    pub fn error_reply(&self, error: &HandlerError) -> Reply {
-        let code = match error {
-            HandlerError::Malformed(error) => {
-                tracing::info!(api = ?self.request.api_key, %error, "closing client connection: malformed request");
-                return Reply::Close(error.to_string());
-            }
-            HandlerError::Backend(error) => {
-                tracing::debug!(api = ?self.request.api_key, %error, "backend failed");
-                match error {
-                    BackendError::Kafka { code, .. } => *code,
-                    _ => kafka_protocol::ResponseError::CoordinatorNotAvailable.code(),
-                }
-            }
-        };
-        match self.request.api_key {
-            ApiKey::JoinGroup => self.respond(&JoinGroupResponse::default().with_error_code(code)),
-            ApiKey::SyncGroup => self.respond(&SyncGroupResponse::default().with_error_code(code)),
-            ApiKey::Heartbeat => self.respond(&HeartbeatResponse::default().with_error_code(code)),
-            ApiKey::LeaveGroup => {
-                self.respond(&LeaveGroupResponse::default().with_error_code(code))
-            }
-            ApiKey::OffsetFetch if self.request.api_version >= 2 => {
-                self.respond(&OffsetFetchResponse::default().with_error_code(code))
-            }
-            ApiKey::InitProducerId => self.respond(
-                &InitProducerIdResponse::default()
-                    .with_error_code(code)
-                    .with_producer_id((-1).into())
-                    .with_producer_epoch(-1),
-            ),
-            ApiKey::AddOffsetsToTxn => {
-                self.respond(&AddOffsetsToTxnResponse::default().with_error_code(code))
-            }
-            ApiKey::EndTxn => self.respond(&EndTxnResponse::default().with_error_code(code)),
-            _ => Reply::Close(format!("{error}")),
-        }
-    }
-}
-
-/// The versions kshift serves per api key, before intersecting with the backends'.
-/// Capped where a newer version carries something kshift does not translate: topic ids
-/// (Produce v13, Fetch v13+, OffsetFetch v10, OffsetCommit v10), broker endpoints (Produce
-/// v10+, Fetch v16+), batched group fetches (OffsetFetch v8+), broker-only batching
-/// (AddPartitionsToTxn v4+). OffsetForLeaderEpoch is not served: leader epochs belong to
-/// one backend cluster (DESIGN.md), and without it clients skip KIP-320 validation.
-pub const SERVED_VERSIONS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 10),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 7),
-    (ApiKey::FindCoordinator, 0, 5),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::DescribeGroups, 0, 6),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 5),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::InitProducerId, 0, 5),
-    (ApiKey::AddPartitionsToTxn, 0, 3),
-    (ApiKey::AddOffsetsToTxn, 0, 4),
-    (ApiKey::EndTxn, 0, 4),
-    (ApiKey::TxnOffsetCommit, 0, 4),
-    (ApiKey::DescribeAcls, 1, 3),
-    (ApiKey::CreateAcls, 1, 3),
-    (ApiKey::DeleteAcls, 1, 3),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::DescribeCluster, 0, 1),
-];
-
-/// Api keys kshift answers itself: advertised whatever the backends support.
-pub const ANSWERED_LOCALLY: &[ApiKey] = &[
-    ApiKey::ApiVersions,
-    ApiKey::Metadata,
-    ApiKey::FindCoordinator,
-    ApiKey::DescribeCluster,
-];
-
-/// The version range kshift serves for `api_key`, if any.
-pub fn served_range(api_key: ApiKey) -> Option<(i16, i16)> {
-    SERVED_VERSIONS
-        .iter()
-        .find(|(key, _, _)| *key == api_key)
-        .map(|(_, min, max)| {
-            let valid = api_key.valid_versions();
-            ((*min).max(valid.min), (*max).min(valid.max))
-        })
-}
+use crate::cluster::UpstreamConnections;
+use crate::codec::Request;
+use crate::handler::{served_range, Context, PendingReply, Reply};
+use crate::handlers::fetch::positions::ReadPositions;
+use crate::handlers::{fetch, groups, produce, virtual_cluster};
+use crate::state::ProxyState;
 
 /// Runs the submit phase of `request` and returns its wait phase.
 pub async fn submit(
     state: &Arc<ProxyState>,
     upstream: &Arc<UpstreamConnections>,
+    positions: &Arc<ReadPositions>,
     request: Request,
 ) -> PendingReply {
     let api_key = request.api_key;
@@ -263,6 +34,7 @@ pub async fn submit(
     let context = Context {
         state: state.clone(),
         upstream: upstream.clone(),
+        positions: positions.clone(),
         routing: state.routing.load(),
         request,
     };

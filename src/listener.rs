@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::client_connection::ClientConnection;
-use crate::ProxyState;
+use crate::state::ProxyState;
 
 pub async fn run(
     listener: TcpListener,

@@ -4,7 +4,6 @@
 //! Invariant: label sets are bounded — api names, configured cluster names, route
 //! positions, Kafka error names and a few outcome words. Never a client id or a topic.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -16,8 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::ProxyState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabels {
@@ -582,35 +579,43 @@ impl Metrics {
             .inc_by(records);
     }
 
-    /// The text exposition, with gauges refreshed from `state`.
-    pub fn render(&self, state: &ProxyState) -> String {
+    /// The text exposition, with gauges first refreshed by `refresh` (one rendering at a
+    /// time, so two scrapes do not interleave their refreshes).
+    pub fn render(&self, refresh: impl FnOnce(&Metrics)) -> String {
         let _guard = self.render.lock().unwrap_or_else(|p| p.into_inner());
-        self.routing_version
-            .set(state.routing.load().version as i64);
-        if let Some(age) = state.offset_sync.snapshot().last_pass_age_seconds {
-            self.offset_sync_age_seconds.set(age);
-        }
-        for cluster in &state.clusters {
-            let labels = ClusterLabels {
-                cluster: cluster.name.to_string(),
-            };
-            let stats = state.mirrors.stats_of(cluster.id);
-            if let Some(stats) = stats {
-                self.mirror_queue_bytes
-                    .get_or_create(&labels)
-                    .set(stats.queued_bytes.load(Ordering::Relaxed) as i64);
-                self.mirror_lag_records
-                    .get_or_create(&labels)
-                    .set(stats.lag_records.load(Ordering::Relaxed) as i64);
-                self.mirror_lag_seconds
-                    .get_or_create(&labels)
-                    .set(stats.lag_seconds());
-                for (broker, (requests, bytes)) in stats.in_flight() {
-                    self.mirror_in_flight(&cluster.name, broker, requests, bytes);
-                }
-            }
-        }
+        refresh(self);
         self.exposition()
+    }
+
+    pub fn set_routing_version(&self, version: u64) {
+        self.routing_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_offset_sync_age(&self, seconds: f64) {
+        self.offset_sync_age_seconds.set(seconds);
+    }
+
+    /// One mirror cluster's queue and lag gauges.
+    pub fn set_mirror_gauges(
+        &self,
+        cluster: &str,
+        queued_bytes: u64,
+        lag_records: u64,
+        lag_seconds: f64,
+    ) {
+        let labels = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.mirror_queue_bytes
+            .get_or_create(&labels)
+            .set(i64::try_from(queued_bytes).unwrap_or(i64::MAX));
+        self.mirror_lag_records
+            .get_or_create(&labels)
+            .set(i64::try_from(lag_records).unwrap_or(i64::MAX));
+        self.mirror_lag_seconds
+            .get_or_create(&labels)
+            .set(lag_seconds);
     }
 
     /// The text exposition as it stands (gauges as last refreshed).

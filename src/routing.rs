@@ -7,6 +7,8 @@
 //! - The table in force lives in one [`Routing`] (one `ArcSwap`); every request loads it
 //!   once and finishes on that snapshot, so a swap never splits a request across two tables.
 
+pub mod moves;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,11 +16,10 @@ use arc_swap::ArcSwap;
 use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::lock;
-use crate::ClusterId;
+use crate::sync::lock;
 
-pub mod file;
-pub mod redis;
+/// Index of a backend cluster in [`crate::ProxyState::clusters`] (clusters sorted by name).
+pub type ClusterId = usize;
 
 /// A routing table as operators write it (`[[routes]]`, `[[groups]]`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

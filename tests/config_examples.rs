@@ -155,7 +155,7 @@ async fn dashboard_and_alerts_use_only_metrics_kshift_exports() {
     metrics.unrouted_records("old", 1);
     metrics.offset_sync("new", "synced");
     metrics.routing_update("rejected", "admin");
-    let exposition = metrics.render(state);
+    let exposition = kshift::control::admin::metrics_text(proxy.control());
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let dashboard = std::fs::read_to_string(config.join("grafana/kshift.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");

@@ -284,7 +284,7 @@ async fn write_broker_crash(idempotent: bool, via_kshift: bool) {
 /// marking the messages successfully delivered"). The lost records are whole batches that
 /// were in flight at the kill, sometimes leaving an offset hole (watermark written) and
 /// sometimes not. kshift forwards each batch as the client encoded it and relays the broker's
-/// DUPLICATE_SEQUENCE_NUMBER answer unchanged (`RUST_LOG=kshift::produce::batches=trace`
+/// DUPLICATE_SEQUENCE_NUMBER answer unchanged (`RUST_LOG=kshift::codec::batch=trace`
 /// shows both). Upstream: nisshi-io/nisshi#742. Run with `--ignored` to reproduce.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "Tansu bug: its s3 engine commits an idempotent batch's sequence before the batch (see comment)"]
@@ -371,7 +371,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
         stats.failed_records + stats.dropped_records > 0,
         "the mirror crash cost nothing, so this test proved nothing: {stats:?}"
     );
-    let journalled: i64 = kshift::produce::failures::pending(&journal)
+    let journalled: i64 = kshift::mirror::failures::pending(&journal)
         .unwrap()
         .iter()
         .map(|range| range.last_offset - range.first_offset + 1)

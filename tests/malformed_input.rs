@@ -14,8 +14,8 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use kshift::codec::batch::split_batches;
 use kshift::codec::Request;
-use kshift::produce::batch::split_batches;
 
 /// xorshift64*: small, deterministic.
 struct Rng(u64);

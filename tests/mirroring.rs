@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{Broker, Received};
+use kshift::codec::batch::partition_for_key;
 use kshift::config::Config;
-use kshift::produce::batch::partition_for_key;
-use kshift::produce::mirror::percent_selects;
+use kshift::mirror::percent_selects;
 use kshift::{Proxy, RunningProxy};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureRecord, Producer};
@@ -198,7 +198,7 @@ fn assert_every_record_translates(
 
 /// The count of `kshift_backend_requests_total` for `cluster`'s `api`.
 fn backend_requests(proxy: &RunningProxy, cluster: &str, api: &str) -> u64 {
-    let text = proxy.state().metrics.render(proxy.state());
+    let text = kshift::control::admin::metrics_text(proxy.control());
     let series = format!("kshift_backend_requests_total{{cluster=\"{cluster}\",api=\"{api}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&series))

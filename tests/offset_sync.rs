@@ -97,7 +97,7 @@ async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_t
                 .offsets
                 .position(&topic, partition, old_id, new_id, position)
             {
-                kshift::produce::offset_map::Position::Mapped(offset) => Some(offset),
+                kshift::mirror::offset_map::Position::Mapped(offset) => Some(offset),
                 other => panic!("position {position} does not translate: {other:?}"),
             }
         })
@@ -116,11 +116,11 @@ async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_t
         assert!(
             Instant::now() < deadline,
             "the mirror has {on_new:?} for the group, not the translated {expected:?}: {:?}",
-            kshift.state().offset_sync.snapshot()
+            kshift.control().offset_sync.snapshot()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(kshift.state().offset_sync.snapshot().groups_synced >= 1);
+    assert!(kshift.control().offset_sync.snapshot().groups_synced >= 1);
 
     // A consumer of the group started straight on the mirror resumes where the group was.
     let remaining: Vec<Vec<u8>> = {
@@ -171,16 +171,16 @@ async fn a_group_with_members_on_the_mirror_is_left_alone_there() {
         common::commit_position(&kshift.bootstrap(), &group, &topic, partition, 3);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while kshift.state().offset_sync.snapshot().groups_active == 0 {
+    while kshift.control().offset_sync.snapshot().groups_active == 0 {
         assert!(
             Instant::now() < deadline,
             "the sync never found the group's members on the mirror: {:?}",
-            kshift.state().offset_sync.snapshot()
+            kshift.control().offset_sync.snapshot()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        kshift.state().offset_sync.snapshot().groups_synced,
+        kshift.control().offset_sync.snapshot().groups_synced,
         0,
         "the sync committed over a running group's offsets"
     );

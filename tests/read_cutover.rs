@@ -459,7 +459,7 @@ async fn the_offset_map_survives_a_kshift_restart_before_the_switch() {
             .offsets
             .position(&topic, partition, old_id, new_id, 0);
         assert!(
-            matches!(position, kshift::produce::offset_map::Position::BeforeFirst { first } if first > 0),
+            matches!(position, kshift::mirror::offset_map::Position::BeforeFirst { first } if first > 0),
             "partition {partition}: {position:?}"
         );
     }

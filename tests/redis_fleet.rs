@@ -26,7 +26,7 @@ async fn start(old: &Broker, new: &Broker, redis_url: &str) -> RunningProxy {
 }
 
 fn connected(proxy: &RunningProxy) -> bool {
-    proxy.state().redis.as_ref().unwrap().is_connected()
+    proxy.control().redis.as_ref().unwrap().is_connected()
 }
 
 async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Duration {
@@ -224,7 +224,7 @@ async fn another_instance_translates_what_one_mirrored() {
 /// not grow with the traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_offset_list_is_trimmed_to_the_newest_entries() {
-    use kshift::produce::offset_map::{fleet::FleetOffsets, OffsetMapping, MAX_SEGMENTS};
+    use kshift::mirror::offset_map::{fleet::FleetOffsets, OffsetMapping, MAX_SEGMENTS};
     let redis = Redis::start(0).await;
     let client = ::redis::Client::open(redis.url()).unwrap();
     let clusters = ["old".to_string(), "new".to_string()];

@@ -90,7 +90,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let journalled = kshift::produce::failures::pending(&journal).unwrap();
+    let journalled = kshift::mirror::failures::pending(&journal).unwrap();
     let journalled_records: i64 = journalled
         .iter()
         .map(|r| r.last_offset - r.first_offset + 1)
@@ -179,7 +179,7 @@ async fn repair_skips_a_first_batch_the_mirror_already_holds() {
         send_batch(&old.bootstrap(), topic, &first, timestamp).await;
         send_batch(&old.bootstrap(), topic, &second, timestamp + 5).await;
         for (first_offset, last_offset) in [(0, 4), (5, 9)] {
-            let range = kshift::produce::failures::FailedRange {
+            let range = kshift::mirror::failures::FailedRange {
                 topic: topic.clone(),
                 write_partition: 0,
                 first_offset,

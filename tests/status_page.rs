@@ -228,7 +228,7 @@ async fn the_status_page_is_a_live_console_of_the_migration() {
     // sync copies the group's commits on old, translated, to new.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let groups = proxy.state().console.groups();
+        let groups = proxy.control().console.groups();
         let committed_on_both = groups.iter().any(|g| {
             g.group == group
                 && g.clusters.len() == 2
@@ -236,7 +236,7 @@ async fn the_status_page_is_a_live_console_of_the_migration() {
                     .iter()
                     .all(|(_, p)| p.as_ref().is_ok_and(|p| !p.is_empty()))
         });
-        let sampled = proxy.state().console.samples_taken() >= 4;
+        let sampled = proxy.control().console.samples_taken() >= 4;
         if committed_on_both && sampled {
             break;
         }
@@ -265,7 +265,7 @@ async fn the_status_page_is_a_live_console_of_the_migration() {
     })
     .await
     .unwrap();
-    let reported = proxy.state().console.verify().unwrap_or_else(|| {
+    let reported = proxy.control().console.verify().unwrap_or_else(|| {
         panic!(
             "verify reported nothing: {}",
             String::from_utf8_lossy(&verify.stderr)

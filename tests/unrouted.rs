@@ -39,9 +39,9 @@ async fn send(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
 
 /// Waits until the checker has made `passes` more passes.
 async fn passes(kshift: &Kshift, more: u64) {
-    let until = kshift.state().unrouted.report().passes + more;
+    let until = kshift.control().unrouted.report().passes + more;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while kshift.state().unrouted.report().passes < until {
+    while kshift.control().unrouted.report().passes < until {
         assert!(Instant::now() < deadline, "the unrouted check stopped");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -105,7 +105,7 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     passes(&kshift, 4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     passes(&kshift, 4).await;
-    let report = kshift.state().unrouted.report();
+    let report = kshift.control().unrouted.report();
     assert!(report.passes > 0);
     assert_eq!(
         report.records, 0,
@@ -117,7 +117,7 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     send(&kshift.bootstrap(), &topic, "through-again", 5).await; // 20..=24
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
-        let report = kshift.state().unrouted.report();
+        let report = kshift.control().unrouted.report();
         if report.records > 0 {
             break report;
         }
@@ -140,7 +140,7 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
         ("old", topic.as_str(), 0, 17, 19),
         "{report:?}"
     );
-    let metrics = kshift.state().metrics.render(kshift.state());
+    let metrics = kshift::control::admin::metrics_text(kshift.control());
     assert!(
         metrics.contains("kshift_unrouted_records_total{cluster=\"old\"} 3"),
         "{metrics}"
@@ -200,7 +200,7 @@ async fn a_fleet_shares_what_it_wrote_and_finds_only_the_writer_beside_it() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for instance in [&a, &b] {
         passes(instance, 4).await;
-        let report = instance.state().unrouted.report();
+        let report = instance.control().unrouted.report();
         assert_eq!(
             report.records, 0,
             "the other instance's writes were taken for unrouted ones: {report:?}"
@@ -211,7 +211,7 @@ async fn a_fleet_shares_what_it_wrote_and_finds_only_the_writer_beside_it() {
     for instance in [&a, &b] {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let report = instance.state().unrouted.report();
+            let report = instance.control().unrouted.report();
             if report.records > 0 {
                 assert_eq!(report.records, 2, "{report:?}");
                 break;

@@ -35,8 +35,9 @@ use serde_json::Value;
 
 use super::routes::{refused, request};
 use crate::config::Config;
-use crate::lock;
-use crate::{Proxy, ProxyState, RunningProxy};
+use crate::control::Control;
+use crate::sync::lock;
+use crate::{Proxy, RunningProxy};
 
 /// The demo's choices, from the command line.
 #[derive(Debug, Clone)]
@@ -117,7 +118,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         "time", "step", "produced", "consumed", "re-deliv", "errors", "mirror lag"
     );
     let mut steps = Steps {
-        state: proxy.state().clone(),
+        state: proxy.control().clone(),
         clients: &clients,
         last: clients.snapshot(),
         started,
@@ -150,22 +151,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .await;
 
     // 4. Verify what was mirrored since the ramp reached 100%, with the table in force.
-    sync_config(&mut config, proxy.state(), &config_path, &text)?;
-    let verdict = verify(proxy.state(), &config, complete_since).await;
+    sync_config(&mut config, proxy.control(), &config_path, &text)?;
+    let verdict = verify(proxy.control(), &config, complete_since).await;
     let verified = verdict.is_ok();
     steps
         .report("4 verify", &verdict.unwrap_or_else(|e| e), false)
         .await;
 
     // 5. Read cutover: reads and the group move to new, positions translated.
-    wait_for_no_lag(proxy.state(), Duration::from_secs(30)).await?;
+    wait_for_no_lag(proxy.control(), Duration::from_secs(30)).await?;
     let answer = put(&admin, &table("old", &["new"], 100, "new", "new")).await?;
     steps
         .report("5 read cutover", &moved_groups(&answer), true)
         .await;
 
     // 6. Write cutover: new takes the writes; old stays warm for a rollback.
-    wait_for_no_lag(proxy.state(), Duration::from_secs(30)).await?;
+    wait_for_no_lag(proxy.control(), Duration::from_secs(30)).await?;
     put(&admin, &table("new", &["old"], 100, "new", "new")).await?;
     steps
         .report(
@@ -176,7 +177,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .await;
 
     // 7. Roll the write cutover back.
-    wait_for_no_lag(proxy.state(), Duration::from_secs(30)).await?;
+    wait_for_no_lag(proxy.control(), Duration::from_secs(30)).await?;
     let (status, body) = request(&admin, "POST", "/routes/rollback", "").await?;
     if status != 200 {
         return Err(refused(status, &body));
@@ -189,7 +190,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         )
         .await;
 
-    sync_config(&mut config, proxy.state(), &config_path, &text)?;
+    sync_config(&mut config, proxy.control(), &config_path, &text)?;
 
     // The summary: every acknowledged record consumed?
     let (acknowledged, missed) = clients.caught_up(Duration::from_secs(30)).await;
@@ -248,7 +249,7 @@ fn config_text(options: &DemoOptions, work: &Path, old: &str, new: &str) -> Stri
 /// so that `kshift verify --config FILE` sees the routes as they are now.
 fn sync_config(
     config: &mut Config,
-    state: &ProxyState,
+    state: &Control,
     path: &Path,
     text: &str,
 ) -> anyhow::Result<()> {
@@ -304,7 +305,7 @@ fn moved_groups(answer: &Value) -> String {
 }
 
 /// Runs `kshift verify` on the topic for records since `since`; the one-line verdict.
-async fn verify(state: &ProxyState, config: &Config, since: i64) -> Result<String, String> {
+async fn verify(state: &Control, config: &Config, since: i64) -> Result<String, String> {
     let options = super::verify::Options {
         topics: format!("{TOPIC}*"),
         since: Some(since),
@@ -342,7 +343,7 @@ async fn verify(state: &ProxyState, config: &Config, since: i64) -> Result<Strin
 }
 
 /// Waits until nothing waits for a mirror.
-async fn wait_for_no_lag(state: &ProxyState, limit: Duration) -> anyhow::Result<()> {
+async fn wait_for_no_lag(state: &Control, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let (records, _) = mirror_lag(state);
@@ -357,7 +358,7 @@ async fn wait_for_no_lag(state: &ProxyState, limit: Duration) -> anyhow::Result<
 }
 
 /// Records waiting for a mirror (all clusters) and the oldest one's age in seconds.
-fn mirror_lag(state: &ProxyState) -> (u64, f64) {
+fn mirror_lag(state: &Control) -> (u64, f64) {
     state
         .clusters
         .iter()
@@ -372,7 +373,7 @@ fn mirror_lag(state: &ProxyState) -> (u64, f64) {
 
 /// Prints one line per step, with what the clients saw since the previous one.
 struct Steps<'a> {
-    state: Arc<ProxyState>,
+    state: Arc<Control>,
     clients: &'a Clients,
     last: Snapshot,
     started: Instant,

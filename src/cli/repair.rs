@@ -18,10 +18,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_config;
+use crate::codec::batch::partition_for_key;
 use crate::config::Config;
-use crate::produce::batch::partition_for_key;
-use crate::produce::failures::{self, FailedRange};
-use crate::produce::mirror::percent_selects;
+use crate::mirror::failures::{self, FailedRange};
+use crate::mirror::percent_selects;
 use crate::routing::{Partitioning, RoutingTable};
 
 /// Runs the repair; returns the number of ranges repaired.

@@ -46,7 +46,7 @@ use serde::Serialize;
 use super::progress::Progress;
 use crate::cluster::{Cluster, ConnectionSettings};
 use crate::config::Config;
-use crate::produce::mirror::percent_selects;
+use crate::mirror::percent_selects;
 use crate::routing::{Partitioning, RoutingTable};
 
 /// How a difference in order is judged.
@@ -238,7 +238,7 @@ impl Report {
     }
 
     /// The result as the status page shows it (`POST /verify`).
-    pub fn console_result(&self) -> crate::console::VerifyResult {
+    pub fn console_result(&self) -> crate::control::console::VerifyResult {
         let (write, mirror) = self.partitions.iter().fold((0, 0), |(w, m), p| {
             (w + p.write_records, m + p.mirror_records)
         });
@@ -267,7 +267,7 @@ impl Report {
                 differ.join("; ")
             )
         };
-        crate::console::VerifyResult {
+        crate::control::console::VerifyResult {
             topics: self.topics.clone(),
             ok: self.ok() && !self.partitions.is_empty(),
             mode: self.mode.name().to_string(),

@@ -30,9 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::BackendError;
 use crate::codec::{self, FrameError};
-use crate::lock;
 use crate::metrics::BackendFailure;
 use crate::security::{sasl_client, BackendSecurity};
+use crate::sync::lock;
 
 /// The read half of a broker connection, plain or TLS.
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scram::{ScramHash, StoredCredential, MAX_ITERATIONS, MIN_ITERATIONS};
 use super::{constant_time_eq, random_bytes, Mechanism};
-use crate::lock;
+use crate::sync::lock;
 
 /// The whole file as TOML sees it.
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -23,8 +23,8 @@ use kafka_protocol::ResponseError;
 use super::credentials::{CredentialStore, Credentials};
 use super::scram::{ScramError, ScramServer};
 use super::Mechanism;
+use crate::codec::Reply;
 use crate::codec::{self, Request};
-use crate::dispatch::Reply;
 
 /// The versions served while authenticating (advertised in ApiVersions when SASL is on).
 /// SaslHandshake v0 (tokens sent raw, outside Kafka frames) is not served.

@@ -41,7 +41,7 @@ pub async fn settled(
     mirror_cluster: &str,
     records: u64,
     within: Duration,
-) -> kshift::produce::mirror::MirrorCounts {
+) -> kshift::mirror::MirrorCounts {
     let id = state.cluster_id(mirror_cluster).expect("mirror cluster");
     let deadline = Instant::now() + within;
     loop {

@@ -40,7 +40,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// about half of it, so shorter is faster; 6000 is Kafka's `group.min.session.timeout.ms`.
 pub const SESSION_TIMEOUT_MS: &str = "6000";
 
-/// kshift's tracing to stderr, filtered by `RUST_LOG` (e.g. `kshift::produce::batches=trace`),
+/// kshift's tracing to stderr, filtered by `RUST_LOG` (e.g. `kshift::codec::batch=trace`),
 /// when that is set; a no-op otherwise, and after the first call.
 pub fn trace_from_env() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
@@ -497,6 +497,14 @@ impl Kshift {
             .as_ref()
             .expect("kshift running until shutdown()")
             .state()
+    }
+
+    /// kshift's control plane (console, offset sync, unrouted check, routing source).
+    pub fn control(&self) -> &std::sync::Arc<kshift::control::Control> {
+        self.proxy
+            .as_ref()
+            .expect("kshift running until shutdown()")
+            .control()
     }
 
     /// Stops kshift; dropping a `Kshift` without this drops the proxy instead.

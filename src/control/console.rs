@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::lock;
+use crate::control::Control;
 use crate::metrics::MirrorLabels;
 use crate::routing::{RouteSpec, RoutingSpec};
-use crate::ProxyState;
+use crate::sync::lock;
 
-/// Routes with their own write counter; records of routes past the last are counted there.
-const COUNTED_ROUTES: usize = 64;
 /// Samples kept per route: five minutes at one a second.
 const SAMPLES: usize = 300;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -29,8 +27,6 @@ const GROUPS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Counters fed by the produce path and the history the sampler keeps.
 #[derive(Debug)]
 pub struct Console {
-    /// Records the write cluster acknowledged, per route position, for mirrored routes.
-    written: [AtomicU64; COUNTED_ROUTES],
     /// Each route's write cluster when kshift started, by `topics` glob: the phase of a
     /// route is told against it.
     origin: BTreeMap<String, String>,
@@ -98,7 +94,6 @@ pub struct RouteConsole {
 impl Console {
     pub fn new(initial: &RoutingSpec) -> Console {
         Console {
-            written: std::array::from_fn(|_| AtomicU64::new(0)),
             origin: initial
                 .routes
                 .iter()
@@ -110,12 +105,6 @@ impl Console {
             samples_taken: AtomicU64::new(0),
             renders: AtomicU64::new(0),
         }
-    }
-
-    /// `records` written for route position `route` (a mirrored route).
-    pub fn wrote(&self, route: usize, records: i64) {
-        let slot = route.min(COUNTED_ROUTES - 1);
-        self.written[slot].fetch_add(u64::try_from(records).unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn set_verify(&self, result: VerifyResult) {
@@ -171,7 +160,7 @@ impl Console {
             .collect()
     }
 
-    fn sample(&self, state: &ProxyState) {
+    fn sample(&self, state: &Control) {
         let table = state.routing.load();
         let lag = mirror_lag_by_route(state);
         let now = Instant::now();
@@ -198,7 +187,7 @@ impl Console {
             }
             samples.push_back(Sample {
                 at: now,
-                written: self.written[index.min(COUNTED_ROUTES - 1)].load(Ordering::Relaxed),
+                written: state.route_writes.of(index),
                 mirrored,
                 lag_records: lag.get(&index).copied().unwrap_or(0),
             });
@@ -209,11 +198,11 @@ impl Console {
 
     /// Reads the committed positions of the groups kshift has seen, on every cluster of
     /// each route their topics are on.
-    async fn read_groups(&self, state: &ProxyState) {
+    async fn read_groups(&self, state: &Control) {
         let table = state.routing.load();
         let mut found = Vec::new();
-        for group in state.cutover.seen_groups() {
-            let topics = state.cutover.seen_topics(&group);
+        for group in state.group_moves.seen_groups() {
+            let topics = state.group_moves.seen_topics(&group);
             for index in 0..table.spec.routes.len() {
                 let on_route: Vec<&String> = topics
                     .iter()
@@ -238,7 +227,7 @@ impl Console {
                         .collect();
                     let read = tokio::time::timeout(
                         GROUPS_TIMEOUT,
-                        crate::cutover::committed(state, cluster, &group),
+                        crate::control::cutover::committed(state, cluster, &group),
                     )
                     .await;
                     let result = match read {
@@ -264,7 +253,7 @@ impl Console {
 }
 
 /// Records waiting to be mirrored per route position, over all mirror clusters.
-pub fn mirror_lag_by_route(state: &ProxyState) -> BTreeMap<usize, u64> {
+pub fn mirror_lag_by_route(state: &Control) -> BTreeMap<usize, u64> {
     let mut lag = BTreeMap::new();
     for cluster in &state.clusters {
         if let Some(stats) = state.mirrors.stats_of(cluster.id) {
@@ -305,10 +294,7 @@ pub fn phase(route: &RouteSpec, origin: Option<&str>) -> String {
 }
 
 /// Samples once a second and reads group positions every few seconds, until `shutdown`.
-pub async fn run(
-    state: std::sync::Arc<ProxyState>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run(state: std::sync::Arc<Control>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut groups_read = Instant::now() - GROUPS_EVERY;

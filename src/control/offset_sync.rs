@@ -28,11 +28,12 @@ use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use crate::cluster::{BackendError, Cluster};
-use crate::cutover::{self, Committed};
-use crate::lock;
-use crate::produce::offset_map::Position;
+use crate::control::cutover::{self, Committed};
+use crate::control::Control;
+use crate::mirror::offset_map::Position;
+use crate::routing::ClusterId;
 use crate::routing::{Partitioning, RoutingTable};
-use crate::{ClusterId, ProxyState};
+use crate::sync::lock;
 
 /// DescribeGroups version kshift sends (capped by the broker).
 const DESCRIBE_GROUPS_VERSION: i16 = 5;
@@ -83,7 +84,7 @@ type Synced = HashMap<(String, ClusterId), Vec<(String, i32, i64)>>;
 
 /// Runs the sync until `shutdown` turns true: each rule with `offset_sync_ms` is synced that
 /// often, from the routing table in force at the time.
-pub async fn run(state: Arc<ProxyState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(state: Arc<Control>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut due: HashMap<(usize, ClusterId), Instant> = HashMap::new();
     let mut synced: Synced = HashMap::new();
     loop {
@@ -107,7 +108,7 @@ pub async fn run(state: Arc<ProxyState>, mut shutdown: tokio::sync::watch::Recei
 
 /// One pass over the groups of `[[groups]]` rule `rule`, hosted on `source`.
 async fn sync_rule(
-    state: &ProxyState,
+    state: &Control,
     table: &RoutingTable,
     rule: usize,
     source: ClusterId,
@@ -122,7 +123,7 @@ async fn sync_rule(
             Default::default()
         }
     };
-    groups.extend(state.cutover.seen_groups());
+    groups.extend(state.group_moves.seen_groups());
     let mut refreshed = HashSet::new();
     for group in groups {
         if table.group_rule(&group) != Some(rule) {

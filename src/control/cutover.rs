@@ -27,9 +27,8 @@
 //! Limits: translation is per partition, so routes with `murmur2` partitioning are refused;
 //! groups are matched against routes as a client with an empty `client.id` would be.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::offset_commit_request::{
@@ -44,19 +43,14 @@ use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use crate::cluster::{BackendError, Cluster};
-use crate::lock;
-use crate::produce::offset_map::Position;
+use crate::control::Control;
+use crate::mirror::offset_map::Position;
+use crate::routing::moves::Fence;
+use crate::routing::ClusterId;
 use crate::routing::{Applied, Partitioning, Route, RoutingSpec, RoutingTable, UpdateError};
-use crate::{ClusterId, ProxyState};
 
 /// How long a switch waits for the mirror to copy what a group has committed.
 const MIRROR_CATCH_UP: Duration = Duration::from_secs(10);
-/// Longest a coordinator request waits on a group being moved.
-const FENCE_LIMIT: Duration = Duration::from_secs(30);
-/// Longest a fetch at a position of the previous read cluster is held. A member notices the
-/// move at its next heartbeat (3 s by default) and rejoins; past this, the position is taken
-/// to belong to the new read cluster.
-const STALE_POSITION_HOLD: Duration = Duration::from_secs(30);
 
 /// Versions kshift sends for its own group requests (capped by each broker).
 const LIST_GROUPS_VERSION: i16 = 4;
@@ -66,103 +60,6 @@ const GROUP: i8 = 0;
 /// Partitions asked for a topic the group cluster's metadata does not list, from brokers
 /// that need the partitions listed.
 const MAX_PARTITIONS_ASKED: i32 = 256;
-
-/// Switch state shared by every connection.
-#[derive(Debug)]
-pub struct Cutover {
-    /// One switch at a time.
-    serial: tokio::sync::Mutex<()>,
-    /// Groups being moved right now.
-    fenced: tokio::sync::watch::Sender<HashSet<String>>,
-    /// Groups this instance's clients have used: a switch considers them besides those the
-    /// clusters list (some brokers, Tansu among them, list none).
-    /// With the topics they committed or asked offsets for (for brokers that cannot list a
-    /// group's offsets without being told the topics).
-    seen: Mutex<HashMap<String, BTreeSet<String>>>,
-}
-
-/// At most this many groups are remembered as seen.
-const SEEN_GROUPS_LIMIT: usize = 100_000;
-
-impl Default for Cutover {
-    fn default() -> Cutover {
-        Cutover {
-            serial: tokio::sync::Mutex::default(),
-            fenced: tokio::sync::watch::Sender::new(HashSet::new()),
-            seen: Mutex::default(),
-        }
-    }
-}
-
-impl Cutover {
-    /// Remembers that a client used `group` (with `topics`, for offset requests).
-    pub fn saw_group<'t>(&self, group: &str, topics: impl IntoIterator<Item = &'t str>) {
-        let mut seen = lock(&self.seen);
-        if group.is_empty() || (seen.len() >= SEEN_GROUPS_LIMIT && !seen.contains_key(group)) {
-            return;
-        }
-        let known = match seen.get_mut(group) {
-            Some(known) => known,
-            None => seen.entry(group.to_string()).or_default(),
-        };
-        for topic in topics {
-            if !known.contains(topic) {
-                known.insert(topic.to_string());
-            }
-        }
-    }
-
-    /// Every group this instance's clients have used.
-    pub fn seen_groups(&self) -> Vec<String> {
-        lock(&self.seen).keys().cloned().collect()
-    }
-
-    pub(crate) fn seen_topics(&self, group: &str) -> BTreeSet<String> {
-        lock(&self.seen).get(group).cloned().unwrap_or_default()
-    }
-
-    /// Waits while `group` is being moved. True if it waited: the routing table may have
-    /// changed meanwhile.
-    pub async fn wait_if_moving(&self, group: &str) -> bool {
-        if !self.fenced.borrow().contains(group) {
-            return false;
-        }
-        let mut fenced = self.fenced.subscribe();
-        let released = fenced.wait_for(|groups| !groups.contains(group));
-        if tokio::time::timeout(FENCE_LIMIT, released).await.is_err() {
-            tracing::warn!(
-                group,
-                "group still being moved after {FENCE_LIMIT:?}; serving it"
-            );
-        }
-        true
-    }
-}
-
-/// Releases fenced groups when dropped (also when a switch fails or is cancelled).
-struct Fence<'a> {
-    cutover: &'a Cutover,
-    groups: Vec<String>,
-}
-
-impl<'a> Fence<'a> {
-    fn new(cutover: &'a Cutover, groups: Vec<String>) -> Fence<'a> {
-        cutover
-            .fenced
-            .send_modify(|fenced| fenced.extend(groups.iter().cloned()));
-        Fence { cutover, groups }
-    }
-}
-
-impl Drop for Fence<'_> {
-    fn drop(&mut self) {
-        self.cutover.fenced.send_modify(|fenced| {
-            for group in &self.groups {
-                fenced.remove(group);
-            }
-        });
-    }
-}
 
 /// What a switch does when groups cannot be moved safely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +101,7 @@ pub struct Switched {
 /// Puts `spec` in force by awaiting `put_in_force`, moving the consumer groups the change
 /// moves (see the module documentation). Refused changes leave the table in force as it is.
 pub async fn switch<E, F>(
-    state: &ProxyState,
+    state: &Control,
     spec: &RoutingSpec,
     policy: Policy,
     put_in_force: F,
@@ -213,7 +110,7 @@ where
     F: Future<Output = Result<Applied, E>>,
     E: From<UpdateError>,
 {
-    let _serial = state.cutover.serial.lock().await;
+    let _serial = state.group_moves.serial.lock().await;
     let current = state.routing.load();
     let next = RoutingTable::build(spec, state.routing.cluster_names(), current.version + 1)
         .map_err(UpdateError::from)?;
@@ -241,7 +138,7 @@ where
         }
     };
     let fence = Fence::new(
-        &state.cutover,
+        &state.group_moves,
         movers.iter().map(|m| m.group.clone()).collect(),
     );
     let mut moved = Vec::new();
@@ -280,7 +177,7 @@ pub struct DryRun {
 
 /// Plans `spec` as [`switch`] would, translating every moving group's committed offsets,
 /// and reports it; changes nothing.
-pub async fn dry_run(state: &ProxyState, spec: &RoutingSpec) -> Result<DryRun, UpdateError> {
+pub async fn dry_run(state: &Control, spec: &RoutingSpec) -> Result<DryRun, UpdateError> {
     let current = state.routing.load();
     let next = RoutingTable::build(spec, state.routing.cluster_names(), current.version + 1)?;
     let mut report = DryRun {
@@ -353,7 +250,7 @@ fn read_changes<'a>(
 
 /// The groups `next` moves; refuses a read change under a group left where it is.
 async fn plan(
-    state: &ProxyState,
+    state: &Control,
     current: &RoutingTable,
     next: &RoutingTable,
 ) -> Result<Vec<Mover>, String> {
@@ -363,7 +260,7 @@ async fn plan(
         let mut groups = list_groups(cluster)
             .await
             .map_err(|e| format!("cannot list the consumer groups on {}: {e}", cluster.name))?;
-        groups.extend(lock(&state.cutover.seen).keys().cloned());
+        groups.extend(state.group_moves.seen_groups());
         for group in groups {
             if current.group_cluster(&group) != from {
                 continue; // left over from an earlier move; not served from here
@@ -399,7 +296,7 @@ async fn plan(
 
 /// Reads `mover`'s final committed offsets, translates and commits them on its new cluster.
 async fn move_group(
-    state: &ProxyState,
+    state: &Control,
     current: &RoutingTable,
     next: &RoutingTable,
     mover: &Mover,
@@ -418,7 +315,7 @@ async fn move_group(
 
 /// What [`move_group`] would commit, committing nothing.
 async fn move_group_plan(
-    state: &ProxyState,
+    state: &Control,
     current: &RoutingTable,
     next: &RoutingTable,
     mover: &Mover,
@@ -429,7 +326,7 @@ async fn move_group_plan(
 /// `mover`'s committed offsets on its cluster, translated to the new one: as reported, and
 /// as they would be committed there.
 async fn translated_offsets(
-    state: &ProxyState,
+    state: &Control,
     current: &RoutingTable,
     next: &RoutingTable,
     mover: &Mover,
@@ -481,7 +378,7 @@ async fn translated_offsets(
 
 /// Where a consumer committed at `commit.offset` on `from` continues on `to`.
 async fn translate(
-    state: &ProxyState,
+    state: &Control,
     before: &Route,
     after: &Route,
     commit: &Committed,
@@ -612,7 +509,7 @@ pub(crate) async fn list_groups(cluster: &Cluster) -> Result<BTreeSet<String>, B
 
 /// Every offset `group` has committed on `cluster`.
 pub(crate) async fn committed(
-    state: &ProxyState,
+    state: &Control,
     cluster: &Cluster,
     group: &str,
 ) -> Result<Vec<Committed>, BackendError> {
@@ -644,7 +541,7 @@ pub(crate) async fn committed(
                 .into_iter()
                 .filter_map(|t| Some((t.name?.0.to_string(), t.partitions.len() as i32)))
                 .collect();
-            for topic in state.cutover.seen_topics(group) {
+            for topic in state.group_moves.seen_topics(group) {
                 topics.entry(topic).or_insert(MAX_PARTITIONS_ASKED);
             }
             let topics = topics
@@ -756,165 +653,5 @@ fn kafka_error(cluster: &Cluster, what: &'static str, code: i16) -> BackendError
         cluster: cluster.name.clone(),
         what,
         code,
-    }
-}
-
-/// Which cluster each partition's position belongs to, for one client connection: a
-/// consumer's position survives a read switch until the consumer rejoins its group.
-#[derive(Debug, Default)]
-pub struct ReadPositions {
-    topics: Mutex<HashMap<Arc<str>, HashMap<i32, ReadPosition>>>,
-}
-
-#[derive(Debug)]
-struct ReadPosition {
-    /// The cluster whose offsets this connection's position means.
-    cluster: ClusterId,
-    /// Offset of the last fetch, and the offset after the last record served.
-    fetched: i64,
-    next: i64,
-    /// When a fetch at this position was first held after a read switch.
-    held_since: Option<Instant>,
-}
-
-/// What to do with one partition of a fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadDecision {
-    Serve,
-    /// The position belongs to the previous read cluster: answer with no records.
-    Hold,
-}
-
-impl ReadPositions {
-    /// Decides on a fetch of `topic`/`partition` at `offset` to be served by `cluster`.
-    pub fn check(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        cluster: ClusterId,
-    ) -> ReadDecision {
-        let mut topics = lock(&self.topics);
-        let partitions = match topics.get_mut(topic) {
-            Some(partitions) => partitions,
-            None => topics.entry(Arc::from(topic)).or_default(),
-        };
-        let position = partitions.entry(partition).or_insert(ReadPosition {
-            cluster,
-            fetched: offset,
-            next: offset,
-            held_since: None,
-        });
-        if position.cluster != cluster
-            && (offset == position.fetched || offset == position.next)
-            && position
-                .held_since
-                .is_none_or(|since| since.elapsed() < STALE_POSITION_HOLD)
-        {
-            position.held_since.get_or_insert_with(Instant::now);
-            return ReadDecision::Hold;
-        }
-        // Same cluster, or a position the consumer was given since (it rejoined).
-        let next = if position.cluster == cluster {
-            position.next.max(offset)
-        } else {
-            offset
-        };
-        *position = ReadPosition {
-            cluster,
-            fetched: offset,
-            next,
-            held_since: None,
-        };
-        ReadDecision::Serve
-    }
-
-    /// Records that a fetch served records up to (excluding) `next`.
-    pub fn served(&self, topic: &str, partition: i32, cluster: ClusterId, next: i64) {
-        if let Some(position) = lock(&self.topics)
-            .get_mut(topic)
-            .and_then(|partitions| partitions.get_mut(&partition))
-        {
-            if position.cluster == cluster {
-                position.next = position.next.max(next);
-            }
-        }
-    }
-}
-
-/// The offset after the last complete record batch in `records`, if any (none when the
-/// batches' offsets overflow `i64`).
-pub fn next_offset(records: &[u8]) -> Option<i64> {
-    const HEADER: usize = 12; // base offset (8) + batch length (4)
-    const MAGIC: usize = 16;
-    const LAST_OFFSET_DELTA: usize = 23;
-    let mut at = 0usize;
-    let mut next = None;
-    while records.len() >= at + LAST_OFFSET_DELTA + 4 {
-        let base = i64::from_be_bytes(records[at..at + 8].try_into().ok()?);
-        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into().ok()?);
-        let end = at + HEADER + usize::try_from(length).ok()?;
-        if end > records.len() {
-            break; // a partial batch at the end of a size-limited fetch
-        }
-        let last = if records[at + MAGIC] >= 2 {
-            let delta = i32::from_be_bytes(
-                records[at + LAST_OFFSET_DELTA..at + LAST_OFFSET_DELTA + 4]
-                    .try_into()
-                    .ok()?,
-            );
-            base.checked_add(i64::from(delta))?
-        } else {
-            base // legacy message sets: the (wrapper) message's offset is its last
-        };
-        // Offsets from a broker's bytes: an overflow is a malformed answer, not a position.
-        next = Some(last.checked_add(1)?);
-        at = end;
-    }
-    next
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_position_of_the_previous_cluster_is_held_until_the_consumer_moves() {
-        let positions = ReadPositions::default();
-        assert_eq!(positions.check("t", 0, 100, 0), ReadDecision::Serve);
-        positions.served("t", 0, 0, 120);
-        assert_eq!(positions.check("t", 0, 120, 0), ReadDecision::Serve);
-        // Read switch to cluster 1: the same positions are old-cluster positions.
-        assert_eq!(positions.check("t", 0, 120, 1), ReadDecision::Hold);
-        assert_eq!(positions.check("t", 0, 120, 1), ReadDecision::Hold);
-        // The consumer rejoined and fetches its translated position.
-        assert_eq!(positions.check("t", 0, 20, 1), ReadDecision::Serve);
-        positions.served("t", 0, 1, 25);
-        assert_eq!(positions.check("t", 0, 25, 1), ReadDecision::Serve);
-        // Another partition is unaffected.
-        assert_eq!(positions.check("t", 1, 120, 1), ReadDecision::Serve);
-    }
-
-    #[test]
-    fn next_offset_reads_batch_headers() {
-        let mut batch = vec![0u8; 61];
-        batch[0..8].copy_from_slice(&40i64.to_be_bytes());
-        batch[8..12].copy_from_slice(&49i32.to_be_bytes());
-        batch[16] = 2;
-        batch[23..27].copy_from_slice(&4i32.to_be_bytes());
-        let mut two = batch.clone();
-        let mut second = batch.clone();
-        second[0..8].copy_from_slice(&45i64.to_be_bytes());
-        two.extend_from_slice(&second);
-        assert_eq!(next_offset(&batch), Some(45));
-        assert_eq!(next_offset(&two), Some(50));
-        assert_eq!(next_offset(&two[..80]), Some(45)); // partial second batch
-        assert_eq!(next_offset(&[]), None);
-        // Offsets near i64::MAX from a broker's bytes: no overflow, no position.
-        let mut last = batch.clone();
-        last[0..8].copy_from_slice(&(i64::MAX - 4).to_be_bytes());
-        assert_eq!(next_offset(&last), None);
-        last[23..27].copy_from_slice(&3i32.to_be_bytes());
-        assert_eq!(next_offset(&last), Some(i64::MAX));
     }
 }

@@ -340,6 +340,38 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
+/// The offset after the last complete record batch in `records`, if any (none when the
+/// batches' offsets overflow `i64`).
+pub fn next_offset(records: &[u8]) -> Option<i64> {
+    const HEADER: usize = 12; // base offset (8) + batch length (4)
+    const MAGIC: usize = 16;
+    const LAST_OFFSET_DELTA: usize = 23;
+    let mut at = 0usize;
+    let mut next = None;
+    while records.len() >= at + LAST_OFFSET_DELTA + 4 {
+        let base = i64::from_be_bytes(records[at..at + 8].try_into().ok()?);
+        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into().ok()?);
+        let end = at + HEADER + usize::try_from(length).ok()?;
+        if end > records.len() {
+            break; // a partial batch at the end of a size-limited fetch
+        }
+        let last = if records[at + MAGIC] >= 2 {
+            let delta = i32::from_be_bytes(
+                records[at + LAST_OFFSET_DELTA..at + LAST_OFFSET_DELTA + 4]
+                    .try_into()
+                    .ok()?,
+            );
+            base.checked_add(i64::from(delta))?
+        } else {
+            base // legacy message sets: the (wrapper) message's offset is its last
+        };
+        // Offsets from a broker's bytes: an overflow is a malformed answer, not a position.
+        next = Some(last.checked_add(1)?);
+        at = end;
+    }
+    next
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -558,5 +590,28 @@ pub(crate) mod tests {
         );
         assert_eq!(partition_for_key(b"abc", 5), 479470107 % 5);
         assert_eq!(partition_for_key(b"abc", 0), 0);
+    }
+
+    #[test]
+    fn next_offset_reads_batch_headers() {
+        let mut batch = vec![0u8; 61];
+        batch[0..8].copy_from_slice(&40i64.to_be_bytes());
+        batch[8..12].copy_from_slice(&49i32.to_be_bytes());
+        batch[16] = 2;
+        batch[23..27].copy_from_slice(&4i32.to_be_bytes());
+        let mut two = batch.clone();
+        let mut second = batch.clone();
+        second[0..8].copy_from_slice(&45i64.to_be_bytes());
+        two.extend_from_slice(&second);
+        assert_eq!(next_offset(&batch), Some(45));
+        assert_eq!(next_offset(&two), Some(50));
+        assert_eq!(next_offset(&two[..80]), Some(45)); // partial second batch
+        assert_eq!(next_offset(&[]), None);
+        // Offsets near i64::MAX from a broker's bytes: no overflow, no position.
+        let mut last = batch.clone();
+        last[0..8].copy_from_slice(&(i64::MAX - 4).to_be_bytes());
+        assert_eq!(next_offset(&last), None);
+        last[23..27].copy_from_slice(&3i32.to_be_bytes());
+        assert_eq!(next_offset(&last), Some(i64::MAX));
     }
 }

@@ -38,18 +38,21 @@ use kafka_protocol::records::{RecordBatchDecoder, RecordBatchEncoder, RecordEnco
 use tokio::sync::{mpsc, oneshot, Notify};
 
 mod backfill;
+pub mod failures;
+pub mod offset_map;
 pub mod producer;
-pub use backfill::{queue_backfill, BackfillState};
+pub mod written;
+pub use backfill::BackfillState;
 pub use producer::ProducerSettings;
 
-use super::batch::{self, Batch};
-use super::failures::{FailedRange, FailureJournal, MirrorTarget};
-use super::offset_map::OffsetMap;
 use crate::cluster::Cluster;
+use crate::codec::batch::{self, Batch};
 use crate::config::MirrorOverflow;
-use crate::lock;
+use crate::routing::ClusterId;
 use crate::routing::Partitioning;
-use crate::ClusterId;
+use crate::sync::lock;
+use failures::{FailedRange, FailureJournal, MirrorTarget};
+use offset_map::OffsetMap;
 use producer::{MapFrom, MirrorProducer, Report, Submission};
 
 /// Uncommitted transactional records older than this are dropped (the transaction timed

@@ -11,14 +11,14 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::ProxyState;
+use crate::control::Control;
 
 /// Quiet time after a change before the file is read (editors write in several steps).
 const SETTLE: Duration = Duration::from_millis(150);
 
 /// Watches `path` and SIGHUP until the proxy stops. Returns once the watch is set up.
 pub fn spawn_watch(
-    state: Arc<ProxyState>,
+    state: Arc<Control>,
     path: PathBuf,
     running: Config,
 ) -> Result<(), notify::Error> {
@@ -75,7 +75,7 @@ pub fn spawn_watch(
     Ok(())
 }
 
-async fn reload(state: &ProxyState, path: &Path, running: &Config) {
+async fn reload(state: &Control, path: &Path, running: &Config) {
     let config = match Config::load_unvalidated(path) {
         Ok(config) => config,
         Err(error) => {
@@ -94,12 +94,20 @@ async fn reload(state: &ProxyState, path: &Path, running: &Config) {
     }
     let result = match &state.redis {
         Some(redis) => redis
-            .publish(state, &spec, "file", crate::cutover::Policy::Refuse)
+            .publish(
+                state,
+                &spec,
+                "file",
+                crate::control::cutover::Policy::Refuse,
+            )
             .await
             .map(|_| ()),
-        None => crate::cutover::switch(state, &spec, crate::cutover::Policy::Refuse, async {
-            state.routing.apply(&spec, "file", None)
-        })
+        None => crate::control::cutover::switch(
+            state,
+            &spec,
+            crate::control::cutover::Policy::Refuse,
+            async { state.routing.apply(&spec, "file", None) },
+        )
         .await
         .map(|_| ())
         .map_err(Into::into),

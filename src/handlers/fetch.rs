@@ -12,6 +12,8 @@
 //!   them again from the same offset.
 //! - Record batches are passed through as `Bytes`.
 
+pub mod positions;
+
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId,
@@ -28,15 +30,16 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
+use crate::codec::batch::next_offset;
 use crate::codec::{self, decode_body};
-use crate::cutover::{next_offset, ReadDecision};
-use crate::dispatch::{Context, HandlerError, PendingReply};
+use crate::handler::{Context, HandlerError, PendingReply};
+use crate::handlers::split::{Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
-use crate::split::{Split, SplitPart, Target};
-use crate::ClusterId;
+use crate::routing::ClusterId;
+use positions::ReadDecision;
 
 /// Longest kshift waits before answering a fetch whose positions are all held (see
-/// [`crate::cutover::ReadPositions`]), so that a held consumer does not spin.
+/// [`positions::ReadPositions`]), so that a held consumer does not spin.
 const HELD_FETCH_WAIT_MS: u64 = 500;
 
 /// Finds where `topic`/`partition` is read from: the route's read cluster's leader.
@@ -87,7 +90,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerErro
         for partition in &topic.partitions {
             match read_target(context, &topic.topic.0, partition.partition).await {
                 Ok(target)
-                    if context.upstream.positions.check(
+                    if context.positions.check(
                         &topic.topic.0,
                         partition.partition,
                         partition.fetch_offset,
@@ -322,7 +325,7 @@ fn absorb_fetch(
             useful |= partition.error_code != 0
                 || partition.records.as_ref().is_some_and(|r| !r.is_empty());
             if let Some(next) = partition.records.as_deref().and_then(next_offset) {
-                context.upstream.positions.served(
+                context.positions.served(
                     &client_topic,
                     partition.partition_index,
                     part.cluster,

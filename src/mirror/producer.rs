@@ -50,10 +50,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{ItemProgress, Shared};
 use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
+use crate::codec::batch::{self, Batch};
 use crate::codec::{self, decode_body};
 use crate::metrics::BackendFailure;
-use crate::produce::batch::{self, Batch};
-use crate::produce::offset_map::OffsetMapping;
+use crate::mirror::offset_map::OffsetMapping;
 
 /// Versions kshift's own mirror producer sends (capped by the mirror's brokers).
 const PRODUCE_VERSION: i16 = 9;

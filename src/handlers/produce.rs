@@ -11,11 +11,6 @@
 //! - Every partition the client sent appears in the answer: with the broker's result, or
 //!   with the retriable error a broker would give when its backend could not be reached.
 
-pub mod batch;
-pub mod failures;
-pub mod mirror;
-pub mod offset_map;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,13 +22,14 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
+use crate::codec::batch;
 use crate::codec::{self, decode_body};
-use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
+use crate::handler::{Context, HandlerError, PendingReply, Reply};
+use crate::handlers::split::{Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
+use crate::mirror::{self, MirrorItem};
+use crate::routing::ClusterId;
 use crate::routing::MirrorMode;
-use crate::split::{Split, SplitPart, Target};
-use crate::ClusterId;
-use mirror::MirrorItem;
 use tokio::sync::oneshot;
 
 /// The partitions of one produce request that go to one broker.
@@ -439,14 +435,17 @@ async fn complete(
         let Some(write_base_offset) = written else {
             continue;
         };
-        context.state.unrouted.wrote(
+        context.state.written_ranges.wrote(
             planned.write_cluster,
             &planned.write_topic,
             planned.partition,
             write_base_offset,
             planned.records,
         );
-        context.state.console.wrote(planned.route, planned.records);
+        context
+            .state
+            .route_writes
+            .wrote(planned.route, planned.records);
         for (cluster, item) in &planned.dropped {
             context
                 .state

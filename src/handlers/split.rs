@@ -4,7 +4,7 @@
 
 use kafka_protocol::protocol::StrBytes;
 
-use crate::ClusterId;
+use crate::routing::ClusterId;
 
 /// Where one partition of a request goes: a broker of a cluster, under the topic's name
 /// there.

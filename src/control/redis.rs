@@ -22,9 +22,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 
-use super::{RoutingSpec, UpdateError};
-use crate::cutover::{self, Policy, Switched};
-use crate::ProxyState;
+use crate::control::cutover::{self, Policy, Switched};
+use crate::control::Control;
+use crate::routing::{RoutingSpec, UpdateError};
 
 /// Pause before reconnecting to Redis.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
@@ -105,7 +105,7 @@ impl RedisSource {
     /// it here at once (the other instances apply it from the announcement).
     pub async fn publish(
         &self,
-        state: &ProxyState,
+        state: &Control,
         spec: &RoutingSpec,
         source: &str,
         policy: Policy,
@@ -143,7 +143,7 @@ impl RedisSource {
     /// Reads the table in Redis and applies it if it is newer than the one in force. An
     /// empty Redis (first start, or restarted without persistence) is seeded with the
     /// table in force.
-    async fn sync(&self, state: &ProxyState) -> Result<(), RedisSourceError> {
+    async fn sync(&self, state: &Control) -> Result<(), RedisSourceError> {
         let mut connection = bounded(self.client.get_multiplexed_async_connection()).await?;
         let (document, version): (Option<String>, Option<u64>) =
             bounded(connection.mget(&[self.key.clone(), self.version_key()])).await?;
@@ -186,7 +186,7 @@ impl RedisSource {
     }
 
     /// Keeps this instance subscribed and in sync until the process ends.
-    pub fn spawn_sync(self: &Arc<Self>, state: Arc<ProxyState>) {
+    pub fn spawn_sync(self: &Arc<Self>, state: Arc<Control>) {
         let source = self.clone();
         tokio::spawn(async move {
             loop {
@@ -201,7 +201,7 @@ impl RedisSource {
         });
     }
 
-    async fn follow(&self, state: &ProxyState) -> Result<(), RedisSourceError> {
+    async fn follow(&self, state: &Control) -> Result<(), RedisSourceError> {
         let mut pubsub = bounded(self.client.get_async_pubsub()).await?;
         bounded(pubsub.subscribe(&self.key)).await?;
         // Subscribed before reading, so no announcement falls in between.

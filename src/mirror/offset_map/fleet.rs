@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::OffsetMapping;
-use crate::ClusterId;
+use crate::routing::ClusterId;
 
 /// Entries kept while Redis is unreachable.
 const PENDING_LIMIT: usize = 100_000;

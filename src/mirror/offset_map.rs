@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ClusterId;
+use crate::routing::ClusterId;
 
 pub mod fleet;
 

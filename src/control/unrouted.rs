@@ -20,34 +20,20 @@
 //!   instance takes another's writes for unrouted ones.
 //! - Memory: per partition, the ranges above what was checked; checked ones are dropped.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::lock;
-use crate::{ClusterId, ProxyState};
+use crate::control::Control;
+use crate::mirror::written::{insert, Key};
+use crate::routing::ClusterId;
+use crate::sync::lock;
 
 /// Findings kept for `/status` (the newest).
 const FINDINGS_KEPT: usize = 100;
-
-/// One partition of a write cluster, by its name there.
-type Key = (ClusterId, Arc<str>, i32);
-
-/// Offsets kshift wrote to one partition, and how far it was checked.
-#[derive(Debug, Default)]
-struct Partition {
-    /// Written ranges not checked yet, `start → end` (exclusive), coalesced.
-    ranges: BTreeMap<i64, i64>,
-    /// Ranges written since the last push to the fleet (coalesced there too).
-    unshared: Vec<(i64, i64)>,
-    /// Everything below is checked; `None` until the first write was seen.
-    checked_until: Option<i64>,
-    /// High watermarks seen by earlier passes, oldest first.
-    watermarks: VecDeque<(Instant, i64)>,
-}
 
 /// Records written around kshift, as found.
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +52,6 @@ pub struct Finding {
 /// task, the admin API and metrics.
 #[derive(Debug, Default)]
 pub struct Unrouted {
-    partitions: Mutex<HashMap<Key, Partition>>,
     findings: Mutex<VecDeque<(Instant, Finding)>>,
     /// Unrouted records found since start.
     pub records: AtomicU64,
@@ -85,28 +70,6 @@ pub struct Report {
 }
 
 impl Unrouted {
-    /// kshift wrote `records` records to `partition` of `topic` on `cluster`, from `base`.
-    pub fn wrote(&self, cluster: ClusterId, topic: &str, partition: i32, base: i64, records: i64) {
-        let Some(end) = base
-            .checked_add(records)
-            .filter(|_| base >= 0 && records > 0)
-        else {
-            return;
-        };
-        let mut partitions = lock(&self.partitions);
-        let state = partitions
-            .entry((cluster, Arc::from(topic), partition))
-            .or_default();
-        if state.checked_until.is_none() {
-            state.checked_until = Some(base);
-        }
-        insert(&mut state.ranges, base, end);
-        match state.unshared.last_mut() {
-            Some(last) if last.1 == base => last.1 = end,
-            _ => state.unshared.push((base, end)),
-        }
-    }
-
     /// What was found, for `/status` and the cutover's check.
     pub fn report(&self) -> Report {
         let findings = lock(&self.findings);
@@ -134,23 +97,6 @@ impl Unrouted {
     }
 }
 
-/// Adds `[start, end)` to `ranges`, merging it with the ranges it touches.
-fn insert(ranges: &mut BTreeMap<i64, i64>, mut start: i64, mut end: i64) {
-    if let Some((&before, &before_end)) = ranges.range(..=start).next_back() {
-        if before_end >= start {
-            start = before;
-            end = end.max(before_end);
-        }
-    }
-    let touched: Vec<i64> = ranges.range(start..=end).map(|(&s, _)| s).collect();
-    for key in touched {
-        if let Some(other_end) = ranges.remove(&key) {
-            end = end.max(other_end);
-        }
-    }
-    ranges.insert(start, end);
-}
-
 /// The parts of `[from, to)` no range covers.
 fn gaps(ranges: &BTreeMap<i64, i64>, from: i64, to: i64) -> Vec<(i64, i64)> {
     let mut gaps = Vec::new();
@@ -173,7 +119,7 @@ fn gaps(ranges: &BTreeMap<i64, i64>, from: i64, to: i64) -> Vec<(i64, i64)> {
 /// Checks every partition kshift writes mirrored records to, every `interval`, until
 /// `shutdown` turns true.
 pub async fn run(
-    state: Arc<ProxyState>,
+    state: Arc<Control>,
     interval: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -195,16 +141,19 @@ pub async fn run(
 }
 
 /// One pass over every partition.
-async fn check(state: &ProxyState, grace: Duration) {
+async fn check(state: &Control, grace: Duration) {
     let fleet = state.mirrors.offsets.fleet();
-    let keys: Vec<Key> = lock(&state.unrouted.partitions).keys().cloned().collect();
+    let keys: Vec<Key> = lock(&state.written_ranges.partitions)
+        .keys()
+        .cloned()
+        .collect();
     for key in keys {
         let (cluster_id, topic, partition) = key.clone();
         let Some(cluster) = state.clusters.get(cluster_id) else {
             continue;
         };
         // Share this instance's writes; learn the fleet's.
-        let unshared = match lock(&state.unrouted.partitions).get_mut(&key) {
+        let unshared = match lock(&state.written_ranges.partitions).get_mut(&key) {
             Some(entry) => std::mem::take(&mut entry.unshared),
             None => continue,
         };
@@ -233,7 +182,7 @@ async fn check(state: &ProxyState, grace: Duration) {
         // The gaps to look at: up to a watermark old enough that kshift's own writes below
         // it have all been answered.
         let gaps = {
-            let mut partitions = lock(&state.unrouted.partitions);
+            let mut partitions = lock(&state.written_ranges.partitions);
             let Some(entry) = partitions.get_mut(&key) else {
                 continue;
             };
@@ -281,7 +230,7 @@ async fn check(state: &ProxyState, grace: Duration) {
 /// Reads `[from, to)` of the partition: data batches there were written around kshift
 /// (transaction markers are the coordinator's).
 async fn examine(
-    state: &ProxyState,
+    state: &Control,
     cluster_id: ClusterId,
     topic: &Arc<str>,
     partition: i32,
@@ -289,15 +238,14 @@ async fn examine(
     to: i64,
 ) {
     let cluster = &state.clusters[cluster_id];
-    let source = crate::produce::mirror::Source {
+    let source = crate::mirror::Source {
         cluster: cluster.clone(),
         topic: topic.clone(),
     };
     let mut offset = from;
     let mut run: Option<(i64, i64, i64)> = None; // (first, last, records)
     while offset < to {
-        let batches = match crate::produce::mirror::fetch_batches(&source, partition, offset).await
-        {
+        let batches = match crate::mirror::fetch_batches(&source, partition, offset).await {
             Ok(batches) if !batches.is_empty() => batches,
             Ok(_) => break,
             Err(error) => {
@@ -376,26 +324,5 @@ mod tests {
         assert_eq!(gaps(&ranges, 12, 28), vec![(25, 28)]);
         assert_eq!(gaps(&ranges, 31, 45), vec![]);
         assert_eq!(gaps(&BTreeMap::new(), 0, 3), vec![(0, 3)]);
-    }
-
-    #[test]
-    fn writes_start_checking_at_the_first_one_seen() {
-        let unrouted = Unrouted::default();
-        unrouted.wrote(0, "t", 1, 100, 5);
-        unrouted.wrote(0, "t", 1, 105, 5);
-        unrouted.wrote(0, "t", 1, i64::MAX, 5); // overflows: ignored
-        unrouted.wrote(0, "t", 1, -1, 5); // no offset: ignored
-        let partitions = lock(&unrouted.partitions);
-        let entry = &partitions[&(0, Arc::from("t"), 1)];
-        assert_eq!(entry.checked_until, Some(100));
-        assert_eq!(
-            entry
-                .ranges
-                .iter()
-                .map(|(&s, &e)| (s, e))
-                .collect::<Vec<_>>(),
-            vec![(100, 110)]
-        );
-        assert_eq!(entry.unshared, vec![(100, 110)]);
     }
 }

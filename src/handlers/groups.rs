@@ -1,7 +1,7 @@
 //! Everything a client sends to a coordinator or to "any broker": consumer-group and
 //! offset APIs (to the group's cluster, per `[[groups]]`), producer-id and transaction APIs
 //! (to the write cluster's transaction coordinator) and admin APIs: those naming topics or
-//! groups are split per cluster, leader or coordinator in [`crate::admin_apis`]; the
+//! groups are split per cluster, leader or coordinator in [`crate::handlers::admin_apis`]; the
 //! others (configs of other resources, ACLs) go to any broker of the client's default
 //! write cluster.
 //!
@@ -30,8 +30,9 @@ use kafka_protocol::ResponseError;
 
 use crate::cluster::{BackendError, Cluster, Lane};
 use crate::codec::decode_body;
-use crate::dispatch::{Context, HandlerError, PendingReply, Reply};
-use crate::{admin_apis, ClusterId};
+use crate::handler::{Context, HandlerError, PendingReply, Reply};
+use crate::handlers::admin_apis;
+use crate::routing::ClusterId;
 
 /// Key types of FindCoordinator.
 const GROUP: i8 = 0;
@@ -44,7 +45,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
     match context.request.api_key {
         ApiKey::JoinGroup => {
             let request: JoinGroupRequest = context.request.decode()?;
-            context.state.cutover.saw_group(&request.group_id.0, []);
+            context.state.group_moves.saw_group(&request.group_id.0, []);
             let wait = request.rebalance_timeout_ms.max(request.session_timeout_ms);
             to_group(context, &request.group_id.0, wait).await
         }
@@ -63,13 +64,19 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         ApiKey::OffsetCommit => {
             let request: OffsetCommitRequest = context.request.decode()?;
             let topics = request.topics.iter().map(|t| t.name.0.as_str());
-            context.state.cutover.saw_group(&request.group_id.0, topics);
+            context
+                .state
+                .group_moves
+                .saw_group(&request.group_id.0, topics);
             to_group(context, &request.group_id.0, 0).await
         }
         ApiKey::OffsetFetch => {
             let request: OffsetFetchRequest = context.request.decode()?;
             let topics = request.topics.iter().flatten().map(|t| t.name.0.as_str());
-            context.state.cutover.saw_group(&request.group_id.0, topics);
+            context
+                .state
+                .group_moves
+                .saw_group(&request.group_id.0, topics);
             to_group(context, &request.group_id.0, 0).await
         }
         ApiKey::OffsetDelete => {
@@ -226,7 +233,7 @@ async fn to_group(
     requested_wait_ms: i32,
 ) -> Result<PendingReply, HandlerError> {
     // A group being moved waits, then goes where the new table sends it.
-    let cluster = if context.state.cutover.wait_if_moving(group).await {
+    let cluster = if context.state.group_moves.wait_if_moving(group).await {
         context.state.routing.load().group_cluster(group)
     } else {
         context.routing.group_cluster(group)

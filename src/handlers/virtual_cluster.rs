@@ -34,8 +34,11 @@ use kafka_protocol::ResponseError;
 
 use crate::cluster::BackendError;
 use crate::codec;
-use crate::dispatch::{Context, PendingReply, Reply, ANSWERED_LOCALLY, SERVED_VERSIONS};
-use crate::{ClusterId, ProxyState};
+use crate::handler::{
+    served_range, Context, PendingReply, Reply, ANSWERED_LOCALLY, SERVED_VERSIONS,
+};
+use crate::routing::ClusterId;
+use crate::state::ProxyState;
 
 /// The newest ApiVersions version kshift answers; a newer request gets the v0-shaped
 /// UNSUPPORTED_VERSION answer, from which the client picks a version it shares.
@@ -62,7 +65,7 @@ pub async fn advertised_versions(state: &ProxyState) -> Vec<ApiVersion> {
     }
     let mut advertised = Vec::new();
     for (api_key, _, _) in SERVED_VERSIONS {
-        let Some((mut min, mut max)) = crate::dispatch::served_range(*api_key) else {
+        let Some((mut min, mut max)) = served_range(*api_key) else {
             continue;
         };
         if !ANSWERED_LOCALLY.contains(api_key) {
@@ -484,12 +487,12 @@ const TRANSACTION: i8 = 1;
 
 /// The virtual node of the real coordinator of `key`: a group's on the cluster the
 /// `[[groups]]` rules give it, a transactional id's on the client's write cluster (where
-/// [`crate::groups`] sends their requests).
+/// [`crate::handlers::groups`] sends their requests).
 async fn coordinator_node(context: &Context, key_type: i8, key: &str) -> Result<i32, i16> {
     let cluster_id = match key_type {
         GROUP => {
             // A group being moved waits, then is looked up where the new table puts it.
-            if context.state.cutover.wait_if_moving(key).await {
+            if context.state.group_moves.wait_if_moving(key).await {
                 context.state.routing.load().group_cluster(key)
             } else {
                 context.routing.group_cluster(key)

@@ -30,12 +30,11 @@ use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, To
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
+use super::offset_map::OffsetMap;
 use super::{lock, MirrorItem, MirrorWriter, Source};
-use crate::produce::batch::{self, Batch};
-use crate::routing::Partitioning;
-use crate::{ClusterId, ProxyState};
+use crate::codec::batch::{self, Batch};
+use crate::routing::ClusterId;
 
 /// Bytes asked per fetch from the write cluster.
 const FETCH_BYTES: i32 = 1 << 20;
@@ -62,9 +61,9 @@ pub struct Progress {
     /// Write offsets below this are on the mirror.
     covered: Mutex<HashMap<PartitionKey, i64>>,
     /// Partitions a backfill was requested for, with the write cluster's end then.
-    requested: Mutex<BTreeMap<(String, i32, ClusterId), i64>>,
+    pub requested: Mutex<BTreeMap<(String, i32, ClusterId), i64>>,
     /// Copy pace in bytes per second; 0 is unlimited.
-    bytes_per_sec: AtomicU64,
+    pub bytes_per_sec: AtomicU64,
 }
 
 /// One requested partition's progress, as `GET /backfill` shows it.
@@ -96,7 +95,7 @@ impl Progress {
     }
 
     /// Progress of every partition a backfill was requested for.
-    pub fn states(&self, state: &ProxyState) -> Vec<BackfillState> {
+    pub fn states(&self, offsets: &OffsetMap, names: &[String]) -> Vec<BackfillState> {
         let requested = lock(&self.requested).clone();
         requested
             .into_iter()
@@ -104,12 +103,12 @@ impl Progress {
                 let name: Arc<str> = Arc::from(topic.as_str());
                 let copied_until = self
                     .covered_at(&name, partition, cluster)
-                    .or_else(|| state.mirrors.offsets.end(&topic, partition, cluster))
+                    .or_else(|| offsets.end(&topic, partition, cluster))
                     .unwrap_or(0);
                 BackfillState {
                     topic,
                     partition,
-                    mirror: state.clusters[cluster].name.to_string(),
+                    mirror: names.get(cluster).cloned().unwrap_or_default(),
                     copied_until,
                     target,
                     done: copied_until >= target,
@@ -323,116 +322,4 @@ pub(super) async fn fetch(
         .map(|a| (a.producer_id.0, a.first_offset))
         .collect();
     Ok((batches, aborted))
-}
-
-/// A partition a backfill was queued for.
-#[derive(Debug, Clone, Serialize)]
-pub struct Queued {
-    pub topic: String,
-    pub partition: i32,
-    pub mirror: String,
-    pub target: i64,
-}
-
-/// Queues a backfill of every partition of the topics matching `topics` (on routes with
-/// `backfill = true`) to each of their mirrors, paced at `bytes_per_sec` (0: unlimited).
-pub async fn queue_backfill(
-    state: &ProxyState,
-    topics: &str,
-    bytes_per_sec: u64,
-) -> Result<Vec<Queued>, String> {
-    let glob = globset::Glob::new(topics)
-        .map_err(|e| format!("topics: invalid glob {topics:?}: {e}"))?
-        .compile_matcher();
-    state
-        .mirrors
-        .backfill
-        .bytes_per_sec
-        .store(bytes_per_sec, Ordering::Relaxed);
-    let table = state.routing.load();
-    let mut queued = Vec::new();
-    let mut without_backfill = Vec::new();
-    let mut write_clusters: Vec<ClusterId> = (0..state.clusters.len()).collect();
-    write_clusters.retain(|id| {
-        (0..)
-            .map_while(|i| table.route_at(i))
-            .any(|route| route.write == *id && !route.mirror.is_empty())
-    });
-    for cluster_id in write_clusters {
-        let cluster = &state.clusters[cluster_id];
-        let metadata = cluster
-            .metadata(None, false)
-            .await
-            .map_err(|e| format!("cannot list the topics of {}: {e}", cluster.name))?;
-        for topic in metadata.topics {
-            let Some(name) = topic.name.map(|n| n.0.to_string()) else {
-                continue;
-            };
-            if !glob.is_match(&name) {
-                continue;
-            }
-            let Some(route) = table.route(&name, "") else {
-                continue;
-            };
-            if route.write != cluster_id || route.mirror.is_empty() {
-                continue;
-            }
-            if !route.backfill || route.partitioning != Partitioning::Identity {
-                without_backfill.push(name);
-                continue;
-            }
-            for partition in topic.partitions.iter().map(|p| p.partition_index) {
-                let target = cluster
-                    .list_offset(&name, partition, -1)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for &mirror in &route.mirror {
-                    lock(&state.mirrors.backfill.requested)
-                        .insert((name.clone(), partition, mirror), target);
-                    let (written, written_rx) = oneshot::channel();
-                    let _ = written.send(Some(target));
-                    let item = MirrorItem {
-                        route: route.index,
-                        topic: name.as_str().into(),
-                        mirror_topic: route.topic_on(mirror, &name).into(),
-                        write_partition: partition,
-                        records: Bytes::new(),
-                        record_count: 0,
-                        partitioning: Partitioning::Identity,
-                        mirror_percent: 100,
-                        written: written_rx,
-                        done: None,
-                        enqueued_at: Instant::now(),
-                        source: Some(Source {
-                            cluster: cluster.clone(),
-                            topic: name.as_str().into(),
-                        }),
-                        fill_only: true,
-                    };
-                    if state.mirrors.offer(mirror, item).is_err() {
-                        return Err(format!(
-                            "the mirror queue of {} refused the backfill request",
-                            state.clusters[mirror].name
-                        ));
-                    }
-                    queued.push(Queued {
-                        topic: name.clone(),
-                        partition,
-                        mirror: state.clusters[mirror].name.to_string(),
-                        target,
-                    });
-                }
-            }
-        }
-    }
-    if queued.is_empty() {
-        return Err(if without_backfill.is_empty() {
-            format!("no mirrored topic matches {topics:?}")
-        } else {
-            format!(
-                "the routes of {without_backfill:?} do not have backfill = true: set it (with identity partitioning and mirror_percent = 100) first"
-            )
-        });
-    }
-    Ok(queued)
 }

@@ -36,8 +36,8 @@ use kafka_protocol::ResponseError;
 
 use crate::cluster::{is_leadership_error, BackendError, Lane};
 use crate::codec::{self, decode_body};
-use crate::dispatch::{Context, HandlerError, PendingReply};
-use crate::ClusterId;
+use crate::handler::{Context, HandlerError, PendingReply};
+use crate::routing::ClusterId;
 
 /// FindCoordinator's key type of a consumer group.
 const GROUP: i8 = 0;

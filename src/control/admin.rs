@@ -9,6 +9,7 @@
 //! - Routing changes are logged with the caller's address (audit).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +22,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::console;
-use crate::cutover::{self, Policy, Switched};
-use crate::produce::mirror::queue_backfill;
-use crate::routing::redis::RedisSourceError;
+use crate::control::backfill::queue_backfill;
+use crate::control::console;
+use crate::control::cutover::{self, Policy, Switched};
+use crate::control::redis::RedisSourceError;
+use crate::control::Control;
 use crate::routing::{RoutingSpec, UpdateError};
-use crate::ProxyState;
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
 /// Reads the admin token from `path` (surrounding whitespace trimmed).
@@ -44,7 +45,7 @@ pub fn read_token(path: &str) -> Result<String, String> {
 /// Serves the admin API on `listener` until `shutdown` turns true.
 pub async fn run(
     listener: TcpListener,
-    state: Arc<ProxyState>,
+    state: Arc<Control>,
     token: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -111,7 +112,7 @@ async fn health() -> &'static str {
 }
 
 /// Ready when every backend cluster answered ApiVersions (asked now if not yet known).
-async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
+async fn ready(State(state): State<Arc<Control>>) -> Response {
     let mut clusters = serde_json::Map::new();
     let mut all_ready = true;
     for cluster in &state.clusters {
@@ -139,8 +140,32 @@ async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
-    let text = state.metrics.render(&state);
+/// The metrics exposition, with the gauges kshift keeps elsewhere (routing version, offset
+/// sync age, mirror queues and lag) refreshed first.
+pub fn metrics_text(control: &Control) -> String {
+    control.metrics.render(|metrics| {
+        metrics.set_routing_version(control.routing.load().version);
+        if let Some(age) = control.offset_sync.snapshot().last_pass_age_seconds {
+            metrics.set_offset_sync_age(age);
+        }
+        for cluster in &control.clusters {
+            if let Some(stats) = control.mirrors.stats_of(cluster.id) {
+                metrics.set_mirror_gauges(
+                    &cluster.name,
+                    stats.queued_bytes.load(Ordering::Relaxed) as u64,
+                    stats.lag_records.load(Ordering::Relaxed),
+                    stats.lag_seconds(),
+                );
+                for (broker, (requests, bytes)) in stats.in_flight() {
+                    metrics.mirror_in_flight(&cluster.name, broker, requests, bytes);
+                }
+            }
+        }
+    })
+}
+
+async fn metrics(State(state): State<Arc<Control>>) -> Response {
+    let text = metrics_text(&state);
     (
         [(
             header::CONTENT_TYPE,
@@ -151,7 +176,7 @@ async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
         .into_response()
 }
 
-fn routes_json(state: &ProxyState) -> serde_json::Value {
+fn routes_json(state: &Control) -> serde_json::Value {
     let table = state.routing.load();
     json!({
         "version": table.version,
@@ -161,7 +186,7 @@ fn routes_json(state: &ProxyState) -> serde_json::Value {
     })
 }
 
-async fn get_routes(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+async fn get_routes(State(state): State<Arc<Control>>) -> Json<serde_json::Value> {
     Json(routes_json(&state))
 }
 
@@ -180,7 +205,7 @@ fn parse_spec(headers: &HeaderMap, body: &str) -> Result<RoutingSpec, String> {
     }
 }
 
-fn rejected(state: &ProxyState, code: StatusCode, error: String) -> Response {
+fn rejected(state: &Control, code: StatusCode, error: String) -> Response {
     state.metrics.routing_update("rejected", "admin");
     (code, Json(json!({ "error": error }))).into_response()
 }
@@ -204,7 +229,7 @@ fn policy(uri: &Uri) -> Policy {
 }
 
 async fn put_routes(
-    State(state): State<Arc<ProxyState>>,
+    State(state): State<Arc<Control>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
@@ -240,7 +265,7 @@ async fn put_routes(
 }
 
 /// Applies `spec` here, or through Redis (and so on every instance) when configured.
-async fn submit(state: &ProxyState, spec: &RoutingSpec, policy: Policy) -> Response {
+async fn submit(state: &Control, spec: &RoutingSpec, policy: Policy) -> Response {
     let result = match &state.redis {
         Some(redis) => redis.publish(state, spec, "admin", policy).await,
         None => {
@@ -257,7 +282,7 @@ async fn submit(state: &ProxyState, spec: &RoutingSpec, policy: Policy) -> Respo
 }
 
 /// The admin API's answer to a routing update.
-fn answer(state: &ProxyState, result: Result<Switched, RedisSourceError>) -> Response {
+fn answer(state: &Control, result: Result<Switched, RedisSourceError>) -> Response {
     match result {
         Ok(Switched { applied, moved }) => {
             state.metrics.routing_update("applied", "admin");
@@ -281,7 +306,7 @@ fn answer(state: &ProxyState, result: Result<Switched, RedisSourceError>) -> Res
 }
 
 async fn rollback(
-    State(state): State<Arc<ProxyState>>,
+    State(state): State<Arc<Control>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     uri: Uri,
 ) -> Response {
@@ -324,7 +349,7 @@ struct BackfillRequest {
 }
 
 async fn start_backfill(
-    State(state): State<Arc<ProxyState>>,
+    State(state): State<Arc<Control>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     body: String,
 ) -> Response {
@@ -342,13 +367,15 @@ async fn start_backfill(
     }
 }
 
-async fn backfill_progress(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
-    Json(json!({ "partitions": state.mirrors.backfill.states(&state) }))
+async fn backfill_progress(State(state): State<Arc<Control>>) -> Json<serde_json::Value> {
+    Json(
+        json!({ "partitions": state.mirrors.backfill.states(&state.mirrors.offsets, state.routing.cluster_names()) }),
+    )
 }
 
 /// `kshift verify --admin URL` reports its result here for the status page.
-async fn report_verify(State(state): State<Arc<ProxyState>>, body: String) -> Response {
-    match serde_json::from_str::<crate::console::VerifyResult>(&body) {
+async fn report_verify(State(state): State<Arc<Control>>, body: String) -> Response {
+    match serde_json::from_str::<crate::control::console::VerifyResult>(&body) {
         Ok(result) => {
             state.console.set_verify(result);
             (StatusCode::NO_CONTENT, "").into_response()
@@ -361,11 +388,11 @@ async fn report_verify(State(state): State<Arc<ProxyState>>, body: String) -> Re
     }
 }
 
-async fn last_verify(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+async fn last_verify(State(state): State<Arc<Control>>) -> Json<serde_json::Value> {
     Json(json!({ "verify": state.console.verify() }))
 }
 
-async fn status(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+async fn status(State(state): State<Arc<Control>>) -> Json<serde_json::Value> {
     let clusters: Vec<serde_json::Value> = state
         .clusters
         .iter()
@@ -435,10 +462,7 @@ fn escape(text: &str) -> String {
 /// The status page: the migration's console. `GET /` is the whole page; its script fetches
 /// `GET /?part=console` (the same content without the page around it) every 2 s and swaps
 /// it in, so the page stays live without a reload or a framework.
-async fn status_page(
-    State(state): State<Arc<ProxyState>>,
-    uri: Uri,
-) -> axum::response::Html<String> {
+async fn status_page(State(state): State<Arc<Control>>, uri: Uri) -> axum::response::Html<String> {
     let console = render_console(&state);
     if uri
         .query()
@@ -470,7 +494,7 @@ catch(error){live.textContent='not refreshed: '+error;}},2000);";
 /// The console: routing version, a row per route (phase, rates, lag and its sparkline),
 /// groups with their positions per cluster, the last verify, offset sync, unrouted writes,
 /// then the routes as configured and the clusters.
-fn render_console(state: &ProxyState) -> String {
+fn render_console(state: &Control) -> String {
     let table = state.routing.load();
     let mut html = format!(
         "<p id=\"routing\">Routing table <b>version {}</b>, in force for {} s. Client connections: \
