@@ -14,7 +14,7 @@ pub mod verify;
 use anyhow::anyhow;
 use rdkafka::config::ClientConfig;
 
-use crate::config::Config;
+use kshift::config::Config;
 
 /// A librdkafka config reaching cluster `cluster`: its `bootstrap.servers` and the TLS and
 /// SASL settings kshift's own connections use. The one place the CLI tools (`verify`,

@@ -34,7 +34,6 @@
 
 pub mod admin;
 pub mod admin_apis;
-pub mod cli;
 pub mod client_connection;
 pub mod cluster;
 pub mod codec;
@@ -124,7 +123,7 @@ pub struct ProxyState {
 
 /// Locks `mutex`. A poisoned one (a task panicked while holding it) is used as it is, rather
 /// than failing every later caller: one task's bug must not stop the proxy.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,6 +1,8 @@
 //! The `kshift` command: parses arguments, loads the configuration, sets up logging and
 //! runs the chosen subcommand. Exit codes: 0 success, 1 runtime failure, 64 bad config.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,7 +62,7 @@ enum Command {
         /// fleet: order may differ between instances' batches. Default: fleet when the
         /// config uses Redis, strict otherwise.
         #[arg(long, value_enum)]
-        order: Option<kshift::cli::verify::OrderMode>,
+        order: Option<cli::verify::OrderMode>,
         /// A kshift admin API (http://host:port) to report the result to: its status page
         /// shows the last verify.
         #[arg(long)]
@@ -270,7 +272,7 @@ fn user(action: UserAction) -> anyhow::Result<()> {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// A target to measure, NAME=HOST:PORT (repeatable; the first is the baseline).
-    #[arg(long = "target", value_parser = kshift::cli::bench::parse_target, required = true)]
+    #[arg(long = "target", value_parser = cli::bench::parse_target, required = true)]
     targets: Vec<(String, String)>,
     /// Topic to produce to (created on each target if missing).
     #[arg(long, default_value = "kshift-bench")]
@@ -308,7 +310,7 @@ struct BenchArgs {
     /// produce: latency to the delivery report; e2e: send to arrival at a consumer;
     /// consume: read throughput of records produced first.
     #[arg(long, value_enum, default_value = "produce")]
-    mode: kshift::cli::bench::Mode,
+    mode: cli::bench::Mode,
     /// Seconds between interval lines (0: none).
     #[arg(long, default_value_t = 5.0)]
     interval: f64,
@@ -346,7 +348,7 @@ fn main() -> ExitCode {
             tansu,
             exit,
         } => {
-            let options = kshift::cli::demo::DemoOptions {
+            let options = cli::demo::DemoOptions {
                 quick,
                 listen,
                 admin_listen,
@@ -355,7 +357,7 @@ fn main() -> ExitCode {
             };
             let result = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::demo::run(options)));
+                .and_then(|runtime| runtime.block_on(cli::demo::run(options)));
             match result {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -373,7 +375,7 @@ fn main() -> ExitCode {
             Err(exit) => exit,
         },
         Command::Bench(args) => {
-            let options = kshift::cli::bench::BenchOptions {
+            let options = cli::bench::BenchOptions {
                 targets: args.targets,
                 topic: args.topic,
                 messages: args.messages,
@@ -392,7 +394,7 @@ fn main() -> ExitCode {
             };
             match tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::bench::run(options)))
+                .and_then(|runtime| runtime.block_on(cli::bench::run(options)))
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -412,14 +414,14 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(exit) => return exit,
             };
-            let options = kshift::cli::verify::Options {
+            let options = cli::verify::Options {
                 topics,
                 since,
                 order,
                 quiet: false,
                 report_to: admin,
             };
-            run_check(kshift::cli::verify::run(&config, &options))
+            run_check(cli::verify::run(&config, &options))
         }
         Command::Repair { config } => {
             let config = match load_config(&config) {
@@ -428,7 +430,7 @@ fn main() -> ExitCode {
             };
             let result = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::repair::run(&config)));
+                .and_then(|runtime| runtime.block_on(cli::repair::run(&config)));
             match result {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -448,13 +450,13 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(exit) => return exit,
             };
-            let options = kshift::cli::prepare::Options {
+            let options = cli::prepare::Options {
                 topics,
                 to,
                 replication_factor,
                 dry_run,
             };
-            run_check(kshift::cli::prepare::run(&config, &options))
+            run_check(cli::prepare::run(&config, &options))
         }
         Command::User { action } => match user(action) {
             Ok(()) => ExitCode::SUCCESS,
@@ -463,7 +465,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Health { admin } => run_client(kshift::cli::routes::health(&admin)),
+        Command::Health { admin } => run_client(cli::routes::health(&admin)),
         Command::Cutover {
             admin,
             topics,
@@ -478,9 +480,9 @@ fn main() -> ExitCode {
             force,
         } => run_client(async {
             if rollback {
-                return kshift::cli::cutover::rollback(&admin, force).await;
+                return cli::cutover::rollback(&admin, force).await;
             }
-            let cutover = kshift::cli::cutover::Cutover {
+            let cutover = cli::cutover::Cutover {
                 admin,
                 topics: topics.unwrap_or_default(),
                 to: to.unwrap_or_default(),
@@ -494,14 +496,14 @@ fn main() -> ExitCode {
                 ),
                 force,
             };
-            kshift::cli::cutover::run(&cutover).await
+            cli::cutover::run(&cutover).await
         }),
         Command::Backfill {
             admin,
             topics,
             rate_mb_per_sec,
             wait_secs,
-        } => run_client(kshift::cli::backfill::run(
+        } => run_client(cli::backfill::run(
             &admin,
             &topics,
             (rate_mb_per_sec.max(0.0) * 1_000_000.0) as u64,
@@ -509,10 +511,10 @@ fn main() -> ExitCode {
         )),
         Command::Routes { admin, action } => run_client(async {
             match action {
-                RoutesAction::Get => kshift::cli::routes::get(&admin).await,
-                RoutesAction::Set { file } => kshift::cli::routes::set(&admin, &file).await,
-                RoutesAction::Rollback => kshift::cli::routes::rollback(&admin).await,
-                RoutesAction::Diff { file } => kshift::cli::routes::diff_file(&admin, &file).await,
+                RoutesAction::Get => cli::routes::get(&admin).await,
+                RoutesAction::Set { file } => cli::routes::set(&admin, &file).await,
+                RoutesAction::Rollback => cli::routes::rollback(&admin).await,
+                RoutesAction::Diff { file } => cli::routes::diff_file(&admin, &file).await,
             }
         }),
         Command::Serve { config } => {

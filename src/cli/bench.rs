@@ -85,7 +85,7 @@ pub fn parse_target(text: &str) -> Result<(String, String), String> {
     let (name, address) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not NAME=HOST:PORT"))?;
-    crate::config::parse_host_port(address)?;
+    kshift::config::parse_host_port(address)?;
     Ok((name.to_string(), address.to_string()))
 }
 

@@ -18,8 +18,8 @@ use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
 use super::routes::{current, refused, request};
-use crate::config::Config;
-use crate::routing::diff;
+use kshift::config::Config;
+use kshift::routing::diff;
 
 /// What to switch.
 #[derive(Debug, Clone)]

@@ -34,9 +34,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
 use super::routes::{refused, request};
-use crate::config::Config;
-use crate::lock;
-use crate::{Proxy, ProxyState, RunningProxy};
+use kshift::config::Config;
+use kshift::lock;
+use kshift::{Proxy, ProxyState, RunningProxy};
 
 /// The demo's choices, from the command line.
 #[derive(Debug, Clone)]
@@ -432,7 +432,7 @@ async fn create_topic_at(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
 /// mirror will need it (same partition count, its topic configs).
 async fn prepare_new(config: &Config) -> anyhow::Result<String> {
     let mut config = config.clone();
-    let shadow: crate::routing::RoutingSpec =
+    let shadow: kshift::routing::RoutingSpec =
         toml::from_str(&table("old", &["new"], 100, "old", "old")).context("shadow table")?;
     config.routes = shadow.routes;
     let options = super::prepare::Options {

@@ -27,8 +27,8 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 
 use super::client_config;
-use crate::config::Config;
-use crate::routing::{Partitioning, RoutingTable};
+use kshift::config::Config;
+use kshift::routing::{Partitioning, RoutingTable};
 
 /// Topic-level configs copied to a created target (when set on the write topic) and compared
 /// on an existing one, each with Kafka's built-in default.

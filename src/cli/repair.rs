@@ -18,11 +18,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_config;
-use crate::config::Config;
-use crate::produce::batch::partition_for_key;
-use crate::produce::failures::{self, FailedRange};
-use crate::produce::mirror::percent_selects;
-use crate::routing::{Partitioning, RoutingTable};
+use kshift::config::Config;
+use kshift::produce::batch::partition_for_key;
+use kshift::produce::failures::{self, FailedRange};
+use kshift::produce::mirror::percent_selects;
+use kshift::routing::{Partitioning, RoutingTable};
 
 /// Runs the repair; returns the number of ranges repaired.
 pub async fn run(config: &Config) -> anyhow::Result<usize> {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::routing::{diff, RoutingSpec};
+use kshift::routing::{diff, RoutingSpec};
 
 /// What `GET /routes` returns.
 #[derive(Debug, Deserialize)]

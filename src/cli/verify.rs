@@ -44,10 +44,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::progress::Progress;
-use crate::cluster::{Cluster, ConnectionSettings};
-use crate::config::Config;
-use crate::produce::mirror::percent_selects;
-use crate::routing::{Partitioning, RoutingTable};
+use kshift::cluster::{Cluster, ConnectionSettings};
+use kshift::config::Config;
+use kshift::produce::mirror::percent_selects;
+use kshift::routing::{Partitioning, RoutingTable};
 
 /// How a difference in order is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -238,7 +238,7 @@ impl Report {
     }
 
     /// The result as the status page shows it (`POST /verify`).
-    pub fn console_result(&self) -> crate::console::VerifyResult {
+    pub fn console_result(&self) -> kshift::console::VerifyResult {
         let (write, mirror) = self.partitions.iter().fold((0, 0), |(w, m), p| {
             (w + p.write_records, m + p.mirror_records)
         });
@@ -267,7 +267,7 @@ impl Report {
                 differ.join("; ")
             )
         };
-        crate::console::VerifyResult {
+        kshift::console::VerifyResult {
             topics: self.topics.clone(),
             ok: self.ok() && !self.partitions.is_empty(),
             mode: self.mode.name().to_string(),
@@ -525,11 +525,11 @@ impl Side {
             name,
             cluster_config.bootstrap.clone(),
             ConnectionSettings::from_config(&config.proxy),
-            Arc::new(crate::security::BackendSecurity::from_config(
+            Arc::new(kshift::security::BackendSecurity::from_config(
                 name,
                 cluster_config,
             )?),
-            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(kshift::metrics::Metrics::new()),
             cluster_config.virtual_node_base(name),
         );
         Ok(Side {
