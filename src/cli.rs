@@ -1,10 +1,12 @@
 //! Operator subcommands beyond `serve` and `check`: clients of a running kshift or of its
 //! clusters, and `demo`, a live migration on one machine.
 
+pub mod admin_client;
 pub mod backfill;
 pub mod bench;
 pub mod cutover;
 pub mod demo;
+pub mod health;
 pub mod prepare;
 pub mod progress;
 pub mod repair;

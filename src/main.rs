@@ -465,7 +465,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Health { admin } => run_client(cli::routes::health(&admin)),
+        Command::Health { admin } => run_client(cli::health::run(&admin)),
         Command::Cutover {
             admin,
             topics,

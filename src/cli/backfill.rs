@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
+use super::admin_client::{refused, request};
 use super::progress::Progress;
-use super::routes::{refused, request};
 
 pub async fn run(
     admin: &str,

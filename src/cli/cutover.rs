@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
-use super::routes::{current, refused, request};
+use super::admin_client::{refused, request, routing_table};
 use kshift::config::Config;
 use kshift::routing::diff;
 
@@ -48,7 +48,7 @@ pub struct Cutover {
 }
 
 pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
-    let document = current(&cutover.admin).await?;
+    let document = routing_table(&cutover.admin).await?;
     let before = document.spec;
     let mut after = before.clone();
     let matching: Vec<usize> = after
@@ -181,7 +181,7 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
 
 /// `kshift cutover --rollback`: the previous table back, groups moved back.
 pub async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
-    let before = current(admin).await?;
+    let before = routing_table(admin).await?;
     let path = if force {
         "/routes/rollback?force=true"
     } else {
@@ -191,7 +191,7 @@ pub async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
     if status != 200 {
         return Err(refused(status, &answer));
     }
-    let after = current(admin).await?;
+    let after = routing_table(admin).await?;
     println!(
         "rolled back: version {} -> {}",
         before.version, after.version

@@ -33,7 +33,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-use super::routes::{refused, request};
+use super::admin_client::{refused, request};
 use kshift::config::Config;
 use kshift::lock;
 use kshift::{Proxy, ProxyState, RunningProxy};

@@ -320,9 +320,10 @@ pub async fn run(config: &Config, options: &Options) -> anyhow::Result<bool> {
     report.print();
     if let Some(admin) = &options.report_to {
         let body = serde_json::to_string(&report.console_result())?;
-        let (status, answer) = super::routes::request(admin, "POST", "/verify", &body).await?;
+        let (status, answer) =
+            super::admin_client::request(admin, "POST", "/verify", &body).await?;
         if status != 204 {
-            return Err(super::routes::refused(status, &answer)
+            return Err(super::admin_client::refused(status, &answer)
                 .context(format!("reporting the result to {admin}")));
         }
     }
