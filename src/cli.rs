@@ -1,9 +1,13 @@
-//! Operator subcommands beyond `serve` and `check`: clients of a running kshift or of its
-//! clusters, and `demo`, a live migration on one machine.
+//! The `kshift` binary's subcommands, one module each: `serve` runs the proxy, `check`
+//! validates a configuration; the others are operator tools, clients of a running kshift
+//! (through [`admin_client`]) or of its clusters (librdkafka, from [`client_config`]), and
+//! `demo`, a live migration on one machine. This file holds what they share: logging, the
+//! tokio runtimes they run on, the cluster clients' settings.
 
 pub mod admin_client;
 pub mod backfill;
 pub mod bench;
+pub mod check;
 pub mod cutover;
 pub mod demo;
 pub mod health;
@@ -11,7 +15,11 @@ pub mod prepare;
 pub mod progress;
 pub mod repair;
 pub mod routes;
+pub mod serve;
+pub mod users;
 pub mod verify;
+
+use std::future::Future;
 
 use anyhow::anyhow;
 use rdkafka::config::ClientConfig;
@@ -34,4 +42,36 @@ pub fn client_config(config: &Config, cluster: &str) -> anyhow::Result<ClientCon
     }
     settings.set("bootstrap.servers", cluster_config.bootstrap.join(","));
     Ok(settings)
+}
+
+/// Logs to stderr, as JSON lines with `json`, at `default_level` unless `RUST_LOG` says
+/// otherwise.
+pub fn init_tracing(json: bool, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs `command` to its end on a multi-threaded runtime (the proxy, the Kafka clients'
+/// tools).
+pub fn block_on<T>(command: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Runtime::new()?.block_on(command)
+}
+
+/// Runs `command` to its end on a runtime of one thread: for the admin API's clients, which
+/// wait on one request at a time.
+pub fn block_on_one_thread<T>(
+    command: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(command)
 }

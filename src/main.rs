@@ -3,7 +3,7 @@
 
 mod cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -101,10 +101,8 @@ enum Command {
     Bench(BenchArgs),
     /// Add or remove a client user in a SASL credentials file (`[proxy.sasl]
     /// credentials_file`). The password is read from stdin; only hashes are written.
-    User {
-        #[command(subcommand)]
-        action: UserAction,
-    },
+    #[command(subcommand)]
+    User(cli::users::UserAction),
     /// Copy to the mirrors what exists only on the write cluster, for the topics matching
     /// GLOB (routes with `backfill = true`), and show the progress.
     Backfill {
@@ -192,83 +190,6 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum UserAction {
-    /// Add NAME (or replace its secrets) with the password on the first line of stdin.
-    Add {
-        /// The credentials file (created if missing; replaced atomically, mode 0600).
-        #[arg(long)]
-        credentials_file: PathBuf,
-        /// Mechanisms NAME may use (comma-separated).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
-        )]
-        mechanisms: Vec<String>,
-        /// PBKDF2 iterations of the stored secrets (4096 to 1000000).
-        #[arg(long, default_value_t = 8192)]
-        iterations: u32,
-        name: String,
-    },
-    /// Remove NAME.
-    Remove {
-        #[arg(long)]
-        credentials_file: PathBuf,
-        name: String,
-    },
-}
-
-/// `kshift user add|remove`.
-fn user(action: UserAction) -> anyhow::Result<()> {
-    use kshift::security::{credentials, scram, Mechanism};
-    match action {
-        UserAction::Add {
-            credentials_file,
-            mechanisms,
-            iterations,
-            name,
-        } => {
-            let mechanisms = mechanisms
-                .iter()
-                .map(|m| {
-                    Mechanism::from_name(m.trim())
-                        .ok_or_else(|| anyhow::anyhow!("unknown mechanism {m:?}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            if !(scram::MIN_ITERATIONS..=scram::MAX_ITERATIONS).contains(&iterations) {
-                anyhow::bail!(
-                    "--iterations must be between {} and {}",
-                    scram::MIN_ITERATIONS,
-                    scram::MAX_ITERATIONS
-                );
-            }
-            if name.is_empty() {
-                anyhow::bail!("the user name must not be empty");
-            }
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                anyhow::bail!("no password on stdin");
-            }
-            let entry = credentials::user_entry(password, &mechanisms, iterations);
-            credentials::add_user(&credentials_file, &name, entry).map_err(anyhow::Error::msg)?;
-            println!("user {name} written to {}", credentials_file.display());
-        }
-        UserAction::Remove {
-            credentials_file,
-            name,
-        } => {
-            if !credentials::remove_user(&credentials_file, &name).map_err(anyhow::Error::msg)? {
-                anyhow::bail!("no user {name} in {}", credentials_file.display());
-            }
-            println!("user {name} removed from {}", credentials_file.display());
-        }
-    }
-    Ok(())
-}
-
 #[derive(clap::Args)]
 struct BenchArgs {
     /// A target to measure, NAME=HOST:PORT (repeatable; the first is the baseline).
@@ -339,7 +260,7 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info",
     };
-    init_tracing(cli.log_json, default_level);
+    cli::init_tracing(cli.log_json, default_level);
     match cli.command {
         Command::Demo {
             quick,
@@ -355,10 +276,7 @@ fn main() -> ExitCode {
                 tansu,
                 exit,
             };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(cli::demo::run(options)));
-            match result {
+            match cli::block_on(cli::demo::run(options)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(error) => {
@@ -367,13 +285,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match load_config(&config) {
-            Ok(config) => {
-                print_routing(&config);
-                ExitCode::SUCCESS
-            }
-            Err(exit) => exit,
-        },
+        Command::Check { config } => with_config(&config, |config| {
+            cli::check::print_routing(&config);
+            ExitCode::SUCCESS
+        }),
         Command::Bench(args) => {
             let options = cli::bench::BenchOptions {
                 targets: args.targets,
@@ -392,16 +307,7 @@ fn main() -> ExitCode {
                 interval: std::time::Duration::from_secs_f64(args.interval.max(0.0)),
                 plot: args.plot,
             };
-            match tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(cli::bench::run(options)))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_code(cli::block_on(cli::bench::run(options)))
         }
         Command::Verify {
             config,
@@ -409,11 +315,7 @@ fn main() -> ExitCode {
             since,
             order,
             admin,
-        } => {
-            let config = match load_config(&config) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
+        } => with_config(&config, |config| {
             let options = cli::verify::Options {
                 topics,
                 since,
@@ -421,51 +323,28 @@ fn main() -> ExitCode {
                 quiet: false,
                 report_to: admin,
             };
-            run_check(cli::verify::run(&config, &options))
-        }
-        Command::Repair { config } => {
-            let config = match load_config(&config) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(cli::repair::run(&config)));
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+            check_exit_code(cli::block_on(cli::verify::run(&config, &options)))
+        }),
+        Command::Repair { config } => with_config(&config, |config| {
+            exit_code(cli::block_on(cli::repair::run(&config)).map(drop))
+        }),
         Command::Prepare {
             config,
             topics,
             to,
             replication_factor,
             dry_run,
-        } => {
-            let config = match load_config(&config) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
+        } => with_config(&config, |config| {
             let options = cli::prepare::Options {
                 topics,
                 to,
                 replication_factor,
                 dry_run,
             };
-            run_check(cli::prepare::run(&config, &options))
-        }
-        Command::User { action } => match user(action) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("kshift: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Health { admin } => run_client(cli::health::run(&admin)),
+            check_exit_code(cli::block_on(cli::prepare::run(&config, &options)))
+        }),
+        Command::User(action) => exit_code(cli::users::run(action)),
+        Command::Health { admin } => exit_code(cli::block_on_one_thread(cli::health::run(&admin))),
         Command::Cutover {
             admin,
             topics,
@@ -478,7 +357,7 @@ fn main() -> ExitCode {
             unrouted_window_minutes,
             rollback,
             force,
-        } => run_client(async {
+        } => exit_code(cli::block_on_one_thread(async {
             if rollback {
                 return cli::cutover::rollback(&admin, force).await;
             }
@@ -497,75 +376,46 @@ fn main() -> ExitCode {
                 force,
             };
             cli::cutover::run(&cutover).await
-        }),
+        })),
         Command::Backfill {
             admin,
             topics,
             rate_mb_per_sec,
             wait_secs,
-        } => run_client(cli::backfill::run(
+        } => exit_code(cli::block_on_one_thread(cli::backfill::run(
             &admin,
             &topics,
             (rate_mb_per_sec.max(0.0) * 1_000_000.0) as u64,
             std::time::Duration::from_secs(wait_secs),
-        )),
-        Command::Routes { admin, action } => run_client(async {
+        ))),
+        Command::Routes { admin, action } => exit_code(cli::block_on_one_thread(async {
             match action {
                 RoutesAction::Get => cli::routes::get(&admin).await,
                 RoutesAction::Set { file } => cli::routes::set(&admin, &file).await,
                 RoutesAction::Rollback => cli::routes::rollback(&admin).await,
                 RoutesAction::Diff { file } => cli::routes::diff_file(&admin, &file).await,
             }
+        })),
+        Command::Serve { config: path } => with_config(&path, |config| {
+            exit_code(cli::block_on(cli::serve::run(config, path.clone())))
         }),
-        Command::Serve { config } => {
-            let config_path = config;
-            let config = match load_config(&config_path) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
-            match serve(config, config_path) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
     }
 }
 
-/// Loads the configuration at `path`, or prints why it is invalid and gives the exit code for
-/// a bad configuration.
-fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|error| {
-        eprintln!("kshift: {error}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-/// Runs a command that checks something (verify, prepare): exit 0 when it passes, 1 when it
-/// found a problem (which it printed), 2 when it could not run.
-fn run_check(command: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(command));
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+/// Loads the configuration at `path` and runs `command` with it; or prints why it is invalid
+/// and gives the exit code for a bad configuration.
+fn with_config(path: &Path, command: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => command(config),
         Err(error) => {
-            eprintln!("kshift: {error:#}");
-            ExitCode::from(2)
+            eprintln!("kshift: {error}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
 
-/// Runs an operator command that talks to a running kshift: exit 0, or 1 with the error.
-fn run_client(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(command));
+/// The exit code of a command: 0 when it did its work, 1 when it failed (printing why).
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -575,110 +425,15 @@ fn run_client(command: impl std::future::Future<Output = anyhow::Result<()>>) ->
     }
 }
 
-fn init_tracing(json: bool, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-#[tokio::main]
-async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    // Signal handlers first: a SIGTERM that arrives as soon as the port is open must drain,
-    // not kill.
-    let mut stop = StopSignals::install()?;
-    let proxy = kshift::Proxy::start(config.clone()).await?;
-    proxy.watch_config_file(path, config)?;
-    stop.next().await;
-    tracing::info!(
-        "shutting down: draining connections and mirror queues (a second signal stops at once)"
-    );
-    tokio::select! {
-        _ = proxy.shutdown() => Ok(()),
-        _ = stop.next() => {
-            tracing::warn!("second signal: exiting without finishing the drain");
-            std::process::exit(130)
+/// The exit code of a command that checks something (verify, prepare): 0 when it passes, 1
+/// when it found a problem (which it printed), 2 when it could not run.
+fn check_exit_code(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("kshift: {error:#}");
+            ExitCode::from(2)
         }
-    }
-}
-
-/// SIGINT and SIGTERM (Ctrl-C elsewhere).
-struct StopSignals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    #[cfg(unix)]
-    fn install() -> std::io::Result<StopSignals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn install() -> std::io::Result<StopSignals> {
-        Ok(StopSignals {})
-    }
-
-    #[cfg(unix)]
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-    }
-
-    #[cfg(not(unix))]
-    async fn next(&mut self) {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn print_routing(config: &Config) {
-    println!(
-        "config OK: listen {}, {} cluster(s)",
-        config.proxy.listen,
-        config.clusters.len()
-    );
-    for (name, cluster) in &config.clusters {
-        println!("  cluster {name}: {}", cluster.bootstrap.join(", "));
-    }
-    println!("routes (first match wins):");
-    for (i, route) in config.routes.iter().enumerate() {
-        let mirror = if route.mirror.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " mirror={:?} ({:?}, {}%)",
-                route.mirror, route.mirror_mode, route.mirror_percent
-            )
-        };
-        println!(
-            "  [{i}] topics={:?} clients={:?} write={}{} read={} partitioning={:?}",
-            route.topics,
-            route.clients,
-            route.write,
-            mirror,
-            route.read.as_deref().unwrap_or(&route.write),
-            route.partitioning
-        );
-    }
-    println!("groups (first match wins; unmatched groups use the first route's read cluster):");
-    for (i, group) in config.groups.iter().enumerate() {
-        println!(
-            "  [{i}] groups={:?} cluster={}",
-            group.groups, group.cluster
-        );
     }
 }
