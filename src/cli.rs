@@ -20,6 +20,7 @@ pub mod users;
 pub mod verify;
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use anyhow::anyhow;
 use rdkafka::config::ClientConfig;
@@ -42,6 +43,14 @@ pub fn client_config(config: &Config, cluster: &str) -> anyhow::Result<ClientCon
     }
     settings.set("bootstrap.servers", cluster_config.bootstrap.join(","));
     Ok(settings)
+}
+
+/// The one flag of `kshift serve` and `kshift check`.
+#[derive(clap::Args)]
+pub struct ConfigFile {
+    /// The TOML configuration file.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 /// Logs to stderr, as JSON lines with `json`, at `default_level` unless `RUST_LOG` says

@@ -5,8 +5,17 @@ use anyhow::bail;
 
 use super::admin_client::request;
 
-pub async fn run(admin: &str) -> anyhow::Result<()> {
-    let (status, body) = request(admin, "GET", "/health", "").await?;
+/// `kshift health`'s flags.
+#[derive(clap::Args)]
+pub struct HealthArgs {
+    /// The admin API.
+    #[arg(long, default_value = "http://127.0.0.1:9644")]
+    admin: String,
+}
+
+/// Asks the admin API for `/health`; fails unless it answers 200.
+pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
+    let (status, body) = request(&args.admin, "GET", "/health", "").await?;
     if status != 200 {
         bail!("/health answered {status}: {body}");
     }

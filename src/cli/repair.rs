@@ -7,7 +7,7 @@
 //! order on the mirror matches the write cluster only if nothing was mirrored in between
 //! (as when the mirror was down). `kshift verify` tells.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -23,6 +23,14 @@ use kshift::produce::batch::partition_for_key;
 use kshift::produce::failures::{self, FailedRange};
 use kshift::produce::mirror::percent_selects;
 use kshift::routing::{Partitioning, RoutingTable};
+
+/// `kshift repair`'s flags.
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    /// The kshift configuration (clusters, routes, mirror_failures_file).
+    #[arg(long)]
+    pub config: PathBuf,
+}
 
 /// Runs the repair; returns the number of ranges repaired.
 pub async fn run(config: &Config) -> anyhow::Result<usize> {

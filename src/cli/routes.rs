@@ -1,7 +1,7 @@
 //! `kshift routes get|set|rollback|diff --admin URL`: the operator's client for the admin
 //! API's routing endpoints, with a readable before/after diff.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -9,9 +9,43 @@ use serde::Deserialize;
 use super::admin_client::{refused, request, routing_table};
 use kshift::routing::{diff, RoutingSpec};
 
+/// `kshift routes`'s flags.
+#[derive(clap::Args)]
+pub struct RoutesArgs {
+    /// The admin API, e.g. http://127.0.0.1:9644.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9644")]
+    admin: String,
+    #[command(subcommand)]
+    action: RoutesAction,
+}
+
+#[derive(clap::Subcommand)]
+enum RoutesAction {
+    /// Print the table in force (TOML) with its version.
+    Get,
+    /// Put the table in FILE in force (a table alone, or a whole kshift config) and print
+    /// what changed.
+    Set { file: PathBuf },
+    /// Put the previous table back in force and print what changed.
+    Rollback,
+    /// Print what putting FILE in force would change, without changing anything.
+    Diff { file: PathBuf },
+}
+
+/// Runs the `kshift routes` subcommand chosen.
+pub async fn run(args: RoutesArgs) -> anyhow::Result<()> {
+    let admin = &args.admin;
+    match args.action {
+        RoutesAction::Get => get(admin).await,
+        RoutesAction::Set { file } => set(admin, &file).await,
+        RoutesAction::Rollback => rollback(admin).await,
+        RoutesAction::Diff { file } => diff_file(admin, &file).await,
+    }
+}
+
 /// Reads a routing table from a file: a table alone (`[[routes]]`, `[[groups]]`) or a whole
 /// kshift config, whose `[[routes]]` and `[[groups]]` are taken.
-pub fn read_table(path: &Path) -> anyhow::Result<RoutingSpec> {
+fn read_table(path: &Path) -> anyhow::Result<RoutingSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: toml::Table =
@@ -35,14 +69,14 @@ fn print_changes(lines: &[String]) {
     }
 }
 
-pub async fn get(admin: &str) -> anyhow::Result<()> {
+async fn get(admin: &str) -> anyhow::Result<()> {
     let document = routing_table(admin).await?;
     println!("# routing table version {}", document.version);
     print!("{}", toml::to_string(&document.spec)?);
     Ok(())
 }
 
-pub async fn diff_file(admin: &str, file: &Path) -> anyhow::Result<()> {
+async fn diff_file(admin: &str, file: &Path) -> anyhow::Result<()> {
     let proposed = read_table(file)?;
     let document = routing_table(admin).await?;
     println!(
@@ -54,7 +88,7 @@ pub async fn diff_file(admin: &str, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
+async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
     let proposed = read_table(file)?;
     let before = routing_table(admin).await?;
     let (status, body) = request(admin, "PUT", "/routes", &toml::to_string(&proposed)?).await?;
@@ -71,7 +105,7 @@ pub async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn rollback(admin: &str) -> anyhow::Result<()> {
+async fn rollback(admin: &str) -> anyhow::Result<()> {
     let before = routing_table(admin).await?;
     let (status, body) = request(admin, "POST", "/routes/rollback", "").await?;
     if status != 200 {

@@ -27,6 +27,7 @@
 //! partition differs, naming it with the offsets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,18 +81,37 @@ impl OrderMode {
     }
 }
 
-/// What to verify.
-#[derive(Debug, Clone)]
+/// `kshift verify`'s flags: the configuration, and what to verify.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The kshift configuration (clusters and routes).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// What to verify. The field docs are `kshift verify`'s `--help` text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Glob of client-visible topic names.
+    /// Glob of client-visible topic names to verify.
+    #[arg(long, default_value = "*")]
     pub topics: String,
     /// Only records from this time on (milliseconds since the epoch).
+    #[arg(long)]
     pub since: Option<i64>,
-    /// `None`: `fleet` when the config uses Redis, `strict` otherwise.
+    // `None`: `fleet` when the config uses Redis, `strict` otherwise.
+    /// strict: the mirror must keep each partition's write order (one kshift writes it);
+    /// fleet: order may differ between instances' batches. Default: fleet when the
+    /// config uses Redis, strict otherwise.
+    #[arg(long, value_enum)]
     pub order: Option<OrderMode>,
     /// No progress bars and no per-topic lines on stderr (the demo).
+    #[arg(skip)]
     pub quiet: bool,
-    /// A kshift admin API (`http://host:port`) to report the result to, for its status page.
+    /// A kshift admin API (http://host:port) to report the result to: its status page
+    /// shows the last verify.
+    #[arg(long = "admin", value_name = "ADMIN")]
     pub report_to: Option<String>,
 }
 
