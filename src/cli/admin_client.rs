@@ -55,12 +55,18 @@ pub async fn request(
     Ok((status, body.to_string()))
 }
 
+/// `GET path`: the body of a 200 answer; any other status is an error naming it.
+pub async fn get(admin: &str, path: &str) -> anyhow::Result<String> {
+    let (status, body) = request(admin, "GET", path, "").await?;
+    if status != 200 {
+        bail!("GET {path} answered {status}: {body}");
+    }
+    Ok(body)
+}
+
 /// The routing table in force and its version (`GET /routes`).
 pub async fn routing_table(admin: &str) -> anyhow::Result<RoutesDocument> {
-    let (status, body) = request(admin, "GET", "/routes", "").await?;
-    if status != 200 {
-        bail!("GET /routes answered {status}: {body}");
-    }
+    let body = get(admin, "/routes").await?;
     serde_json::from_str(&body)
         .context("GET /routes answered something that is not a routing table")
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use super::admin_client::{refused, request};
+use super::admin_client::{get, refused, request};
 use super::progress::Progress;
 
 /// `kshift backfill`'s flags.
@@ -59,11 +59,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
     let mut bar: Option<Progress> = None;
     loop {
-        let (status, body) = request(admin, "GET", "/backfill", "").await?;
-        if status != 200 {
-            bail!("GET /backfill answered {status}: {body}");
-        }
-        let answer: Value = serde_json::from_str(&body)?;
+        let answer: Value = serde_json::from_str(&get(admin, "/backfill").await?)?;
         let states: Vec<&Value> = answer["partitions"]
             .as_array()
             .into_iter()

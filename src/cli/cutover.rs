@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
-use super::admin_client::{refused, request, routing_table};
+use super::admin_client::{get, refused, request, routing_table};
 use kshift::config::Config;
 use kshift::routing::diff;
 
@@ -246,22 +246,8 @@ async fn switch(cutover: &Cutover) -> anyhow::Result<()> {
 
 /// `kshift cutover --rollback`: the previous table back, groups moved back.
 async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
-    let before = routing_table(admin).await?;
-    let path = if force {
-        "/routes/rollback?force=true"
-    } else {
-        "/routes/rollback"
-    };
-    let (status, answer) = request(admin, "POST", path, "").await?;
-    if status != 200 {
-        return Err(refused(status, &answer));
-    }
-    let after = routing_table(admin).await?;
-    println!(
-        "rolled back: version {} -> {}",
-        before.version, after.version
-    );
-    for line in diff(&before.spec, &after.spec) {
+    let (before, after, answer) = super::routes::roll_back(admin, force).await?;
+    for line in diff(&before, &after) {
         println!("  {line}");
     }
     print_moved(&serde_json::from_str(&answer)?);
@@ -310,11 +296,7 @@ fn print_groups(answer: &Value, verb: &str) {
 /// Fails when kshift found records written around it (to a mirrored partition, without
 /// going through kshift) within `unrouted_window`: the mirror does not have them.
 async fn unrouted_writes(cutover: &Cutover) -> anyhow::Result<()> {
-    let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
-    if status != 200 {
-        bail!("GET /status answered {status}: {body}");
-    }
-    let status: Value = serde_json::from_str(&body)?;
+    let status: Value = serde_json::from_str(&get(&cutover.admin, "/status").await?)?;
     let unrouted = &status["unrouted"];
     let recent = unrouted["last_seen_seconds_ago"]
         .as_f64()
@@ -382,11 +364,7 @@ async fn dry_run(cutover: &Cutover, body: &str) -> anyhow::Result<()> {
 async fn wait_for_mirror(cutover: &Cutover, indexes: &[usize]) -> anyhow::Result<()> {
     let deadline = Instant::now() + cutover.wait;
     loop {
-        let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
-        if status != 200 {
-            bail!("GET /status answered {status}: {body}");
-        }
-        let status: Value = serde_json::from_str(&body)?;
+        let status: Value = serde_json::from_str(&get(&cutover.admin, "/status").await?)?;
         let lag: u64 = status["mirror_lag_by_route"]
             .as_array()
             .into_iter()

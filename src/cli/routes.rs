@@ -106,16 +106,32 @@ async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
 }
 
 async fn rollback(admin: &str) -> anyhow::Result<()> {
+    let (before, after, _) = roll_back(admin, false).await?;
+    print_changes(&diff(&before, &after));
+    Ok(())
+}
+
+/// Puts the previous table back in force (`POST /routes/rollback`, `?force=true` with
+/// `force`) and prints the versions before and after. Returns the tables before and after,
+/// and kshift's answer (the groups it moved back).
+pub async fn roll_back(
+    admin: &str,
+    force: bool,
+) -> anyhow::Result<(RoutingSpec, RoutingSpec, String)> {
     let before = routing_table(admin).await?;
-    let (status, body) = request(admin, "POST", "/routes/rollback", "").await?;
+    let path = if force {
+        "/routes/rollback?force=true"
+    } else {
+        "/routes/rollback"
+    };
+    let (status, answer) = request(admin, "POST", path, "").await?;
     if status != 200 {
-        return Err(refused(status, &body));
+        return Err(refused(status, &answer));
     }
     let after = routing_table(admin).await?;
     println!(
         "rolled back: version {} -> {}",
         before.version, after.version
     );
-    print_changes(&diff(&before.spec, &after.spec));
-    Ok(())
+    Ok((before.spec, after.spec, answer))
 }
