@@ -2,7 +2,8 @@
 //! validates a configuration; the others are operator tools, clients of a running kshift
 //! (through [`admin_client`]) or of its clusters (librdkafka, from [`client_config`]), and
 //! `demo`, a live migration on one machine. This file holds what they share: logging, the
-//! tokio runtimes they run on, the cluster clients' settings.
+//! tokio runtimes they run on, the flags naming a configuration file, the cluster clients'
+//! settings and topic creation.
 
 pub mod admin_client;
 pub mod backfill;
@@ -21,8 +22,11 @@ pub mod verify;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 
 use kshift::config::Config;
@@ -45,12 +49,48 @@ pub fn client_config(config: &Config, cluster: &str) -> anyhow::Result<ClientCon
     Ok(settings)
 }
 
+/// Creates `topic` with `partitions` partitions and one replica through `admin`, unless it
+/// exists (`bench` and `demo` make their own topics). `named` is how an error names it.
+pub async fn create_topic<C: ClientContext + 'static>(
+    admin: &AdminClient<C>,
+    topic: &str,
+    partitions: i32,
+    named: &str,
+) -> anyhow::Result<()> {
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .context("CreateTopics")?;
+    for result in results {
+        if let Err((_, code)) = result {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                bail!("creating {named}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The one flag of `kshift serve` and `kshift check`.
 #[derive(clap::Args)]
 pub struct ConfigFile {
     /// The TOML configuration file.
     #[arg(long)]
     pub config: PathBuf,
+}
+
+/// The flags of a command that reads the kshift configuration (`verify`, `prepare`): the
+/// file, then the command's own.
+#[derive(clap::Args)]
+pub struct WithConfig<Options: clap::Args> {
+    /// The kshift configuration (clusters and routes).
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub options: Options,
 }
 
 /// Logs to stderr, as JSON lines with `json`, at `default_level` unless `RUST_LOG` says

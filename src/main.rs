@@ -36,7 +36,7 @@ enum Command {
     Health(cli::health::HealthArgs),
     /// Compare each mirrored topic's records on its write cluster and its mirrors, per
     /// partition: records missing, extra or changed, and order; exit 1 on any difference.
-    Verify(cli::verify::VerifyArgs),
+    Verify(cli::WithConfig<cli::verify::Options>),
     /// Replay the write-offset ranges the mirror failure journal lists (mirror_failures_file)
     /// from the write cluster to the mirror; ranges done are not replayed again.
     Repair(cli::repair::RepairArgs),
@@ -45,7 +45,7 @@ enum Command {
     /// compression, …). Existing topics are compared, not altered. Exit 1 when a target
     /// cannot work (identity partitioning with another partition count) or a create failed;
     /// differing configs are warnings only (exit 0). Exit 2 on errors.
-    Prepare(cli::prepare::PrepareArgs),
+    Prepare(cli::WithConfig<cli::prepare::Options>),
     /// Measure produce latency and throughput of several targets side by side.
     Bench(cli::bench::BenchOptions),
     /// Add or remove a client user in a SASL credentials file (`[proxy.sasl]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -234,21 +234,7 @@ async fn create_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("admin client")?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .context("CreateTopics")?;
-    for result in results {
-        if let Err((topic, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating {topic}: {code}");
-            }
-        }
-    }
-    Ok(())
+    super::create_topic(&admin, topic, 1, topic).await
 }
 
 /// Offers records to `target` as `load` says; records latencies if `record`. Closed loop:

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -417,21 +417,13 @@ async fn create_topic_at(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
         .set("bootstrap.servers", bootstrap)
         .create_with_context(Quiet::default())
         .context("admin client")?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .context("CreateTopics")?;
-    for result in results {
-        if let Err((topic, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating {topic} on {bootstrap}: {code}");
-            }
-        }
-    }
-    Ok(())
+    super::create_topic(
+        &admin,
+        topic,
+        PARTITIONS,
+        &format!("{topic} on {bootstrap}"),
+    )
+    .await
 }
 
 /// Step 1: `kshift prepare` for the routes of the shadow step: the topic on new, as the

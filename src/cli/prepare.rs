@@ -15,7 +15,6 @@
 //! partition counts differ, or a create failed. `--dry-run` changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,16 +48,6 @@ pub const COPIED_CONFIGS: &[(&str, &str)] = &[
 
 /// How long each admin request (metadata, DescribeConfigs, CreateTopics) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `kshift prepare`'s flags: the configuration, and what to prepare.
-#[derive(clap::Args)]
-pub struct PrepareArgs {
-    /// The kshift configuration (clusters and routes).
-    #[arg(long)]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub options: Options,
-}
 
 /// What to prepare. The field docs are `kshift prepare`'s `--help` text.
 #[derive(Debug, Clone, clap::Args)]

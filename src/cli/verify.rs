@@ -27,7 +27,6 @@
 //! partition differs, naming it with the offsets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,16 +78,6 @@ impl OrderMode {
             }
         }
     }
-}
-
-/// `kshift verify`'s flags: the configuration, and what to verify.
-#[derive(clap::Args)]
-pub struct VerifyArgs {
-    /// The kshift configuration (clusters and routes).
-    #[arg(long)]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub options: Options,
 }
 
 /// What to verify. The field docs are `kshift verify`'s `--help` text.
