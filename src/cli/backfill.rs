@@ -11,15 +11,32 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::{json, Value};
 
+use super::admin_client::{get, refused, request};
 use super::progress::Progress;
-use super::routes::{refused, request};
 
-pub async fn run(
-    admin: &str,
-    topics: &str,
-    bytes_per_sec: u64,
-    wait: Duration,
-) -> anyhow::Result<()> {
+/// `kshift backfill`'s flags.
+#[derive(clap::Args)]
+pub struct BackfillArgs {
+    /// The admin API of the kshift that mirrors these topics.
+    #[arg(long, default_value = "http://127.0.0.1:9644")]
+    admin: String,
+    /// Glob of topic names.
+    #[arg(long)]
+    topics: String,
+    /// Copy pace in MB/s (0: unlimited).
+    #[arg(long, default_value_t = 0.0)]
+    rate_mb_per_sec: f64,
+    /// Seconds to watch the progress before returning (the copy goes on in kshift).
+    #[arg(long, default_value_t = 3600)]
+    wait_secs: u64,
+}
+
+/// Asks kshift to copy the topics and shows the progress for at most `--wait-secs`.
+pub async fn run(args: BackfillArgs) -> anyhow::Result<()> {
+    let admin = args.admin.as_str();
+    let topics = args.topics.as_str();
+    let bytes_per_sec = (args.rate_mb_per_sec.max(0.0) * 1_000_000.0) as u64;
+    let wait = Duration::from_secs(args.wait_secs);
     let body = json!({ "topics": topics, "bytes_per_sec": bytes_per_sec }).to_string();
     let (status, answer) = request(admin, "POST", "/backfill", &body).await?;
     if status != 200 {
@@ -42,11 +59,7 @@ pub async fn run(
     let deadline = Instant::now() + wait;
     let mut bar: Option<Progress> = None;
     loop {
-        let (status, body) = request(admin, "GET", "/backfill", "").await?;
-        if status != 200 {
-            bail!("GET /backfill answered {status}: {body}");
-        }
-        let answer: Value = serde_json::from_str(&body)?;
+        let answer: Value = serde_json::from_str(&get(admin, "/backfill").await?)?;
         let states: Vec<&Value> = answer["partitions"]
             .as_array()
             .into_iter()

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -30,30 +30,56 @@ use serde_json::json;
 
 use super::progress::Progress;
 
-/// What to measure, from the command line.
-#[derive(Debug, Clone)]
+/// What to measure: `kshift bench`'s flags. The field docs are the `--help` text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// (name, bootstrap) per target, in the order given; the first is the baseline.
+    /// A target to measure, NAME=HOST:PORT (repeatable; the first is the baseline).
+    #[arg(long = "target", value_parser = parse_target, required = true)]
     pub targets: Vec<(String, String)>,
+    /// Topic to produce to (created on each target if missing).
+    #[arg(long, default_value = "kshift-bench")]
     pub topic: String,
+    /// Records per target, over all rounds.
+    #[arg(long, default_value_t = 10_000)]
     pub messages: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Producer acks: 0, 1 or all.
+    #[arg(long, default_value = "all")]
     pub acks: String,
+    /// Records outstanding per target (1: the pure round-trip cost).
+    #[arg(long, default_value_t = 1)]
     pub inflight: usize,
+    /// Rounds; targets take turns every round.
+    #[arg(long, default_value_t = 5)]
     pub rounds: u32,
+    /// Producer linger.ms.
+    #[arg(long, default_value_t = 0)]
     pub linger_ms: u32,
+    /// Producer compression.type.
+    #[arg(long, default_value = "none")]
     pub compression: String,
+    /// Also write the results as JSON (OpenMessaging-Benchmark-style field names).
+    #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// Open loop: records per second per target, latency measured from each record's
-    /// intended send time (no coordinated omission). Closed loop when absent.
+    // Closed loop when absent.
+    /// Open loop: records per second per target (latency from each record's due time).
+    #[arg(long)]
     pub rate: Option<f64>,
-    /// Run each target for this long in total (split over the rounds) instead of
-    /// `messages` records.
+    /// Seconds to run each target (over all rounds) instead of --messages.
+    #[arg(long, value_parser = parse_seconds)]
     pub duration: Option<Duration>,
+    /// produce: latency to the delivery report; e2e: send to arrival at a consumer;
+    /// consume: read throughput of records produced first.
+    #[arg(long, value_enum, default_value = "produce")]
     pub mode: Mode,
-    /// Seconds between interval lines.
+    // A negative number is taken as 0.
+    /// Seconds between interval lines (0: none).
+    #[arg(long, default_value = "5", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Draw the latency percentile curves of all targets into this SVG file.
+    /// Draw every target's latency percentile curve into this SVG file.
+    #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
 }
 
@@ -81,12 +107,24 @@ struct Load {
 }
 
 /// Parses `NAME=HOST:PORT`.
-pub fn parse_target(text: &str) -> Result<(String, String), String> {
+fn parse_target(text: &str) -> Result<(String, String), String> {
     let (name, address) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not NAME=HOST:PORT"))?;
-    crate::config::parse_host_port(address)?;
+    kshift::config::parse_host_port(address)?;
     Ok((name.to_string(), address.to_string()))
+}
+
+/// Parses `--duration`: seconds, as a decimal number.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{e}"))
+}
+
+/// Parses `--interval`: seconds, as a decimal number; below 0 is 0.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(seconds.max(0.0)).map_err(|e| format!("{e}"))
 }
 
 struct Target {
@@ -196,21 +234,7 @@ async fn create_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("admin client")?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .context("CreateTopics")?;
-    for result in results {
-        if let Err((topic, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating {topic}: {code}");
-            }
-        }
-    }
-    Ok(())
+    super::create_topic(&admin, topic, 1, topic).await
 }
 
 /// Offers records to `target` as `load` says; records latencies if `record`. Closed loop:

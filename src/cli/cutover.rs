@@ -17,38 +17,103 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
-use super::routes::{current, refused, request};
-use crate::config::Config;
-use crate::routing::diff;
+use super::admin_client::{get, refused, request, routing_table};
+use kshift::config::Config;
+use kshift::routing::diff;
+
+/// `kshift cutover`'s flags: a switch ([`Cutover`]) or `--rollback`.
+#[derive(clap::Args)]
+pub struct CutoverArgs {
+    /// The admin API, e.g. http://127.0.0.1:9644.
+    #[arg(long, default_value = "http://127.0.0.1:9644")]
+    admin: String,
+    /// The `topics` glob of the routes to switch, exactly as in the table.
+    #[arg(long, required_unless_present = "rollback")]
+    topics: Option<String>,
+    /// The cluster to read from.
+    #[arg(long, required_unless_present = "rollback")]
+    to: Option<String>,
+    /// The `groups` glob of the [[groups]] rules to move (default: every rule on the
+    /// routes' current read cluster).
+    #[arg(long)]
+    groups: Option<String>,
+    /// kshift's config: also run `verify` on these topics before switching.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seconds to wait for the mirror lag of these routes to reach --max-lag-records.
+    #[arg(long, default_value_t = 30)]
+    wait_secs: u64,
+    /// Records the mirror may still have to copy for these routes when switching (the
+    /// switch itself waits for what a group has committed to be copied).
+    #[arg(long, default_value_t = 0)]
+    max_lag_records: u64,
+    /// Print every check and every group and position the switch would move, and change
+    /// nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Refuse while records written around kshift (straight to the old cluster) were
+    /// found within this many minutes (--force overrides).
+    #[arg(long, default_value_t = 10)]
+    unrouted_window_minutes: u64,
+    /// Put the previous routing table back (moving groups back).
+    #[arg(long, conflicts_with_all = ["topics", "to", "groups", "config", "dry_run"])]
+    rollback: bool,
+    /// Switch even where consumer groups cannot be moved or the mirror lags (an
+    /// emergency: a cluster is down); such groups keep untranslated offsets.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Switches as the flags say, or rolls back with `--rollback`.
+pub async fn run(args: CutoverArgs) -> anyhow::Result<()> {
+    if args.rollback {
+        return rollback(&args.admin, args.force).await;
+    }
+    let cutover = Cutover {
+        admin: args.admin,
+        topics: args.topics.unwrap_or_default(),
+        to: args.to.unwrap_or_default(),
+        groups: args.groups,
+        config: args.config,
+        wait: Duration::from_secs(args.wait_secs),
+        max_lag_records: args.max_lag_records,
+        dry_run: args.dry_run,
+        unrouted_window: Duration::from_secs(args.unrouted_window_minutes.saturating_mul(60)),
+        force: args.force,
+    };
+    switch(&cutover).await
+}
 
 /// What to switch.
 #[derive(Debug, Clone)]
-pub struct Cutover {
-    pub admin: String,
+struct Cutover {
+    admin: String,
     /// The routes whose `topics` is exactly this glob.
-    pub topics: String,
+    topics: String,
     /// The cluster reads (and groups) move to.
-    pub to: String,
+    to: String,
     /// The `[[groups]]` rules to move: those whose glob is this one; by default every rule
     /// hosting groups on the routes' current read cluster.
-    pub groups: Option<String>,
+    groups: Option<String>,
     /// Also compare both clusters' records (`kshift verify`) before switching.
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
     /// How long to wait for the mirror lag of these routes to reach `max_lag_records`.
-    pub wait: Duration,
+    wait: Duration,
     /// Records the mirror may still have to copy for these routes when switching.
-    pub max_lag_records: u64,
+    max_lag_records: u64,
     /// Check and plan only: change nothing.
-    pub dry_run: bool,
+    dry_run: bool,
     /// Refuse while records written around kshift were found within this long.
-    pub unrouted_window: Duration,
+    unrouted_window: Duration,
     /// Switch even where groups cannot be moved or the mirror lags (an emergency: the old
     /// cluster is down); groups that cannot be moved keep untranslated offsets.
-    pub force: bool,
+    force: bool,
 }
 
-pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
-    let document = current(&cutover.admin).await?;
+/// Checks, then switches the reads and groups in one routing change (or, with `dry_run`, plans
+/// it).
+async fn switch(cutover: &Cutover) -> anyhow::Result<()> {
+    let document = routing_table(&cutover.admin).await?;
     let before = document.spec;
     let mut after = before.clone();
     let matching: Vec<usize> = after
@@ -180,23 +245,9 @@ pub async fn run(cutover: &Cutover) -> anyhow::Result<()> {
 }
 
 /// `kshift cutover --rollback`: the previous table back, groups moved back.
-pub async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
-    let before = current(admin).await?;
-    let path = if force {
-        "/routes/rollback?force=true"
-    } else {
-        "/routes/rollback"
-    };
-    let (status, answer) = request(admin, "POST", path, "").await?;
-    if status != 200 {
-        return Err(refused(status, &answer));
-    }
-    let after = current(admin).await?;
-    println!(
-        "rolled back: version {} -> {}",
-        before.version, after.version
-    );
-    for line in diff(&before.spec, &after.spec) {
+async fn rollback(admin: &str, force: bool) -> anyhow::Result<()> {
+    let (before, after, answer) = super::routes::roll_back(admin, force).await?;
+    for line in diff(&before, &after) {
         println!("  {line}");
     }
     print_moved(&serde_json::from_str(&answer)?);
@@ -245,11 +296,7 @@ fn print_groups(answer: &Value, verb: &str) {
 /// Fails when kshift found records written around it (to a mirrored partition, without
 /// going through kshift) within `unrouted_window`: the mirror does not have them.
 async fn unrouted_writes(cutover: &Cutover) -> anyhow::Result<()> {
-    let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
-    if status != 200 {
-        bail!("GET /status answered {status}: {body}");
-    }
-    let status: Value = serde_json::from_str(&body)?;
+    let status: Value = serde_json::from_str(&get(&cutover.admin, "/status").await?)?;
     let unrouted = &status["unrouted"];
     let recent = unrouted["last_seen_seconds_ago"]
         .as_f64()
@@ -317,11 +364,7 @@ async fn dry_run(cutover: &Cutover, body: &str) -> anyhow::Result<()> {
 async fn wait_for_mirror(cutover: &Cutover, indexes: &[usize]) -> anyhow::Result<()> {
     let deadline = Instant::now() + cutover.wait;
     loop {
-        let (status, body) = request(&cutover.admin, "GET", "/status", "").await?;
-        if status != 200 {
-            bail!("GET /status answered {status}: {body}");
-        }
-        let status: Value = serde_json::from_str(&body)?;
+        let status: Value = serde_json::from_str(&get(&cutover.admin, "/status").await?)?;
         let lag: u64 = status["mirror_lag_by_route"]
             .as_array()
             .into_iter()

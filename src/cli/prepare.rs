@@ -27,8 +27,8 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 
 use super::client_config;
-use crate::config::Config;
-use crate::routing::{Partitioning, RoutingTable};
+use kshift::config::Config;
+use kshift::routing::{Partitioning, RoutingTable};
 
 /// Topic-level configs copied to a created target (when set on the write topic) and compared
 /// on an existing one, each with Kafka's built-in default.
@@ -49,16 +49,20 @@ pub const COPIED_CONFIGS: &[(&str, &str)] = &[
 /// How long each admin request (metadata, DescribeConfigs, CreateTopics) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What to prepare.
-#[derive(Debug, Clone)]
+/// What to prepare. The field docs are `kshift prepare`'s `--help` text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Glob of client-visible topic names.
+    /// Glob of client-visible topic names to prepare.
+    #[arg(long)]
     pub topics: String,
-    /// Only this mirror cluster; every route's mirrors when `None`.
+    /// Only this mirror cluster (default: every route's mirrors).
+    #[arg(long)]
     pub to: Option<String>,
-    /// Replication factor of created topics; -1 lets the broker choose its default.
+    /// Replication factor of created topics; -1: the broker's default.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub replication_factor: i32,
-    /// Plan and compare only: create nothing.
+    /// Print what would be created and compare what exists; change nothing.
+    #[arg(long)]
     pub dry_run: bool,
 }
 

@@ -7,7 +7,7 @@
 //! order on the mirror matches the write cluster only if nothing was mirrored in between
 //! (as when the mirror was down). `kshift verify` tells.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
@@ -18,11 +18,19 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client_config;
-use crate::codec::batch::partition_for_key;
-use crate::config::Config;
-use crate::mirror::failures::{self, FailedRange};
-use crate::mirror::percent_selects;
-use crate::routing::{Partitioning, RoutingTable};
+use kshift::codec::batch::partition_for_key;
+use kshift::config::Config;
+use kshift::mirror::failures::{self, FailedRange};
+use kshift::mirror::percent_selects;
+use kshift::routing::{Partitioning, RoutingTable};
+
+/// `kshift repair`'s flags.
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    /// The kshift configuration (clusters, routes, mirror_failures_file).
+    #[arg(long)]
+    pub config: PathBuf,
+}
 
 /// Runs the repair; returns the number of ranges repaired.
 pub async fn run(config: &Config) -> anyhow::Result<usize> {

@@ -1,27 +1,51 @@
 //! `kshift routes get|set|rollback|diff --admin URL`: the operator's client for the admin
-//! API's routing endpoints, with a readable before/after diff. When the API requires a
-//! token, it is taken from the `KSHIFT_ADMIN_TOKEN` environment variable.
+//! API's routing endpoints, with a readable before/after diff.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::Context as _;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::routing::{diff, RoutingSpec};
+use super::admin_client::{refused, request, routing_table};
+use kshift::routing::{diff, RoutingSpec};
 
-/// What `GET /routes` returns.
-#[derive(Debug, Deserialize)]
-pub(crate) struct RoutesDocument {
-    pub version: u64,
-    #[serde(flatten)]
-    pub spec: RoutingSpec,
+/// `kshift routes`'s flags.
+#[derive(clap::Args)]
+pub struct RoutesArgs {
+    /// The admin API, e.g. http://127.0.0.1:9644.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9644")]
+    admin: String,
+    #[command(subcommand)]
+    action: RoutesAction,
+}
+
+#[derive(clap::Subcommand)]
+enum RoutesAction {
+    /// Print the table in force (TOML) with its version.
+    Get,
+    /// Put the table in FILE in force (a table alone, or a whole kshift config) and print
+    /// what changed.
+    Set { file: PathBuf },
+    /// Put the previous table back in force and print what changed.
+    Rollback,
+    /// Print what putting FILE in force would change, without changing anything.
+    Diff { file: PathBuf },
+}
+
+/// Runs the `kshift routes` subcommand chosen.
+pub async fn run(args: RoutesArgs) -> anyhow::Result<()> {
+    let admin = &args.admin;
+    match args.action {
+        RoutesAction::Get => get(admin).await,
+        RoutesAction::Set { file } => set(admin, &file).await,
+        RoutesAction::Rollback => rollback(admin).await,
+        RoutesAction::Diff { file } => diff_file(admin, &file).await,
+    }
 }
 
 /// Reads a routing table from a file: a table alone (`[[routes]]`, `[[groups]]`) or a whole
 /// kshift config, whose `[[routes]]` and `[[groups]]` are taken.
-pub fn read_table(path: &Path) -> anyhow::Result<RoutingSpec> {
+fn read_table(path: &Path) -> anyhow::Result<RoutingSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: toml::Table =
@@ -36,51 +60,6 @@ pub fn read_table(path: &Path) -> anyhow::Result<RoutingSpec> {
         .with_context(|| format!("{}: invalid routing table", path.display()))
 }
 
-/// One HTTP/1.1 request to the admin API; returns (status, body).
-pub(crate) async fn request(
-    admin: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let authority = admin
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--admin must be an http:// URL, got {admin:?}"))?
-        .trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("cannot reach the admin API at {admin}"))?;
-    // The admin token, when the API requires one, comes from the environment.
-    let authorization = std::env::var("KSHIFT_ADMIN_TOKEN")
-        .map(|token| format!("Authorization: Bearer {}\r\n", token.trim()))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{authorization}Content-Type: application/toml\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP answer from {admin}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| anyhow!("malformed HTTP status from {admin}"))?;
-    Ok((status, body.to_string()))
-}
-
-pub(crate) async fn current(admin: &str) -> anyhow::Result<RoutesDocument> {
-    let (status, body) = request(admin, "GET", "/routes", "").await?;
-    if status != 200 {
-        bail!("GET /routes answered {status}: {body}");
-    }
-    serde_json::from_str(&body)
-        .context("GET /routes answered something that is not a routing table")
-}
-
 fn print_changes(lines: &[String]) {
     if lines.is_empty() {
         println!("no changes");
@@ -90,25 +69,16 @@ fn print_changes(lines: &[String]) {
     }
 }
 
-/// Reports a refused update from the admin API's JSON error.
-pub(crate) fn refused(status: u16, body: &str) -> anyhow::Error {
-    let reason = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-        .unwrap_or_else(|| body.to_string());
-    anyhow!("refused ({status}): {reason}")
-}
-
-pub async fn get(admin: &str) -> anyhow::Result<()> {
-    let document = current(admin).await?;
+async fn get(admin: &str) -> anyhow::Result<()> {
+    let document = routing_table(admin).await?;
     println!("# routing table version {}", document.version);
     print!("{}", toml::to_string(&document.spec)?);
     Ok(())
 }
 
-pub async fn diff_file(admin: &str, file: &Path) -> anyhow::Result<()> {
+async fn diff_file(admin: &str, file: &Path) -> anyhow::Result<()> {
     let proposed = read_table(file)?;
-    let document = current(admin).await?;
+    let document = routing_table(admin).await?;
     println!(
         "changes from version {} to {}:",
         document.version,
@@ -118,9 +88,9 @@ pub async fn diff_file(admin: &str, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
+async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
     let proposed = read_table(file)?;
-    let before = current(admin).await?;
+    let before = routing_table(admin).await?;
     let (status, body) = request(admin, "PUT", "/routes", &toml::to_string(&proposed)?).await?;
     if status != 200 {
         return Err(refused(status, &body));
@@ -135,27 +105,33 @@ pub async fn set(admin: &str, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn rollback(admin: &str) -> anyhow::Result<()> {
-    let before = current(admin).await?;
-    let (status, body) = request(admin, "POST", "/routes/rollback", "").await?;
+async fn rollback(admin: &str) -> anyhow::Result<()> {
+    let (before, after, _) = roll_back(admin, false).await?;
+    print_changes(&diff(&before, &after));
+    Ok(())
+}
+
+/// Puts the previous table back in force (`POST /routes/rollback`, `?force=true` with
+/// `force`) and prints the versions before and after. Returns the tables before and after,
+/// and kshift's answer (the groups it moved back).
+pub async fn roll_back(
+    admin: &str,
+    force: bool,
+) -> anyhow::Result<(RoutingSpec, RoutingSpec, String)> {
+    let before = routing_table(admin).await?;
+    let path = if force {
+        "/routes/rollback?force=true"
+    } else {
+        "/routes/rollback"
+    };
+    let (status, answer) = request(admin, "POST", path, "").await?;
     if status != 200 {
-        return Err(refused(status, &body));
+        return Err(refused(status, &answer));
     }
-    let after = current(admin).await?;
+    let after = routing_table(admin).await?;
     println!(
         "rolled back: version {} -> {}",
         before.version, after.version
     );
-    print_changes(&diff(&before.spec, &after.spec));
-    Ok(())
-}
-
-/// `kshift health`: exit 0 when the admin API answers `/health` (container health checks).
-pub async fn health(admin: &str) -> anyhow::Result<()> {
-    let (status, body) = request(admin, "GET", "/health", "").await?;
-    if status != 200 {
-        bail!("/health answered {status}: {body}");
-    }
-    println!("{}", body.trim());
-    Ok(())
+    Ok((before.spec, after.spec, answer))
 }

@@ -44,10 +44,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::progress::Progress;
-use crate::cluster::{Cluster, ConnectionSettings};
-use crate::config::Config;
-use crate::mirror::percent_selects;
-use crate::routing::{Partitioning, RoutingTable};
+use kshift::cluster::{Cluster, ConnectionSettings};
+use kshift::config::Config;
+use kshift::mirror::percent_selects;
+use kshift::routing::{Partitioning, RoutingTable};
 
 /// How a difference in order is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -80,18 +80,27 @@ impl OrderMode {
     }
 }
 
-/// What to verify.
-#[derive(Debug, Clone)]
+/// What to verify. The field docs are `kshift verify`'s `--help` text.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Glob of client-visible topic names.
+    /// Glob of client-visible topic names to verify.
+    #[arg(long, default_value = "*")]
     pub topics: String,
     /// Only records from this time on (milliseconds since the epoch).
+    #[arg(long)]
     pub since: Option<i64>,
-    /// `None`: `fleet` when the config uses Redis, `strict` otherwise.
+    // `None`: `fleet` when the config uses Redis, `strict` otherwise.
+    /// strict: the mirror must keep each partition's write order (one kshift writes it);
+    /// fleet: order may differ between instances' batches. Default: fleet when the
+    /// config uses Redis, strict otherwise.
+    #[arg(long, value_enum)]
     pub order: Option<OrderMode>,
     /// No progress bars and no per-topic lines on stderr (the demo).
+    #[arg(skip)]
     pub quiet: bool,
-    /// A kshift admin API (`http://host:port`) to report the result to, for its status page.
+    /// A kshift admin API (http://host:port) to report the result to: its status page
+    /// shows the last verify.
+    #[arg(long = "admin", value_name = "ADMIN")]
     pub report_to: Option<String>,
 }
 
@@ -238,7 +247,7 @@ impl Report {
     }
 
     /// The result as the status page shows it (`POST /verify`).
-    pub fn console_result(&self) -> crate::control::console::VerifyResult {
+    pub fn console_result(&self) -> kshift::control::console::VerifyResult {
         let (write, mirror) = self.partitions.iter().fold((0, 0), |(w, m), p| {
             (w + p.write_records, m + p.mirror_records)
         });
@@ -267,7 +276,7 @@ impl Report {
                 differ.join("; ")
             )
         };
-        crate::control::console::VerifyResult {
+        kshift::control::console::VerifyResult {
             topics: self.topics.clone(),
             ok: self.ok() && !self.partitions.is_empty(),
             mode: self.mode.name().to_string(),
@@ -320,9 +329,10 @@ pub async fn run(config: &Config, options: &Options) -> anyhow::Result<bool> {
     report.print();
     if let Some(admin) = &options.report_to {
         let body = serde_json::to_string(&report.console_result())?;
-        let (status, answer) = super::routes::request(admin, "POST", "/verify", &body).await?;
+        let (status, answer) =
+            super::admin_client::request(admin, "POST", "/verify", &body).await?;
         if status != 204 {
-            return Err(super::routes::refused(status, &answer)
+            return Err(super::admin_client::refused(status, &answer)
                 .context(format!("reporting the result to {admin}")));
         }
     }
@@ -525,11 +535,11 @@ impl Side {
             name,
             cluster_config.bootstrap.clone(),
             ConnectionSettings::from_config(&config.proxy),
-            Arc::new(crate::security::BackendSecurity::from_config(
+            Arc::new(kshift::security::BackendSecurity::from_config(
                 name,
                 cluster_config,
             )?),
-            Arc::new(crate::metrics::Metrics::new()),
+            Arc::new(kshift::metrics::Metrics::new()),
             cluster_config.virtual_node_base(name),
         );
         Ok(Side {
