@@ -156,9 +156,7 @@ pub struct Cluster {
     node_id_base: i32,
 }
 
-/// Broker ids a cluster's block of virtual node ids holds: broker `b` is virtual node
-/// `base + b mod VIRTUAL_NODE_BLOCK`.
-pub const VIRTUAL_NODE_BLOCK: i32 = 1_000_000;
+pub use crate::config::VIRTUAL_NODE_BLOCK;
 
 /// Versions kshift itself sends to backends (the newest it handles, capped by the broker).
 const METADATA_VERSION: i16 = 12;

@@ -6,6 +6,8 @@
 //! name the offending field (`routes[2].write`), so an operator can fix the file without
 //! reading kshift's source.
 
+pub mod secrets;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{GroupSpec, RouteSpec, RoutingError, RoutingSpec};
-use crate::security::{Mechanism, Secret};
+pub use secrets::{Mechanism, Secret};
 
 /// Everything that can be wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -311,8 +313,12 @@ pub struct ClusterConfig {
     pub node_id_base: Option<i32>,
 }
 
+/// Broker ids a cluster's block of virtual node ids holds: broker `b` is virtual node
+/// `base + b mod VIRTUAL_NODE_BLOCK`.
+pub const VIRTUAL_NODE_BLOCK: i32 = 1_000_000;
+
 /// Largest `node_id_base`: the block above it still fits an `i32`.
-pub const MAX_NODE_ID_BASE: i32 = i32::MAX - (crate::cluster::VIRTUAL_NODE_BLOCK - 1);
+pub const MAX_NODE_ID_BASE: i32 = i32::MAX - (VIRTUAL_NODE_BLOCK - 1);
 
 impl ClusterConfig {
     /// Where cluster `name`'s virtual node ids start: `node_id_base` when set, else
@@ -324,7 +330,7 @@ impl ClusterConfig {
                 (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
             });
             let block = i32::try_from(hash % 2_000).unwrap_or(0) + 1;
-            block * crate::cluster::VIRTUAL_NODE_BLOCK
+            block * VIRTUAL_NODE_BLOCK
         })
     }
 
@@ -739,7 +745,7 @@ impl Config {
                 }
             }
             let base = cluster.virtual_node_base(name);
-            let block = crate::cluster::VIRTUAL_NODE_BLOCK;
+            let block = VIRTUAL_NODE_BLOCK;
             if let Some((other, _)) = self.clusters.iter().find(|(other, config)| {
                 *other != name
                     && (i64::from(config.virtual_node_base(other)) - i64::from(base)).abs()
@@ -897,7 +903,7 @@ mod tests {
             base,
             Config::parse(MINIMAL).unwrap().clusters["old"].virtual_node_base("old")
         );
-        assert_eq!(base % crate::cluster::VIRTUAL_NODE_BLOCK, 0);
+        assert_eq!(base % VIRTUAL_NODE_BLOCK, 0);
         assert!(base > 0 && base <= MAX_NODE_ID_BASE, "{base}");
         let bootstrap = "bootstrap = [\"127.0.0.1:9093\"]";
         let with_base = |value: i64| {

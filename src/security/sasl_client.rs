@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::scram::ScramClient;
+use super::scram::{ScramClient, ScramHash};
 use super::{Mechanism, Secret};
 use crate::codec;
 
@@ -87,7 +87,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         });
     }
     let password = credentials.password.expose();
-    match credentials.mechanism.scram_hash() {
+    match ScramHash::of(credentials.mechanism) {
         None => {
             let token = format!("\0{}\0{password}", credentials.username);
             exchange

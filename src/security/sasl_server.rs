@@ -21,7 +21,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
 use super::credentials::{CredentialStore, Credentials};
-use super::scram::{ScramError, ScramServer};
+use super::scram::{ScramError, ScramHash, ScramServer};
 use super::Mechanism;
 use crate::codec::Reply;
 use crate::codec::{self, Request};
@@ -187,7 +187,7 @@ impl SaslSession {
                 mechanism,
                 credentials,
             } => {
-                let Some(hash) = mechanism.scram_hash() else {
+                let Some(hash) = ScramHash::of(mechanism) else {
                     return failed(request, mechanism, "no such mechanism".into());
                 };
                 let mut server = ScramServer::new(hash);

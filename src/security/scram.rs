@@ -15,7 +15,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 
-use super::{constant_time_eq, random_bytes};
+use super::{constant_time_eq, random_bytes, Mechanism};
 
 /// Fewest PBKDF2 iterations kshift accepts in a stored credential (Kafka's minimum).
 pub const MIN_ITERATIONS: u32 = 4096;
@@ -46,6 +46,15 @@ pub enum ScramHash {
 }
 
 impl ScramHash {
+    /// The hash of a SCRAM mechanism; `None` for PLAIN.
+    pub fn of(mechanism: Mechanism) -> Option<ScramHash> {
+        match mechanism {
+            Mechanism::Plain => None,
+            Mechanism::ScramSha256 => Some(ScramHash::Sha256),
+            Mechanism::ScramSha512 => Some(ScramHash::Sha512),
+        }
+    }
+
     /// The SASL mechanism name (`SCRAM-SHA-256`, `SCRAM-SHA-512`).
     pub fn mechanism(self) -> &'static str {
         match self {
