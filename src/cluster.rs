@@ -41,44 +41,7 @@ use crate::routing::ClusterId;
 use crate::security::BackendSecurity;
 use crate::sync::lock;
 
-/// A failure talking to a backend cluster. Cloneable: one broken connection fails every
-/// request waiting on it with the same error.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
-    #[error("cannot connect to {address}: {reason}")]
-    Connect { address: Arc<str>, reason: Arc<str> },
-    #[error("TLS handshake with {address} failed: {reason}")]
-    Tls { address: Arc<str>, reason: Arc<str> },
-    #[error("SASL authentication to {address} failed: {reason}")]
-    Authentication { address: Arc<str>, reason: Arc<str> },
-    #[error("{address} did not answer within {after_ms} ms")]
-    Timeout { address: Arc<str>, after_ms: u64 },
-    #[error("connection to {address} closed: {reason}")]
-    Closed { address: Arc<str>, reason: Arc<str> },
-    #[error("protocol error from {address}: {reason}")]
-    Protocol { address: Arc<str>, reason: Arc<str> },
-    #[error("cluster {cluster}: no reachable broker ({reason})")]
-    Unreachable { cluster: Arc<str>, reason: Arc<str> },
-    #[error("cluster {cluster}: broker {node} is not in its metadata")]
-    UnknownBroker { cluster: Arc<str>, node: i32 },
-    #[error("cluster {cluster} answered {what} with error {code}")]
-    Kafka {
-        cluster: Arc<str>,
-        what: &'static str,
-        code: i16,
-    },
-}
-
-impl BackendError {
-    /// The Kafka error code a broker would have given the client for this failure.
-    pub fn client_error_code(&self) -> i16 {
-        match self {
-            BackendError::Timeout { .. } => ResponseError::RequestTimedOut.code(),
-            BackendError::Kafka { code, .. } => *code,
-            _ => ResponseError::NotLeaderOrFollower.code(),
-        }
-    }
-}
+pub use crate::error::BackendError;
 
 /// Errors after which a partition's cached leader must be asked for again.
 pub fn is_leadership_error(code: i16) -> bool {

@@ -20,8 +20,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::Encodable;
 
-use crate::cluster::{BackendError, Cluster, Lane, UpstreamConnections};
-use crate::codec::{self, FrameError, Request};
+use crate::cluster::{Cluster, Lane, UpstreamConnections};
+use crate::codec::{self, Request};
+use crate::error::BackendError;
+use crate::error::Error;
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::routing::ClusterId;
 use crate::routing::RoutingTable;
@@ -30,17 +32,6 @@ use crate::state::ProxyState;
 pub use crate::codec::Reply;
 
 pub type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
-
-/// Why a handler could not serve a request.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The client sent something kshift cannot decode: the connection is closed.
-    #[error(transparent)]
-    Malformed(#[from] FrameError),
-    /// A backend failed: the client gets the retriable error a broker would give.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
 
 /// Everything one request is handled with.
 #[derive(Clone)]
@@ -108,7 +99,7 @@ impl Context {
         node: i32,
         requested_wait_ms: i32,
         inspect: F,
-    ) -> Result<PendingReply, HandlerError>
+    ) -> Result<PendingReply, Error>
     where
         F: FnOnce(&Context, &Bytes) + Send + 'static,
     {
@@ -130,7 +121,7 @@ impl Context {
                     inspect(&context, &body);
                     context.respond_raw(body)
                 }
-                Err(error) => context.error_reply(&HandlerError::Backend(error)),
+                Err(error) => context.error_reply(&Error::Backend(error)),
             }
         }))
     }
@@ -138,13 +129,17 @@ impl Context {
     /// The reply a broker would give when it cannot serve this request: a retriable error
     /// code for the APIs whose response carries one at the top, else a closed connection
     /// (which every client treats as retriable).
-    pub fn error_reply(&self, error: &HandlerError) -> Reply {
+    pub fn error_reply(&self, error: &Error) -> Reply {
         let code = match error {
-            HandlerError::Malformed(error) => {
+            Error::Client(error) => {
                 tracing::info!(api = ?self.request.api_key, %error, "closing client connection: malformed request");
                 return Reply::Close(error.to_string());
             }
-            HandlerError::Backend(error) => {
+            Error::Internal(reason) => {
+                tracing::warn!(api = ?self.request.api_key, %reason, "closing client connection: kshift could not serve the request");
+                return Reply::Close(reason.to_string());
+            }
+            Error::Backend(error) => {
                 tracing::debug!(api = ?self.request.api_key, %error, "backend failed");
                 match error {
                     BackendError::Kafka { code, .. } => *code,

@@ -21,7 +21,8 @@
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`, and
 //!   the consumer groups a cutover moves;
 //! - the leaves: [`codec`] (frames, headers, record batches), [`config`] (TOML, validated),
-//!   [`security`] (TLS, SASL, SCRAM, credentials), [`metrics`], [`sync`].
+//!   [`security`] (TLS, SASL, SCRAM, credentials), [`metrics`], [`sync`], and [`error`], the
+//!   one error type whose source (client, backend, internal) decides the client's answer.
 
 pub mod client_connection;
 pub mod cluster;
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod dispatch;
+pub mod error;
 pub mod handler;
 pub mod handlers;
 pub mod listener;

@@ -28,8 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::BackendError;
 use crate::codec::{self, FrameError};
+use crate::error::BackendError;
 use crate::metrics::BackendFailure;
 use crate::security::{sasl_client, BackendSecurity};
 use crate::sync::lock;

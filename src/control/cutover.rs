@@ -42,8 +42,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
-use crate::cluster::{BackendError, Cluster};
+use crate::cluster::Cluster;
 use crate::control::Control;
+use crate::error::BackendError;
 use crate::mirror::offset_map::Position;
 use crate::routing::moves::Fence;
 use crate::routing::ClusterId;

@@ -27,9 +27,10 @@ use kafka_protocol::messages::{ApiKey, DescribeGroupsRequest, DescribeGroupsResp
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
-use crate::cluster::{BackendError, Cluster};
+use crate::cluster::Cluster;
 use crate::control::cutover::{self, Committed};
 use crate::control::Control;
+use crate::error::BackendError;
 use crate::mirror::offset_map::Position;
 use crate::routing::ClusterId;
 use crate::routing::{Partitioning, RoutingTable};

@@ -34,9 +34,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{is_leadership_error, BackendError, Lane};
+use crate::cluster::{is_leadership_error, Lane};
 use crate::codec::{self, decode_body};
-use crate::handler::{Context, HandlerError, PendingReply};
+use crate::error::BackendError;
+use crate::error::Error;
+use crate::handler::{Context, PendingReply};
 use crate::routing::ClusterId;
 
 /// FindCoordinator's key type of a consumer group.
@@ -102,11 +104,11 @@ async fn fan_out<T, Resp, E, F>(
     mut merged: Resp,
     encode: E,
     fold: F,
-) -> Result<PendingReply, HandlerError>
+) -> Result<PendingReply, Error>
 where
     T: Send + 'static,
     Resp: Decodable + Encodable + Send + 'static,
-    E: Fn(&Sub<T>) -> Result<Bytes, HandlerError>,
+    E: Fn(&Sub<T>) -> Result<Bytes, Error>,
     F: Fn(&Context, &mut Resp, &Sub<T>, Result<Resp, BackendError>) + Send + 'static,
 {
     let mut sent = Vec::with_capacity(subs.len());
@@ -164,7 +166,7 @@ fn client_name(items: &[Named], backend: &StrBytes) -> StrBytes {
 pub async fn create_topics(
     context: &Context,
     request: CreateTopicsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let mut subs: Vec<Sub<(Named, _)>> = Vec::new();
     for topic in request.topics.iter().cloned() {
         let (cluster, named) = write_target(context, &topic.name.0);
@@ -215,7 +217,7 @@ pub async fn create_topics(
 pub async fn delete_topics(
     context: &Context,
     request: DeleteTopicsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let mut subs: Vec<Sub<Named>> = Vec::new();
     for topic in &request.topic_names {
         let (cluster, named) = write_target(context, &topic.0);
@@ -261,7 +263,7 @@ pub async fn delete_topics(
 pub async fn create_partitions(
     context: &Context,
     request: CreatePartitionsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let mut subs: Vec<Sub<(Named, _)>> = Vec::new();
     for topic in request.topics.iter().cloned() {
         let (cluster, named) = write_target(context, &topic.name.0);
@@ -311,7 +313,7 @@ pub async fn create_partitions(
 pub async fn describe_configs(
     context: &Context,
     request: DescribeConfigsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let mut subs: Vec<Sub<(Named, _)>> = Vec::new();
     for resource in request.resources.iter().cloned() {
         let (cluster, named) = if resource.resource_type == TOPIC_RESOURCE {
@@ -372,7 +374,7 @@ pub async fn describe_configs(
 pub async fn delete_records(
     context: &Context,
     request: DeleteRecordsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let mut subs: Vec<Sub<(Named, DeleteRecordsPartition)>> = Vec::new();
     // Partitions kshift answers itself: (client topic, partition, error code).
     let mut errors: Vec<(StrBytes, i32, i16)> = Vec::new();
@@ -534,7 +536,7 @@ fn forget_moved_coordinator(context: &Context, cluster: ClusterId, group: &Group
 pub async fn describe_groups(
     context: &Context,
     request: DescribeGroupsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let (subs, failed) = by_coordinator(context, &request.groups).await;
     let mut merged = DescribeGroupsResponse::default();
     merged
@@ -587,7 +589,7 @@ pub async fn describe_groups(
 pub async fn delete_groups(
     context: &Context,
     request: DeleteGroupsRequest,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let (subs, failed) = by_coordinator(context, &request.groups_names).await;
     let mut merged = DeleteGroupsResponse::default();
     merged

@@ -29,10 +29,12 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
+use crate::cluster::{is_leadership_error, Lane, ResponseFuture};
 use crate::codec::batch::next_offset;
 use crate::codec::{self, decode_body};
-use crate::handler::{Context, HandlerError, PendingReply};
+use crate::error::BackendError;
+use crate::error::Error;
+use crate::handler::{Context, PendingReply};
 use crate::handlers::split::{Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::routing::ClusterId;
@@ -82,7 +84,7 @@ async fn send_part(
     )
 }
 
-pub async fn submit_fetch(context: &Context) -> Result<PendingReply, HandlerError> {
+pub async fn submit_fetch(context: &Context) -> Result<PendingReply, Error> {
     let request: FetchRequest = context.request.decode()?;
     let mut split = Split::default();
     let mut held = Vec::new();
@@ -283,10 +285,7 @@ fn absorb_fetch(
 ) -> bool {
     let response = result.and_then(|body| {
         decode_body::<FetchResponse>(body, context.request.api_version, "fetch response").map_err(
-            |e| BackendError::Protocol {
-                address: context.cluster(part.cluster).name.clone(),
-                reason: e.to_string().into(),
-            },
+            |e| BackendError::undecodable(&context.cluster(part.cluster).name, "fetch response", e),
         )
     });
     let response = match response {
@@ -364,7 +363,7 @@ pub fn push_fetch_partition(
     }
 }
 
-pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, HandlerError> {
+pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, Error> {
     let request: ListOffsetsRequest = context.request.decode()?;
     let mut split = Split::default();
     for topic in &request.topics {
@@ -419,9 +418,12 @@ pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, Hand
             }
             .and_then(|body| {
                 decode_body::<ListOffsetsResponse>(body, version, "list offsets response").map_err(
-                    |e| BackendError::Protocol {
-                        address: context.cluster(part.cluster).name.clone(),
-                        reason: e.to_string().into(),
+                    |e| {
+                        BackendError::undecodable(
+                            &context.cluster(part.cluster).name,
+                            "list offsets response",
+                            e,
+                        )
                     },
                 )
             });

@@ -28,9 +28,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{BackendError, Cluster, Lane};
+use crate::cluster::{Cluster, Lane};
 use crate::codec::decode_body;
-use crate::handler::{Context, HandlerError, PendingReply, Reply};
+use crate::error::BackendError;
+use crate::error::Error;
+use crate::handler::{Context, PendingReply, Reply};
 use crate::handlers::admin_apis;
 use crate::routing::ClusterId;
 
@@ -39,7 +41,7 @@ const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;
 
 /// Routes a request this module serves.
-pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
+pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
     let routing = &context.routing;
     let client_id = context.client_id();
     match context.request.api_key {
@@ -231,7 +233,7 @@ async fn to_group(
     context: &Context,
     group: &str,
     requested_wait_ms: i32,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     // A group being moved waits, then goes where the new table sends it.
     let cluster = if context.state.group_moves.wait_if_moving(group).await {
         context.state.routing.load().group_cluster(group)
@@ -247,7 +249,7 @@ async fn to_coordinator(
     key_type: i8,
     key: &str,
     requested_wait_ms: i32,
-) -> Result<PendingReply, HandlerError> {
+) -> Result<PendingReply, Error> {
     let cluster = context.cluster(cluster_id).clone();
     let node = cluster.coordinator(key_type, key).await?;
     let key = key.to_string();
@@ -263,7 +265,7 @@ async fn to_coordinator(
 
 /// Admin APIs that name no topic or group go to any broker of the client's default write
 /// cluster.
-async fn to_admin(context: &Context) -> Result<PendingReply, HandlerError> {
+async fn to_admin(context: &Context) -> Result<PendingReply, Error> {
     to_any_broker(
         context,
         context.routing.default_write_cluster(context.client_id()),
@@ -271,16 +273,13 @@ async fn to_admin(context: &Context) -> Result<PendingReply, HandlerError> {
     .await
 }
 
-async fn to_any_broker(
-    context: &Context,
-    cluster: ClusterId,
-) -> Result<PendingReply, HandlerError> {
+async fn to_any_broker(context: &Context, cluster: ClusterId) -> Result<PendingReply, Error> {
     let node = context.cluster(cluster).any_broker().await?;
     context.forward(cluster, node, 0, |_, _| {}).await
 }
 
 /// ListGroups asks every broker of every cluster that hosts groups, and merges.
-async fn list_groups(context: &Context) -> Result<PendingReply, HandlerError> {
+async fn list_groups(context: &Context) -> Result<PendingReply, Error> {
     let mut sent = Vec::new();
     for cluster_id in context.routing.group_clusters() {
         let cluster: Arc<Cluster> = context.cluster(cluster_id).clone();
@@ -313,7 +312,11 @@ async fn list_groups(context: &Context) -> Result<PendingReply, HandlerError> {
                     }
                     merged.groups.extend(response.groups);
                 }
-                Ok(Err(error)) => return Reply::Close(error.to_string()),
+                // An undecodable answer is that cluster's failure, as an unreachable one is.
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "list groups answer undecodable");
+                    merged.error_code = ResponseError::CoordinatorNotAvailable.code();
+                }
                 Err(error) => {
                     tracing::debug!(%error, "list groups failed");
                     merged.error_code = ResponseError::CoordinatorNotAvailable.code();

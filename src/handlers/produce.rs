@@ -21,10 +21,12 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicNam
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{is_leadership_error, BackendError, Lane, ResponseFuture};
+use crate::cluster::{is_leadership_error, Lane, ResponseFuture};
 use crate::codec::batch;
 use crate::codec::{self, decode_body};
-use crate::handler::{Context, HandlerError, PendingReply, Reply};
+use crate::error::BackendError;
+use crate::error::Error;
+use crate::handler::{Context, PendingReply, Reply};
 use crate::handlers::split::{Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::mirror::{self, MirrorItem};
@@ -55,7 +57,7 @@ struct MirroredPartition {
     route: usize,
 }
 
-pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
+pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
     let request: ProduceRequest = context.request.decode()?;
     if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
         trace_request(context, &request);
@@ -191,7 +193,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, HandlerError> {
         match completion.await {
             Ok(Answer::Raw(body)) => context.respond_raw(body),
             Ok(Answer::Merged(response)) => context.respond(&response),
-            Err(error) => Reply::Close(error.to_string()),
+            Err(error) => context.error_reply(&error),
         }
     }))
 }
@@ -342,7 +344,7 @@ async fn complete(
     mirrored: Vec<MirroredPartition>,
     passthrough: bool,
     deadline: tokio::time::Instant,
-) -> Result<Answer, HandlerError> {
+) -> Result<Answer, Error> {
     let version = context.request.api_version;
     let mut merged = ProduceResponse::default();
     let mut raw = None;
@@ -356,8 +358,15 @@ async fn complete(
             }
             Err(error) => Err(error),
         };
-        let body = match response {
-            Ok(body) => body,
+        // An answer that does not decode is the backend's failure, like a broken connection:
+        // the client is told to retry (its connection stays).
+        let response = response.and_then(|body| {
+            decode_body::<ProduceResponse>(body.clone(), version, "produce response")
+                .map(|decoded| (body, decoded))
+                .map_err(|e| BackendError::undecodable(&cluster.name, "produce response", e))
+        });
+        let (body, response) = match response {
+            Ok(answer) => answer,
             Err(error) => {
                 tracing::debug!(cluster = %cluster.name, %error, "produce failed");
                 for (backend_name, client_name, partitions) in &part.topics {
@@ -373,7 +382,6 @@ async fn complete(
                 continue;
             }
         };
-        let response: ProduceResponse = decode_body(body.clone(), version, "produce response")?;
         for topic in &response.responses {
             for partition in &topic.partition_responses {
                 let code = BackendFailure::Code(partition.error_code);

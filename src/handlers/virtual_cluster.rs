@@ -32,8 +32,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::cluster::BackendError;
 use crate::codec;
+use crate::error::BackendError;
 use crate::handler::{
     served_range, Context, PendingReply, Reply, ANSWERED_LOCALLY, SERVED_VERSIONS,
 };

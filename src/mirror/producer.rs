@@ -49,9 +49,10 @@ use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ItemProgress, Shared};
-use crate::cluster::{is_leadership_error, BackendError, BrokerConnection, Cluster};
+use crate::cluster::{is_leadership_error, BrokerConnection, Cluster};
 use crate::codec::batch::{self, Batch};
 use crate::codec::{self, decode_body};
+use crate::error::BackendError;
 use crate::metrics::BackendFailure;
 use crate::mirror::offset_map::OffsetMapping;
 
