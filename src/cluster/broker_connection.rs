@@ -1,5 +1,5 @@
-//! One TCP connection to one backend broker, over TLS and authenticated with SASL when the
-//! cluster is configured so (both done in [`BrokerConnection::connect`], before any request).
+//! One connection to one backend broker, over any byte stream: a socket opened (and
+//! secured, and authenticated) by [`super::transport`], or an in-memory pipe in tests.
 //!
 //! Shape (after rskafka's messenger): a writer task owns the write half and sends frames
 //! in the order [`BrokerConnection::send`] was called; a reader task owns the read half and
@@ -10,10 +10,10 @@
 //!   so a caller that calls it in request order keeps that order on the wire.
 //! - A read or write error poisons the connection: every pending request fails with that
 //!   error, later sends fail at once, and the owner opens a new connection.
-//! - A waiting request that is dropped (its client went away) leaves its entry until the
-//!   broker answers; the answer is then discarded. The broker answers every request it
-//!   read, so entries do not accumulate.
-//! - When every handle is dropped the writer closes the socket once queued frames are
+//! - A waiting request that is dropped (its client went away, or its deadline passed) leaves
+//!   its entry until the broker answers; the answer is then discarded. The broker answers
+//!   every request it read, so entries do not accumulate.
+//! - When every handle is dropped the writer closes the stream once queued frames are
 //!   written; the reader stops as soon as no response is awaited.
 
 use std::collections::HashMap;
@@ -25,19 +25,17 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::BackendError;
 use crate::codec::{self, FrameError};
 use crate::lock;
 use crate::metrics::BackendFailure;
-use crate::security::{sasl_client, BackendSecurity};
 
-/// The read half of a broker connection, plain or TLS.
-type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
-/// The write half of a broker connection, plain or TLS.
-type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// The read half of a broker connection's stream.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a broker connection's stream.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Largest response frame accepted from a broker (fetch responses can be large).
 const MAX_RESPONSE_BYTES: usize = 1 << 30;
@@ -132,58 +130,26 @@ impl ResponseFuture {
 }
 
 impl BrokerConnection {
-    /// Opens a connection to `address` within `timeout` (TCP, then TLS and SASL as
-    /// `security` says, each within `timeout`).
-    pub async fn connect(
-        address: &str,
-        timeout: Duration,
+    /// Runs a connection over `stream`, already open (and secured and authenticated, if
+    /// the cluster asks for that) to the broker at `address`. Spawns the reader and writer
+    /// tasks, so it must be called inside a tokio runtime.
+    pub fn new<S>(stream: S, address: Arc<str>, observer: Option<Observer>) -> BrokerConnection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        BrokerConnection::from_halves(Box::new(read_half), Box::new(write_half), address, observer)
+    }
+
+    /// Like [`BrokerConnection::new`], over a stream already split in two: a TCP socket's
+    /// owned halves need no lock between the reader and the writer
+    /// ([`super::transport::Transport::into_halves`]).
+    pub fn from_halves(
+        read_half: ReadHalf,
+        write_half: WriteHalf,
+        address: Arc<str>,
         observer: Option<Observer>,
-        security: &BackendSecurity,
-    ) -> Result<BrokerConnection, BackendError> {
-        let address: Arc<str> = address.into();
-        let connect_error = |reason: String| BackendError::Connect {
-            address: address.clone(),
-            reason: reason.into(),
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(connect_error(e.to_string())),
-            Err(_) => return Err(connect_error(format!("no answer within {timeout:?}"))),
-        };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| connect_error(e.to_string()))?;
-        let (read_half, write_half): (ReadHalf, WriteHalf) = match &security.tls {
-            None => {
-                let mut stream = stream;
-                authenticate(&mut stream, &address, timeout, security).await?;
-                let (read_half, write_half) = stream.into_split();
-                (Box::new(read_half), Box::new(write_half))
-            }
-            Some(tls) => {
-                let tls_error = |reason: String| BackendError::Tls {
-                    address: address.clone(),
-                    reason: reason.into(),
-                };
-                let host = crate::config::parse_host_port(&address)
-                    .map(|(host, _)| host)
-                    .map_err(tls_error)?;
-                let server_name = tls.server_name(&host).map_err(tls_error)?;
-                let mut stream = match tokio::time::timeout(
-                    timeout,
-                    tls.connector().connect(server_name, stream),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return Err(tls_error(e.to_string())),
-                    Err(_) => return Err(tls_error(format!("no handshake within {timeout:?}"))),
-                };
-                authenticate(&mut stream, &address, timeout, security).await?;
-                let (read_half, write_half) = tokio::io::split(stream);
-                (Box::new(read_half), Box::new(write_half))
-            }
-        };
+    ) -> BrokerConnection {
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let state = Arc::new(SharedState {
             next_correlation_id: AtomicI32::new(0),
@@ -197,13 +163,12 @@ impl BrokerConnection {
             state.clone(),
             address.clone(),
         ));
-        tracing::debug!(broker = %address, "connected to backend broker");
-        Ok(BrokerConnection {
+        BrokerConnection {
             address,
             observer,
             outbound,
             state,
-        })
+        }
     }
 
     pub fn address(&self) -> &Arc<str> {
@@ -301,27 +266,6 @@ pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     now.checked_add(timeout)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(now)
-}
-
-/// Runs the SASL exchange on a fresh `stream` when the cluster has credentials.
-async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    address: &Arc<str>,
-    timeout: Duration,
-    security: &BackendSecurity,
-) -> Result<(), BackendError> {
-    let Some(credentials) = &security.sasl else {
-        return Ok(());
-    };
-    let failed = |reason: String| BackendError::Authentication {
-        address: address.clone(),
-        reason: reason.into(),
-    };
-    match tokio::time::timeout(timeout, sasl_client::authenticate(stream, credentials)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(failed(error.to_string())),
-        Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
-    }
 }
 
 /// Fails every pending request with `error` and refuses new ones.
