@@ -398,3 +398,335 @@ async fn run_reader(read_half: ReadHalf, state: Arc<SharedState>, address: Arc<s
     };
     poison(&state, error);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection driven over an in-memory pipe (`tokio::io::duplex`), with the test
+    //! playing the broker on the other end, as rskafka's messenger tests do.
+
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// Metadata v12: flexible, so answers carry a response header with tagged fields (v1),
+    /// which the reader must strip by the version the request registered.
+    const API: ApiKey = ApiKey::Metadata;
+    const VERSION: i16 = 12;
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// The broker's end of the pipe: reads kshift's requests, answers as the test says.
+    struct FakeBroker {
+        stream: DuplexStream,
+    }
+
+    impl FakeBroker {
+        async fn request(&mut self) -> codec::Request {
+            let frame = codec::read_frame(&mut self.stream, 1 << 20)
+                .await
+                .expect("a request frame")
+                .expect("the connection is open");
+            codec::Request::parse(frame).expect("a well-formed request header")
+        }
+
+        async fn answer(&mut self, request: &codec::Request, body: &[u8]) {
+            self.answer_as(request, request.correlation_id, body).await;
+        }
+
+        async fn answer_as(&mut self, request: &codec::Request, correlation_id: i32, body: &[u8]) {
+            let head = codec::response_frame_head(
+                request.api_key,
+                request.api_version,
+                correlation_id,
+                body.len(),
+            )
+            .unwrap();
+            self.write(&head).await;
+            self.write(body).await;
+        }
+
+        async fn write(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+            self.stream.flush().await.unwrap();
+        }
+    }
+
+    fn connection_with(observer: Option<Observer>) -> (BrokerConnection, FakeBroker) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let connection = BrokerConnection::new(ours, "broker-7:9092".into(), observer);
+        (connection, FakeBroker { stream: theirs })
+    }
+
+    fn connection() -> (BrokerConnection, FakeBroker) {
+        connection_with(None)
+    }
+
+    fn send(connection: &BrokerConnection, body: &'static str) -> ResponseFuture {
+        connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::from_static(body.as_bytes()),
+            )
+            .expect("the connection takes the request")
+    }
+
+    async fn answer_of(response: ResponseFuture) -> Result<String, BackendError> {
+        let body = response.wait(PATIENCE).await?;
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Waits until the reader has noticed what the broker did (it runs as its own task).
+    async fn until_poisoned(connection: &BrokerConnection) {
+        tokio::time::timeout(PATIENCE, async {
+            while !connection.is_poisoned() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the connection is poisoned");
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_reach_the_broker_in_order_and_each_gets_its_own_answer() {
+        let (connection, mut broker) = connection();
+        let broker = tokio::spawn(async move {
+            // All three are read before the first is answered: pipelined on one stream.
+            let mut requests = Vec::new();
+            for _ in 0..3 {
+                requests.push(broker.request().await);
+            }
+            for request in &requests {
+                let body = format!("answer to {}", String::from_utf8_lossy(&request.body));
+                broker.answer(request, body.as_bytes()).await;
+            }
+            let seen: Vec<(i32, String)> = requests
+                .iter()
+                .map(|request| {
+                    (
+                        request.correlation_id,
+                        String::from_utf8_lossy(&request.body).into_owned(),
+                    )
+                })
+                .collect();
+            // Handed back with the broker's end, which stays open.
+            (seen, broker)
+        });
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        let three = send(&connection, "three");
+        // Awaited last first: each answer still reaches the request it belongs to.
+        assert_eq!(answer_of(three).await.unwrap(), "answer to three");
+        assert_eq!(answer_of(one).await.unwrap(), "answer to one");
+        assert_eq!(answer_of(two).await.unwrap(), "answer to two");
+        let (seen, _broker) = broker.await.unwrap();
+        let bodies: Vec<&str> = seen.iter().map(|(_, body)| body.as_str()).collect();
+        assert_eq!(bodies, ["one", "two", "three"], "wire order is send order");
+        let ids: Vec<i32> = seen.iter().map(|(id, _)| *id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(!connection.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_an_unknown_correlation_id_fails_every_waiter_and_poisons_the_connection()
+    {
+        let (connection, mut broker) = connection();
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        let first = broker.request().await;
+        broker.request().await;
+        broker.answer_as(&first, 999, b"whose?").await;
+        let errors = [
+            answer_of(one).await.unwrap_err(),
+            answer_of(two).await.unwrap_err(),
+        ];
+        for error in &errors {
+            assert!(
+                matches!(error, BackendError::Protocol { reason, .. } if reason.contains("unknown correlation id 999")),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            errors[0].to_string(),
+            errors[1].to_string(),
+            "one error for all"
+        );
+        assert!(connection.is_poisoned());
+        assert!(connection.failed_in_flight());
+        // Never reused: a later request fails at once with the same error, unsent.
+        let later = connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::new(),
+            )
+            .err()
+            .expect("a poisoned connection refuses requests");
+        assert_eq!(later.to_string(), errors[0].to_string());
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_cannot_be_an_answer_fails_every_waiter_and_poisons_the_connection() {
+        let too_large = i32::try_from(MAX_RESPONSE_BYTES + 1).unwrap().to_be_bytes();
+        let cases: [(&str, &[u8]); 3] = [
+            ("shorter than its header", &[0, 0, 0, 2, 0, 1]),
+            ("negative frame length", &(-5i32).to_be_bytes()),
+            ("exceeds the limit", &too_large),
+        ];
+        for (expected, frame) in cases {
+            let (connection, mut broker) = connection();
+            let one = send(&connection, "one");
+            let two = send(&connection, "two");
+            broker.request().await;
+            broker.request().await;
+            broker.write(frame).await;
+            for response in [one, two] {
+                let error = answer_of(response).await.unwrap_err();
+                assert!(
+                    matches!(&error, BackendError::Protocol { reason, .. } if reason.contains(expected)),
+                    "{expected}: {error}"
+                );
+            }
+            assert!(connection.is_poisoned(), "{expected}");
+            assert!(connection.failed_in_flight(), "{expected}");
+            assert!(connection
+                .request(
+                    API,
+                    VERSION,
+                    &StrBytes::from_static_str("test"),
+                    Bytes::new()
+                )
+                .is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_whose_header_does_not_decode_fails_only_its_own_request() {
+        // The frame's length still says where the next answer starts, so the stream is in
+        // step and the connection carries on.
+        let (connection, mut broker) = connection();
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        let first = broker.request().await;
+        let second = broker.request().await;
+        // Header v1: the correlation id, then one tagged field of 10 bytes that never come.
+        let mut frame = 7i32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&first.correlation_id.to_be_bytes());
+        frame.extend_from_slice(&[1, 0, 10]);
+        broker.write(&frame).await;
+        broker.answer(&second, b"fine").await;
+        let error = answer_of(one).await.unwrap_err();
+        assert!(
+            matches!(&error, BackendError::Protocol { reason, .. } if reason.contains("response header")),
+            "{error}"
+        );
+        assert_eq!(answer_of(two).await.unwrap(), "fine");
+        assert!(!connection.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_closes_fails_its_waiters_and_every_later_request() {
+        let (connection, mut broker) = connection();
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        broker.request().await;
+        broker.request().await;
+        drop(broker);
+        for response in [one, two] {
+            let error = answer_of(response).await.unwrap_err();
+            assert!(
+                matches!(&error, BackendError::Closed { reason, .. } if reason.contains("broker closed the connection")),
+                "{error}"
+            );
+        }
+        assert!(connection.is_poisoned());
+        assert!(connection.failed_in_flight());
+        let later = connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::new(),
+            )
+            .err()
+            .expect("a closed connection refuses requests");
+        assert!(matches!(later, BackendError::Closed { .. }), "{later}");
+
+        // Closed while idle: later requests fail too, but nothing was in flight (so its
+        // owner may open a new connection without reordering anything).
+        let (connection, broker) = self::connection();
+        drop(broker);
+        until_poisoned(&connection).await;
+        assert!(!connection.failed_in_flight());
+        assert!(connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::new()
+            )
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_fails_only_its_request_and_the_late_answer_is_discarded() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let observer = Observer {
+            metrics: metrics.backend(&"old".into()),
+        };
+        let (connection, mut broker) = connection_with(Some(observer));
+        let slow = send(&connection, "slow");
+        let slow_request = broker.request().await;
+        let error = slow.wait(Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(error, BackendError::Timeout { .. }), "{error}");
+        assert!(
+            !connection.is_poisoned(),
+            "a timeout does not break the connection"
+        );
+        let next = send(&connection, "next");
+        let next_request = broker.request().await;
+        // The broker answers in order: the timed-out request first, to no one.
+        broker.answer(&slow_request, b"too late").await;
+        broker.answer(&next_request, b"on time").await;
+        assert_eq!(answer_of(next).await.unwrap(), "on time");
+        assert!(!connection.is_poisoned());
+        let exposition = metrics.exposition();
+        let line = |name: &str| {
+            exposition
+                .lines()
+                .find(|line| line.starts_with(name) && line.contains("api=\"Metadata\""))
+                .map(str::to_string)
+        };
+        let errors = line("kshift_backend_errors_total").expect(&exposition);
+        assert!(
+            errors.contains("error=\"timeout\"") && errors.ends_with(" 1"),
+            "{errors}"
+        );
+        let requests = line("kshift_backend_requests_total").expect(&exposition);
+        assert!(requests.ends_with(" 1"), "{requests}");
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_closes_the_stream_after_what_was_queued() {
+        let (connection, mut broker) = connection();
+        let _response = connection
+            .send(
+                ApiKey::Produce,
+                3,
+                &StrBytes::from_static_str("test"),
+                Bytes::from_static(b"acks=0"),
+                false,
+            )
+            .unwrap();
+        drop(connection);
+        assert_eq!(&broker.request().await.body[..], b"acks=0");
+        let end = tokio::time::timeout(PATIENCE, codec::read_frame(&mut broker.stream, 1 << 20))
+            .await
+            .expect("the stream is closed")
+            .unwrap();
+        assert!(
+            end.is_none(),
+            "the stream ends cleanly after the last frame"
+        );
+    }
+}
