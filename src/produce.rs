@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod failures;
+pub mod journal;
 pub mod mirror;
 pub mod offset_map;
 
