@@ -288,4 +288,45 @@ mod tests {
         assert!(!journal.has_gap("new", "orders", 2));
         assert!(!FailureJournal::default().has_gap("new", "orders", 2));
     }
+
+    /// Makes every gap due for a re-read of the file.
+    fn recheck_now(journal: &FailureJournal) {
+        for gap in lock(&journal.gaps).values_mut() {
+            gap.checked = Instant::now().checked_sub(GAP_RECHECK).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_gap_is_not_closed_by_a_file_that_does_not_hold_its_range_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failures.jsonl");
+        let journal = FailureJournal::open(&path).unwrap();
+        // Hold the journal's thread (as a slow disk would) with a compaction to the empty
+        // state this journal is in anyway.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        journal
+            .journal
+            .as_ref()
+            .unwrap()
+            .compact(std::iter::once(()).filter_map(move |()| {
+                let _ = hold.recv();
+                None::<FailedRange>
+            }));
+        journal.record(&range(0));
+        recheck_now(&journal);
+        assert!(
+            journal.has_gap("new", "orders", 2),
+            "the range is queued, not in the file: the gap stays open"
+        );
+        release.send(()).unwrap();
+        journal.flush();
+        recheck_now(&journal);
+        assert!(
+            journal.has_gap("new", "orders", 2),
+            "now read from the file"
+        );
+        mark_repaired(&path, &range(0)).unwrap();
+        recheck_now(&journal);
+        assert!(!journal.has_gap("new", "orders", 2), "repaired");
+    }
 }

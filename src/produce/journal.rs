@@ -456,6 +456,7 @@ mod tests {
         let path = dir.path().join("journal.jsonl");
         let journal = Journal::open(&path, NAME).unwrap();
         journal.append(&entry("a", 1)).unwrap();
+        journal.flush();
         // A state that takes its time to produce, as a large map's rewrite does.
         let (release, hold) = mpsc::channel::<()>();
         let watchdog = release.clone();
