@@ -25,12 +25,16 @@
 //!   so a clean shutdown loses nothing, not even to a power loss afterwards.
 //! - A line torn by a crash (or by a failed write) is skipped by [`replay`]; the next line
 //!   appended starts on a line of its own.
+//!
+//! Within the process a reader sees its own writes: [`replay`] first waits until every
+//! journal open here on the same file has written what it had queued (a re-read of the
+//! failure journal, a test checking the file, a second instance started on the file).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,10 +50,12 @@ pub struct Replay<T> {
     pub unreadable: Vec<(usize, serde_json::Error)>,
 }
 
-/// Reads the journal at `path` (a missing file is an empty journal). Blank lines are
-/// skipped; a line that is not a `T` (torn by a crash, or not UTF-8) is set aside in
-/// [`Replay::unreadable`] and the rest are still read.
+/// Reads the journal at `path` (a missing file is an empty journal), once the journals open
+/// on it in this process have written what they queued. Blank lines are skipped; a line
+/// that is not a `T` (torn by a crash, or not UTF-8) is set aside in [`Replay::unreadable`]
+/// and the rest are still read.
 pub fn replay<T: DeserializeOwned>(path: &Path) -> std::io::Result<Replay<T>> {
+    wait_for_queued(path);
     let mut replay = Replay {
         entries: Vec::new(),
         unreadable: Vec::new(),
@@ -156,13 +162,44 @@ fn rewrite_lines(
     Ok(file)
 }
 
+/// Journals open in this process, by file, for [`replay`]'s wait.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Mutex<Queue>>)>> = Mutex::new(Vec::new());
+
+/// Waits until every journal open in this process on the file at `path` has done what it
+/// had queued.
+fn wait_for_queued(path: &Path) {
+    let Ok(file) = path.canonicalize() else {
+        return; // Open journals create their file: none is open on this one.
+    };
+    let queues: Vec<Arc<Mutex<Queue>>> = lock(&OPEN)
+        .iter()
+        .filter(|(open, _)| *open == file)
+        .filter_map(|(_, queue)| queue.upgrade())
+        .collect();
+    for queue in queues {
+        flush(&queue);
+    }
+}
+
+/// Waits until the thread behind `queue` has done everything queued so far.
+fn flush(queue: &Mutex<Queue>) {
+    let (done, wait) = mpsc::sync_channel(1);
+    let sent = match &lock(queue).commands {
+        Some(commands) => commands.send(Command::Flush(done)).is_ok(),
+        None => false,
+    };
+    if sent {
+        let _ = wait.recv();
+    }
+}
+
 /// An open journal: appends and compactions go to its thread.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     /// The channel to the thread, and the number of the last line queued on it; one lock
     /// so that lines are numbered in the order they are queued.
-    queue: Mutex<Queue>,
+    queue: Arc<Mutex<Queue>>,
     /// Lines the thread is done with (written, or failed and logged), counted from 1.
     written: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -226,12 +263,17 @@ impl Journal {
         let thread = std::thread::Builder::new()
             .name("kshift-journal".into())
             .spawn(move || writer.run(receiver))?;
+        let queue = Arc::new(Mutex::new(Queue {
+            commands: Some(commands),
+            appended: 0,
+        }));
+        let mut open = lock(&OPEN);
+        open.retain(|(_, queue)| queue.strong_count() > 0);
+        open.push((path.canonicalize()?, Arc::downgrade(&queue)));
+        drop(open);
         Ok(Journal {
             path: path.to_path_buf(),
-            queue: Mutex::new(Queue {
-                commands: Some(commands),
-                appended: 0,
-            }),
+            queue,
             written,
             thread: Some(thread),
         })
@@ -279,14 +321,7 @@ impl Journal {
     /// Waits until everything queued so far is done. Blocks: for tests and tools, not for
     /// async code.
     pub fn flush(&self) {
-        let (done, wait) = mpsc::sync_channel(1);
-        let sent = match &lock(&self.queue).commands {
-            Some(commands) => commands.send(Command::Flush(done)).is_ok(),
-            None => false,
-        };
-        if sent {
-            let _ = wait.recv();
-        }
+        flush(&self.queue);
     }
 }
 
