@@ -13,16 +13,18 @@
 //! What is durable when:
 //! - A line is queued when [`Journal::append`] returns, and written (handed to the kernel,
 //!   one `write` per burst) as soon as the thread takes it, which is at once unless the
-//!   thread is compacting. From then on it survives kshift dying. If kshift dies (killed,
-//!   aborted, out of memory) before that, the lines still queued are lost: always the last
-//!   ones appended, so the file holds a prefix of the appends.
-//! - Appends are not fsynced, as before: an OS crash or power loss loses what the kernel had
-//!   not yet written back. [`Journal::has_written`] says whether one line has been written.
+//!   thread is compacting; [`Journal::has_written`] tells. From then on it survives kshift
+//!   dying. If kshift dies (killed, aborted, out of memory) before that, the lines still
+//!   queued are lost: always the last ones appended, so the file holds a prefix of the
+//!   appends.
+//! - Appends are not fsynced: an OS crash or power loss loses what the kernel had not yet
+//!   written back.
 //! - A compaction writes a temporary file, fsyncs it, renames it over the journal and fsyncs
 //!   the directory: a crash at any point leaves the old journal or the new one, never a mix.
 //!   Appends queued meanwhile wait for it, then go to the new file.
-//! - Dropping the [`Journal`] writes whatever is queued, fsyncs the file and waits for that,
-//!   so a clean shutdown loses nothing, not even to a power loss afterwards.
+//! - Dropping the [`Journal`] (with its owner, as kshift stops) writes whatever is queued,
+//!   fsyncs the file and waits for that: nothing queued is lost, not even to a power loss
+//!   afterwards.
 //! - A line torn by a crash (or by a failed write) is skipped by [`replay`]; the next line
 //!   appended starts on a line of its own.
 //!
@@ -291,7 +293,7 @@ impl Journal {
         queue.appended += 1;
         let number = LineNumber(queue.appended);
         if let Some(commands) = &queue.commands {
-            // Fails only if the thread is gone; its end was logged.
+            // Fails only if the thread died (a panic, reported on stderr): the line is lost.
             let _ = commands.send(Command::Append(line));
         }
         Ok(number)
@@ -335,6 +337,9 @@ impl Drop for Journal {
     }
 }
 
+/// Bytes of queued lines the journal's thread gathers into one write.
+const MAX_BURST_BYTES: usize = 1 << 20;
+
 /// The journal's thread: owns the file.
 struct Writer {
     path: PathBuf,
@@ -352,7 +357,8 @@ impl Writer {
         while let Some(command) = next.take() {
             match command {
                 Command::Append(line) => {
-                    // Every append already queued goes into the same write.
+                    // The appends already queued go into the same write (up to a bound, so
+                    // that appenders faster than this loop cannot keep it from writing).
                     burst.clear();
                     if self.torn {
                         burst.push(b'\n');
@@ -360,7 +366,7 @@ impl Writer {
                     let mut lines = 1;
                     burst.extend_from_slice(&line);
                     burst.push(b'\n');
-                    loop {
+                    while burst.len() < MAX_BURST_BYTES {
                         match commands.try_recv() {
                             Ok(Command::Append(line)) => {
                                 lines += 1;
