@@ -16,6 +16,7 @@
 //!   own address.
 
 pub mod broker_connection;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -193,23 +194,24 @@ impl Cluster {
     /// Opens a connection to `address`, one of this cluster's brokers.
     pub async fn connect(&self, address: &str) -> Result<BrokerConnection, BackendError> {
         self.metrics.backend_connection_opened(&self.name);
-        let observer = Observer {
-            metrics: self.backend_metrics.clone(),
-        };
-        let connected = BrokerConnection::connect(
-            address,
-            self.settings.connect_timeout,
-            Some(observer),
-            &self.security,
-        )
-        .await;
+        let opened =
+            transport::connect(address, self.settings.connect_timeout, &self.security).await;
         if let Err(error @ (BackendError::Tls { .. } | BackendError::Authentication { .. })) =
-            &connected
+            &opened
         {
             // A configuration problem an operator must fix (credentials, CA, name).
             tracing::warn!(cluster = %self.name, %error, "backend refused kshift's connection");
         }
-        connected
+        let (read_half, write_half) = opened?.into_halves();
+        let observer = Observer {
+            metrics: self.backend_metrics.clone(),
+        };
+        Ok(BrokerConnection::from_halves(
+            read_half,
+            write_half,
+            address.into(),
+            Some(observer),
+        ))
     }
 
     /// Connects to any known broker, then to the bootstrap list.

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 mod backfill;
 pub mod failures;
+pub mod journal;
 pub mod offset_map;
 pub mod producer;
 pub mod written;

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["security"],
     &["config"],
     &["routing"],
+    &["error"],
     &["codec", "metrics", "sync"],
 ];
 

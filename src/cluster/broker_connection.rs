@@ -1,5 +1,5 @@
-//! One TCP connection to one backend broker, over TLS and authenticated with SASL when the
-//! cluster is configured so (both done in [`BrokerConnection::connect`], before any request).
+//! One connection to one backend broker, over any byte stream: a socket opened (and
+//! secured, and authenticated) by [`super::transport`], or an in-memory pipe in tests.
 //!
 //! Shape (after rskafka's messenger): a writer task owns the write half and sends frames
 //! in the order [`BrokerConnection::send`] was called; a reader task owns the read half and
@@ -10,10 +10,10 @@
 //!   so a caller that calls it in request order keeps that order on the wire.
 //! - A read or write error poisons the connection: every pending request fails with that
 //!   error, later sends fail at once, and the owner opens a new connection.
-//! - A waiting request that is dropped (its client went away) leaves its entry until the
-//!   broker answers; the answer is then discarded. The broker answers every request it
-//!   read, so entries do not accumulate.
-//! - When every handle is dropped the writer closes the socket once queued frames are
+//! - A waiting request that is dropped (its client went away, or its deadline passed) leaves
+//!   its entry until the broker answers; the answer is then discarded. The broker answers
+//!   every request it read, so entries do not accumulate.
+//! - When every handle is dropped the writer closes the stream once queued frames are
 //!   written; the reader stops as soon as no response is awaited.
 
 use std::collections::HashMap;
@@ -25,19 +25,17 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, FrameError};
 use crate::error::BackendError;
 use crate::metrics::BackendFailure;
-use crate::security::{sasl_client, BackendSecurity};
 use crate::sync::lock;
 
-/// The read half of a broker connection, plain or TLS.
-type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
-/// The write half of a broker connection, plain or TLS.
-type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// The read half of a broker connection's stream.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a broker connection's stream.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Largest response frame accepted from a broker (fetch responses can be large).
 const MAX_RESPONSE_BYTES: usize = 1 << 30;
@@ -132,58 +130,26 @@ impl ResponseFuture {
 }
 
 impl BrokerConnection {
-    /// Opens a connection to `address` within `timeout` (TCP, then TLS and SASL as
-    /// `security` says, each within `timeout`).
-    pub async fn connect(
-        address: &str,
-        timeout: Duration,
+    /// Runs a connection over `stream`, already open (and secured and authenticated, if
+    /// the cluster asks for that) to the broker at `address`. Spawns the reader and writer
+    /// tasks, so it must be called inside a tokio runtime.
+    pub fn new<S>(stream: S, address: Arc<str>, observer: Option<Observer>) -> BrokerConnection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        BrokerConnection::from_halves(Box::new(read_half), Box::new(write_half), address, observer)
+    }
+
+    /// Like [`BrokerConnection::new`], over a stream already split in two: a TCP socket's
+    /// owned halves need no lock between the reader and the writer
+    /// ([`super::transport::Transport::into_halves`]).
+    pub fn from_halves(
+        read_half: ReadHalf,
+        write_half: WriteHalf,
+        address: Arc<str>,
         observer: Option<Observer>,
-        security: &BackendSecurity,
-    ) -> Result<BrokerConnection, BackendError> {
-        let address: Arc<str> = address.into();
-        let connect_error = |reason: String| BackendError::Connect {
-            address: address.clone(),
-            reason: reason.into(),
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&*address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(connect_error(e.to_string())),
-            Err(_) => return Err(connect_error(format!("no answer within {timeout:?}"))),
-        };
-        stream
-            .set_nodelay(true)
-            .map_err(|e| connect_error(e.to_string()))?;
-        let (read_half, write_half): (ReadHalf, WriteHalf) = match &security.tls {
-            None => {
-                let mut stream = stream;
-                authenticate(&mut stream, &address, timeout, security).await?;
-                let (read_half, write_half) = stream.into_split();
-                (Box::new(read_half), Box::new(write_half))
-            }
-            Some(tls) => {
-                let tls_error = |reason: String| BackendError::Tls {
-                    address: address.clone(),
-                    reason: reason.into(),
-                };
-                let host = crate::config::parse_host_port(&address)
-                    .map(|(host, _)| host)
-                    .map_err(tls_error)?;
-                let server_name = tls.server_name(&host).map_err(tls_error)?;
-                let mut stream = match tokio::time::timeout(
-                    timeout,
-                    tls.connector().connect(server_name, stream),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return Err(tls_error(e.to_string())),
-                    Err(_) => return Err(tls_error(format!("no handshake within {timeout:?}"))),
-                };
-                authenticate(&mut stream, &address, timeout, security).await?;
-                let (read_half, write_half) = tokio::io::split(stream);
-                (Box::new(read_half), Box::new(write_half))
-            }
-        };
+    ) -> BrokerConnection {
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let state = Arc::new(SharedState {
             next_correlation_id: AtomicI32::new(0),
@@ -197,13 +163,12 @@ impl BrokerConnection {
             state.clone(),
             address.clone(),
         ));
-        tracing::debug!(broker = %address, "connected to backend broker");
-        Ok(BrokerConnection {
+        BrokerConnection {
             address,
             observer,
             outbound,
             state,
-        })
+        }
     }
 
     pub fn address(&self) -> &Arc<str> {
@@ -301,27 +266,6 @@ pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     now.checked_add(timeout)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(now)
-}
-
-/// Runs the SASL exchange on a fresh `stream` when the cluster has credentials.
-async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    address: &Arc<str>,
-    timeout: Duration,
-    security: &BackendSecurity,
-) -> Result<(), BackendError> {
-    let Some(credentials) = &security.sasl else {
-        return Ok(());
-    };
-    let failed = |reason: String| BackendError::Authentication {
-        address: address.clone(),
-        reason: reason.into(),
-    };
-    match tokio::time::timeout(timeout, sasl_client::authenticate(stream, credentials)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(failed(error.to_string())),
-        Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
-    }
 }
 
 /// Fails every pending request with `error` and refuses new ones.
@@ -453,4 +397,336 @@ async fn run_reader(read_half: ReadHalf, state: Arc<SharedState>, address: Arc<s
         }
     };
     poison(&state, error);
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection driven over an in-memory pipe (`tokio::io::duplex`), with the test
+    //! playing the broker on the other end, as rskafka's messenger tests do.
+
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// Metadata v12: flexible, so answers carry a response header with tagged fields (v1),
+    /// which the reader must strip by the version the request registered.
+    const API: ApiKey = ApiKey::Metadata;
+    const VERSION: i16 = 12;
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// The broker's end of the pipe: reads kshift's requests, answers as the test says.
+    struct FakeBroker {
+        stream: DuplexStream,
+    }
+
+    impl FakeBroker {
+        async fn request(&mut self) -> codec::Request {
+            let frame = codec::read_frame(&mut self.stream, 1 << 20)
+                .await
+                .expect("a request frame")
+                .expect("the connection is open");
+            codec::Request::parse(frame).expect("a well-formed request header")
+        }
+
+        async fn answer(&mut self, request: &codec::Request, body: &[u8]) {
+            self.answer_as(request, request.correlation_id, body).await;
+        }
+
+        async fn answer_as(&mut self, request: &codec::Request, correlation_id: i32, body: &[u8]) {
+            let head = codec::response_frame_head(
+                request.api_key,
+                request.api_version,
+                correlation_id,
+                body.len(),
+            )
+            .unwrap();
+            self.write(&head).await;
+            self.write(body).await;
+        }
+
+        async fn write(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+            self.stream.flush().await.unwrap();
+        }
+    }
+
+    fn connection_with(observer: Option<Observer>) -> (BrokerConnection, FakeBroker) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let connection = BrokerConnection::new(ours, "broker-7:9092".into(), observer);
+        (connection, FakeBroker { stream: theirs })
+    }
+
+    fn connection() -> (BrokerConnection, FakeBroker) {
+        connection_with(None)
+    }
+
+    fn send(connection: &BrokerConnection, body: &'static str) -> ResponseFuture {
+        connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::from_static(body.as_bytes()),
+            )
+            .expect("the connection takes the request")
+    }
+
+    async fn answer_of(response: ResponseFuture) -> Result<String, BackendError> {
+        let body = response.wait(PATIENCE).await?;
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Waits until the reader has noticed what the broker did (it runs as its own task).
+    async fn until_poisoned(connection: &BrokerConnection) {
+        tokio::time::timeout(PATIENCE, async {
+            while !connection.is_poisoned() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the connection is poisoned");
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_reach_the_broker_in_order_and_each_gets_its_own_answer() {
+        let (connection, mut broker) = connection();
+        let broker = tokio::spawn(async move {
+            // All three are read before the first is answered: pipelined on one stream.
+            let mut requests = Vec::new();
+            for _ in 0..3 {
+                requests.push(broker.request().await);
+            }
+            for request in &requests {
+                let body = format!("answer to {}", String::from_utf8_lossy(&request.body));
+                broker.answer(request, body.as_bytes()).await;
+            }
+            let seen: Vec<(i32, String)> = requests
+                .iter()
+                .map(|request| {
+                    (
+                        request.correlation_id,
+                        String::from_utf8_lossy(&request.body).into_owned(),
+                    )
+                })
+                .collect();
+            // Handed back with the broker's end, which stays open.
+            (seen, broker)
+        });
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        let three = send(&connection, "three");
+        // Awaited last first: each answer still reaches the request it belongs to.
+        assert_eq!(answer_of(three).await.unwrap(), "answer to three");
+        assert_eq!(answer_of(one).await.unwrap(), "answer to one");
+        assert_eq!(answer_of(two).await.unwrap(), "answer to two");
+        let (seen, _broker) = broker.await.unwrap();
+        let bodies: Vec<&str> = seen.iter().map(|(_, body)| body.as_str()).collect();
+        assert_eq!(bodies, ["one", "two", "three"], "wire order is send order");
+        let ids: Vec<i32> = seen.iter().map(|(id, _)| *id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(!connection.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_an_unknown_correlation_id_fails_every_waiter_and_poisons_the_connection()
+    {
+        let (connection, mut broker) = connection();
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        let first = broker.request().await;
+        broker.request().await;
+        broker.answer_as(&first, 999, b"whose?").await;
+        let errors = [
+            answer_of(one).await.unwrap_err(),
+            answer_of(two).await.unwrap_err(),
+        ];
+        for error in &errors {
+            assert!(
+                matches!(error, BackendError::Protocol { reason, .. } if reason.contains("unknown correlation id 999")),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            errors[0].to_string(),
+            errors[1].to_string(),
+            "one error for all"
+        );
+        assert!(connection.is_poisoned());
+        assert!(connection.failed_in_flight());
+        // Never reused: a later request fails at once with the same error, unsent.
+        let later = connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::new(),
+            )
+            .err()
+            .expect("a poisoned connection refuses requests");
+        assert_eq!(later.to_string(), errors[0].to_string());
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_cannot_be_an_answer_fails_every_waiter_and_poisons_the_connection() {
+        let too_large = i32::try_from(MAX_RESPONSE_BYTES + 1).unwrap().to_be_bytes();
+        let cases: [(&str, &[u8]); 3] = [
+            ("shorter than its header", &[0, 0, 0, 2, 0, 1]),
+            ("negative frame length", &(-5i32).to_be_bytes()),
+            ("exceeds the limit", &too_large),
+        ];
+        for (expected, frame) in cases {
+            let (connection, mut broker) = connection();
+            let one = send(&connection, "one");
+            let two = send(&connection, "two");
+            broker.request().await;
+            broker.request().await;
+            broker.write(frame).await;
+            for response in [one, two] {
+                let error = answer_of(response).await.unwrap_err();
+                assert!(
+                    matches!(&error, BackendError::Protocol { reason, .. } if reason.contains(expected)),
+                    "{expected}: {error}"
+                );
+            }
+            assert!(connection.is_poisoned(), "{expected}");
+            assert!(connection.failed_in_flight(), "{expected}");
+            assert!(connection
+                .request(
+                    API,
+                    VERSION,
+                    &StrBytes::from_static_str("test"),
+                    Bytes::new()
+                )
+                .is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_whose_header_does_not_decode_fails_only_its_own_request() {
+        // The frame's length still says where the next answer starts, so the stream is in
+        // step and the connection carries on.
+        let (connection, mut broker) = connection();
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        let first = broker.request().await;
+        let second = broker.request().await;
+        // Header v1: the correlation id, then one tagged field of 10 bytes that never come.
+        let mut frame = 7i32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&first.correlation_id.to_be_bytes());
+        frame.extend_from_slice(&[1, 0, 10]);
+        broker.write(&frame).await;
+        broker.answer(&second, b"fine").await;
+        let error = answer_of(one).await.unwrap_err();
+        assert!(
+            matches!(&error, BackendError::Protocol { reason, .. } if reason.contains("response header")),
+            "{error}"
+        );
+        assert_eq!(answer_of(two).await.unwrap(), "fine");
+        assert!(!connection.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_closes_fails_its_waiters_and_every_later_request() {
+        let (connection, mut broker) = connection();
+        let one = send(&connection, "one");
+        let two = send(&connection, "two");
+        broker.request().await;
+        broker.request().await;
+        drop(broker);
+        for response in [one, two] {
+            let error = answer_of(response).await.unwrap_err();
+            assert!(
+                matches!(&error, BackendError::Closed { reason, .. } if reason.contains("broker closed the connection")),
+                "{error}"
+            );
+        }
+        assert!(connection.is_poisoned());
+        assert!(connection.failed_in_flight());
+        let later = connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::new(),
+            )
+            .err()
+            .expect("a closed connection refuses requests");
+        assert!(matches!(later, BackendError::Closed { .. }), "{later}");
+
+        // Closed while idle: later requests fail too, but nothing was in flight (so its
+        // owner may open a new connection without reordering anything).
+        let (connection, broker) = self::connection();
+        drop(broker);
+        until_poisoned(&connection).await;
+        assert!(!connection.failed_in_flight());
+        assert!(connection
+            .request(
+                API,
+                VERSION,
+                &StrBytes::from_static_str("test"),
+                Bytes::new()
+            )
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_fails_only_its_request_and_the_late_answer_is_discarded() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let observer = Observer {
+            metrics: metrics.backend(&"old".into()),
+        };
+        let (connection, mut broker) = connection_with(Some(observer));
+        let slow = send(&connection, "slow");
+        let slow_request = broker.request().await;
+        let error = slow.wait(Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(error, BackendError::Timeout { .. }), "{error}");
+        assert!(
+            !connection.is_poisoned(),
+            "a timeout does not break the connection"
+        );
+        let next = send(&connection, "next");
+        let next_request = broker.request().await;
+        // The broker answers in order: the timed-out request first, to no one.
+        broker.answer(&slow_request, b"too late").await;
+        broker.answer(&next_request, b"on time").await;
+        assert_eq!(answer_of(next).await.unwrap(), "on time");
+        assert!(!connection.is_poisoned());
+        let exposition = metrics.exposition();
+        let line = |name: &str| {
+            exposition
+                .lines()
+                .find(|line| line.starts_with(name) && line.contains("api=\"Metadata\""))
+                .map(str::to_string)
+        };
+        let errors = line("kshift_backend_errors_total").expect(&exposition);
+        assert!(
+            errors.contains("error=\"timeout\"") && errors.ends_with(" 1"),
+            "{errors}"
+        );
+        let requests = line("kshift_backend_requests_total").expect(&exposition);
+        assert!(requests.ends_with(" 1"), "{requests}");
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_closes_the_stream_after_what_was_queued() {
+        let (connection, mut broker) = connection();
+        let _response = connection
+            .send(
+                ApiKey::Produce,
+                3,
+                &StrBytes::from_static_str("test"),
+                Bytes::from_static(b"acks=0"),
+                false,
+            )
+            .unwrap();
+        drop(connection);
+        assert_eq!(&broker.request().await.body[..], b"acks=0");
+        let end = tokio::time::timeout(PATIENCE, codec::read_frame(&mut broker.stream, 1 << 20))
+            .await
+            .expect("the stream is closed")
+            .unwrap();
+        assert!(
+            end.is_none(),
+            "the stream ends cleanly after the last frame"
+        );
+    }
 }

@@ -14,14 +14,21 @@
 //! translation wrong). The journal re-reads the file at most once per [`GAP_RECHECK`] per gap
 //! to notice a repair. (Writer and producer run apart, so a partition's ranges can reach the
 //! file out of write order; repair sorts them.)
+//!
+//! Ranges are appended by the [`super::journal`]'s thread (what a crash may lose: see that
+//! module). A gap is open from the moment its range is queued; a re-read does not close it
+//! before the last range queued for it is in the file.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use super::journal::{self, Journal, JournalName, LineNumber};
+use crate::sync::lock;
 
 /// One batch missing from a mirror.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,48 +74,64 @@ pub const GAP_RECHECK: Duration = Duration::from_secs(1);
 /// (mirror cluster, client-visible topic, write partition).
 type GapKey = (String, String, i32);
 
+const JOURNAL_NAME: JournalName = JournalName {
+    what: "the mirror failure file",
+    if_lost: "kshift repair will not know these ranges",
+};
+
 #[derive(Debug, Default)]
 pub struct FailureJournal {
-    file: Option<Mutex<std::fs::File>>,
-    /// The journal's path, re-read to see repairs; `None` without a journal.
-    path: Option<PathBuf>,
-    /// Partitions with pending ranges, and when each was last checked against the file.
-    gaps: Mutex<HashMap<GapKey, Instant>>,
+    /// `None` without a journal file.
+    journal: Option<Journal>,
+    /// Partitions with pending ranges.
+    gaps: Mutex<HashMap<GapKey, Gap>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    /// When the file was last read for this gap (or the gap opened).
+    checked: Instant,
+    /// The journal line of the last range recorded for this gap (0 for ranges read at start):
+    /// until it is written, the file cannot tell whether the gap is repaired.
+    last_line: LineNumber,
 }
 
 impl FailureJournal {
     /// Opens (or creates) the journal; ranges still pending from an earlier run are gaps.
     pub fn open(path: &Path) -> std::io::Result<FailureJournal> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
         let now = Instant::now();
         let gaps = pending(path)?
             .into_iter()
-            .map(|range| (gap_key(&range), now))
+            .map(|range| {
+                let gap = Gap {
+                    checked: now,
+                    last_line: LineNumber::default(),
+                };
+                (gap_key(&range), gap)
+            })
             .collect();
         Ok(FailureJournal {
-            file: Some(Mutex::new(file)),
-            path: Some(path.to_path_buf()),
+            journal: Some(Journal::open(path, JOURNAL_NAME)?),
             gaps: Mutex::new(gaps),
         })
     }
 
-    /// Appends `range` (a no-op without a journal file; the log line is still written by
-    /// the caller) and opens a gap for its partition.
+    /// Queues `range` for the journal (a no-op without a journal file; the log line is still
+    /// written by the caller) and opens a gap for its partition.
     pub fn record(&self, range: &FailedRange) {
-        let Some(file) = &self.file else { return };
-        if let Ok(mut line) = serde_json::to_string(range) {
-            line.push('\n');
-            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(error) = file.write_all(line.as_bytes()) {
+        let Some(journal) = &self.journal else { return };
+        let last_line = match journal.append(range) {
+            Ok(line) => line,
+            Err(error) => {
                 tracing::error!(%error, "cannot append to the mirror failure file");
                 return;
             }
-        }
-        let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
-        if gaps.insert(gap_key(range), Instant::now()).is_none() {
+        };
+        let gap = Gap {
+            checked: Instant::now(),
+            last_line,
+        };
+        if lock(&self.gaps).insert(gap_key(range), gap).is_none() {
             tracing::warn!(
                 mirror_cluster = %range.mirror_cluster,
                 topic = %range.topic,
@@ -122,27 +145,36 @@ impl FailureJournal {
     /// Whether `topic`'s `partition` has unrepaired ranges for `mirror_cluster`. Always
     /// false without a journal file (nothing could ever close the gap).
     pub fn has_gap(&self, mirror_cluster: &str, topic: &str, partition: i32) -> bool {
-        let Some(path) = &self.path else { return false };
+        let Some(journal) = &self.journal else {
+            return false;
+        };
         let key = (mirror_cluster.to_string(), topic.to_string(), partition);
-        {
-            let gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
-            match gaps.get(&key) {
-                None => return false,
-                Some(checked) if checked.elapsed() < GAP_RECHECK => return true,
-                Some(_) => {}
-            }
-        }
-        // Read outside the lock; a range journalled meanwhile is in the file already.
-        let still_pending = match pending(path) {
+        let read_through = match lock(&self.gaps).get(&key) {
+            None => return false,
+            Some(gap) if gap.checked.elapsed() < GAP_RECHECK => return true,
+            // Its last range is still on its way to the file, so it is not repaired.
+            Some(gap) if !journal.has_written(gap.last_line) => return true,
+            Some(gap) => gap.last_line,
+        };
+        // Read outside the lock; a range recorded meanwhile has a later line.
+        let still_pending = match pending(journal.path()) {
             Ok(ranges) => ranges.iter().any(|range| gap_key(range) == key),
             Err(error) => {
                 tracing::error!(%error, "cannot read the mirror failure file");
                 true
             }
         };
-        let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
-        if still_pending {
-            gaps.insert(key, Instant::now());
+        let mut gaps = lock(&self.gaps);
+        let recorded_meanwhile = gaps
+            .get(&key)
+            .is_some_and(|gap| gap.last_line > read_through);
+        if still_pending || recorded_meanwhile {
+            let gap = gaps.entry(key).or_insert(Gap {
+                checked: Instant::now(),
+                last_line: read_through,
+            });
+            gap.checked = Instant::now();
+            true
         } else {
             gaps.remove(&key);
             tracing::info!(
@@ -151,8 +183,16 @@ impl FailureJournal {
                 partition,
                 "mirror gap repaired: mirroring this partition again"
             );
+            false
         }
-        still_pending
+    }
+
+    /// Waits until every range recorded so far is in the file.
+    #[cfg(test)]
+    fn flush(&self) {
+        if let Some(journal) = &self.journal {
+            journal.flush();
+        }
     }
 }
 
@@ -170,22 +210,14 @@ fn repaired_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn read_lines(path: &Path) -> std::io::Result<Vec<String>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    std::io::BufReader::new(std::fs::File::open(path)?)
-        .lines()
-        .collect()
-}
-
 /// The ranges in the journal at `path` not yet repaired, in journal order.
 pub fn pending(path: &Path) -> std::io::Result<Vec<FailedRange>> {
-    let repaired: std::collections::HashSet<String> =
-        read_lines(&repaired_path(path))?.into_iter().collect();
-    Ok(read_lines(path)?
-        .iter()
-        .filter_map(|line| serde_json::from_str::<FailedRange>(line).ok())
+    let repaired: std::collections::HashSet<String> = journal::read_lines(&repaired_path(path))?
+        .into_iter()
+        .collect();
+    Ok(journal::replay::<FailedRange>(path)?
+        .entries
+        .into_iter()
         .filter(|range| !repaired.contains(&range.key()))
         .collect())
 }
@@ -254,5 +286,46 @@ mod tests {
         std::thread::sleep(GAP_RECHECK);
         assert!(!journal.has_gap("new", "orders", 2));
         assert!(!FailureJournal::default().has_gap("new", "orders", 2));
+    }
+
+    /// Makes every gap due for a re-read of the file.
+    fn recheck_now(journal: &FailureJournal) {
+        for gap in lock(&journal.gaps).values_mut() {
+            gap.checked = Instant::now().checked_sub(GAP_RECHECK).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_gap_is_not_closed_by_a_file_that_does_not_hold_its_range_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("failures.jsonl");
+        let journal = FailureJournal::open(&path).unwrap();
+        // Hold the journal's thread (as a slow disk would) with a compaction to the empty
+        // state this journal is in anyway.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        journal
+            .journal
+            .as_ref()
+            .unwrap()
+            .compact(std::iter::once(()).filter_map(move |()| {
+                let _ = hold.recv();
+                None::<FailedRange>
+            }));
+        journal.record(&range(0));
+        recheck_now(&journal);
+        assert!(
+            journal.has_gap("new", "orders", 2),
+            "the range is queued, not in the file: the gap stays open"
+        );
+        release.send(()).unwrap();
+        journal.flush();
+        recheck_now(&journal);
+        assert!(
+            journal.has_gap("new", "orders", 2),
+            "now read from the file"
+        );
+        mark_repaired(&path, &range(0)).unwrap();
+        recheck_now(&journal);
+        assert!(!journal.has_gap("new", "orders", 2), "repaired");
     }
 }

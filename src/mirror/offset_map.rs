@@ -11,20 +11,23 @@
 //!   lookups binary-search them. At most [`MAX_SEGMENTS`] segments are kept per partition,
 //!   the oldest dropped first: a position older than what is kept is refused at cutover
 //!   (before the first mapped record), never translated wrongly.
-//! - With a journal file (`[proxy] offset_map_file`), every entry is appended as one JSON
-//!   line before it is visible, and the file is read back at start, so a restarted kshift
-//!   translates as before. Mirror clusters are journalled by name, not id. The journal is
-//!   rewritten as its segments at start and whenever it holds [`COMPACT_AFTER_LINES`]
-//!   lines more than segments, so it stays proportional to the map, not to the traffic.
+//! - With a journal file (`[proxy] offset_map_file`), every entry is queued as one JSON
+//!   line on the [`super::journal`]'s thread before it is visible, and the file is read back
+//!   at start, so a restarted kshift translates as before (what a crash may lose: see that
+//!   module). Mirror clusters are journalled by name, not id. The journal is rewritten as
+//!   its segments at start and whenever it holds [`COMPACT_AFTER_LINES`] lines more than
+//!   segments, so it stays proportional to the map, not to the traffic; that rewrite runs
+//!   on the journal's thread, not on the mirror producer's task that records.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::{self, Journal, JournalName};
 use crate::routing::ClusterId;
+use crate::sync::lock;
 
 pub mod fleet;
 
@@ -51,33 +54,40 @@ pub const COMPACT_AFTER_LINES: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct OffsetMap {
     entries: Mutex<HashMap<Key, Vec<OffsetMapping>>>,
-    journal: Option<Journal>,
+    journal: Option<Journalled>,
     /// The fleet's shared copy, with `[routing] redis`.
     fleet: Option<Arc<fleet::FleetOffsets>>,
 }
 
 #[derive(Debug)]
-struct Journal {
-    path: std::path::PathBuf,
-    file: Mutex<JournalFile>,
+struct Journalled {
+    journal: Journal,
+    /// Held while an entry's line is queued and the entry put in the map, and while a
+    /// compaction is queued with a copy of the map: so the compaction holds every entry
+    /// whose line was queued before it, and later lines are queued after it.
+    lines: Mutex<LineCount>,
     /// Cluster names by id, as the journal names them.
-    clusters: Vec<String>,
+    clusters: Arc<[String]>,
 }
 
+const JOURNAL_NAME: JournalName = JournalName {
+    what: "the offset map file",
+    if_lost: "cutover translation will miss these batches",
+};
+
 #[derive(Debug)]
-struct JournalFile {
-    file: std::fs::File,
-    /// Lines in the file, and when to next compare them with the map's segments.
+struct LineCount {
+    /// Lines in the file (once the queue is written), and when to next compare them with
+    /// the map's segments.
     lines: usize,
     next_check: usize,
     /// Lines beyond the segments that trigger a rewrite ([`COMPACT_AFTER_LINES`]).
     compact_after: usize,
 }
 
-impl JournalFile {
-    fn new(file: std::fs::File, lines: usize, compact_after: usize) -> JournalFile {
-        JournalFile {
-            file,
+impl LineCount {
+    fn new(lines: usize, compact_after: usize) -> LineCount {
+        LineCount {
             lines,
             next_check: lines + compact_after,
             compact_after,
@@ -120,42 +130,32 @@ impl OffsetMap {
     pub fn open(path: &Path, clusters: &[String]) -> std::io::Result<OffsetMap> {
         let mut entries: HashMap<Key, Vec<OffsetMapping>> = HashMap::new();
         let mut loaded = 0usize;
-        if path.exists() {
-            let file = std::fs::File::open(path)?;
-            for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let entry: JournalEntry = match serde_json::from_str(&line) {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        // A torn last line after a crash: keep what came before it.
-                        tracing::warn!(path = %path.display(), line = number + 1, %error, "skipping unreadable offset map line");
-                        continue;
-                    }
-                };
-                let Some(mirror_cluster) = clusters.iter().position(|c| *c == entry.mirror_cluster)
-                else {
-                    continue;
-                };
-                let mapping = OffsetMapping {
-                    topic: entry.topic.into(),
-                    write_partition: entry.write_partition,
-                    write_base_offset: entry.write_base_offset,
-                    mirror_cluster,
-                    mirror_partition: entry.mirror_partition,
-                    mirror_base_offset: entry.mirror_base_offset,
-                    record_count: entry.record_count,
-                };
-                let key = (
-                    mapping.topic.clone(),
-                    mapping.write_partition,
-                    mirror_cluster,
-                );
-                entries.entry(key).or_default().push(mapping);
-                loaded += 1;
-            }
+        let replay = journal::replay::<JournalEntry>(path)?;
+        for (line, error) in &replay.unreadable {
+            // A torn last line after a crash: keep what came before it.
+            tracing::warn!(path = %path.display(), line, %error, "skipping unreadable offset map line");
+        }
+        for entry in replay.entries {
+            let Some(mirror_cluster) = clusters.iter().position(|c| *c == entry.mirror_cluster)
+            else {
+                continue;
+            };
+            let mapping = OffsetMapping {
+                topic: entry.topic.into(),
+                write_partition: entry.write_partition,
+                write_base_offset: entry.write_base_offset,
+                mirror_cluster,
+                mirror_partition: entry.mirror_partition,
+                mirror_base_offset: entry.mirror_base_offset,
+                record_count: entry.record_count,
+            };
+            let key = (
+                mapping.topic.clone(),
+                mapping.write_partition,
+                mirror_cluster,
+            );
+            entries.entry(key).or_default().push(mapping);
+            loaded += 1;
         }
         let mut segments = 0usize;
         for list in entries.values_mut() {
@@ -167,26 +167,21 @@ impl OffsetMap {
         let mut lines = loaded;
         if segments * 2 < loaded {
             // Mostly contiguous batches: rewrite the journal as its segments.
-            compact_journal(path, &entries, clusters)?;
+            journal::rewrite(
+                path,
+                entries
+                    .values()
+                    .flatten()
+                    .map(|mapping| JournalEntry::of(mapping, clusters)),
+            )?;
             lines = segments;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        // After a torn last line, start the next entry on a line of its own.
-        let ends_cleanly = std::fs::read(path)
-            .map(|bytes| bytes.last().is_none_or(|b| *b == b'\n'))
-            .unwrap_or(true);
-        if !ends_cleanly {
-            file.write_all(b"\n")?;
         }
         Ok(OffsetMap {
             entries: Mutex::new(entries),
-            journal: Some(Journal {
-                path: path.to_path_buf(),
-                file: Mutex::new(JournalFile::new(file, lines, COMPACT_AFTER_LINES)),
-                clusters: clusters.to_vec(),
+            journal: Some(Journalled {
+                journal: Journal::open(path, JOURNAL_NAME)?,
+                lines: Mutex::new(LineCount::new(lines, COMPACT_AFTER_LINES)),
+                clusters: clusters.into(),
             }),
             fleet: None,
         })
@@ -236,53 +231,54 @@ impl OffsetMap {
             mapping.write_partition,
             mapping.mirror_cluster,
         );
-        let Some(journal) = &self.journal else {
+        let Some(journalled) = &self.journal else {
             insert(self.lock().entry(key).or_default(), mapping);
             return;
         };
-        // The journal's lock is held until the entry is in the map too, so a compaction
-        // (under the same lock) rewrites every entry the old file held.
-        let mut file = journal.file.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = JournalEntry::of(&mapping, &journal.clusters);
-        if let Ok(mut line) = serde_json::to_string(&entry) {
-            line.push('\n');
-            match file.file.write_all(line.as_bytes()) {
-                Ok(()) => file.lines += 1,
-                Err(error) => {
-                    tracing::error!(%error, "cannot append to the offset map file; cutover translation will miss this batch");
-                }
+        let mut count = lock(&journalled.lines);
+        match journalled
+            .journal
+            .append(&JournalEntry::of(&mapping, &journalled.clusters))
+        {
+            Ok(_) => count.lines += 1,
+            Err(error) => {
+                tracing::error!(%error, "cannot append to the offset map file; cutover translation will miss this batch");
             }
         }
-        let check = file.lines >= file.next_check;
+        let check = count.lines >= count.next_check;
         let segments = {
             let mut entries = self.lock();
             insert(entries.entry(key).or_default(), mapping);
             check.then(|| entries.values().map(Vec::len).sum::<usize>())
         };
         let Some(segments) = segments else { return };
-        if file.lines > segments + file.compact_after {
+        if count.lines > segments + count.compact_after {
+            // A copy of the map, taken here (under `lines`); its lines are made and written
+            // on the journal's thread.
             let snapshot = self.lock().clone();
-            let compacted = compact_journal(&journal.path, &snapshot, &journal.clusters)
-                .and_then(|()| std::fs::OpenOptions::new().append(true).open(&journal.path));
-            match compacted {
-                Ok(reopened) => {
-                    tracing::debug!(lines = file.lines, segments, "offset map journal compacted");
-                    *file = JournalFile::new(reopened, segments, file.compact_after);
-                    return;
-                }
-                Err(error) => {
-                    tracing::error!(path = %journal.path.display(), %error, "cannot compact the offset map file; it keeps growing");
-                }
-            }
+            let clusters = journalled.clusters.clone();
+            journalled.journal.compact(
+                snapshot
+                    .into_values()
+                    .flatten()
+                    .map(move |mapping| JournalEntry::of(&mapping, &clusters)),
+            );
+            tracing::debug!(
+                lines = count.lines,
+                segments,
+                "offset map journal compaction queued"
+            );
+            *count = LineCount::new(segments, count.compact_after);
+            return;
         }
-        file.next_check = file.lines + file.compact_after / 10;
+        count.next_check = count.lines + count.compact_after / 10;
     }
 
     #[cfg(test)]
     fn compact_after(&self, lines: usize) {
-        if let Some(journal) = &self.journal {
-            let mut file = journal.file.lock().unwrap();
-            *file = JournalFile::new(file.file.try_clone().unwrap(), file.lines, lines);
+        if let Some(journalled) = &self.journal {
+            let mut count = lock(&journalled.lines);
+            *count = LineCount::new(count.lines, lines);
         }
     }
 
@@ -423,27 +419,6 @@ fn coalesce(list: Vec<OffsetMapping>) -> Vec<OffsetMapping> {
     merged
 }
 
-/// Rewrites the journal at `path` with one line per segment (via a temporary file and a
-/// rename, so a crash leaves the old or the new journal, never a mix).
-fn compact_journal(
-    path: &Path,
-    entries: &HashMap<Key, Vec<OffsetMapping>>,
-    clusters: &[String],
-) -> std::io::Result<()> {
-    let temporary = path.with_extension("compacting");
-    {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
-        for mapping in entries.values().flatten() {
-            let entry = JournalEntry::of(mapping, clusters);
-            let line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
-            writeln!(file, "{line}")?;
-        }
-        file.flush()?;
-        file.get_ref().sync_all()?;
-    }
-    std::fs::rename(&temporary, path)
-}
-
 /// Where a consumer position lands on the other cluster; see [`OffsetMap::position`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
@@ -483,6 +458,7 @@ fn position_in(segments: &[(i64, i64, i64)], offset: i64) -> Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn mapping(write: i64, mirror: i64, count: i64) -> OffsetMapping {
         OffsetMapping {
