@@ -9,6 +9,7 @@ mod raw;
 
 use std::time::Duration;
 
+use common::encode::RecordBatch;
 use common::Broker;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse};
 use kshift::config::Config;
@@ -287,7 +288,7 @@ async fn produce_runs_behind_a_parked_fetch(window: usize) -> bool {
             ApiKey::Produce,
             7,
             3,
-            &raw::produce_request(&topic, 1, raw::record_batch(1)),
+            &raw::produce_request(&topic, 1, RecordBatch::new(1).encode()),
         )
         .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -347,7 +348,7 @@ async fn second_frame_read_while_first_waits(budget_bytes: usize) -> bool {
         bootstrap.join(", ")
     );
     let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
-    let batch = raw::record_batch(600);
+    let batch = RecordBatch::new(600).encode();
     assert!(
         (33_000..60_000).contains(&batch.len()),
         "{} bytes",

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::encode::RecordBatch;
 use common::mock_cluster::MockKafka;
 use common::{Kshift, TIMEOUT};
 use futures_util::FutureExt;
@@ -105,7 +106,7 @@ fn batch_request(topic: &str, partitions: impl IntoIterator<Item = i32>) -> Prod
                     .map(|p| {
                         PartitionProduceData::default()
                             .with_index(p)
-                            .with_records(Some(raw::record_batch(2)))
+                            .with_records(Some(RecordBatch::new(2).encode()))
                     })
                     .collect(),
             )])

@@ -7,12 +7,14 @@
 //! broker quirk (see DESIGN.md, "Tests run against real brokers").
 //!
 //! Other real cluster shapes live in submodules: [`delay`] (a far link; [`FarBroker`] is a
-//! broker behind one) and [`mock_cluster`] (librdkafka's multi-broker MockCluster).
+//! broker behind one) and [`mock_cluster`] (librdkafka's multi-broker MockCluster). [`encode`]
+//! builds Kafka bytes (the one record-batch builder).
 //!
 //! Test binaries use different subsets of these helpers, hence the module-wide `dead_code` allow.
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod encode;
 pub mod mirror;
 pub mod mock_cluster;
 
