@@ -9,15 +9,15 @@
 //! `cargo bench --bench scale`. Without `--bench` (as `cargo test --all-targets` runs it) a
 //! smoke run of a few seconds: 50 connections, 100 partitions, 5 producers for 1 s.
 
-#[path = "../tests/common/mock_cluster.rs"]
-mod mock_cluster;
+#[path = "../tests/common/mod.rs"]
+mod harness;
 
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
+use harness::mock_cluster::MockKafka;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use mock_cluster::MockKafka;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};

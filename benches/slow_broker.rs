@@ -16,14 +16,14 @@
 //! `--bench` (as `cargo test --all-targets` runs it) it is a smoke run of about 5 seconds
 //! (broker 1 200 ms late, 1 s warm-up, 0.5 s measured, nothing asserted).
 
-#[path = "../tests/common/mock_cluster.rs"]
-mod mock_cluster;
+#[path = "../tests/common/mod.rs"]
+mod harness;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mock_cluster::MockKafka;
+use harness::mock_cluster::MockKafka;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

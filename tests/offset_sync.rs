@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mirror::{read_all, settled};
 use common::{Broker, Kshift};
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 2;
@@ -45,14 +44,10 @@ fn committed_on(bootstrap: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
 
 /// Produces `count` records keyed and valued `{prefix}-{i}` through `bootstrap`.
 async fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
-    let producer = common::producer(bootstrap, &[]);
-    let values: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    common::send_all(
-        &producer,
-        values
-            .iter()
-            .map(|v| FutureRecord::to(topic).key(v.as_str()).payload(v.as_str()))
-            .collect(),
+    common::send_values(
+        bootstrap,
+        topic,
+        (0..count).map(|i| format!("{prefix}-{i}")),
     )
     .await;
 }
@@ -107,19 +102,15 @@ async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_t
         positions.iter().map(|p| Some(*p)).collect::<Vec<_>>(),
         "the offsets translate to themselves, so this test could not tell a translation"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("the mirror to have the translated {expected:?} for the group");
+    common::eventually(Duration::from_secs(20), &what, async || {
         let on_new = committed_on(&new.bootstrap(), &group, &topic);
-        if on_new == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the mirror has {on_new:?} for the group, not the translated {expected:?}: {:?}",
+        (on_new == expected).then_some(()).ok_or(format!(
+            "{on_new:?}; offset sync {:?}",
             kshift.state().offset_sync.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
     assert!(kshift.state().offset_sync.snapshot().groups_synced >= 1);
 
     // A consumer of the group started straight on the mirror resumes where the group was.
@@ -170,15 +161,17 @@ async fn a_group_with_members_on_the_mirror_is_left_alone_there() {
     for partition in 0..PARTITIONS {
         common::commit_position(&kshift.bootstrap(), &group, &topic, partition, 3);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while kshift.state().offset_sync.snapshot().groups_active == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the sync never found the group's members on the mirror: {:?}",
-            kshift.state().offset_sync.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        Duration::from_secs(20),
+        "the sync to find the group's members on the mirror",
+        async || {
+            let snapshot = kshift.state().offset_sync.snapshot();
+            (snapshot.groups_active > 0)
+                .then_some(())
+                .ok_or(format!("{snapshot:?}"))
+        },
+    )
+    .await;
     assert_eq!(
         kshift.state().offset_sync.snapshot().groups_synced,
         0,
