@@ -1,0 +1,13 @@
+//! What the benches that run kshift in front of librdkafka's mock cluster (`scale`,
+//! `slow_broker`) share beside the tests' harness. The criterion benches take the tests' Kafka
+//! bytes (`tests/common/encode.rs`) directly.
+
+/// A tokio runtime of 2 worker threads for kshift (the benches' clients run on threads of
+/// their own).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
