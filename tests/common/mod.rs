@@ -585,9 +585,11 @@ pub fn single_cluster_toml_at(bootstrap: &str, proxy_lines: &str) -> String {
 /// `toml_text` (one of this module's configs) with kshift listening at `address` instead of
 /// on a free port: for a test that restarts kshift at the same address, or advertises it.
 pub fn listening_at(toml_text: &str, address: &str) -> String {
-    toml_text.replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{address}\""),
+    // The line itself: `admin_listen = "127.0.0.1:0"` ends the same way.
+    toml_text.replacen(
+        "\nlisten = \"127.0.0.1:0\"",
+        &format!("\nlisten = \"{address}\""),
+        1,
     )
 }
 
