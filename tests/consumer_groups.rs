@@ -42,6 +42,13 @@ fn subscribed(bootstrap: &str, group: &str, topic: &str) -> TestConsumer {
     consumer
 }
 
+/// `value-{i}` for each `i` in `range`, sorted (as [`values`] sorts what was received).
+fn sorted_values(range: std::ops::Range<usize>) -> Vec<String> {
+    let mut values: Vec<String> = range.map(|i| format!("value-{i}")).collect();
+    values.sort();
+    values
+}
+
 fn values(records: &[Received]) -> Vec<String> {
     let mut values: Vec<String> = records
         .iter()
@@ -68,11 +75,7 @@ async fn group_member_commits_and_the_next_member_resumes_there() {
 
     let first = subscribed(&kshift.bootstrap(), &group, &topic);
     let consumed = common::consume_n(&first, 20, GROUP_TIMEOUT).await;
-    let expected: Vec<String> = {
-        let mut all: Vec<String> = (0..20).map(|i| format!("value-{i}")).collect();
-        all.sort();
-        all
-    };
+    let expected = sorted_values(0..20);
     assert_eq!(values(&consumed), expected);
     let mut end_of: HashMap<i32, i64> = HashMap::new();
     for record in &consumed {
@@ -94,11 +97,7 @@ async fn group_member_commits_and_the_next_member_resumes_there() {
     produce_keyed(&kshift.bootstrap(), &topic, 20, 10).await;
     let second = subscribed(&kshift.bootstrap(), &group, &topic);
     let resumed = common::consume_n(&second, 10, GROUP_TIMEOUT).await;
-    let expected: Vec<String> = {
-        let mut all: Vec<String> = (20..30).map(|i| format!("value-{i}")).collect();
-        all.sort();
-        all
-    };
+    let expected = sorted_values(20..30);
     assert_eq!(values(&resumed), expected, "resumed after the commit");
     for record in &resumed {
         assert!(

@@ -168,12 +168,8 @@ async fn write_broker_crash(idempotent: bool, via_kshift: bool) {
         ],
     ));
     let stop = Arc::new(AtomicBool::new(false));
-    let group = common::unique_topic("crash-write-group");
-    let consumer = common::consumer(
-        &bootstrap,
-        &[("group.id", &group), ("enable.auto.commit", "true")],
-    );
-    let (seen, consuming) = common::collect_values(consumer, &topic, stop.clone());
+    let (seen, consuming) =
+        common::collect_values(&bootstrap, "crash-write-group", &topic, stop.clone());
     let sending = produce_steadily(
         "record",
         producer,
@@ -362,12 +358,8 @@ async fn kshift_restart_under_load_loses_nothing_and_the_group_keeps_going() {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let group = common::unique_topic("restart-kshift-group");
-    let consumer = common::consumer(
-        &through,
-        &[("group.id", &group), ("enable.auto.commit", "true")],
-    );
-    let (seen, consuming) = common::collect_values(consumer, &topic, stop.clone());
+    let (seen, consuming) =
+        common::collect_values(&through, "restart-kshift-group", &topic, stop.clone());
     let sending: Vec<_> = producers
         .iter()
         .zip(["idempotent", "plain"])

@@ -42,16 +42,6 @@ fn committed_on(bootstrap: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
         .collect()
 }
 
-/// Produces `count` records keyed and valued `{prefix}-{i}` through `bootstrap`.
-async fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
-    common::send_values(
-        bootstrap,
-        topic,
-        (0..count).map(|i| format!("{prefix}-{i}")),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_there_misses_nothing(
 ) {
@@ -61,9 +51,9 @@ async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_t
     common::create_topic(&new.bootstrap(), &topic, PARTITIONS).await;
     // The mirror already holds records of its own: its offsets differ from the write
     // cluster's, so a sync that copied offsets untranslated would be caught.
-    produce(&new.bootstrap(), &topic, "before", 7).await;
+    common::send_numbered(&new.bootstrap(), &topic, "before", 7).await;
     let kshift = Kshift::start_toml(&common::two_cluster_toml(&old, &new, "", routing())).await;
-    produce(&kshift.bootstrap(), &topic, "record", 300).await;
+    common::send_numbered(&kshift.bootstrap(), &topic, "record", 300).await;
     settled(kshift.state(), "new", 300, Duration::from_secs(30)).await;
 
     // A group that has read part of each partition commits through kshift, on old.
@@ -149,7 +139,7 @@ async fn a_group_with_members_on_the_mirror_is_left_alone_there() {
     common::create_topic(&old.bootstrap(), &topic, PARTITIONS).await;
     common::create_topic(&new.bootstrap(), &topic, PARTITIONS).await;
     let kshift = Kshift::start_toml(&common::two_cluster_toml(&old, &new, "", routing())).await;
-    produce(&kshift.bootstrap(), &topic, "record", 40).await;
+    common::send_numbered(&kshift.bootstrap(), &topic, "record", 40).await;
     settled(kshift.state(), "new", 40, Duration::from_secs(30)).await;
 
     // The group runs straight on the mirror (a service that never went through kshift).

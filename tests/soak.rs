@@ -153,14 +153,8 @@ async fn soak_produce_consume_and_route_swaps_lose_nothing_and_do_not_leak() {
         .collect();
 
     let consumer_stop = Arc::new(AtomicBool::new(false));
-    let consumer = common::consumer(
-        &through,
-        &[
-            ("group.id", &common::unique_topic("soak-group")),
-            ("enable.auto.commit", "true"),
-        ],
-    );
-    let (seen, consuming) = common::collect_values(consumer, &topic, consumer_stop.clone());
+    let (seen, consuming) =
+        common::collect_values(&through, "soak-group", &topic, consumer_stop.clone());
 
     // Sample, and swap the route table every 10 s.
     let started = Instant::now();

@@ -28,15 +28,6 @@ async fn start_with(old: &Broker, new: &Broker, routing_lines: &str) -> Kshift {
     Kshift::start_toml(&common::two_cluster_toml(old, new, proxy_lines, &routing)).await
 }
 
-async fn send(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
-    common::send_values(
-        bootstrap,
-        topic,
-        (0..count).map(|i| format!("{prefix}-{i}")),
-    )
-    .await;
-}
-
 /// Waits until the checker has made `passes` more passes.
 async fn passes(kshift: &Kshift, more: u64) {
     let until = kshift.state().unrouted.report().passes + more;
@@ -73,7 +64,7 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
 
     // kshift's own writes, a committed and an aborted transaction among them (their markers
     // sit between kshift's offsets): nothing is unrouted.
-    send(&kshift.bootstrap(), &topic, "through", 10).await; // offsets 0..=9
+    common::send_numbered(&kshift.bootstrap(), &topic, "through", 10).await; // offsets 0..=9
     let transactional_id = common::unique_topic("txn");
     let producer = common::producer(
         &kshift.bootstrap(),
@@ -95,9 +86,9 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     }
     drop(producer);
     // Offsets 10..=13: a record and its commit marker, a record and its abort marker.
-    send(&kshift.bootstrap(), &topic, "after-txn", 2).await; // 14..=15
+    common::send_numbered(&kshift.bootstrap(), &topic, "after-txn", 2).await; // 14..=15
     tokio::time::sleep(Duration::from_secs(2)).await; // older than the pass's grace
-    send(&kshift.bootstrap(), &topic, "later", 1).await; // 16: moves Tansu's end past 15
+    common::send_numbered(&kshift.bootstrap(), &topic, "later", 1).await; // 16: moves Tansu's end past 15
     passes(&kshift, 4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     passes(&kshift, 4).await;
@@ -109,8 +100,8 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     );
 
     // A service still pointed at old writes 3 records straight to it (offsets 17..=19).
-    send(&old.bootstrap(), &topic, "beside", 3).await;
-    send(&kshift.bootstrap(), &topic, "through-again", 5).await; // 20..=24
+    common::send_numbered(&old.bootstrap(), &topic, "beside", 3).await;
+    common::send_numbered(&kshift.bootstrap(), &topic, "through-again", 5).await; // 20..=24
     let report = found(&kshift, "the writer beside kshift to be found").await;
     assert_eq!(report.records, 3, "{report:?}");
     let finding = &report.findings[0];
@@ -178,10 +169,10 @@ async fn a_fleet_shares_what_it_wrote_and_finds_only_the_writer_beside_it() {
     common::mirror::create_mirrored_topic(&a.bootstrap(), &new.bootstrap(), &topic, 1).await;
     for round in 0..6 {
         let through = if round % 2 == 0 { &a } else { &b };
-        send(&through.bootstrap(), &topic, &format!("round-{round}"), 4).await;
+        common::send_numbered(&through.bootstrap(), &topic, &format!("round-{round}"), 4).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    send(&a.bootstrap(), &topic, "later", 1).await;
+    common::send_numbered(&a.bootstrap(), &topic, "later", 1).await;
     for instance in [&a, &b] {
         passes(instance, 4).await;
     }
@@ -194,8 +185,8 @@ async fn a_fleet_shares_what_it_wrote_and_finds_only_the_writer_beside_it() {
             "the other instance's writes were taken for unrouted ones: {report:?}"
         );
     }
-    send(&old.bootstrap(), &topic, "beside", 2).await;
-    send(&b.bootstrap(), &topic, "after", 2).await;
+    common::send_numbered(&old.bootstrap(), &topic, "beside", 2).await;
+    common::send_numbered(&b.bootstrap(), &topic, "after", 2).await;
     for instance in [&a, &b] {
         let report = found(
             instance,

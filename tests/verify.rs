@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::Broker;
 use kshift::RunningProxy;
+use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::FutureRecord;
 
 /// Runs `kshift verify --config PATH --topics TOPIC` plus `extra`; returns (exit code,
@@ -37,6 +38,17 @@ async fn mirrored(proxy: &RunningProxy, records: u64) {
         stats.mirrored_records >= records
     })
     .await;
+}
+
+/// Writes one record straight to partition `partition` of `topic` on `old`, beside kshift:
+/// the mirror never gets it.
+async fn behind_kshifts_back(old: &Broker, topic: &str, partition: i32) -> Delivery {
+    let record = FutureRecord::to(topic)
+        .partition(partition)
+        .key("stray")
+        .payload("only on old");
+    let direct = common::producer(&old.bootstrap(), &[]);
+    common::send_all(&direct, vec![record]).await.remove(0)
 }
 
 /// Lines of `stdout` whose result says MISMATCH.
@@ -88,17 +100,7 @@ async fn verify_reports_parity_then_names_the_missing_record() {
     assert!(!stderr.contains("PartitionEOF"), "{stderr}");
 
     // A record written to old behind kshift's back: only partition 1 differs, at its offset.
-    let direct = common::producer(&old.bootstrap(), &[]);
-    let delivery = direct
-        .send(
-            FutureRecord::to(&topic)
-                .partition(1)
-                .key("stray")
-                .payload("only on old"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("delivered directly");
+    let delivery = behind_kshifts_back(&old, &topic, 1).await;
     let (partition, offset) = (delivery.partition, delivery.offset);
     assert_eq!(partition, 1);
     let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
@@ -200,17 +202,7 @@ async fn in_a_fleet_verify_passes_another_order_and_still_finds_a_record_behind_
     );
 
     // A record behind the fleet's back is reported exactly, order notwithstanding.
-    let direct = common::producer(&old.bootstrap(), &[]);
-    let delivery = direct
-        .send(
-            FutureRecord::to(&topic)
-                .partition(0)
-                .key("stray")
-                .payload("only on old"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("delivered directly");
+    let delivery = behind_kshifts_back(&old, &topic, 0).await;
     let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     let mismatch = mismatches(&stdout);

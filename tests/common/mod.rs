@@ -902,14 +902,21 @@ pub async fn consume_until_quiet(
 /// The values (as text) a background consumer ([`collect_values`]) has received.
 pub type Seen = Arc<Mutex<BTreeSet<String>>>;
 
-/// Subscribes `consumer` (of a group) to `topic` and, in the background until `stop` is set,
-/// collects every value it receives. Errors (a broker gone, a transport failure: what fault
-/// tests cause) are skipped: the consumer must get past them by itself.
+/// A member of a fresh group (named from `group`, committing automatically) subscribed to
+/// `topic` through `bootstrap`, collecting in the background, until `stop` is set, every value
+/// it receives. Errors (a broker gone, a transport failure: what fault tests cause) are
+/// skipped: the consumer must get past them by itself.
 pub fn collect_values(
-    consumer: TestConsumer,
+    bootstrap: &str,
+    group: &str,
     topic: &str,
     stop: Arc<AtomicBool>,
 ) -> (Seen, tokio::task::JoinHandle<()>) {
+    let group = unique_topic(group);
+    let consumer = consumer(
+        bootstrap,
+        &[("group.id", &group), ("enable.auto.commit", "true")],
+    );
     consumer.subscribe(&[topic]).expect("subscribe");
     let seen = Seen::default();
     let collecting = seen.clone();
@@ -1031,6 +1038,16 @@ pub async fn send_keyed(
 pub async fn send_values(bootstrap: &str, topic: &str, values: impl IntoIterator<Item = String>) {
     let records = values.into_iter().map(|value| (value.clone(), value));
     send_keyed(&producer(bootstrap, &[]), topic, records).await;
+}
+
+/// [`send_values`] of `count` values `{prefix}-{i}`.
+pub async fn send_numbered(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
+    send_values(
+        bootstrap,
+        topic,
+        (0..count).map(|i| format!("{prefix}-{i}")),
+    )
+    .await;
 }
 
 /// The sum of metric `name`'s samples in `exposition` (Prometheus text, e.g. kshift's
