@@ -5,10 +5,12 @@
 //!
 //! `cargo bench --bench fetch_path`.
 
-mod common;
+#[path = "../tests/common/encode.rs"]
+mod encode;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use encode::RecordBatch;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchResponse, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -19,9 +21,14 @@ use kshift::handlers::fetch::{present_partition, push_fetch_partition};
 
 const VERSION: i16 = 12;
 
-/// A broker's answer: `partitions` partitions of one topic, each with one batch.
+/// A broker's answer: `partitions` partitions of one topic, each with one batch (of an
+/// idempotent producer, id 7) of `records` records of `size` bytes at offsets 1000…
 fn broker_answer(partitions: i32, records: usize, size: usize) -> Bytes {
-    let records = common::batch(1000, records, size);
+    let records = RecordBatch::new(records)
+        .base_offset(1000)
+        .producer(7, 0)
+        .values_of(b'x', size)
+        .encode();
     let response = FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
         .with_topic(TopicName(StrBytes::from_static_str("orders")))
         .with_partitions(

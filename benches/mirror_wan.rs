@@ -406,18 +406,18 @@ async fn produce_mirrored(kshift: &Kshift, topic: &str, records: u64) -> (Produc
     let state = kshift.state().clone();
     let runtime = tokio::runtime::Handle::current();
     let (produced, watch) = produce(kshift.bootstrap(), topic.to_string(), records, move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let baseline = loop {
-            let counts = mirror_counts(&state);
-            if counts.mirrored_records >= 1 && counts.lag_records == 0 {
-                break counts;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the warm-up record was not mirrored within 60 s: {counts:?}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        };
+        let baseline = runtime.block_on(harness::eventually(
+            Duration::from_secs(60),
+            "the warm-up record to be mirrored",
+            async || {
+                let counts = mirror_counts(&state);
+                if counts.mirrored_records >= 1 && counts.lag_records == 0 {
+                    Ok(counts)
+                } else {
+                    Err(format!("{counts:?}"))
+                }
+            },
+        ));
         runtime.spawn(watch_mirror(state, baseline, records))
     })
     .await;
@@ -482,20 +482,6 @@ fn mirror_lines(settings: &Settings, extra: &str) -> String {
     format!("{}\n{extra}", settings.mirror_lines)
 }
 
-const MIRROR_ROUTING: &str = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"";
-
-/// kshift writing to `old` and mirroring to `new` asynchronously.
-async fn mirroring_kshift(old: &str, new: &str, new_lines: &str) -> Kshift {
-    Kshift::start_toml(&harness::two_cluster_toml_at(
-        old,
-        new,
-        "",
-        new_lines,
-        MIRROR_ROUTING,
-    ))
-    .await
-}
-
 /// A fresh topic of the bench's partition count on each of `bootstraps`.
 async fn topic_on(settings: &Settings, prefix: &str, bootstraps: &[&str]) -> String {
     let topic = harness::unique_topic(prefix);
@@ -503,6 +489,28 @@ async fn topic_on(settings: &Settings, prefix: &str, bootstraps: &[&str]) -> Str
         harness::create_topic(bootstrap, &topic, settings.partitions).await;
     }
     topic
+}
+
+/// `records` records through a kshift writing `old` and mirroring to `mirror` asynchronously
+/// (the bench's mirror lines, then `extra`), on a fresh topic of both: the client's run
+/// (reported as `client`) and the mirror's, and the mirror's delivery rate.
+async fn through_mirroring_kshift(
+    settings: &Settings,
+    cell: &str,
+    client: &str,
+    old: &str,
+    mirror: &str,
+    extra: &str,
+    records: u64,
+) -> (Produced, Mirrored, f64) {
+    let topic = topic_on(settings, "mirrored", &[old, mirror]).await;
+    let kshift =
+        harness::mirror::async_mirroring_kshift(old, mirror, &mirror_lines(settings, extra)).await;
+    let (produced, mirrored) = produce_mirrored(&kshift, &topic, records).await;
+    report_client(settings, cell, client, &produced);
+    let mirror_rate = report_mirror(settings, cell, &produced, &mirrored);
+    kshift.shutdown().await;
+    (produced, mirrored, mirror_rate)
 }
 
 async fn wan(settings: &Settings, summary: &mut Vec<String>) {
@@ -514,22 +522,16 @@ async fn wan(settings: &Settings, summary: &mut Vec<String>) {
     let direct = produce_plain(far.bootstrap(), topic, settings.records).await;
     report_client(settings, &cell, "direct-far", &direct);
 
-    let topic = topic_on(
+    let (client, mirrored, mirror_rate) = through_mirroring_kshift(
         settings,
-        "wan-mirror",
-        &[&old.bootstrap(), &far.bootstrap()],
-    )
-    .await;
-    let kshift = mirroring_kshift(
+        &cell,
+        "kshift-client",
         &old.bootstrap(),
         &far.bootstrap(),
-        &mirror_lines(settings, ""),
+        "",
+        settings.records,
     )
     .await;
-    let (client, mirrored) = produce_mirrored(&kshift, &topic, settings.records).await;
-    report_client(settings, &cell, "kshift-client", &client);
-    let mirror_rate = report_mirror(settings, &cell, &client, &mirrored);
-    kshift.shutdown().await;
 
     let line = format!(
         "{cell}: mirror delivery / direct-far producer = {:.2}x ({:.0} vs {:.0} records/s); \
@@ -555,22 +557,16 @@ async fn lan(settings: &Settings, summary: &mut Vec<String>) {
     report_client(settings, cell, "passthrough", &pass);
     passthrough.shutdown().await;
 
-    let topic = topic_on(
+    let (client, mirrored, mirror_rate) = through_mirroring_kshift(
         settings,
-        "lan-mirror",
-        &[&old.bootstrap(), &new.bootstrap()],
-    )
-    .await;
-    let kshift = mirroring_kshift(
+        cell,
+        "mirroring-client",
         &old.bootstrap(),
         &new.bootstrap(),
-        &mirror_lines(settings, ""),
+        "",
+        settings.records,
     )
     .await;
-    let (client, mirrored) = produce_mirrored(&kshift, &topic, settings.records).await;
-    report_client(settings, cell, "mirroring-client", &client);
-    let mirror_rate = report_mirror(settings, cell, &client, &mirrored);
-    kshift.shutdown().await;
 
     let line = format!(
         "{cell}: mirroring client / passthrough client = {:.2}x ({:.0} vs {:.0} records/s); \
@@ -600,20 +596,19 @@ async fn burst(settings: &Settings, overflow: Option<&str>, summary: &mut Vec<St
         local = Broker::start().await;
         local.bootstrap()
     };
-    let topic = topic_on(settings, "burst", &[&old.bootstrap(), &mirror]).await;
     let policy_line = overflow
         .map(|policy| format!("mirror_overflow = \"{policy}\""))
         .unwrap_or_default();
-    let kshift = mirroring_kshift(
+    let (client, mirrored, mirror_rate) = through_mirroring_kshift(
+        settings,
+        &cell,
+        "kshift-client",
         &old.bootstrap(),
         &mirror,
-        &mirror_lines(settings, &policy_line),
+        &policy_line,
+        settings.burst_records,
     )
     .await;
-    let (client, mirrored) = produce_mirrored(&kshift, &topic, settings.burst_records).await;
-    report_client(settings, &cell, "kshift-client", &client);
-    let mirror_rate = report_mirror(settings, &cell, &client, &mirrored);
-    kshift.shutdown().await;
 
     let records = settings.burst_records.max(1) as f64;
     let line = format!(

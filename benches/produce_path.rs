@@ -5,29 +5,28 @@
 //! `cargo bench --bench produce_path` — compare the stages with each other in one run;
 //! absolute figures depend on the machine.
 
-mod common;
+#[path = "../tests/common/encode.rs"]
+mod encode;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use encode::RecordBatch;
+use kafka_protocol::messages::ProduceRequest;
+use kafka_protocol::protocol::{Decodable, Encodable};
 use kshift::codec::batch::split_batches;
 use kshift::routing::{RoutingSpec, RoutingTable};
 
+/// One uncompressed batch of `records` keyed records of `value_bytes` bytes, as an idempotent
+/// producer (id 7) writes it.
 fn batch(records: usize, value_bytes: usize) -> Bytes {
-    common::batch(0, records, value_bytes)
+    RecordBatch::new(records)
+        .producer(7, 0)
+        .values_of(b'x', value_bytes)
+        .encode()
 }
 
 fn request_bytes(records: Bytes) -> Bytes {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("orders.eu")))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(3)
-                .with_records(Some(records))])]);
+    let request = encode::produce_request("orders.eu", 3, -1, 30_000, records);
     let mut buf = BytesMut::new();
     request.encode(&mut buf, 9).unwrap();
     buf.freeze()

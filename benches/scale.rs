@@ -9,15 +9,17 @@
 //! `cargo bench --bench scale`. Without `--bench` (as `cargo test --all-targets` runs it) a
 //! smoke run of a few seconds: 50 connections, 100 partitions, 5 producers for 1 s.
 
-#[path = "../tests/common/mock_cluster.rs"]
-mod mock_cluster;
+mod common;
+#[path = "../tests/common/mod.rs"]
+mod harness;
 
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
-use kafka_protocol::protocol::{Encodable, StrBytes};
-use mock_cluster::MockKafka;
+use harness::encode;
+use harness::mock_cluster::MockKafka;
+use harness::Kshift;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -83,24 +85,16 @@ fn rss_bytes() -> u64 {
 }
 
 fn api_versions_frame() -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::ApiVersions as i16)
-        .with_request_api_version(3)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("idle")));
-    let mut frame = BytesMut::new();
-    header
-        .encode(&mut frame, ApiKey::ApiVersions.request_header_version(3))
-        .expect("header");
-    ApiVersionsRequest::default()
+    let request = ApiVersionsRequest::default()
         .with_client_software_name(StrBytes::from_static_str("scale"))
-        .with_client_software_version(StrBytes::from_static_str("1"))
-        .encode(&mut frame, 3)
-        .expect("body");
-    let mut bytes = BytesMut::new();
-    bytes.put_i32(frame.len() as i32);
-    bytes.extend_from_slice(&frame);
-    bytes.to_vec()
+        .with_client_software_version(StrBytes::from_static_str("1"));
+    encode::length_prefixed(&encode::request(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        "idle",
+        &request,
+    ))
 }
 
 /// Opens `count` connections to `address`, each answered one ApiVersions, and keeps them
@@ -219,11 +213,7 @@ fn produce(bootstrap: &str, topics: &[String], scale: &Scale) -> Produced {
 
 fn main() {
     let scale = scale();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = common::runtime();
     let cluster = MockKafka::start(3);
     let topics: Vec<String> = (0..scale.topics).map(|t| format!("scale-{t:04}")).collect();
     for topic in &topics {
@@ -234,17 +224,9 @@ fn main() {
         .split(',')
         .map(|a| a.trim().to_string())
         .collect();
-    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    let config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[clusters.old]\nbootstrap = [{}]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n",
-        list.join(", ")
-    );
-    let config = kshift::config::Config::parse(&config).expect("kshift config");
-    let proxy = runtime
-        .block_on(kshift::Proxy::start(config))
-        .expect("kshift starts");
-    let kshift = proxy.local_addr().to_string();
+    let config = harness::single_cluster_toml_at(&cluster.bootstrap(), "");
+    let proxy = runtime.block_on(Kshift::start_toml(&config));
+    let kshift = proxy.bootstrap();
     let partitions = scale.topics * scale.partitions_per_topic as usize;
 
     println!(
@@ -281,14 +263,12 @@ fn main() {
         kshift_metadata_rss / 1048576.0
     );
 
-    let produce_requests = |proxy: &kshift::RunningProxy| {
-        let text = proxy.state().metrics.exposition();
-        text.lines()
-            .find(|l| {
-                l.starts_with("kshift_client_requests_total{") && l.contains("api=\"Produce\"")
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    let produce_requests = |proxy: &Kshift| {
+        harness::metric_sum(
+            &proxy.state().metrics.exposition(),
+            "kshift_client_requests_total",
+            &["api=\"Produce\""],
+        )
     };
     let direct = produce(&cluster.bootstrap(), &topics, &scale);
     let requests_before = produce_requests(&proxy);

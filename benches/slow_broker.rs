@@ -16,14 +16,16 @@
 //! `--bench` (as `cargo test --all-targets` runs it) it is a smoke run of about 5 seconds
 //! (broker 1 200 ms late, 1 s warm-up, 0.5 s measured, nothing asserted).
 
-#[path = "../tests/common/mock_cluster.rs"]
-mod mock_cluster;
+mod common;
+#[path = "../tests/common/mod.rs"]
+mod harness;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mock_cluster::MockKafka;
+use harness::mock_cluster::MockKafka;
+use harness::Kshift;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -175,29 +177,13 @@ fn run_phase(bootstrap: &str, topic: &str, settings: &Settings) -> Phase {
 
 fn main() {
     let settings = settings();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = common::runtime();
     let cluster = MockKafka::start(3);
     let topic = "slow-broker-bench";
     cluster.create_topic(topic, PARTITIONS as i32);
-    let bootstrap: Vec<String> = cluster
-        .bootstrap()
-        .split(',')
-        .map(|a| format!("\"{}\"", a.trim()))
-        .collect();
-    let config = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[clusters.old]\nbootstrap = [{}]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n",
-        bootstrap.join(", ")
-    );
-    let config = kshift::config::Config::parse(&config).expect("kshift config");
-    let proxy = runtime
-        .block_on(kshift::Proxy::start(config))
-        .expect("kshift starts");
-    let through_kshift = proxy.local_addr().to_string();
+    let config = harness::single_cluster_toml_at(&cluster.bootstrap(), "");
+    let proxy = runtime.block_on(Kshift::start_toml(&config));
+    let through_kshift = proxy.bootstrap();
     cluster.set_round_trip(SLOW_BROKER, settings.slow);
 
     let direct = run_phase(&cluster.bootstrap(), topic, &settings);

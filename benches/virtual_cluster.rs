@@ -4,28 +4,22 @@
 //!
 //! `cargo bench --bench virtual_cluster`.
 
+#[path = "../tests/common/encode.rs"]
+mod encode;
+
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse, RequestHeader, TopicName};
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use kshift::codec::{response_frame_head, Request};
 use kshift::handlers::virtual_cluster::present_topic;
 
+/// A Produce v9 request header followed by a 200-byte body (never decoded here).
 fn request_frame() -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(9)
-        .with_correlation_id(42)
-        .with_client_id(Some(StrBytes::from_static_str("producer-1")));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, ApiKey::Produce.request_header_version(9))
-        .unwrap();
-    buf.extend_from_slice(&[0u8; 200]);
-    buf.freeze()
+    encode::request_frame(ApiKey::Produce, 9, 42, "producer-1", &[0u8; 200]).freeze()
 }
 
 fn backend_topic(partitions: i32) -> MetadataResponseTopic {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Broker, Kshift};
 use rdkafka::admin::{
@@ -75,11 +75,14 @@ async fn topic_deleted_through_kshift_is_gone() {
         .expect("DeleteTopics request");
     assert_eq!(results, vec![Ok(deleted.clone())]);
 
-    let deadline = Instant::now() + common::TIMEOUT;
-    while partition_count(&broker.bootstrap(), &deleted).is_some() {
-        assert!(Instant::now() < deadline, "{deleted} still on the broker");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("{deleted} to be gone from the broker");
+    common::eventually(common::TIMEOUT, &what, async || {
+        match partition_count(&broker.bootstrap(), &deleted) {
+            None => Ok(()),
+            Some(partitions) => Err(format!("listed with {partitions} partitions")),
+        }
+    })
+    .await;
     assert_eq!(partition_count(&kshift.bootstrap(), &deleted), None);
     assert_eq!(partition_count(&kshift.bootstrap(), &kept), Some(1));
 
@@ -257,18 +260,24 @@ async fn admin_requests_naming_topics_of_two_clusters_reach_each_topics_write_cl
         .expect("CreateTopics");
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
     let names = [on_old.as_str(), on_new.as_str()];
-    let deadline = Instant::now() + common::TIMEOUT;
-    while present(&old.bootstrap(), &names) != [on_old.clone()]
-        || present(&new.bootstrap(), &names) != [on_new.clone()]
-    {
-        assert!(
-            Instant::now() < deadline,
-            "old has {:?}, new has {:?}",
+    // Whether old and new list exactly these of the two topics; what they list if not.
+    let on_each = |expected_old: &[String], expected_new: &[String]| {
+        let (on_old, on_new) = (
             present(&old.bootstrap(), &names),
-            present(&new.bootstrap(), &names)
+            present(&new.bootstrap(), &names),
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if on_old == expected_old && on_new == expected_new {
+            Ok(())
+        } else {
+            Err(format!("old has {on_old:?}, new has {on_new:?}"))
+        }
+    };
+    common::eventually(
+        common::TIMEOUT,
+        "each topic on its write cluster only",
+        async || on_each(std::slice::from_ref(&on_old), std::slice::from_ref(&on_new)),
+    )
+    .await;
 
     // One DeleteTopics request naming both.
     let deleted = admin
@@ -276,13 +285,12 @@ async fn admin_requests_naming_topics_of_two_clusters_reach_each_topics_write_cl
         .await
         .expect("DeleteTopics");
     assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
-    let deadline = Instant::now() + common::TIMEOUT;
-    while !present(&old.bootstrap(), &names).is_empty()
-        || !present(&new.bootstrap(), &names).is_empty()
-    {
-        assert!(Instant::now() < deadline, "topics not deleted everywhere");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        common::TIMEOUT,
+        "both topics to be deleted everywhere",
+        async || on_each(&[], &[]),
+    )
+    .await;
     drop(admin);
     kshift.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! The admin API with a token: every endpoint but /health and /ready refuses a request
 //! without the right bearer token, and `kshift routes` sends it from KSHIFT_ADMIN_TOKEN.
 
+mod common;
 mod http;
 
 use std::process::Command;
@@ -10,17 +11,22 @@ use kshift::Proxy;
 
 const TOKEN: &str = "s3cret-token-for-tests-only";
 
+/// A kshift config with the admin API locked by the token in `token_file`, one route and no
+/// groups (so that a table PUT is no read switch). No backend is contacted by the admin
+/// endpoints.
+fn config_with_token_file(token_file: &std::path::Path) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[clusters.old]\nbootstrap = [\"127.0.0.1:1\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n",
+        token_file.display()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_requires_the_token_where_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    // No backend is contacted by these endpoints.
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[clusters.old]\nbootstrap = [\"127.0.0.1:1\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n",
-        token_file.display()
-    );
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&config_with_token_file(&token_file)).await;
     let admin = proxy.admin_addr().unwrap();
 
     for (method, path) in [
@@ -84,10 +90,7 @@ fn a_short_token_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "short").unwrap();
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[clusters.old]\nbootstrap = [\"127.0.0.1:1\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n",
-        token_file.display()
-    );
+    let text = config_with_token_file(&token_file);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let error = runtime
         .block_on(Proxy::start(Config::parse(&text).unwrap()))

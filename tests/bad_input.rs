@@ -8,6 +8,7 @@ mod raw;
 
 use std::time::Duration;
 
+use common::encode::RecordBatch;
 use common::{Broker, Kshift};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
@@ -16,7 +17,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use raw::{produce_request, record_batch, RawClient, Read};
+use raw::{produce_request, RawClient, Read};
 
 const FRAME_LIMIT: usize = 1024;
 
@@ -205,7 +206,7 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
             ApiKey::Produce,
             7,
             2,
-            &produce_request(&topic, 0, record_batch(5)),
+            &produce_request(&topic, 0, RecordBatch::new(5).encode()),
         )
         .await;
     client
@@ -216,7 +217,7 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
             ApiKey::Produce,
             7,
             4,
-            &produce_request(&topic, 1, record_batch(2)),
+            &produce_request(&topic, 1, RecordBatch::new(2).encode()),
         )
         .await;
     client
@@ -251,7 +252,7 @@ async fn dead_backend_gets_a_retriable_error_not_a_hang() {
             ApiKey::Produce,
             7,
             2,
-            &produce_request(&topic, 1, record_batch(1)),
+            &produce_request(&topic, 1, RecordBatch::new(1).encode()),
         )
         .await;
     let first: ProduceResponse = client.receive(ApiKey::Produce, 7, 2).await;
@@ -263,7 +264,7 @@ async fn dead_backend_gets_a_retriable_error_not_a_hang() {
             ApiKey::Produce,
             7,
             3,
-            &produce_request(&topic, 1, record_batch(1)),
+            &produce_request(&topic, 1, RecordBatch::new(1).encode()),
         )
         .await;
     let failed: ProduceResponse = client.receive(ApiKey::Produce, 7, 3).await;

@@ -82,15 +82,11 @@ async fn bench_measures_targets_side_by_side() {
 
 /// Runs `kshift bench` with `args`; returns (stdout, stderr), failing the test on exit != 0.
 async fn bench(args: Vec<String>) -> (String, String) {
-    let mut command = vec!["bench".to_string()];
-    command.extend(args);
-    let output = common::run_kshift(command).await.unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    );
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    (stdout, stderr)
+    let mut command = vec!["bench"];
+    command.extend(args.iter().map(String::as_str));
+    let run = common::kshift_cli(&command).await;
+    assert!(run.ok(), "{}", run.described());
+    (run.stdout, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

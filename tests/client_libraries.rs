@@ -39,23 +39,14 @@ async fn cluster_and_kshift_with(
     advertised: Option<&str>,
     proxy_lines: &str,
 ) -> (MockKafka, Kshift) {
-    let cluster = MockKafka::start(3);
-    cluster.create_topic(topic, PARTITIONS);
-    common::wait_for_topic(&cluster.bootstrap(), topic, PARTITIONS);
-    let bootstrap: Vec<String> = cluster
-        .bootstrap()
-        .split(',')
-        .map(|a| format!("\"{}\"", a.trim()))
-        .collect();
+    let cluster = MockKafka::with_topic(3, topic, PARTITIONS).await;
     let port = common::free_port();
     let advertised = advertised
         .map(|host| format!("advertised = \"{host}:{port}\"\n"))
         .unwrap_or_default();
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{advertised}{proxy_lines}\n[clusters.old]\nbootstrap = [{}]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n",
-        bootstrap.join(", ")
-    );
+    let text =
+        common::single_cluster_toml_at(&cluster.bootstrap(), &format!("{advertised}{proxy_lines}"));
+    let text = common::listening_at(&text, &format!("127.0.0.1:{port}"));
     (cluster, Kshift::start_toml(&text).await)
 }
 
@@ -85,6 +76,28 @@ async fn run_client(program: &str, args: Vec<String>, how: &'static str) -> Valu
         .unwrap_or_else(|error| panic!("client output is not JSON ({error}): {stdout}"))
 }
 
+/// Runs `tests/clients/kafkajs_producer.js` bootstrapped at `bootstrap`, sending one record to
+/// each partition of `topic`; what it printed.
+async fn run_kafkajs(bootstrap: String, topic: &str) -> Value {
+    let args = vec![
+        script("kafkajs_producer.js").display().to_string(),
+        bootstrap,
+        topic.to_string(),
+        PARTITIONS.to_string(),
+    ];
+    run_client("node", args, KAFKAJS).await
+}
+
+/// The node ids a kafkajs run saw in its metadata.
+fn kafkajs_nodes(answer: &Value) -> BTreeSet<String> {
+    answer["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect()
+}
+
 fn virtual_nodes(kshift: &Kshift) -> BTreeSet<String> {
     (1..=3)
         .map(|broker| kshift.state().clusters[0].virtual_node(broker).to_string())
@@ -97,6 +110,23 @@ async fn one_record_per_partition(cluster: &MockKafka, topic: &str) {
     let received = common::consume_n(&consumer, PARTITIONS as usize, TIMEOUT).await;
     let partitions: BTreeSet<i32> = received.iter().map(|r| r.partition).collect();
     assert_eq!(partitions, (0..PARTITIONS).collect());
+}
+
+/// A kafkajs run kept a broker object per node (none of them its seed), and every record it
+/// sent was acknowledged and reached `cluster`.
+async fn assert_one_broker_per_node_and_every_record(
+    answer: &Value,
+    cluster: &MockKafka,
+    topic: &str,
+) {
+    assert_eq!(answer["distinct_broker_objects"], 3, "{answer}");
+    assert_eq!(answer["seed_is_a_node"], false, "{answer}");
+    assert_eq!(
+        answer["acknowledged"],
+        serde_json::json!([0, 1, 2]),
+        "{answer}"
+    );
+    one_record_per_partition(cluster, topic).await;
 }
 
 const SARAMA: &str =
@@ -144,24 +174,8 @@ async fn kafka_python_keeps_one_connection_per_virtual_node_at_one_address() {
 async fn kafkajs_bootstrapped_at_the_advertised_address_loses_all_but_one_nodes_records() {
     let topic = common::unique_topic("kafkajs-same");
     let (cluster, kshift) = cluster_and_kshift(&topic, None).await;
-    let answer = run_client(
-        "node",
-        vec![
-            script("kafkajs_producer.js").display().to_string(),
-            kshift.bootstrap(),
-            topic.clone(),
-            PARTITIONS.to_string(),
-        ],
-        KAFKAJS,
-    )
-    .await;
-    let nodes: BTreeSet<String> = answer["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter_map(|n| n.as_str().map(str::to_string))
-        .collect();
-    assert_eq!(nodes, virtual_nodes(&kshift), "{answer}");
+    let answer = run_kafkajs(kshift.bootstrap(), &topic).await;
+    assert_eq!(kafkajs_nodes(&answer), virtual_nodes(&kshift), "{answer}");
     // kafkajs maps every broker whose host:port is its seed's to the seed broker itself...
     assert_eq!(answer["distinct_broker_objects"], 1, "{answer}");
     assert_eq!(answer["seed_is_a_node"], true, "{answer}");
@@ -185,32 +199,9 @@ async fn kafkajs_keeps_one_broker_per_node_id_when_advertised_differs_from_its_b
     let topic = common::unique_topic("kafkajs-apart");
     // The same listener, named differently from the bootstrap address the client is given.
     let (cluster, kshift) = cluster_and_kshift(&topic, Some("localhost")).await;
-    let answer = run_client(
-        "node",
-        vec![
-            script("kafkajs_producer.js").display().to_string(),
-            kshift.bootstrap(),
-            topic.clone(),
-            PARTITIONS.to_string(),
-        ],
-        KAFKAJS,
-    )
-    .await;
-    let nodes: BTreeSet<String> = answer["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .filter_map(|n| n.as_str().map(str::to_string))
-        .collect();
-    assert_eq!(nodes, virtual_nodes(&kshift), "{answer}");
-    assert_eq!(answer["distinct_broker_objects"], 3, "{answer}");
-    assert_eq!(answer["seed_is_a_node"], false, "{answer}");
-    assert_eq!(
-        answer["acknowledged"],
-        serde_json::json!([0, 1, 2]),
-        "{answer}"
-    );
-    one_record_per_partition(&cluster, &topic).await;
+    let answer = run_kafkajs(kshift.bootstrap(), &topic).await;
+    assert_eq!(kafkajs_nodes(&answer), virtual_nodes(&kshift), "{answer}");
+    assert_one_broker_per_node_and_every_record(&answer, &cluster, &topic).await;
     kshift.shutdown().await;
 }
 
@@ -220,25 +211,8 @@ async fn kafkajs_bootstrapped_at_bootstrap_listen_keeps_one_broker_per_node_and_
     let bootstrap = format!("127.0.0.1:{}", common::free_port());
     let (cluster, kshift) =
         cluster_and_kshift_with(&topic, None, &format!("bootstrap_listen = \"{bootstrap}\"")).await;
-    let answer = run_client(
-        "node",
-        vec![
-            script("kafkajs_producer.js").display().to_string(),
-            bootstrap,
-            topic.clone(),
-            PARTITIONS.to_string(),
-        ],
-        KAFKAJS,
-    )
-    .await;
-    assert_eq!(answer["distinct_broker_objects"], 3, "{answer}");
-    assert_eq!(answer["seed_is_a_node"], false, "{answer}");
-    assert_eq!(
-        answer["acknowledged"],
-        serde_json::json!([0, 1, 2]),
-        "{answer}"
-    );
-    one_record_per_partition(&cluster, &topic).await;
+    let answer = run_kafkajs(bootstrap, &topic).await;
+    assert_one_broker_per_node_and_every_record(&answer, &cluster, &topic).await;
     kshift.shutdown().await;
 }
 

@@ -1,8 +1,9 @@
 //! Every example in `config/` loads and validates, and `kshift check` tells an operator
 //! exactly what is wrong with a bad file (exit code 64, the field named).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use kshift::config::Config;
 
@@ -19,21 +20,18 @@ fn every_example_config_is_valid() {
     assert!(checked >= 1, "no example configs found");
 }
 
+/// `kshift check` of a file holding `config_text`: (exit code, stdout, stderr).
 fn check(config_text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, config_text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_kshift"))
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    check_file(path.to_str().unwrap())
+}
+
+/// `kshift check --config PATH`: (exit code, stdout, stderr).
+fn check_file(path: &str) -> (i32, String, String) {
+    let run = common::kshift_cli_blocking(&["check", "--config", path]);
+    (run.code.unwrap_or(-1), run.stdout, run.stderr)
 }
 
 const VALID: &str = r#"
@@ -99,17 +97,7 @@ fn check_rejects_bad_configs_with_exit_64_naming_the_field() {
             "message should name {field}: {stderr}"
         );
     }
-    let (code, _, stderr) = {
-        let output = Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(["check", "--config", "/nonexistent/kshift.toml"])
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            (),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let (code, _, stderr) = check_file("/nonexistent/kshift.toml");
     assert_eq!(code, 64);
     assert!(stderr.contains("/nonexistent/kshift.toml"), "{stderr}");
 }
@@ -139,9 +127,7 @@ fn metric_names(text: &str) -> Vec<String> {
 async fn dashboard_and_alerts_use_only_metrics_kshift_exports() {
     // A proxy (no backend is contacted) with one sample of every family.
     let text = VALID.replace("127.0.0.1:9092", "127.0.0.1:0");
-    let proxy = kshift::Proxy::start(Config::parse(&text).unwrap())
-        .await
-        .unwrap();
+    let proxy = common::start_proxy(&text).await;
     let state = proxy.state();
     let metrics = &state.metrics;
     let api = kafka_protocol::messages::ApiKey::Produce;

@@ -8,6 +8,7 @@ mod raw;
 
 use std::time::Duration;
 
+use common::encode::RecordBatch;
 use common::{Broker, Kshift};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -16,7 +17,7 @@ use kafka_protocol::messages::{
     ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use raw::{produce_request, record_batch, RawClient};
+use raw::{produce_request, RawClient};
 
 const LONG_POLL_MS: i32 = 8_000;
 
@@ -61,7 +62,7 @@ async fn a_long_poll_fetch_does_not_delay_another_clients_produce() {
             ApiKey::Produce,
             7,
             1,
-            &produce_request(&topic, 1, record_batch(3)),
+            &produce_request(&topic, 1, RecordBatch::new(3).encode()),
         )
         .await;
 

@@ -9,34 +9,44 @@ use std::time::Duration;
 
 use common::{Broker, Kshift, Received, TestConsumer};
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// A join takes a few seconds on Tansu (it holds the first JoinGroup ~session timeout / 2).
 const GROUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Records `key-{i}`/`value-{i}` for `i` in `first..first + count`.
 async fn produce_keyed(bootstrap: &str, topic: &str, first: usize, count: usize) {
-    let producer = common::producer(bootstrap, &[]);
-    let keys: Vec<String> = (first..first + count).map(|i| format!("key-{i}")).collect();
-    let values: Vec<String> = (first..first + count)
-        .map(|i| format!("value-{i}"))
-        .collect();
-    let records = keys
-        .iter()
-        .zip(&values)
-        .map(|(key, value)| {
-            FutureRecord::to(topic)
-                .key(key.as_str())
-                .payload(value.as_str())
-        })
-        .collect();
-    common::send_all(&producer, records).await;
+    let records = (first..first + count).map(|i| (format!("key-{i}"), format!("value-{i}")));
+    common::send_keyed(&common::producer(bootstrap, &[]), topic, records).await;
+}
+
+/// A broker, kshift in front of it, a fresh group and a fresh topic (named from `prefix`) of
+/// `partitions` partitions holding `records` keyed records.
+async fn topic_with_records(
+    prefix: &str,
+    partitions: i32,
+    records: usize,
+) -> (Broker, Kshift, String, String) {
+    let broker = Broker::start().await;
+    let kshift = Kshift::start_single(&broker).await;
+    let topic = common::unique_topic(prefix);
+    let group = common::unique_topic(&format!("{prefix}-id"));
+    common::create_topic(&kshift.bootstrap(), &topic, partitions).await;
+    produce_keyed(&kshift.bootstrap(), &topic, 0, records).await;
+    (broker, kshift, topic, group)
 }
 
 fn subscribed(bootstrap: &str, group: &str, topic: &str) -> TestConsumer {
     let consumer = common::consumer(bootstrap, &[("group.id", group)]);
     consumer.subscribe(&[topic]).expect("subscribe");
     consumer
+}
+
+/// `value-{i}` for each `i` in `range`, sorted (as [`values`] sorts what was received).
+fn sorted_values(range: std::ops::Range<usize>) -> Vec<String> {
+    let mut values: Vec<String> = range.map(|i| format!("value-{i}")).collect();
+    values.sort();
+    values
 }
 
 fn values(records: &[Received]) -> Vec<String> {
@@ -61,20 +71,11 @@ fn offsets(list: &TopicPartitionList) -> HashMap<i32, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_member_commits_and_the_next_member_resumes_there() {
-    let broker = Broker::start().await;
-    let kshift = Kshift::start_single(&broker).await;
-    let topic = common::unique_topic("group");
-    let group = common::unique_topic("group-id");
-    common::create_topic(&kshift.bootstrap(), &topic, 2).await;
-    produce_keyed(&kshift.bootstrap(), &topic, 0, 20).await;
+    let (_broker, kshift, topic, group) = topic_with_records("group", 2, 20).await;
 
     let first = subscribed(&kshift.bootstrap(), &group, &topic);
     let consumed = common::consume_n(&first, 20, GROUP_TIMEOUT).await;
-    let expected: Vec<String> = {
-        let mut all: Vec<String> = (0..20).map(|i| format!("value-{i}")).collect();
-        all.sort();
-        all
-    };
+    let expected = sorted_values(0..20);
     assert_eq!(values(&consumed), expected);
     let mut end_of: HashMap<i32, i64> = HashMap::new();
     for record in &consumed {
@@ -96,11 +97,7 @@ async fn group_member_commits_and_the_next_member_resumes_there() {
     produce_keyed(&kshift.bootstrap(), &topic, 20, 10).await;
     let second = subscribed(&kshift.bootstrap(), &group, &topic);
     let resumed = common::consume_n(&second, 10, GROUP_TIMEOUT).await;
-    let expected: Vec<String> = {
-        let mut all: Vec<String> = (20..30).map(|i| format!("value-{i}")).collect();
-        all.sort();
-        all
-    };
+    let expected = sorted_values(20..30);
     assert_eq!(values(&resumed), expected, "resumed after the commit");
     for record in &resumed {
         assert!(
@@ -114,12 +111,7 @@ async fn group_member_commits_and_the_next_member_resumes_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_in_the_middle_resumes_at_the_next_record() {
-    let broker = Broker::start().await;
-    let kshift = Kshift::start_single(&broker).await;
-    let topic = common::unique_topic("group-middle");
-    let group = common::unique_topic("group-middle-id");
-    common::create_topic(&kshift.bootstrap(), &topic, 1).await;
-    produce_keyed(&kshift.bootstrap(), &topic, 0, 10).await;
+    let (_broker, kshift, topic, group) = topic_with_records("group-middle", 1, 10).await;
 
     let first = subscribed(&kshift.bootstrap(), &group, &topic);
     let consumed = common::consume_n(&first, 10, GROUP_TIMEOUT).await;

@@ -50,8 +50,8 @@ impl Drop for Demo {
     }
 }
 
-#[test]
-fn the_demo_migrates_live_clients_without_an_error_or_a_missed_record() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_migrates_live_clients_without_an_error_or_a_missed_record() {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_kshift"))
         .args(["demo", "--quick", "--listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0"])
@@ -129,16 +129,16 @@ fn the_demo_migrates_live_clients_without_an_error_or_a_missed_record() {
         .expect("run kill");
     assert!(interrupted.success());
     lines.wait_for("stopping:", Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = demo.0.try_wait().expect("demo status") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo did not stop after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = common::eventually(
+        Duration::from_secs(30),
+        "the demo to stop after SIGINT",
+        async || {
+            demo.0
+                .try_wait()
+                .expect("demo status")
+                .ok_or("still running")
+        },
+    )
+    .await;
     assert!(exit.success(), "{exit:?}\n{output}");
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{FarBroker, TIMEOUT};
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureRecord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_far_broker_advertises_the_delay_proxy_and_serves_through_it() {
@@ -33,18 +32,8 @@ async fn a_far_broker_advertises_the_delay_proxy_and_serves_through_it() {
 
     let values: Vec<String> = (0..1000).map(|i| format!("far-{i}")).collect();
     let producer = common::producer(&far.bootstrap(), &[("acks", "all")]);
-    common::send_all(
-        &producer,
-        values
-            .iter()
-            .map(|value| {
-                FutureRecord::to(&topic)
-                    .key(value.as_str())
-                    .payload(value.as_str())
-            })
-            .collect(),
-    )
-    .await;
+    let records = values.iter().map(|value| (value.clone(), value.clone()));
+    common::send_keyed(&producer, &topic, records).await;
     let consumer = common::assigned_consumer(&far.bootstrap(), &topic, 3, &[]);
     let mut received: Vec<String> = common::consume_n(&consumer, values.len(), TIMEOUT)
         .await

@@ -10,14 +10,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Broker, ObjectStore, TestConsumer, TestProducer};
-use kshift::config::Config;
-use kshift::Proxy;
-use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
+use common::mirror::settled;
+use common::{Broker, ObjectStore, TestProducer};
 use rdkafka::producer::FutureRecord;
 
 /// How long the producers may take to deliver each record: their retry budget, which must
@@ -62,57 +59,12 @@ fn produce_steadily(
     })
 }
 
-/// A group consumer subscribed to `topic`, collecting every value it receives until `stop`.
-fn consume_in_background(
-    consumer: TestConsumer,
-    topic: &str,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Mutex<BTreeSet<String>>>, tokio::task::JoinHandle<()>) {
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let task = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                // Errors (a broker gone, a transport failure) are what the faults cause; the
-                // consumer must get past them by itself.
-                if let Ok(Ok(message)) =
-                    tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
-                {
-                    if let Some(value) = message.payload() {
-                        seen.lock()
-                            .unwrap()
-                            .insert(String::from_utf8_lossy(value).into_owned());
-                    }
-                }
-            }
-            drop(consumer);
-        })
-    };
-    (seen, task)
-}
-
-/// Waits up to `timeout` until `seen` holds every acknowledged value; returns those missing.
-async fn missing_after(
-    seen: &Mutex<BTreeSet<String>>,
-    acknowledged: &[String],
-    timeout: Duration,
-) -> Vec<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let missing: Vec<String> = {
-            let seen = seen.lock().unwrap();
-            acknowledged
-                .iter()
-                .filter(|value| !seen.contains(*value))
-                .cloned()
-                .collect()
-        };
-        if missing.is_empty() || Instant::now() > deadline {
-            return missing;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// 800 ms into the load, `broker` crashes (SIGKILL); it comes back after `down_for`.
+async fn crash(broker: &mut Broker, down_for: Duration) {
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    broker.kill();
+    tokio::time::sleep(down_for).await;
+    broker.restart().await;
 }
 
 /// Every record `bootstrap` holds in `topic`, read from the beginning of each partition: until
@@ -216,12 +168,8 @@ async fn write_broker_crash(idempotent: bool, via_kshift: bool) {
         ],
     ));
     let stop = Arc::new(AtomicBool::new(false));
-    let group = common::unique_topic("crash-write-group");
-    let consumer = common::consumer(
-        &bootstrap,
-        &[("group.id", &group), ("enable.auto.commit", "true")],
-    );
-    let (seen, consuming) = consume_in_background(consumer, &topic, stop.clone());
+    let (seen, consuming) =
+        common::collect_values(&bootstrap, "crash-write-group", &topic, stop.clone());
     let sending = produce_steadily(
         "record",
         producer,
@@ -230,10 +178,7 @@ async fn write_broker_crash(idempotent: bool, via_kshift: bool) {
         Duration::from_millis(2),
     );
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    broker.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    broker.restart().await;
+    crash(&mut broker, Duration::from_secs(3)).await;
 
     let produced = sending.await.unwrap();
     assert!(
@@ -261,16 +206,15 @@ async fn write_broker_crash(idempotent: bool, via_kshift: bool) {
         offset_holes(&records)
     );
     // And the group consumer, which ran through the crash, got past it to all of them.
-    let missing = missing_after(&seen, &produced.acknowledged, Duration::from_secs(60)).await;
+    common::wait_until_seen(
+        &seen,
+        &produced.acknowledged,
+        Duration::from_secs(60),
+        "the group consumer through kshift to get every acknowledged record the broker holds",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     consuming.await.unwrap();
-    assert!(
-        missing.is_empty(),
-        "the group consumer through kshift skipped {} acknowledged records the broker holds, \
-         e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
 }
 
 /// Ignored: fails through Tansu's bug, not kshift's. An idempotent producer loses acknowledged
@@ -322,11 +266,10 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     let text = common::two_cluster_toml(&old, &new, &proxy_lines, routes);
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let through = proxy.local_addr().to_string();
     let topic = common::unique_topic("crash-mirror");
-    common::create_topic(&through, &topic, 2).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 2);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 2).await;
 
     let producer = Arc::new(common::producer(
         &through,
@@ -340,11 +283,8 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
         count,
         Duration::from_millis(2),
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    new.kill();
-    // Longer than a mirror batch's retries (mirror_delivery_timeout_ms), so some give up.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    new.restart().await;
+    // Down longer than a mirror batch's retries (mirror_delivery_timeout_ms), so some give up.
+    crash(&mut new, Duration::from_secs(4)).await;
     let produced = sending.await.unwrap();
     assert!(
         produced.failed.is_empty(),
@@ -355,18 +295,7 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     assert_eq!(produced.acknowledged.len(), count);
 
     // Every batch is either mirrored or journalled, and the crash did cost some.
-    let new_id = proxy.state().cluster_id("new").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = proxy.state().mirrors.stats(new_id);
-        let settled = stats.mirrored_records + stats.failed_records + stats.dropped_records;
-        if settled >= count as u64 && stats.lag_records == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "mirror never settled: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let stats = proxy.state().mirrors.stats(new_id);
+    let stats = settled(proxy.state(), "new", count as u64, Duration::from_secs(60)).await;
     assert!(
         stats.failed_records + stats.dropped_records > 0,
         "the mirror crash cost nothing, so this test proved nothing: {stats:?}"
@@ -401,20 +330,13 @@ async fn mirror_crash_leaves_producers_unaffected_and_repair_restores_parity() {
     proxy.shutdown().await;
 }
 
-fn listen_on(text: &str, address: std::net::SocketAddr) -> String {
-    text.replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{address}\""),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kshift_restart_under_load_loses_nothing_and_the_group_keeps_going() {
     let broker = Broker::start().await;
     let text = common::single_cluster_toml(&broker);
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let address = proxy.local_addr();
-    let text = listen_on(&text, address);
+    let text = common::listening_at(&text, &address.to_string());
     let through = address.to_string();
     let topic = common::unique_topic("restart-kshift");
     common::create_topic(&through, &topic, 2).await;
@@ -436,12 +358,8 @@ async fn kshift_restart_under_load_loses_nothing_and_the_group_keeps_going() {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let group = common::unique_topic("restart-kshift-group");
-    let consumer = common::consumer(
-        &through,
-        &[("group.id", &group), ("enable.auto.commit", "true")],
-    );
-    let (seen, consuming) = consume_in_background(consumer, &topic, stop.clone());
+    let (seen, consuming) =
+        common::collect_values(&through, "restart-kshift-group", &topic, stop.clone());
     let sending: Vec<_> = producers
         .iter()
         .zip(["idempotent", "plain"])
@@ -459,9 +377,8 @@ async fn kshift_restart_under_load_loses_nothing_and_the_group_keeps_going() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     proxy.shutdown().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let proxy = Proxy::start(Config::parse(&text).unwrap())
-        .await
-        .expect("kshift restarts on the same port");
+    // kshift restarts on the same port.
+    let proxy = common::start_proxy(&text).await;
     assert_eq!(proxy.local_addr(), address);
 
     let mut acknowledged = Vec::new();
@@ -476,15 +393,15 @@ async fn kshift_restart_under_load_loses_nothing_and_the_group_keeps_going() {
         );
         acknowledged.extend(produced.acknowledged);
     }
-    let missing = missing_after(&seen, &acknowledged, Duration::from_secs(60)).await;
+    common::wait_until_seen(
+        &seen,
+        &acknowledged,
+        Duration::from_secs(60),
+        "the group consumer to keep going and get every acknowledged record",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     consuming.await.unwrap();
-    assert!(
-        missing.is_empty(),
-        "the group consumer did not keep going: {} acknowledged records never arrived, e.g. {:?}",
-        missing.len(),
-        missing.first()
-    );
     let stored: BTreeSet<String> = stored_values(&broker.bootstrap(), &topic, 2, 2000)
         .await
         .into_iter()

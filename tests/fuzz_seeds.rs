@@ -2,38 +2,28 @@
 //! kafka-protocol at the versions clients send, so libFuzzer starts from valid input.
 //! `#[ignore]`d: `scripts/fuzz.sh` runs it (`cargo test --test fuzz_seeds -- --ignored`).
 
+mod common;
+
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
+use common::encode::{self, RecordBatch};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 
 fn name(text: &'static str) -> StrBytes {
     StrBytes::from_static_str(text)
 }
 
 fn request<M: Encodable>(api_key: ApiKey, version: i16, message: &M) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(api_key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(name("seed")));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, api_key.request_header_version(version))
-        .expect("header encodes");
-    message.encode(&mut buf, version).expect("request encodes");
-    buf.to_vec()
+    encode::request(api_key, version, 7, "seed", message).to_vec()
 }
 
 fn response<M: Encodable>(api_key: ApiKey, version: i16, message: &M) -> Vec<u8> {
@@ -44,33 +34,18 @@ fn response<M: Encodable>(api_key: ApiKey, version: i16, message: &M) -> Vec<u8>
     buf.to_vec()
 }
 
+/// Five records (keys on every other one, timestamps a millisecond apart, a header) from
+/// producer `producer_id` (-1: none).
 fn batch(compression: Compression, producer_id: i64) -> Bytes {
-    let records: Vec<Record> = (0..5)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: if producer_id < 0 { -1 } else { i as i32 },
-            timestamp: 1_700_000_000_000 + i,
-            key: (i % 2 == 0).then(|| Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(vec![b'v'; 40])),
-            headers: [(name("h"), Some(Bytes::from_static(b"x")))]
-                .into_iter()
-                .collect(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).expect("batch encodes");
-    buf.freeze()
+    RecordBatch::new(5)
+        .partition_leader_epoch(0)
+        .producer(producer_id, 0)
+        .timestamps_apart(1)
+        .keyed_every(2)
+        .values_of(b'v', 40)
+        .header("h", b"x")
+        .compression(compression)
+        .encode()
 }
 
 fn write(target: &str, seeds: Vec<(String, Vec<u8>)>) {
@@ -103,14 +78,7 @@ fn write_fuzz_seed_corpus() {
     write("record_batches", records);
 
     let topic = TopicName(name("orders"));
-    let produce = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(1000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic.clone())
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(Compression::Zstd, 1000)))])]);
+    let produce = encode::produce_request("orders", 0, -1, 1000, batch(Compression::Zstd, 1000));
     let fetch = FetchRequest::default()
         .with_max_wait_ms(500)
         .with_topics(vec![FetchTopic::default()

@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::Broker;
-use kshift::config::Config;
-use kshift::Proxy;
 use rdkafka::producer::FutureRecord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,11 +14,10 @@ async fn shutdown_under_load_loses_no_acknowledged_record_and_flushes_the_mirror
     let (old, new) = (Broker::start().await, Broker::start().await);
     let routes = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]";
     let text = common::two_cluster_toml(&old, &new, "drain_timeout_ms = 10000", routes);
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let through = proxy.local_addr().to_string();
     let topic = common::unique_topic("drain");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
 
     let producer = Arc::new(common::producer(
         &through,
@@ -103,14 +100,16 @@ async fn sigterm_exits_zero_after_draining() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(std::time::Instant::now() < deadline, "kshift did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        Duration::from_secs(10),
+        "kshift serve to accept connections",
+        async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(drop)
+        },
+    )
+    .await;
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
 use kshift::config::Config;
@@ -58,14 +58,32 @@ async fn start(text: &str, file: &Path) -> RunningProxy {
 }
 
 async fn wait_for_version(proxy: &RunningProxy, version: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state().routing.load().version < version {
-        assert!(
-            Instant::now() < deadline,
-            "routing version {version} never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("routing version {version} to be applied");
+    common::eventually(Duration::from_secs(10), &what, async || {
+        let applied = proxy.state().routing.load().version;
+        (applied >= version)
+            .then_some(())
+            .ok_or(format!("version {applied}"))
+    })
+    .await;
+}
+
+/// Waits until the background consumer has counted at least `count` records.
+async fn wait_for_consumed(
+    consumed: &AtomicU64,
+    count: u64,
+    within: Duration,
+    consuming: &tokio::task::JoinHandle<()>,
+) {
+    let what = format!("the consumer group to receive {count} records");
+    common::eventually(within, &what, async || {
+        assert!(!consuming.is_finished(), "the consumer failed");
+        let so_far = consumed.load(Ordering::Relaxed);
+        (so_far >= count)
+            .then_some(())
+            .ok_or(format!("{so_far} received"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,14 +151,7 @@ async fn a_hundred_swaps_under_traffic_fail_nothing_and_take_effect() {
         })
     };
     // Steady state first: every client connected (the group joined, records flow).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while consumed.load(Ordering::Relaxed) < 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the consumer group never received records"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_consumed(&consumed, 10, Duration::from_secs(30), &consuming).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let accepted_before = proxy.state().metrics.client_connections_accepted.get();
     let open_before = proxy.state().metrics.client_connections.get();
@@ -193,16 +204,7 @@ async fn a_hundred_swaps_under_traffic_fail_nothing_and_take_effect() {
 
     // The consumer group saw every stable record without an error.
     let total = produced.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while consumed.load(Ordering::Relaxed) < total {
-        assert!(!consuming.is_finished(), "the consumer failed");
-        assert!(
-            Instant::now() < deadline,
-            "consumed {} of {total}",
-            consumed.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_consumed(&consumed, total, Duration::from_secs(30), &consuming).await;
     consuming.abort();
     // No connection was dropped by a swap. A swap of the write cluster moves the swap
     // topic's leader to the other cluster's virtual node, as a partition reassignment would:
@@ -250,19 +252,19 @@ async fn invalid_tables_from_each_source_change_nothing_and_say_why() {
 
     // An invalid file is reported (metrics) and changes nothing.
     std::fs::write(&file, config_text(&old, &new, "nowhere")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = http::request(admin, "GET", "/metrics", "").await;
-        if metrics.contains("kshift_routing_updates_total{outcome=\"rejected\",source=\"file\"} 1")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "file rejection not counted:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        Duration::from_secs(10),
+        "the file's rejection to be counted",
+        async || {
+            let (_, metrics) = http::request(admin, "GET", "/metrics", "").await;
+            let counted = "kshift_routing_updates_total{outcome=\"rejected\",source=\"file\"} 1";
+            metrics
+                .contains(counted)
+                .then_some(())
+                .ok_or(format!("\n{metrics}"))
+        },
+    )
+    .await;
     assert_eq!(proxy.state().routing.load().version, 1);
 
     // JSON works too, GET shows it, and rollback restores the previous table.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use common::{Broker, Kshift, Received};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::Producer;
 
 fn text(bytes: &Option<Vec<u8>>) -> String {
     String::from_utf8(bytes.clone().expect("present")).expect("utf-8")
@@ -39,15 +39,7 @@ async fn idempotent_records_arrive_once_in_order() {
             sent.push((format!("key-{key}"), format!("key-{key}/{sequence}")));
         }
     }
-    let records = sent
-        .iter()
-        .map(|(key, value)| {
-            FutureRecord::to(&topic)
-                .key(key.as_str())
-                .payload(value.as_str())
-        })
-        .collect();
-    let delivered = common::send_all(&producer, records).await;
+    let delivered = common::send_keyed(&producer, &topic, sent.clone()).await;
     producer.flush(common::TIMEOUT).expect("flush");
     let delivered_at: HashMap<(i32, i64), &(String, String)> = delivered
         .iter()
@@ -104,18 +96,8 @@ async fn idempotent_records_arrive_once_in_order() {
 
 /// Sends six keyed records `{transaction}-{i}` inside the producer's current transaction.
 async fn send_transaction_records(producer: &common::TestProducer, topic: &str, transaction: &str) {
-    let keys: Vec<String> = (0..6).map(|i| format!("key-{i}")).collect();
-    let values: Vec<String> = (0..6).map(|i| format!("{transaction}-{i}")).collect();
-    let records = keys
-        .iter()
-        .zip(&values)
-        .map(|(key, value)| {
-            FutureRecord::to(topic)
-                .key(key.as_str())
-                .payload(value.as_str())
-        })
-        .collect();
-    common::send_all(producer, records).await;
+    let records = (0..6).map(|i| (format!("key-{i}"), format!("{transaction}-{i}")));
+    common::send_keyed(producer, topic, records).await;
 }
 
 /// (partition, offset, value) of each record, sorted.
@@ -157,15 +139,7 @@ async fn read_committed_consumer_sees_only_committed_transactions() {
     for (transaction, commit) in [("first", true), ("aborted", false), ("second", true)] {
         producer.begin_transaction().expect("begin_transaction");
         send_transaction_records(&producer, &topic, transaction).await;
-        if commit {
-            producer
-                .commit_transaction(common::TIMEOUT)
-                .expect("commit_transaction");
-        } else {
-            producer
-                .abort_transaction(common::TIMEOUT)
-                .expect("abort_transaction");
-        }
+        common::end_transaction(&producer, commit);
     }
     // A transaction left open: its records are written but not stable yet.
     producer.begin_transaction().expect("begin_transaction");

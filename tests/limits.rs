@@ -9,10 +9,10 @@ mod raw;
 
 use std::time::Duration;
 
+use common::encode::RecordBatch;
+use common::mirror::settled;
 use common::Broker;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, FetchResponse};
-use kshift::config::Config;
-use kshift::Proxy;
 use raw::{RawClient, Read};
 use rdkafka::producer::FutureRecord;
 
@@ -35,7 +35,7 @@ async fn max_connections_refuses_the_excess_and_frees_room_when_a_client_leaves(
     let broker = Broker::start().await;
     let text =
         common::single_cluster_toml(&broker).replace("[proxy]", "[proxy]\nmax_connections = 2");
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let mut first = RawClient::connect(proxy.local_addr()).await;
     let mut second = RawClient::connect(proxy.local_addr()).await;
     api_versions_answered(&mut first, 1).await;
@@ -50,14 +50,15 @@ async fn max_connections_refuses_the_excess_and_frees_room_when_a_client_leaves(
     assert_eq!(proxy.state().metrics.client_connections_refused.get(), 1);
 
     drop(first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while proxy.state().metrics.client_connections.get() > 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the closed connection was not released"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        Duration::from_secs(5),
+        "the closed connection to be released",
+        async || {
+            let open = proxy.state().metrics.client_connections.get();
+            (open <= 1).then_some(()).ok_or(format!("{open} open"))
+        },
+    )
+    .await;
     let mut fourth = RawClient::connect(proxy.local_addr()).await;
     api_versions_answered(&mut fourth, 1).await;
     api_versions_answered(&mut second, 2).await;
@@ -67,28 +68,17 @@ async fn max_connections_refuses_the_excess_and_frees_room_when_a_client_leaves(
 async fn mirror_queue_bytes_mirrors_what_fits_and_drops_what_does_not() {
     let (old, new) = (Broker::start().await, Broker::start().await);
     for (limit, expect_mirrored) in [(1_000_000usize, true), (64, false)] {
-        let text = format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:0"
-[clusters.old]
-bootstrap = ["{}"]
-[clusters.new]
-bootstrap = ["{}"]
-mirror_queue_bytes = {limit}
-[[routes]]
-topics = "*"
-write = "old"
-mirror = ["new"]
-"#,
-            old.bootstrap(),
-            new.bootstrap()
+        let text = common::two_cluster_toml_at(
+            &old.bootstrap(),
+            &new.bootstrap(),
+            "",
+            &format!("mirror_queue_bytes = {limit}"),
+            "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]",
         );
-        let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+        let proxy = common::start_proxy(&text).await;
         let through = proxy.local_addr().to_string();
         let topic = common::unique_topic("queue-limit");
-        common::create_topic(&through, &topic, 1).await;
-        common::wait_for_topic(&new.bootstrap(), &topic, 1);
+        common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
         let producer = common::producer(&through, &[("linger.ms", "0")]);
         let value = "x".repeat(200);
         for _ in 0..3 {
@@ -100,34 +90,13 @@ mirror = ["new"]
                 .await
                 .expect("the producer is never failed by the mirror queue");
         }
-        let new_id = proxy.state().cluster_id("new").unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let counts = proxy.state().mirrors.stats(new_id);
-            let settled =
-                counts.mirrored_records + counts.dropped_records == 3 && counts.lag_records == 0;
-            if settled {
-                if expect_mirrored {
-                    assert_eq!(
-                        (counts.mirrored_records, counts.dropped_records),
-                        (3, 0),
-                        "limit {limit}"
-                    );
-                } else {
-                    assert_eq!(
-                        (counts.mirrored_records, counts.dropped_records),
-                        (0, 3),
-                        "limit {limit}"
-                    );
-                }
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "limit {limit}: {counts:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let counts = settled(proxy.state(), "new", 3, Duration::from_secs(20)).await;
+        let expected = if expect_mirrored { (3, 0) } else { (0, 3) };
+        assert_eq!(
+            (counts.mirrored_records, counts.dropped_records),
+            expected,
+            "limit {limit}: {counts:?}"
+        );
         proxy.shutdown().await;
     }
 }
@@ -137,7 +106,7 @@ async fn idle_timeout_closes_silent_connections_and_keeps_busy_ones() {
     let broker = Broker::start().await;
     let text =
         common::single_cluster_toml(&broker).replace("[proxy]", "[proxy]\nidle_timeout_ms = 400");
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let mut busy = RawClient::connect(proxy.local_addr()).await;
     let mut silent = RawClient::connect(proxy.local_addr()).await;
     api_versions_answered(&mut silent, 1).await;
@@ -199,10 +168,8 @@ async fn request_timeout_answers_a_slow_backend_with_a_retriable_timeout() {
         // its control connection) wait `delay_ms` for every answer. (Tansu advertises its
         // own port, so produce and fetch would bypass the proxy: metadata is what is slowed.)
         let slow = slow_proxy(broker.addr(), Duration::from_millis(delay_ms)).await;
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nrequest_timeout_ms = 1000\n[clusters.old]\nbootstrap = [\"{slow}\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n"
-        );
-        let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+        let text = common::single_cluster_toml_at(&slow.to_string(), "request_timeout_ms = 1000");
+        let proxy = common::start_proxy(&text).await;
         let mut client = RawClient::connect(proxy.local_addr()).await;
         let started = std::time::Instant::now();
         client
@@ -254,7 +221,7 @@ async fn produce_runs_behind_a_parked_fetch(window: usize) -> bool {
         "[proxy]",
         &format!("[proxy]\nmax_in_flight_requests = {window}"),
     );
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let topic = common::unique_topic("window");
     let name = TopicName(StrBytes::from_string(topic.clone()));
     let mut client = RawClient::connect(proxy.local_addr()).await;
@@ -287,7 +254,7 @@ async fn produce_runs_behind_a_parked_fetch(window: usize) -> bool {
             ApiKey::Produce,
             7,
             3,
-            &raw::produce_request(&topic, 1, raw::record_batch(1)),
+            &raw::produce_request(&topic, 1, RecordBatch::new(1).encode()),
         )
         .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -333,21 +300,13 @@ async fn second_frame_read_while_first_waits(budget_bytes: usize) -> bool {
     use kafka_protocol::messages::ProduceResponse;
 
     let topic = common::unique_topic("budget");
-    let cluster = MockKafka::start(3);
-    cluster.create_topic(&topic, 3); // partition p led by broker p + 1
-    common::wait_for_topic(&cluster.bootstrap(), &topic, 3);
-    let bootstrap: Vec<String> = cluster
-        .bootstrap()
-        .split(',')
-        .map(|a| format!("\"{a}\""))
-        .collect();
-    let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nmax_frame_bytes = 65536\nqueued_max_request_bytes = {budget_bytes}\n\
-         [clusters.old]\nbootstrap = [{}]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n",
-        bootstrap.join(", ")
+    let cluster = MockKafka::with_topic(3, &topic, 3).await; // partition p led by broker p + 1
+    let text = common::single_cluster_toml_at(
+        &cluster.bootstrap(),
+        &format!("max_frame_bytes = 65536\nqueued_max_request_bytes = {budget_bytes}"),
     );
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
-    let batch = raw::record_batch(600);
+    let proxy = common::start_proxy(&text).await;
+    let batch = RecordBatch::new(600).encode();
     assert!(
         (33_000..60_000).contains(&batch.len()),
         "{} bytes",
@@ -372,14 +331,19 @@ async fn second_frame_read_while_first_waits(budget_bytes: usize) -> bool {
     let mut second = RawClient::connect(proxy.local_addr()).await;
     first.send(ApiKey::Produce, 7, 1, &request(0)).await;
     // The first frame is read (its bytes held in the budget) before the second is sent.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while proxy.state().request_budget.available_permits() + batch.len() > budget_bytes {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first frame was not read"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        Duration::from_secs(10),
+        "the first frame to be read",
+        async || {
+            let available = proxy.state().request_budget.available_permits();
+            (available + batch.len() <= budget_bytes)
+                .then_some(())
+                .ok_or(format!(
+                    "{available} of {budget_bytes} budget bytes available"
+                ))
+        },
+    )
+    .await;
     second.send(ApiKey::Produce, 7, 2, &request(1)).await;
     let second_first = tokio::select! {
         answer = first.read(Duration::from_secs(15)) => {

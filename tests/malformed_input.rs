@@ -4,16 +4,16 @@
 //! would kill this test process). Deterministic: a fixed-seed PRNG, so a failure
 //! reproduces. A complement to coverage-guided fuzzing, runnable on stable Rust in CI.
 
-use bytes::{Bytes, BytesMut};
+mod common;
+
+use bytes::Bytes;
+use common::encode::{self, RecordBatch};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use kshift::codec::batch::split_batches;
 use kshift::codec::Request;
 
@@ -56,53 +56,18 @@ fn mutate(rng: &mut Rng, original: &[u8]) -> Vec<u8> {
 }
 
 fn frame<M: Encodable>(api_key: ApiKey, version: i16, message: &M) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(api_key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_static_str("fuzz")));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, api_key.request_header_version(version))
-        .unwrap();
-    message.encode(&mut buf, version).unwrap();
-    buf.freeze()
+    encode::request(api_key, version, 7, "fuzz", message).freeze()
 }
 
+/// Five records with keys, 50-byte values and a header, from idempotent producer 1.
 fn batch(compression: Compression) -> Bytes {
-    let records: Vec<Record> = (0..5)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id: 1,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(vec![b'v'; 50])),
-            headers: [(
-                StrBytes::from_static_str("h"),
-                Some(Bytes::from_static(b"x")),
-            )]
-            .into_iter()
-            .collect(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    RecordBatch::new(5)
+        .partition_leader_epoch(0)
+        .producer(1, 0)
+        .values_of(b'v', 50)
+        .header("h", b"x")
+        .compression(compression)
+        .encode()
 }
 
 /// Decodes a frame the way kshift does: header, then the body as its api's message.
@@ -133,14 +98,7 @@ fn decode_like_kshift(bytes: Vec<u8>) {
 
 #[test]
 fn corrupted_requests_are_refused_without_panicking() {
-    let produce = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(1000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("orders")))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(Compression::None)))])]);
+    let produce = encode::produce_request("orders", 0, -1, 1000, batch(Compression::None));
     let fetch = FetchRequest::default().with_topics(vec![FetchTopic::default()
         .with_topic(TopicName(StrBytes::from_static_str("orders")))
         .with_partitions(vec![

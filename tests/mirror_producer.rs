@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mirror::{assert_mirrored_alike, settled};
+use common::mirror::{
+    assert_mirrored_alike, async_mirroring_kshift, create_mirrored_topic, settled,
+    ASYNC_MIRROR_ROUTING,
+};
 use common::mock_cluster::{MockKafka, RDKafkaApiKey, RDKafkaRespErr};
 use common::{Broker, FarBroker, Kshift};
+use kshift::mirror::MirrorCounts;
 use rdkafka::producer::FutureRecord;
-
-const ASYNC_ROUTE: &str = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"";
 
 /// Sends `count` records keyed and valued `{prefix}-{i}` (unique values) as fast as the
 /// producer takes them, then waits for every acknowledgement.
@@ -33,20 +35,38 @@ async fn send_padded(
     pad: usize,
 ) {
     let padding = "x".repeat(pad);
-    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    let values: Vec<String> = keys.iter().map(|key| format!("{key}{padding}")).collect();
-    common::send_all(
-        producer,
-        keys.iter()
-            .zip(&values)
-            .map(|(key, value)| {
-                FutureRecord::to(topic)
-                    .key(key.as_str())
-                    .payload(value.as_str())
-            })
-            .collect(),
-    )
-    .await;
+    let records = (0..count).map(|i| {
+        let key = format!("{prefix}-{i}");
+        let value = format!("{key}{padding}");
+        (key, value)
+    });
+    common::send_keyed(producer, topic, records).await;
+}
+
+/// Waits up to `within` until kshift's mirror to `new` has settled `records` records, checks
+/// that every one was mirrored (none failed or dropped) and that the mirror holds what the
+/// write cluster `old` holds ([`assert_mirrored_alike`]); returns the mirror's counters.
+async fn assert_mirror_complete(
+    kshift: &Kshift,
+    old: &str,
+    new: &str,
+    topic: &str,
+    partitions: i32,
+    records: usize,
+    within: Duration,
+) -> MirrorCounts {
+    let stats = settled(kshift.state(), "new", records as u64, within).await;
+    assert_eq!(
+        (
+            stats.mirrored_records,
+            stats.failed_records,
+            stats.dropped_records
+        ),
+        (records as u64, 0, 0),
+        "{stats:?}"
+    );
+    assert_mirrored_alike(kshift.state(), old, new, "new", topic, partitions, records).await;
+    stats
 }
 
 /// A mirror 10 ms away (a 20 ms round trip): the producer keeps several requests in flight
@@ -57,53 +77,29 @@ async fn a_far_mirror_gets_every_record_in_write_order_with_several_requests_in_
     const RECORDS: usize = 6_000;
     let old = Broker::start().await;
     let new = FarBroker::start(Duration::from_millis(10)).await;
-    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "",
-        "",
-        ASYNC_ROUTE,
-    ))
-    .await;
+    let kshift = async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), "").await;
     let topic = common::unique_topic("far-mirror");
-    common::create_topic(&kshift.bootstrap(), &topic, PARTITIONS).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
+    create_mirrored_topic(&kshift.bootstrap(), &new.bootstrap(), &topic, PARTITIONS).await;
     // 1 KB records in rounds: each round is several full mirror batches per partition, more
     // than one request's worth for each of the mirror's round trips.
     let producer = common::producer(&kshift.bootstrap(), &[("linger.ms", "1")]);
     for round in 0..RECORDS / 1_000 {
         send_padded(&producer, &topic, &format!("far-{round}"), 1_000, 1_000).await;
     }
-    let stats = settled(
-        kshift.state(),
-        "new",
-        RECORDS as u64,
+    let stats = assert_mirror_complete(
+        &kshift,
+        &old.bootstrap(),
+        &new.bootstrap(),
+        &topic,
+        PARTITIONS,
+        RECORDS,
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(
-        (
-            stats.mirrored_records,
-            stats.failed_records,
-            stats.dropped_records
-        ),
-        (RECORDS as u64, 0, 0),
-        "{stats:?}"
-    );
     assert!(
         stats.max_requests_in_flight >= 2,
         "the producer never had two requests in flight to the far mirror: {stats:?}"
     );
-    assert_mirrored_alike(
-        kshift.state(),
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "new",
-        &topic,
-        PARTITIONS,
-        RECORDS,
-    )
-    .await;
 }
 
 /// The link to a far mirror breaks again and again while batches are in flight on it: some
@@ -117,17 +113,9 @@ async fn a_far_mirror_whose_link_breaks_gets_every_record_once_in_order() {
     common::trace_from_env();
     let old = Broker::start().await;
     let new = FarBroker::start(Duration::from_millis(10)).await;
-    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "",
-        "",
-        ASYNC_ROUTE,
-    ))
-    .await;
+    let kshift = async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), "").await;
     let topic = common::unique_topic("far-breaks");
-    common::create_topic(&kshift.bootstrap(), &topic, PARTITIONS).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
+    create_mirrored_topic(&kshift.bootstrap(), &new.bootstrap(), &topic, PARTITIONS).await;
     let producer = common::producer(
         &kshift.bootstrap(),
         &[("linger.ms", "1"), ("batch.num.messages", "50")],
@@ -148,30 +136,14 @@ async fn a_far_mirror_whose_link_breaks_gets_every_record_once_in_order() {
         }
     }
     let records = rounds * PER_ROUND + 1;
-    let stats = settled(
-        kshift.state(),
-        "new",
-        records as u64,
-        Duration::from_secs(90),
-    )
-    .await;
-    assert_eq!(
-        (
-            stats.mirrored_records,
-            stats.failed_records,
-            stats.dropped_records
-        ),
-        (records as u64, 0, 0),
-        "{stats:?}"
-    );
-    assert_mirrored_alike(
-        kshift.state(),
+    assert_mirror_complete(
+        &kshift,
         &old.bootstrap(),
         &new.bootstrap(),
-        "new",
         &topic,
         PARTITIONS,
         records,
+        Duration::from_secs(90),
     )
     .await;
     assert_mirror_produces_failed(&kshift);
@@ -187,17 +159,9 @@ async fn a_resent_batch_the_mirror_already_holds_is_mapped_where_it_landed() {
     // 200 ms each way: a request reaches the broker ~200 ms after it is sent, its answer is
     // on the link until ~400 ms.
     let new = FarBroker::start(Duration::from_millis(200)).await;
-    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "",
-        "",
-        ASYNC_ROUTE,
-    ))
-    .await;
+    let kshift = async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), "").await;
     let topic = common::unique_topic("lost-answer");
-    common::create_topic(&kshift.bootstrap(), &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    create_mirrored_topic(&kshift.bootstrap(), &new.bootstrap(), &topic, 1).await;
     let producer = common::producer(&kshift.bootstrap(), &[("linger.ms", "0")]);
     send_many(&producer, &topic, "before", 1).await;
     settled(kshift.state(), "new", 1, Duration::from_secs(30)).await;
@@ -258,19 +222,11 @@ async fn mirror_through(faults: Faults) {
     const PER_ROUND: usize = 200;
     common::trace_from_env();
     let old = Broker::start().await;
-    let new = Arc::new(MockKafka::start(3));
     let topic = common::unique_topic("mock-mirror-faults");
-    new.create_topic(&topic, PARTITIONS);
-    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
+    let new = Arc::new(MockKafka::with_topic(3, &topic, PARTITIONS).await);
     common::create_topic(&old.bootstrap(), &topic, PARTITIONS).await;
-    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "",
-        faults.mirror_lines,
-        ASYNC_ROUTE,
-    ))
-    .await;
+    let kshift =
+        async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), faults.mirror_lines).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let steps = Arc::new(AtomicUsize::new(0));
@@ -325,30 +281,14 @@ async fn mirror_through(faults: Faults) {
         "only {} faults were injected while the records were written",
         steps.load(Ordering::Relaxed)
     );
-    let stats = settled(
-        kshift.state(),
-        "new",
-        records as u64,
-        Duration::from_secs(90),
-    )
-    .await;
-    assert_eq!(
-        (
-            stats.mirrored_records,
-            stats.failed_records,
-            stats.dropped_records
-        ),
-        (records as u64, 0, 0),
-        "{stats:?}"
-    );
-    assert_mirrored_alike(
-        kshift.state(),
+    assert_mirror_complete(
+        &kshift,
         &old.bootstrap(),
         &new.bootstrap(),
-        "new",
         &topic,
         PARTITIONS,
         records,
+        Duration::from_secs(90),
     )
     .await;
     assert_mirror_produces_failed(&kshift);
@@ -366,18 +306,11 @@ fn assert_mirror_produces_failed(kshift: &Kshift) {
 
 /// `kshift_backend_errors_total` of the mirror cluster `new`'s Produce, over every error.
 fn mirror_produce_failures(kshift: &Kshift) -> u64 {
-    kshift
-        .state()
-        .metrics
-        .exposition()
-        .lines()
-        .filter(|line| {
-            line.starts_with("kshift_backend_errors_total{")
-                && line.contains("cluster=\"new\"")
-                && line.contains("api=\"Produce\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    common::metric_sum(
+        &kshift.state().metrics.exposition(),
+        "kshift_backend_errors_total",
+        &["cluster=\"new\"", "api=\"Produce\""],
+    ) as u64
 }
 
 /// Leaders moving every 100 ms with 5 batches in flight per partition: a moved leader
@@ -425,7 +358,7 @@ async fn sync_clients_share_the_mirrors_requests_instead_of_queueing() {
     const EACH: usize = 20;
     let old = Broker::start().await;
     let new = FarBroker::start(Duration::from_millis(10)).await;
-    let routing = ASYNC_ROUTE.replace("mirror_mode = \"async\"", "mirror_mode = \"sync\"");
+    let routing = ASYNC_MIRROR_ROUTING.replace("mirror_mode = \"async\"", "mirror_mode = \"sync\"");
     let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
         &old.bootstrap(),
         &new.bootstrap(),
@@ -435,8 +368,13 @@ async fn sync_clients_share_the_mirrors_requests_instead_of_queueing() {
     ))
     .await;
     let topic = common::unique_topic("sync-clients");
-    common::create_topic(&kshift.bootstrap(), &topic, CLIENTS as i32).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, CLIENTS as i32);
+    create_mirrored_topic(
+        &kshift.bootstrap(),
+        &new.bootstrap(),
+        &topic,
+        CLIENTS as i32,
+    )
+    .await;
     let new_id = kshift.state().cluster_id("new").unwrap();
     let before = kshift.state().mirrors.stats(new_id).requests_sent;
     let mut clients = Vec::new();
@@ -498,17 +436,10 @@ async fn block_keeps_the_mirror_complete_where_drop_loses_records() {
         let mirror_lines = format!(
             "mirror_overflow = \"{policy}\"\nmirror_queue_bytes = 16384\nmirror_max_in_flight = 1\nmirror_batch_bytes = 4096\nmirror_request_bytes = 4096"
         );
-        let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-            &old.bootstrap(),
-            &new.bootstrap(),
-            "",
-            &mirror_lines,
-            ASYNC_ROUTE,
-        ))
-        .await;
+        let kshift =
+            async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), &mirror_lines).await;
         let topic = common::unique_topic(&format!("overflow-{policy}"));
-        common::create_topic(&kshift.bootstrap(), &topic, 1).await;
-        common::wait_for_topic(&new.bootstrap(), &topic, 1);
+        create_mirrored_topic(&kshift.bootstrap(), &new.bootstrap(), &topic, 1).await;
         let producer = common::producer(
             &kshift.bootstrap(),
             &[
@@ -519,15 +450,10 @@ async fn block_keeps_the_mirror_complete_where_drop_loses_records() {
             ],
         );
         send_many(&producer, &topic, policy, RECORDS).await;
-        let stats = settled(
-            kshift.state(),
-            "new",
-            RECORDS as u64,
-            Duration::from_secs(120),
-        )
-        .await;
+        let within = Duration::from_secs(120);
         match policy {
             "drop" => {
+                let stats = settled(kshift.state(), "new", RECORDS as u64, within).await;
                 assert!(
                     stats.dropped_records > 0 && stats.queue_full_dropped > 0,
                     "the queue never overflowed, so this test proved little: {stats:?}"
@@ -540,29 +466,20 @@ async fn block_keeps_the_mirror_complete_where_drop_loses_records() {
                 );
             }
             _ => {
+                let stats = assert_mirror_complete(
+                    &kshift,
+                    &old.bootstrap(),
+                    &new.bootstrap(),
+                    &topic,
+                    1,
+                    RECORDS,
+                    within,
+                )
+                .await;
                 assert!(
                     stats.queue_full_blocked > 0,
                     "no produce ever waited for room, so this test proved little: {stats:?}"
                 );
-                assert_eq!(
-                    (
-                        stats.mirrored_records,
-                        stats.dropped_records,
-                        stats.failed_records
-                    ),
-                    (RECORDS as u64, 0, 0),
-                    "{stats:?}"
-                );
-                assert_mirrored_alike(
-                    kshift.state(),
-                    &old.bootstrap(),
-                    &new.bootstrap(),
-                    "new",
-                    &topic,
-                    1,
-                    RECORDS,
-                )
-                .await;
             }
         }
         kshift.shutdown().await;
@@ -577,17 +494,9 @@ async fn a_blocked_produce_that_gets_no_room_is_refused_unwritten() {
     let old = Broker::start().await;
     let new = Broker::start().await;
     let mirror_lines = "mirror_overflow = \"block\"\nmirror_queue_bytes = 1024";
-    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "",
-        mirror_lines,
-        ASYNC_ROUTE,
-    ))
-    .await;
+    let kshift = async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), mirror_lines).await;
     let topic = common::unique_topic("blocked");
-    common::create_topic(&kshift.bootstrap(), &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    create_mirrored_topic(&kshift.bootstrap(), &new.bootstrap(), &topic, 1).await;
     drop(new); // nothing leaves the queue now (for mirror_delivery_timeout_ms, 120 s)
     let producer = common::producer(
         &kshift.bootstrap(),

@@ -8,11 +8,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::mirror::{by_partition, read_all};
 use common::{Broker, Received};
 use kshift::codec::batch::partition_for_key;
-use kshift::config::Config;
 use kshift::mirror::percent_selects;
-use kshift::{Proxy, RunningProxy};
+use kshift::RunningProxy;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureRecord, Producer};
 
@@ -36,19 +36,14 @@ async fn start_routing(
     routing: &str,
     mirror_lines: &str,
 ) -> RunningProxy {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
+    common::trace_from_env();
     let toml = common::two_cluster_toml(
         old,
         new,
         "connect_timeout_ms = 1000\nrequest_timeout_ms = 3000",
         &format!("{mirror_lines}\n{routing}"),
     );
-    Proxy::start(Config::parse(&toml).expect("valid config"))
-        .await
-        .expect("kshift starts")
+    common::start_proxy(&toml).await
 }
 
 /// The id of the mirror cluster `new`.
@@ -60,28 +55,8 @@ fn bootstrap(proxy: &RunningProxy) -> String {
     proxy.local_addr().to_string()
 }
 
-/// Reads everything (`expected` records) from `topic` on a cluster directly.
-async fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Received> {
-    let consumer = common::assigned_consumer(bootstrap, topic, partitions, &[]);
-    common::consume_n(&consumer, expected, Duration::from_secs(30)).await
-}
-
-/// Per partition, the (key, value) sequence in offset order.
-/// (key, value) of one record.
-type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
-
-fn by_partition(records: &[Received]) -> BTreeMap<i32, Vec<KeyValue>> {
-    let mut sorted: Vec<&Received> = records.iter().collect();
-    sorted.sort_by_key(|r| (r.partition, r.offset));
-    let mut map: BTreeMap<i32, Vec<_>> = BTreeMap::new();
-    for record in sorted {
-        map.entry(record.partition)
-            .or_default()
-            .push((record.key.clone(), record.value.clone()));
-    }
-    map
-}
-
+/// Produces `per_key` rounds of one record per key (`key-{k}`, valued `value-{key}-{round}`)
+/// for `keys` keys through `bootstrap`, with a producer of `settings`.
 async fn produce_keyed(
     bootstrap: &str,
     topic: &str,
@@ -89,26 +64,14 @@ async fn produce_keyed(
     keys: usize,
     per_key: usize,
 ) {
-    let producer = common::producer(bootstrap, settings);
-    let mut deliveries = Vec::new();
-    for round in 0..per_key {
-        for key in 0..keys {
+    let records = (0..per_key).flat_map(|round| {
+        (0..keys).map(move |key| {
             let key = format!("key-{key}");
             let value = format!("value-{key}-{round}");
-            deliveries.push(
-                producer
-                    .send_result(FutureRecord::to(topic).key(&key).payload(&value))
-                    .expect("queue"),
-            );
-        }
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("delivery")
-            .expect("record acknowledged");
-    }
-    producer.flush(Duration::from_secs(10)).expect("flush");
+            (key, value)
+        })
+    });
+    common::send_keyed(&common::producer(bootstrap, settings), topic, records).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +90,7 @@ async fn keyed_records_reach_both_clusters_in_the_same_per_partition_order() {
         ),
     ] {
         // Created through kshift: on the write cluster and on the mirror.
-        common::create_topic(&through, &topic, 3).await;
-        common::wait_for_topic(&new.bootstrap(), &topic, 3);
+        common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 3).await;
         produce_keyed(&through, &topic, &settings, 30, 5).await;
 
         let on_old = read_all(&old.bootstrap(), &topic, 3, 150).await;
@@ -167,8 +129,7 @@ async fn offset_map_translates_every_mirrored_record() {
     let proxy = start(&old, &new, "mirror = [\"new\"]").await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("offset-map");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
     produce_keyed(&through, &topic, &[("linger.ms", "0")], 10, 4).await;
     let on_old = read_all(&old.bootstrap(), &topic, 1, 40).await;
     let on_new = read_all(&new.bootstrap(), &topic, 1, 40).await;
@@ -198,23 +159,16 @@ fn assert_every_record_translates(
 
 /// The count of `kshift_backend_requests_total` for `cluster`'s `api`.
 fn backend_requests(proxy: &RunningProxy, cluster: &str, api: &str) -> u64 {
-    let text = kshift::control::admin::metrics_text(proxy.control());
-    let series = format!("kshift_backend_requests_total{{cluster=\"{cluster}\",api=\"{api}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
+    common::metric_sum(
+        &kshift::control::admin::metrics_text(proxy.control()),
+        "kshift_backend_requests_total",
+        &[&format!("cluster=\"{cluster}\""), &format!("api=\"{api}\"")],
+    ) as u64
 }
 
 /// Produces one record and waits for its acknowledgement.
 async fn send_one(producer: &common::TestProducer, topic: &str, key: &str, value: &str) {
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(value),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|(error, _)| panic!("record to {topic} not acknowledged: {error}"));
+    common::send_keyed(producer, topic, [(key.to_string(), value.to_string())]).await;
 }
 
 /// Reads the `count` records of single-partition `topic` from both clusters, checks they are
@@ -252,8 +206,7 @@ async fn queued_async_batches_are_mirrored_merged_in_order_and_translatable() {
     .await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("merged");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
     let settings = [
         ("linger.ms", "0"),
         ("acks", "1"),
@@ -276,8 +229,7 @@ async fn a_one_at_a_time_producers_batches_are_lingered_into_fewer_mirror_reques
     let proxy = start_with(&old, &new, "mirror = [\"new\"]", "mirror_linger_ms = 1000").await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("lingered");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
     let producer = common::producer(&through, &[("linger.ms", "0"), ("acks", "all")]);
     for i in 0..10 {
         send_one(&producer, &topic, "key", &format!("value-{i}")).await;
@@ -307,8 +259,7 @@ async fn a_sync_batch_does_not_wait_out_an_async_linger() {
     let through = bootstrap(&proxy);
     let (lazy, eager) = (common::unique_topic("lazy"), common::unique_topic("eager"));
     for topic in [&lazy, &eager] {
-        common::create_topic(&through, topic, 1).await;
-        common::wait_for_topic(&new.bootstrap(), topic, 1);
+        common::mirror::create_mirrored_topic(&through, &new.bootstrap(), topic, 1).await;
     }
     let producer = common::producer(&through, &[("linger.ms", "0")]);
     send_one(&producer, &lazy, "key", "value").await;
@@ -331,8 +282,7 @@ async fn mirror_percent_mirrors_about_half_the_keys_each_completely() {
     let proxy = start(&old, &new, "mirror = [\"new\"]\nmirror_percent = 50").await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("mirror-percent");
-    common::create_topic(&through, &topic, 2).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 2);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 2).await;
     produce_keyed(&through, &topic, &[], 100, 3).await;
 
     let expected_keys: BTreeSet<String> = (0..100)
@@ -413,7 +363,7 @@ async fn rename_writes_orders_on_old_and_orders_v2_on_new() {
     let proxy = start(&old, &new, &route).await;
     let through = bootstrap(&proxy);
     common::create_topic(&through, &orders, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &renamed, 1);
+    common::wait_for_topic(&new.bootstrap(), &renamed, 1).await;
     produce_keyed(&through, &orders, &[], 5, 2).await;
     let on_old = read_all(&old.bootstrap(), &orders, 1, 10).await;
     let on_new = read_all(&new.bootstrap(), &renamed, 1, 10).await;
@@ -434,8 +384,7 @@ async fn aborted_transactions_never_reach_the_mirror_and_committed_ones_do() {
     let proxy = start(&old, &new, "mirror = [\"new\"]").await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("mirror-txn");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
     let transactional_id = common::unique_topic("txn");
     let producer = common::producer(&through, &[("transactional.id", transactional_id.as_str())]);
     producer
@@ -446,15 +395,7 @@ async fn aborted_transactions_never_reach_the_mirror_and_committed_ones_do() {
         for i in 0..3 {
             send_one(&producer, &topic, "k", &format!("txn-{round}-{i}")).await;
         }
-        if commit {
-            producer
-                .commit_transaction(Duration::from_secs(15))
-                .expect("commit");
-        } else {
-            producer
-                .abort_transaction(Duration::from_secs(15))
-                .expect("abort");
-        }
+        common::end_transaction(&producer, commit);
     }
     let on_new = read_all(&new.bootstrap(), &topic, 1, 6).await;
     let values: Vec<String> = on_new
@@ -467,59 +408,46 @@ async fn aborted_transactions_never_reach_the_mirror_and_committed_ones_do() {
     );
 }
 
+/// kshift writing `old` and mirroring to `new` by `route`, the mirror producer giving a batch
+/// up after 2 s of retries (120 s by default); a topic whose first `records` keyed records
+/// reached the mirror, and then the mirror gone. The write cluster, kshift and the topic.
+async fn a_mirror_that_went_down(
+    route: &str,
+    prefix: &str,
+    records: usize,
+) -> (Broker, RunningProxy, String) {
+    let (old, new) = (Broker::start().await, Broker::start().await);
+    let proxy = start_with(&old, &new, route, "mirror_delivery_timeout_ms = 2000").await;
+    let through = bootstrap(&proxy);
+    let topic = common::unique_topic(prefix);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
+    produce_keyed(&through, &topic, &[], records, 1).await;
+    read_all(&new.bootstrap(), &topic, 1, records).await;
+    drop(new);
+    (old, proxy, topic)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_down_async_producers_see_nothing_and_failures_are_counted() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    // The mirror producer gives a batch up after 2 s of retries (120 s by default).
-    let proxy = start_with(
-        &old,
-        &new,
-        "mirror = [\"new\"]",
-        "mirror_delivery_timeout_ms = 2000",
-    )
-    .await;
+    let (old, proxy, topic) = a_mirror_that_went_down("mirror = [\"new\"]", "mirror-down", 5).await;
     let through = bootstrap(&proxy);
-    let topic = common::unique_topic("mirror-down");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
-    produce_keyed(&through, &topic, &[], 5, 1).await;
-    read_all(&new.bootstrap(), &topic, 1, 5).await;
-
-    drop(new);
     produce_keyed(&through, &topic, &[], 5, 4).await;
     read_all(&old.bootstrap(), &topic, 1, 25).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let counts = proxy.state().mirrors.stats(new_id(&proxy));
-        if counts.lag_records == 0 && counts.failed_records == 20 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "failures not counted: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::mirror::wait_for_counts(
+        proxy.state(),
+        "new",
+        Duration::from_secs(60),
+        "the 20 records written while the mirror was down to be counted failed",
+        |counts| counts.lag_records == 0 && counts.failed_records == 20,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_down_sync_producers_get_retriable_errors() {
-    let (old, new) = (Broker::start().await, Broker::start().await);
-    let proxy = start_with(
-        &old,
-        &new,
-        "mirror = [\"new\"]\nmirror_mode = \"sync\"",
-        "mirror_delivery_timeout_ms = 2000",
-    )
-    .await;
+    let route = "mirror = [\"new\"]\nmirror_mode = \"sync\"";
+    let (_old, proxy, topic) = a_mirror_that_went_down(route, "mirror-sync", 3).await;
     let through = bootstrap(&proxy);
-    let topic = common::unique_topic("mirror-sync");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
-    produce_keyed(&through, &topic, &[], 3, 1).await;
-    read_all(&new.bootstrap(), &topic, 1, 3).await;
-
-    drop(new);
     // With retries off, the client sees the retriable error itself.
     let producer = common::producer(
         &through,
@@ -550,19 +478,14 @@ async fn offset_map_survives_a_kshift_restart() {
         let routes = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]";
         common::two_cluster_toml(old, new, &proxy_lines, routes)
     };
-    let proxy = Proxy::start(Config::parse(&config(&old, &new)).unwrap())
-        .await
-        .unwrap();
+    let proxy = common::start_proxy(&config(&old, &new)).await;
     let through = bootstrap(&proxy);
     let topic = common::unique_topic("journal");
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
     produce_keyed(&through, &topic, &[("linger.ms", "0")], 4, 3).await;
     proxy.shutdown().await;
 
-    let restarted = Proxy::start(Config::parse(&config(&old, &new)).unwrap())
-        .await
-        .unwrap();
+    let restarted = common::start_proxy(&config(&old, &new)).await;
     let on_old = read_all(&old.bootstrap(), &topic, 1, 12).await;
     let on_new = read_all(&new.bootstrap(), &topic, 1, 12).await;
     let new_offset_of: BTreeMap<_, _> =

@@ -11,10 +11,11 @@ mod raw;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::mirror::{assert_same_per_partition, async_mirroring_kshift, read_all, settled};
 use common::mock_cluster::{MockKafka, RDKafkaApiKey, RDKafkaRespErr};
-use common::{Kshift, Received, TIMEOUT};
+use common::TIMEOUT;
 use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::consumer::Consumer;
@@ -42,12 +43,10 @@ fn leaders(bootstrap: &str, topic: &str) -> BTreeMap<i32, i32> {
         .unwrap_or_default()
 }
 
-/// A cluster of 3 brokers with `topic` of 6 partitions.
-fn three_brokers_with(topic: &str) -> MockKafka {
-    let cluster = MockKafka::start(3);
-    cluster.create_topic(topic, 6);
-    common::wait_for_topic(&cluster.bootstrap(), topic, 6);
-    cluster
+/// A cluster of 3 brokers with a fresh topic (named from `prefix`) of 6 partitions.
+async fn three_brokers_with_topic(prefix: &str) -> (MockKafka, String) {
+    let topic = common::unique_topic(prefix);
+    (MockKafka::with_topic(3, &topic, 6).await, topic)
 }
 
 /// Sends one record to `topic` partition `partition`; what its delivery report said.
@@ -73,8 +72,7 @@ async fn send_to(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_go_through_a_three_broker_cluster_with_leaders_spread() {
-    let topic = common::unique_topic("mock-direct");
-    let cluster = three_brokers_with(&topic);
+    let (cluster, topic) = three_brokers_with_topic("mock-direct").await;
     let leaders = leaders(&cluster.bootstrap(), &topic);
     let spread: BTreeMap<i32, i32> = (0..6).map(|p| (p, p % 3 + 1)).collect();
     assert_eq!(leaders, spread, "partition p is led by broker p % 3 + 1");
@@ -86,18 +84,8 @@ async fn records_go_through_a_three_broker_cluster_with_leaders_spread() {
 
     let producer = common::producer(&cluster.bootstrap(), &[("enable.idempotence", "true")]);
     let values: Vec<String> = (0..600).map(|i| format!("value-{i}")).collect();
-    let delivered = common::send_all(
-        &producer,
-        values
-            .iter()
-            .map(|value| {
-                FutureRecord::to(&topic)
-                    .key(value.as_str())
-                    .payload(value.as_str())
-            })
-            .collect(),
-    )
-    .await;
+    let records = values.iter().map(|value| (value.clone(), value.clone()));
+    let delivered = common::send_keyed(&producer, &topic, records).await;
     let used: BTreeSet<i32> = delivered.iter().map(|d| d.partition).collect();
     assert_eq!(used.len(), 6, "keys spread over all partitions: {used:?}");
 
@@ -115,24 +103,18 @@ async fn records_go_through_a_three_broker_cluster_with_leaders_spread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_leader_shows_in_metadata() {
-    let topic = common::unique_topic("mock-move");
-    let cluster = three_brokers_with(&topic);
+    let (cluster, topic) = three_brokers_with_topic("mock-move").await;
     let before = leaders(&cluster.bootstrap(), &topic)[&0];
     let target = before % 3 + 1;
     cluster.move_leader(&topic, 0, target);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    let what = format!("metadata to show partition 0 moved from broker {before} to {target}");
+    common::eventually(TIMEOUT, &what, async || {
         let now = leaders(&cluster.bootstrap(), &topic);
-        if now[&0] == target {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partition 0 still led by {} (moved from {before} to {target}): {now:?}",
-            now[&0]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (now[&0] == target)
+            .then_some(())
+            .ok_or(format!("leaders {now:?}"))
+    })
+    .await;
     // And a producer follows it there.
     let producer = common::producer(&cluster.bootstrap(), &[]);
     send_to(&producer, &topic, 0)
@@ -142,8 +124,7 @@ async fn a_moved_leader_shows_in_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_produce_errors_reach_the_producer_until_cleared() {
-    let topic = common::unique_topic("mock-errors");
-    let cluster = three_brokers_with(&topic);
+    let (cluster, topic) = three_brokers_with_topic("mock-errors").await;
     // No retries: the first error is the delivery report's.
     let producer = common::producer(
         &cluster.bootstrap(),
@@ -175,8 +156,7 @@ async fn injected_produce_errors_reach_the_producer_until_cleared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_down_fails_its_partitions_until_it_is_up() {
-    let topic = common::unique_topic("mock-down");
-    let cluster = three_brokers_with(&topic);
+    let (cluster, topic) = three_brokers_with_topic("mock-down").await;
     let leaders = leaders(&cluster.bootstrap(), &topic);
     let leader = leaders[&0];
     let other = (1..6)
@@ -207,8 +187,7 @@ async fn a_broker_down_fails_its_partitions_until_it_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_broker_outlasts_a_short_request_timeout() {
-    let topic = common::unique_topic("mock-slow");
-    let cluster = three_brokers_with(&topic);
+    let (cluster, topic) = three_brokers_with_topic("mock-slow").await;
     let producer = common::producer(
         &cluster.bootstrap(),
         &[
@@ -264,23 +243,6 @@ async fn a_placed_coordinator_is_the_one_find_coordinator_names() {
     }
 }
 
-/// The records of every partition in offset order, keyed and valued as strings.
-fn by_partition(records: &[Received]) -> BTreeMap<i32, Vec<(String, String)>> {
-    let text = |bytes: &Option<Vec<u8>>| {
-        String::from_utf8_lossy(bytes.as_deref().unwrap_or_default()).into_owned()
-    };
-    let mut sorted = records.to_vec();
-    sorted.sort_by_key(|r| (r.partition, r.offset));
-    let mut partitions: BTreeMap<i32, Vec<(String, String)>> = BTreeMap::new();
-    for record in &sorted {
-        partitions
-            .entry(record.partition)
-            .or_default()
-            .push((text(&record.key), text(&record.value)));
-    }
-    partitions
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_keeps_every_record_once_and_in_order_while_leaders_move() {
     const PARTITIONS: i32 = 6;
@@ -289,21 +251,9 @@ async fn mirroring_keeps_every_record_once_and_in_order_while_leaders_move() {
     const RECORDS: usize = ROUNDS * PER_ROUND;
     common::trace_from_env();
     let topic = common::unique_topic("mock-mirror-moves");
-    let old = Arc::new(MockKafka::start(3));
-    let new = Arc::new(MockKafka::start(3));
-    for cluster in [&old, &new] {
-        cluster.create_topic(&topic, PARTITIONS);
-        common::wait_for_topic(&cluster.bootstrap(), &topic, PARTITIONS);
-    }
-    let routing = "[[routes]]\ntopics = \"*\"\nwrite = \"old\"\nmirror = [\"new\"]\nmirror_mode = \"async\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"";
-    let kshift = Kshift::start_toml(&common::two_cluster_toml_at(
-        &old.bootstrap(),
-        &new.bootstrap(),
-        "",
-        "",
-        routing,
-    ))
-    .await;
+    let old = Arc::new(MockKafka::with_topic(3, &topic, PARTITIONS).await);
+    let new = Arc::new(MockKafka::with_topic(3, &topic, PARTITIONS).await);
+    let kshift = async_mirroring_kshift(&old.bootstrap(), &new.bootstrap(), "").await;
 
     // Every ~150 ms one partition of each cluster moves to the next broker: different
     // partitions on the two clusters, so a mirror move and a write move do not coincide.
@@ -337,100 +287,62 @@ async fn mirroring_keeps_every_record_once_and_in_order_while_leaders_move() {
         let values: Vec<String> = (0..PER_ROUND)
             .map(|i| format!("value-{}", round * PER_ROUND + i))
             .collect();
-        common::send_all(
-            &producer,
-            values
-                .iter()
-                .map(|value| {
-                    FutureRecord::to(&topic)
-                        .key(value.as_str())
-                        .payload(value.as_str())
-                })
-                .collect(),
-        )
-        .await;
+        let records = values.iter().map(|value| (value.clone(), value.clone()));
+        common::send_keyed(&producer, &topic, records).await;
         sent.extend(values);
         // Each round of records meets a leader move on both clusters.
-        let deadline = Instant::now() + TIMEOUT;
-        while moves.load(Ordering::Relaxed) <= round {
-            assert!(Instant::now() < deadline, "the leader mover stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("leader move {} (the mover stalled)", round + 1);
+        common::eventually(TIMEOUT, &what, async || {
+            let moved = moves.load(Ordering::Relaxed);
+            (moved > round)
+                .then_some(())
+                .ok_or(format!("{moved} moves"))
+        })
+        .await;
     }
     mover.abort();
     let moved = moves.load(Ordering::Relaxed);
     assert!(moved >= ROUNDS, "only {moved} leader moves during the run");
 
     // The mirror writer settles: everything mirrored, nothing dropped or failed.
-    let new_id = kshift.state().cluster_id("new").expect("cluster new");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stats = loop {
-        let stats = kshift.state().mirrors.stats(new_id);
-        let settled = stats.mirrored_records + stats.failed_records + stats.dropped_records;
-        if settled >= RECORDS as u64 && stats.lag_records == 0 {
-            break stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the mirror did not settle within 60 s: {stats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let stats = settled(
+        kshift.state(),
+        "new",
+        RECORDS as u64,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         (stats.failed_records, stats.dropped_records),
         (0, 0),
         "records the mirror writer gave up on: {stats:?}"
     );
 
-    let read = |bootstrap: String| {
-        let topic = topic.clone();
-        async move {
-            let consumer = common::assigned_consumer(&bootstrap, &topic, PARTITIONS, &[]);
-            common::consume_n(&consumer, RECORDS, Duration::from_secs(60)).await
-        }
-    };
-    let written = by_partition(&read(old.bootstrap()).await);
-    let mirrored = by_partition(&read(new.bootstrap()).await);
-
-    let mut all: Vec<&String> = written.values().flatten().map(|(_, value)| value).collect();
+    let written = read_all(&old.bootstrap(), &topic, PARTITIONS, RECORDS).await;
+    let mirrored = read_all(&new.bootstrap(), &topic, PARTITIONS, RECORDS).await;
+    let mut all: Vec<String> = written
+        .iter()
+        .map(|record| String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into())
+        .collect();
     all.sort();
-    let mut expected: Vec<&String> = sent.iter().collect();
+    let mut expected = sent.clone();
     expected.sort();
     assert_eq!(all, expected, "the write cluster holds every record once");
-    for partition in 0..PARTITIONS {
-        let on_write = written.get(&partition).cloned().unwrap_or_default();
-        let on_mirror = mirrored.get(&partition).cloned().unwrap_or_default();
-        if on_write != on_mirror {
-            let first = on_write
-                .iter()
-                .zip(&on_mirror)
-                .position(|(a, b)| a != b)
-                .unwrap_or(on_write.len().min(on_mirror.len()));
-            panic!(
-                "partition {partition}: write cluster has {} records, mirror {}; first \
-                 difference at position {first}: write {:?}, mirror {:?}",
-                on_write.len(),
-                on_mirror.len(),
-                on_write.get(first),
-                on_mirror.get(first)
-            );
-        }
-    }
+    assert_same_per_partition(&topic, PARTITIONS, &written, &mirrored);
     // The moves reached the write path too (the mirror's are certain: every round wrote every
     // partition after a move there, and the data above is all there).
     let metrics = kshift.state().metrics.exposition();
-    let not_leader = metrics
-        .lines()
-        .find(|line| {
-            line.starts_with("kshift_backend_errors_total{")
-                && line.contains("cluster=\"old\"")
-                && line.contains("api=\"Produce\"")
-                && line.contains("error=\"NotLeaderOrFollower\"")
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let not_leader = common::metric_sum(
+        &metrics,
+        "kshift_backend_errors_total",
+        &[
+            "cluster=\"old\"",
+            "api=\"Produce\"",
+            "error=\"NotLeaderOrFollower\"",
+        ],
+    );
     assert!(
-        not_leader > 0,
+        not_leader > 0.0,
         "no produce through kshift met a moved leader, so this test proved little:\n{metrics}"
     );
     kshift.shutdown().await;

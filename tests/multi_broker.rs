@@ -11,8 +11,9 @@ mod raw;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::encode::RecordBatch;
 use common::mock_cluster::MockKafka;
 use common::{Kshift, TIMEOUT};
 use futures_util::FutureExt;
@@ -35,26 +36,16 @@ const PARTITIONS: i32 = 6;
 
 /// kshift with one cluster `old` = `cluster`, plus `proxy_lines` in `[proxy]`.
 fn one_cluster_toml(cluster: &MockKafka, proxy_lines: &str) -> String {
-    let bootstrap: Vec<String> = cluster
-        .bootstrap()
-        .split(',')
-        .map(|address| format!("\"{}\"", address.trim()))
-        .collect();
-    format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_lines}\n[clusters.old]\nbootstrap = [{}]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n\
-         [[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
-        bootstrap.join(", ")
-    )
+    common::single_cluster_toml_at(&cluster.bootstrap(), proxy_lines)
 }
 
-/// A 3-broker cluster with `topic` of [`PARTITIONS`] partitions; partition `p` is led by
-/// broker `p % 3 + 1`.
-fn three_brokers_with(topic: &str) -> MockKafka {
-    let cluster = MockKafka::start(3);
-    cluster.create_topic(topic, PARTITIONS);
-    common::wait_for_topic(&cluster.bootstrap(), topic, PARTITIONS);
-    cluster
+/// A 3-broker cluster with a fresh topic (named from `prefix`) of [`PARTITIONS`] partitions,
+/// partition `p` led by broker `p % 3 + 1`, and kshift in front of it with `proxy_lines`.
+async fn cluster_and_kshift(prefix: &str, proxy_lines: &str) -> (String, MockKafka, Kshift) {
+    let topic = common::unique_topic(prefix);
+    let cluster = MockKafka::with_topic(3, &topic, PARTITIONS).await;
+    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, proxy_lines)).await;
+    (topic, cluster, kshift)
 }
 
 /// What `bootstrap` says about the brokers and about `topic`'s leaders.
@@ -105,7 +96,7 @@ fn batch_request(topic: &str, partitions: impl IntoIterator<Item = i32>) -> Prod
                     .map(|p| {
                         PartitionProduceData::default()
                             .with_index(p)
-                            .with_records(Some(raw::record_batch(2)))
+                            .with_records(Some(RecordBatch::new(2).encode()))
                     })
                     .collect(),
             )])
@@ -124,7 +115,7 @@ fn produce_codes(response: &ProduceResponse) -> BTreeMap<i32, i16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_shows_a_virtual_node_per_broker_all_at_kshift_with_fleet_wide_ids() {
     let topic = common::unique_topic("vnodes");
-    let cluster = three_brokers_with(&topic);
+    let cluster = MockKafka::with_topic(3, &topic, PARTITIONS).await;
     let config = one_cluster_toml(&cluster, "");
     let kshift = Kshift::start_toml(&config).await;
     let fleet_member = Kshift::start_toml(&config).await;
@@ -190,9 +181,7 @@ impl ClientContext for StatsContext {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_opens_one_connection_per_virtual_node_at_one_address() {
-    let topic = common::unique_topic("vnode-conns");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "")).await;
+    let (topic, _cluster, kshift) = cluster_and_kshift("vnode-conns", "").await;
     let context = StatsContext::default();
     let producer: FutureProducer<StatsContext> = ClientConfig::new()
         .set("bootstrap.servers", kshift.bootstrap())
@@ -214,8 +203,8 @@ async fn librdkafka_opens_one_connection_per_virtual_node_at_one_address() {
             .expect("delivered");
     }
     let expected: BTreeSet<i32> = (1..=3).map(|b| virtual_node(&kshift, b)).collect();
-    let deadline = Instant::now() + TIMEOUT;
-    let brokers = loop {
+    let what = format!("librdkafka to be connected to node ids {expected:?}");
+    let brokers = common::eventually(TIMEOUT, &what, async || {
         let stats = context.latest.lock().unwrap().clone();
         let up: Vec<(i32, String, i64)> = stats
             .map(|s| {
@@ -227,14 +216,12 @@ async fn librdkafka_opens_one_connection_per_virtual_node_at_one_address() {
             })
             .unwrap_or_default();
         if up.iter().map(|(id, _, _)| *id).collect::<BTreeSet<_>>() == expected {
-            break up;
+            Ok(up)
+        } else {
+            Err(format!("connected brokers {up:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "librdkafka's connected brokers {up:?}, expected node ids {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     for (id, name, connects) in &brokers {
         assert_eq!(
             name,
@@ -252,9 +239,7 @@ async fn librdkafka_opens_one_connection_per_virtual_node_at_one_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_spanning_brokers_is_split_by_leader_and_merged() {
-    let topic = common::unique_topic("split-produce");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "")).await;
+    let (topic, cluster, kshift) = cluster_and_kshift("split-produce", "").await;
     // A client with stale metadata (or one virtual node) sends every partition at once.
     let mut client = raw::RawClient::connect(kshift.addr()).await;
     client
@@ -304,9 +289,7 @@ fn fetch_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_spanning_brokers_answers_as_soon_as_one_has_data() {
-    let topic = common::unique_topic("merge-fetch");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "")).await;
+    let (topic, _cluster, kshift) = cluster_and_kshift("merge-fetch", "").await;
     // Records on partition 1 only (broker 2); partitions 0 and 2 (brokers 1 and 3) are empty
     // and long-poll for the whole max_wait_ms (the mock cluster holds an empty fetch that long).
     let producer = common::producer(&kshift.bootstrap(), &[]);
@@ -352,9 +335,7 @@ async fn coordinators_on_other_brokers_than_the_leaders_are_their_virtual_nodes(
     let topic = common::unique_topic("coordinated");
     let group = common::unique_topic("group");
     let transactional_id = common::unique_topic("txn");
-    let cluster = MockKafka::start(3);
-    cluster.create_topic(&topic, 1); // led by broker 1
-    common::wait_for_topic(&cluster.bootstrap(), &topic, 1);
+    let cluster = MockKafka::with_topic(3, &topic, 1).await; // led by broker 1
     cluster.coordinator(MockCoordinator::Group(group.clone()), 3);
     cluster.coordinator(MockCoordinator::Transaction(transactional_id.clone()), 2);
     let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "")).await;
@@ -405,14 +386,8 @@ async fn coordinators_on_other_brokers_than_the_leaders_are_their_virtual_nodes(
         .expect("init transactions");
     producer.begin_transaction().expect("begin");
     let records: Vec<String> = (0..5).map(|i| format!("txn-{i}")).collect();
-    common::send_all(
-        &producer,
-        records
-            .iter()
-            .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
-            .collect(),
-    )
-    .await;
+    let keyed = records.iter().map(|value| (value.clone(), value.clone()));
+    common::send_keyed(&producer, &topic, keyed).await;
     producer.commit_transaction(TIMEOUT).expect("commit");
 
     // A group through the coordinator on broker 3: consume, commit, and a second member of
@@ -453,9 +428,7 @@ async fn coordinators_on_other_brokers_than_the_leaders_are_their_virtual_nodes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_leader_shows_as_its_new_virtual_node_and_takes_records() {
-    let topic = common::unique_topic("moved");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "")).await;
+    let (topic, cluster, kshift) = cluster_and_kshift("moved", "").await;
     let producer = common::producer(&kshift.bootstrap(), &[("enable.idempotence", "true")]);
     let to_zero = |value: &'static str| {
         FutureRecord::to(&topic)
@@ -470,14 +443,17 @@ async fn a_moved_leader_shows_as_its_new_virtual_node_and_takes_records() {
     );
 
     cluster.move_leader(&topic, 0, 2);
-    let deadline = Instant::now() + TIMEOUT;
-    while shown(&kshift.bootstrap(), &topic).leaders[&0] != virtual_node(&kshift, 2) {
-        assert!(
-            Instant::now() < deadline,
-            "partition 0 not shown at broker 2's node"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        TIMEOUT,
+        "partition 0 to be shown at broker 2's node",
+        async || {
+            let leaders = shown(&kshift.bootstrap(), &topic).leaders;
+            (leaders[&0] == virtual_node(&kshift, 2))
+                .then_some(())
+                .ok_or(format!("leaders {leaders:?}"))
+        },
+    )
+    .await;
     // The producer meets NOT_LEADER_OR_FOLLOWER, refreshes, and goes to the new node.
     common::send_all(&producer, vec![to_zero("after")]).await;
     let consumer = common::assigned_consumer(&cluster.bootstrap(), &topic, 1, &[]);
@@ -490,9 +466,8 @@ async fn a_moved_leader_shows_as_its_new_virtual_node_and_takes_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_broker_fails_only_its_partitions_retriably_until_it_returns() {
-    let topic = common::unique_topic("dead-broker");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "connect_timeout_ms = 1000")).await;
+    let (topic, cluster, kshift) =
+        cluster_and_kshift("dead-broker", "connect_timeout_ms = 1000").await;
     let mut client = raw::RawClient::connect(kshift.addr()).await;
     // Warm kshift's leader cache and its connections.
     client
@@ -531,8 +506,9 @@ async fn a_dead_broker_fails_only_its_partitions_retriably_until_it_returns() {
     }
 
     cluster.broker_up(1);
-    let deadline = Instant::now() + TIMEOUT;
-    for correlation_id in 3.. {
+    let mut correlation_id = 2;
+    common::eventually(TIMEOUT, "broker 1's partitions to recover", async || {
+        correlation_id += 1;
         let mut client = raw::RawClient::connect(kshift.addr()).await;
         client
             .send(
@@ -543,23 +519,20 @@ async fn a_dead_broker_fails_only_its_partitions_retriably_until_it_returns() {
             )
             .await;
         let after: ProduceResponse = client.receive(ApiKey::Produce, 7, correlation_id).await;
-        if produce_codes(&after).values().all(|code| *code == 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "broker 1's partitions did not recover: {after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let codes = produce_codes(&after);
+        codes
+            .values()
+            .all(|code| *code == 0)
+            .then_some(())
+            .ok_or(format!("{codes:?} in {after:?}"))
+    })
+    .await;
     kshift.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_broker_holds_only_its_own_partitions() {
-    let topic = common::unique_topic("slow-broker");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "")).await;
+    let (topic, cluster, kshift) = cluster_and_kshift("slow-broker", "").await;
     let producer = common::producer(&kshift.bootstrap(), &[("linger.ms", "20")]);
     // Connections and metadata first, before the broker turns slow.
     let warm: Vec<_> = (0..PARTITIONS)
@@ -622,9 +595,8 @@ async fn a_slow_broker_holds_only_its_own_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_answer_of_a_request_shares_one_deadline() {
-    let topic = common::unique_topic("one-deadline");
-    let cluster = three_brokers_with(&topic);
-    let kshift = Kshift::start_toml(&one_cluster_toml(&cluster, "request_timeout_ms = 1000")).await;
+    let (topic, cluster, kshift) =
+        cluster_and_kshift("one-deadline", "request_timeout_ms = 1000").await;
     let mut client = raw::RawClient::connect(kshift.addr()).await;
     client
         .send(ApiKey::Produce, 7, 1, &batch_request(&topic, [0, 1]))

@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mirror::{read_all, settled};
 use common::{Broker, Kshift};
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 2;
@@ -43,20 +42,6 @@ fn committed_on(bootstrap: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
         .collect()
 }
 
-/// Produces `count` records keyed and valued `{prefix}-{i}` through `bootstrap`.
-async fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
-    let producer = common::producer(bootstrap, &[]);
-    let values: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
-    common::send_all(
-        &producer,
-        values
-            .iter()
-            .map(|v| FutureRecord::to(topic).key(v.as_str()).payload(v.as_str()))
-            .collect(),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_there_misses_nothing(
 ) {
@@ -66,9 +51,9 @@ async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_t
     common::create_topic(&new.bootstrap(), &topic, PARTITIONS).await;
     // The mirror already holds records of its own: its offsets differ from the write
     // cluster's, so a sync that copied offsets untranslated would be caught.
-    produce(&new.bootstrap(), &topic, "before", 7).await;
+    common::send_numbered(&new.bootstrap(), &topic, "before", 7).await;
     let kshift = Kshift::start_toml(&common::two_cluster_toml(&old, &new, "", routing())).await;
-    produce(&kshift.bootstrap(), &topic, "record", 300).await;
+    common::send_numbered(&kshift.bootstrap(), &topic, "record", 300).await;
     settled(kshift.state(), "new", 300, Duration::from_secs(30)).await;
 
     // A group that has read part of each partition commits through kshift, on old.
@@ -107,19 +92,15 @@ async fn a_groups_committed_offsets_reach_the_mirror_translated_and_a_consumer_t
         positions.iter().map(|p| Some(*p)).collect::<Vec<_>>(),
         "the offsets translate to themselves, so this test could not tell a translation"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("the mirror to have the translated {expected:?} for the group");
+    common::eventually(Duration::from_secs(20), &what, async || {
         let on_new = committed_on(&new.bootstrap(), &group, &topic);
-        if on_new == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the mirror has {on_new:?} for the group, not the translated {expected:?}: {:?}",
+        (on_new == expected).then_some(()).ok_or(format!(
+            "{on_new:?}; offset sync {:?}",
             kshift.control().offset_sync.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
     assert!(kshift.control().offset_sync.snapshot().groups_synced >= 1);
 
     // A consumer of the group started straight on the mirror resumes where the group was.
@@ -158,7 +139,7 @@ async fn a_group_with_members_on_the_mirror_is_left_alone_there() {
     common::create_topic(&old.bootstrap(), &topic, PARTITIONS).await;
     common::create_topic(&new.bootstrap(), &topic, PARTITIONS).await;
     let kshift = Kshift::start_toml(&common::two_cluster_toml(&old, &new, "", routing())).await;
-    produce(&kshift.bootstrap(), &topic, "record", 40).await;
+    common::send_numbered(&kshift.bootstrap(), &topic, "record", 40).await;
     settled(kshift.state(), "new", 40, Duration::from_secs(30)).await;
 
     // The group runs straight on the mirror (a service that never went through kshift).
@@ -170,15 +151,17 @@ async fn a_group_with_members_on_the_mirror_is_left_alone_there() {
     for partition in 0..PARTITIONS {
         common::commit_position(&kshift.bootstrap(), &group, &topic, partition, 3);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while kshift.control().offset_sync.snapshot().groups_active == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the sync never found the group's members on the mirror: {:?}",
-            kshift.control().offset_sync.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        Duration::from_secs(20),
+        "the sync to find the group's members on the mirror",
+        async || {
+            let snapshot = kshift.control().offset_sync.snapshot();
+            (snapshot.groups_active > 0)
+                .then_some(())
+                .ok_or(format!("{snapshot:?}"))
+        },
+    )
+    .await;
     assert_eq!(
         kshift.control().offset_sync.snapshot().groups_synced,
         0,

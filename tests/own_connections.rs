@@ -13,12 +13,11 @@ use kshift::metrics::Metrics;
 use kshift::security::BackendSecurity;
 
 fn connections_opened(metrics: &Metrics, cluster: &str) -> u64 {
-    let text = metrics.exposition();
-    let prefix = format!("kshift_backend_connections_opened_total{{cluster=\"{cluster}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    common::metric_sum(
+        &metrics.exposition(),
+        "kshift_backend_connections_opened_total",
+        &[&format!("cluster=\"{cluster}\"")],
+    ) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

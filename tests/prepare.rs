@@ -9,10 +9,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Output;
 
-use common::Broker;
-use rdkafka::admin::{AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use common::{Broker, CliRun};
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
 
 /// `orders` is renamed `orders-v2` on `new`; `payments` is `payments-legacy` on `old` and
@@ -61,23 +60,6 @@ async fn setup(routes: &str) -> Setup {
     }
 }
 
-/// Creates `name` with `partitions` partitions and `configs` on `bootstrap`.
-async fn create_topic_with(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let topic = configs.iter().fold(
-        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
-        |topic, (key, value)| topic.set(key, value),
-    );
-    let options = AdminOptions::new().operation_timeout(Some(common::TIMEOUT));
-    for result in common::admin(bootstrap)
-        .create_topics(&[topic], &options)
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-    common::wait_for_topic(bootstrap, name, partitions);
-}
-
 /// Topic name -> partition count on `bootstrap`.
 fn topics(bootstrap: &str) -> BTreeMap<String, usize> {
     common::consumer(bootstrap, &[])
@@ -103,25 +85,10 @@ async fn configs(bootstrap: &str, topic: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn prepare(config: &str, extra: &[&str]) -> Output {
+async fn prepare(config: &str, extra: &[&str]) -> CliRun {
     let mut args = vec!["prepare", "--config", config, "--topics", "*"];
     args.extend_from_slice(extra);
-    common::run_kshift(args.iter().map(|arg| arg.to_string()).collect())
-        .await
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn described(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        stdout(output),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    common::kshift_cli(&args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,27 +99,27 @@ async fn mirrored_topics_are_created_renamed_or_not_with_their_partitions_and_co
         config,
         _dir,
     } = setup(ROUTES).await;
-    create_topic_with(
+    common::create_topic_with(
         &old.bootstrap(),
         "orders",
         3,
         &[("retention.ms", "123456"), ("cleanup.policy", "compact")],
     )
     .await;
-    create_topic_with(
+    common::create_topic_with(
         &old.bootstrap(),
         "prep-events",
         2,
         &[("retention.ms", "3600000")],
     )
     .await;
-    create_topic_with(&old.bootstrap(), "payments-legacy", 1, &[]).await;
+    common::create_topic_with(&old.bootstrap(), "payments-legacy", 1, &[]).await;
     // Routed, but to no mirror.
-    create_topic_with(&old.bootstrap(), "unmirrored", 1, &[]).await;
+    common::create_topic_with(&old.bootstrap(), "unmirrored", 1, &[]).await;
 
     let output = prepare(&config, &[]).await;
-    assert!(output.status.success(), "{}", described(&output));
-    let printed = stdout(&output);
+    assert!(output.ok(), "{}", output.described());
+    let printed = &output.stdout;
     assert!(
         printed.contains("orders -> new:orders-v2: created (3 partitions, cleanup.policy=compact, retention.ms=123456)"),
         "{printed}"
@@ -197,8 +164,8 @@ async fn mirrored_topics_are_created_renamed_or_not_with_their_partitions_and_co
 
     // Run again: everything is there and matches.
     let again = prepare(&config, &[]).await;
-    assert!(again.status.success(), "{}", described(&again));
-    let printed = stdout(&again);
+    assert!(again.ok(), "{}", again.described());
+    let printed = &again.stdout;
     assert!(
         printed.contains("orders -> new:orders-v2: exists, matches (3 partitions)"),
         "{printed}"
@@ -217,12 +184,12 @@ async fn a_dry_run_lists_what_it_would_create_and_creates_nothing() {
         config,
         _dir,
     } = setup(ROUTES).await;
-    create_topic_with(&old.bootstrap(), "orders", 3, &[("retention.ms", "123456")]).await;
-    create_topic_with(&old.bootstrap(), "prep-events", 2, &[]).await;
+    common::create_topic_with(&old.bootstrap(), "orders", 3, &[("retention.ms", "123456")]).await;
+    common::create_topic_with(&old.bootstrap(), "prep-events", 2, &[]).await;
 
     let output = prepare(&config, &["--dry-run"]).await;
-    assert!(output.status.success(), "{}", described(&output));
-    let printed = stdout(&output);
+    assert!(output.ok(), "{}", output.described());
+    let printed = &output.stdout;
     assert!(
         printed
             .contains("orders -> new:orders-v2: would create (3 partitions, retention.ms=123456)"),
@@ -249,12 +216,12 @@ async fn an_existing_target_with_another_partition_count_fails_identity_partitio
         config,
         _dir,
     } = setup(ROUTES).await;
-    create_topic_with(&old.bootstrap(), "prep-events", 3, &[]).await;
-    create_topic_with(&new.bootstrap(), "prep-events", 2, &[]).await;
+    common::create_topic_with(&old.bootstrap(), "prep-events", 3, &[]).await;
+    common::create_topic_with(&new.bootstrap(), "prep-events", 2, &[]).await;
 
     let output = prepare(&config, &[]).await;
-    assert_eq!(output.status.code(), Some(1), "{}", described(&output));
-    let printed = stdout(&output);
+    assert_eq!(output.code, Some(1), "{}", output.described());
+    let printed = &output.stdout;
     assert!(
         printed.contains(
             "prep-events -> new:prep-events: exists with 2 partitions, but prep-events has 3 on old"
@@ -274,14 +241,14 @@ async fn murmur2_takes_any_partition_count_and_differing_configs_only_warn() {
         config,
         _dir,
     } = setup(routes).await;
-    create_topic_with(
+    common::create_topic_with(
         &old.bootstrap(),
         "prep-events",
         3,
         &[("retention.ms", "3600000")],
     )
     .await;
-    create_topic_with(
+    common::create_topic_with(
         &new.bootstrap(),
         "prep-events",
         2,
@@ -290,8 +257,8 @@ async fn murmur2_takes_any_partition_count_and_differing_configs_only_warn() {
     .await;
 
     let output = prepare(&config, &["--to", "new"]).await;
-    assert!(output.status.success(), "{}", described(&output));
-    let printed = stdout(&output);
+    assert!(output.ok(), "{}", output.described());
+    let printed = &output.stdout;
     assert!(
         printed.contains(
             "prep-events -> new:prep-events: exists (2 partitions), configs differ (warning): \
@@ -316,21 +283,21 @@ async fn an_unknown_to_cluster_is_named() {
     std::fs::write(&path, text).unwrap();
 
     let output = prepare(path.to_str().unwrap(), &["--to", "newer"]).await;
-    assert_eq!(output.status.code(), Some(2), "{}", described(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.code, Some(2), "{}", output.described());
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("--to \"newer\": no such cluster in the config (configured: new, old)"),
         "{}",
-        described(&output)
+        output.described()
     );
 
     // A configured cluster no route mirrors to is named too.
     let output = prepare(path.to_str().unwrap(), &["--to", "old"]).await;
-    assert_eq!(output.status.code(), Some(2), "{}", described(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.code, Some(2), "{}", output.described());
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("no route mirrors to cluster old"),
         "{}",
-        described(&output)
+        output.described()
     );
 }

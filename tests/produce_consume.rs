@@ -161,16 +161,8 @@ async fn keyed_records_keep_their_partition() {
     let mut sent: HashMap<(i32, i64), (String, String)> = HashMap::new();
     for round in 0..2 {
         let values: Vec<String> = keys.iter().map(|key| format!("{key}/{round}")).collect();
-        let records = keys
-            .iter()
-            .zip(&values)
-            .map(|(key, value)| {
-                FutureRecord::to(&topic)
-                    .key(key.as_str())
-                    .payload(value.as_str())
-            })
-            .collect();
-        let delivered = common::send_all(&producer, records).await;
+        let records = keys.iter().cloned().zip(values.iter().cloned());
+        let delivered = common::send_keyed(&producer, &topic, records).await;
         for ((key, value), delivery) in keys.iter().zip(&values).zip(delivered) {
             let first = *partition_of_key
                 .entry(key.clone())

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use common::mock_cluster::MockKafka;
 use common::Broker;
-use kshift::config::Config;
-use kshift::{Proxy, RunningProxy};
+use kshift::RunningProxy;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
@@ -54,23 +53,19 @@ fn config_text_at(
     offset_map: &std::path::Path,
     routing: &str,
 ) -> String {
-    common::two_cluster_toml_at(old, new, "", "", routing).replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!(
-            "listen = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\noffset_map_file = \"{}\"\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 5000",
-            offset_map.display()
-        ),
+    let proxy_lines = format!(
+        "admin_listen = \"127.0.0.1:0\"\noffset_map_file = \"{}\"\nconnect_timeout_ms = 1000\nrequest_timeout_ms = 5000",
+        offset_map.display()
+    );
+    common::listening_at(
+        &common::two_cluster_toml_at(old, new, &proxy_lines, "", routing),
+        listen,
     )
 }
 
 async fn start(config: &str) -> RunningProxy {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    Proxy::start(Config::parse(config).expect("valid config"))
-        .await
-        .expect("kshift starts")
+    common::trace_from_env();
+    common::start_proxy(config).await
 }
 
 /// PUTs a routing table (TOML); returns the status and the JSON answer.
@@ -176,22 +171,22 @@ fn start_consuming(
     (log, task)
 }
 
-async fn wait_for_count(log: &Log, count: usize, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while log.lock().unwrap().len() < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the group received {} of {count} records",
-            log.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until the group has received `count` records in all; `when` names the moment.
+async fn wait_for_count(log: &Log, count: usize, when: &str) {
+    let what = format!("the group to receive {count} records ({when})");
+    common::eventually(Duration::from_secs(60), &what, async || {
+        let received = log.lock().unwrap().len();
+        (received >= count)
+            .then_some(())
+            .ok_or(format!("{received} received"))
+    })
+    .await;
 }
 
 /// Waits until the group has received every produced seq.
 async fn wait_for_all(log: &Log, produced: &BTreeMap<u64, (i32, i64)>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = "the group to receive every record produced, after the switch";
+    common::eventually(Duration::from_secs(60), what, async || {
         let missing: Vec<u64> = {
             let received: std::collections::HashSet<u64> =
                 log.lock().unwrap().iter().map(|r| r.0).collect();
@@ -202,11 +197,10 @@ async fn wait_for_all(log: &Log, produced: &BTreeMap<u64, (i32, i64)>) {
                 .collect()
         };
         if missing.is_empty() {
-            return;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "after the switch the group never received {} records, first {:?} (at {:?} on old)",
+        Err(format!(
+            "{} records missing, first {:?} (at {:?} on old)",
             missing.len(),
             &missing[..missing.len().min(10)],
             missing
@@ -214,9 +208,9 @@ async fn wait_for_all(log: &Log, produced: &BTreeMap<u64, (i32, i64)>) {
                 .take(10)
                 .map(|s| produced[s])
                 .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
 }
 
 /// The committed positions on `old` that the switch moved, per partition.
@@ -296,19 +290,15 @@ async fn two_clusters(mirror: &str) -> Setup {
 /// offsets on old and new differ), created on both.
 async fn setup(old: &Broker, new: &Broker, bootstrap: &str) -> String {
     let topic = common::unique_topic("cutover");
-    common::create_topic(bootstrap, &topic, PARTITIONS).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, PARTITIONS);
-    let early = common::producer(&old.bootstrap(), &[]);
-    let values: Vec<String> = (0..25).map(|i| format!("early-{i}")).collect();
-    common::send_all(
-        &early,
-        values
-            .iter()
-            .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
-            .collect(),
-    )
-    .await;
+    common::mirror::create_mirrored_topic(bootstrap, &new.bootstrap(), &topic, PARTITIONS).await;
+    send_early_records(&old.bootstrap(), &topic).await;
     topic
+}
+
+/// Records straight to the write cluster, before kshift mirrors anything: offsets on old and
+/// new differ from then on.
+async fn send_early_records(old: &str, topic: &str) {
+    common::send_values(old, topic, (0..25).map(|i| format!("early-{i}"))).await;
 }
 
 /// The switch while the member runs, then checks: nothing missing, duplicates only of
@@ -333,10 +323,7 @@ async fn switch_and_check(
         let name = name.to_string();
         async move {
             let (_, text) = http::request(proxy.admin_addr().unwrap(), "GET", "/metrics", "").await;
-            text.lines()
-                .find(|line| line.starts_with(&name))
-                .and_then(|line| line.split_whitespace().last()?.parse::<f64>().ok())
-                .unwrap_or(0.0)
+            common::metric_sum(&text, &name, &[])
         }
     };
     assert_eq!(metric("kshift_groups_moved_total").await, 1.0);
@@ -365,6 +352,19 @@ async fn switch_and_check(
     );
 }
 
+/// A group member consuming `topic` through `bootstrap` while a producer writes it; once the
+/// member has 150 records and auto commit has recorded its position on old, the switch
+/// ([`switch_and_check`]).
+async fn run_through_the_switch(proxy: &RunningProxy, bootstrap: &str, topic: &str) {
+    let group = common::unique_topic("cutover-group");
+    let (log, consumer) = start_consuming(bootstrap, topic, &group);
+    let producing = start_producing(bootstrap.to_string(), topic.to_string(), 0);
+    wait_for_count(&log, 150, "before the switch").await;
+    // Let auto commit (every second) record a position on old.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    switch_and_check(proxy, log, consumer, producing, &group).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_group_follows_a_read_switch_without_gap() {
     let Setup {
@@ -375,24 +375,14 @@ async fn a_running_group_follows_a_read_switch_without_gap() {
     } = two_clusters("\"new\"").await;
     let bootstrap = proxy.local_addr().to_string();
     let topic = setup(&old, &new, &bootstrap).await;
-    let group = common::unique_topic("cutover-group");
-
-    let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
-    let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
-    wait_for_count(&log, 150, "before the switch").await;
-    // Let auto commit (every second) record a position on old.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    switch_and_check(&proxy, log, consumer, producing, &group).await;
+    run_through_the_switch(&proxy, &bootstrap, &topic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_group_follows_a_read_switch_between_multi_broker_clusters() {
-    let (old, new) = (MockKafka::start(3), MockKafka::start(3));
     let topic = common::unique_topic("cutover-mock");
-    for cluster in [&old, &new] {
-        cluster.create_topic(&topic, PARTITIONS);
-        common::wait_for_topic(&cluster.bootstrap(), &topic, PARTITIONS);
-    }
+    let old = MockKafka::with_topic(3, &topic, PARTITIONS).await;
+    let new = MockKafka::with_topic(3, &topic, PARTITIONS).await;
     // new's leaders differ from old's (which clients are shown): after the switch, fetches
     // sent by old's leaders are split by new's.
     new.move_leader(&topic, 0, 3);
@@ -408,24 +398,8 @@ async fn a_running_group_follows_a_read_switch_between_multi_broker_clusters() {
     );
     let proxy = start(&text).await;
     let bootstrap = proxy.local_addr().to_string();
-    // Records on old from before mirroring: offsets on old and new differ.
-    let early = common::producer(&old.bootstrap(), &[]);
-    let values: Vec<String> = (0..25).map(|i| format!("early-{i}")).collect();
-    common::send_all(
-        &early,
-        values
-            .iter()
-            .map(|v| FutureRecord::to(&topic).key(v.as_str()).payload(v.as_str()))
-            .collect(),
-    )
-    .await;
-    let group = common::unique_topic("cutover-group");
-    let (log, consumer) = start_consuming(&bootstrap, &topic, &group);
-    let producing = start_producing(bootstrap.clone(), topic.clone(), 0);
-    wait_for_count(&log, 150, "before the switch").await;
-    // Let auto commit (every second) record a position on old.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    switch_and_check(&proxy, log, consumer, producing, &group).await;
+    send_early_records(&old.bootstrap(), &topic).await;
+    run_through_the_switch(&proxy, &bootstrap, &topic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -483,31 +457,23 @@ async fn a_group_positioned_before_mirroring_began_is_refused() {
     common::create_topic(&bootstrap, &topic, 1).await;
     common::create_topic(&new.bootstrap(), &topic, 1).await;
     let producer = common::producer(&bootstrap, &[]);
-    let records =
-        |range: std::ops::Range<u32>| range.map(|i| format!("history-{i}")).collect::<Vec<_>>();
-    let history = records(0..30);
-    common::send_all(
-        &producer,
-        history
+    // Records `history-{i}` for `i` in `range`, without keys.
+    let send = async |range: std::ops::Range<u32>| {
+        let values: Vec<String> = range.map(|i| format!("history-{i}")).collect();
+        let records = values
             .iter()
             .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
-            .collect(),
-    )
-    .await;
+            .collect();
+        common::send_all(&producer, records).await;
+    };
+    send(0..30).await;
     // The group has read (and committed) only the first ten.
     let group = common::unique_topic("history-group");
     common::commit_position(&bootstrap, &group, &topic, 0, 10);
     // Mirroring starts; later records reach new.
     let (status, answer) = put_routes(&proxy, &routing("old", "\"new\"")).await;
     assert_eq!(status, 200, "{answer}");
-    let live = records(30..40);
-    common::send_all(
-        &producer,
-        live.iter()
-            .map(|v| FutureRecord::to(&topic).payload(v.as_str()))
-            .collect(),
-    )
-    .await;
+    send(30..40).await;
 
     let (status, answer) = put_routes(&proxy, &routing("new", "\"new\"")).await;
     assert_eq!(status, 409, "{answer}");
@@ -539,18 +505,6 @@ async fn a_group_positioned_before_mirroring_began_is_refused() {
     assert!(table.contains("\"read\":\"new\""), "{table}");
 }
 
-/// Runs the kshift binary (on a blocking thread); returns (success, stdout, stderr).
-async fn kshift_cli(args: &[&str]) -> (bool, String, String) {
-    let output = common::run_kshift(args.iter().map(|a| a.to_string()).collect())
-        .await
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kshift_cutover_switches_reads_and_rolls_back() {
     let Setup {
@@ -562,8 +516,7 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
     let bootstrap = proxy.local_addr().to_string();
     let admin = format!("http://{}", proxy.admin_addr().unwrap());
     let topic = common::unique_topic("cli-cutover");
-    common::create_topic(&bootstrap, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&bootstrap, &new.bootstrap(), &topic, 1).await;
     let values = |range: std::ops::Range<u32>| range.map(|i| format!("r-{i}"));
     // On old only: old's offsets are new's + 5.
     common::send_values(&old.bootstrap(), &topic, values(0..5)).await;
@@ -571,10 +524,11 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
     let group = common::unique_topic("cli-group");
     common::commit_position(&bootstrap, &group, &topic, 0, 15);
 
-    let (ok, _, stderr) = kshift_cli(&[
+    let (ok, _, stderr) = common::kshift_cli(&[
         "cutover", "--admin", &admin, "--topics", "orders.*", "--to", "new",
     ])
-    .await;
+    .await
+    .into_parts();
     assert!(
         !ok && stderr.contains("no route has topics = \"orders.*\""),
         "{stderr}"
@@ -584,7 +538,7 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
     let routes_before = http::request(proxy.admin_addr().unwrap(), "GET", "/routes", "")
         .await
         .1;
-    let (ok, stdout, stderr) = kshift_cli(&[
+    let (ok, stdout, stderr) = common::kshift_cli(&[
         "cutover",
         "--admin",
         &admin,
@@ -594,7 +548,8 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
         "new",
         "--dry-run",
     ])
-    .await;
+    .await
+    .into_parts();
     assert!(ok, "dry run failed: {stderr}\n{stdout}");
     for expected in [
         "check: routes [0] (*) mirror every record to new".to_string(),
@@ -628,7 +583,9 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
     );
 
     let (ok, stdout, stderr) =
-        kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
+        common::kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"])
+            .await
+            .into_parts();
     assert!(ok, "cutover failed: {stderr}\n{stdout}");
     assert!(
         stdout.contains(&format!("group {group} moved from old to new")),
@@ -636,7 +593,9 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
     );
     // Run again (as after an interruption once it had switched), it finds it done.
     let (ok, again, stderr) =
-        kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
+        common::kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"])
+            .await
+            .into_parts();
     assert!(ok, "second cutover failed: {stderr}\n{again}");
     assert!(
         again.contains("already reads from new") && again.contains("nothing to switch"),
@@ -652,7 +611,9 @@ async fn kshift_cutover_switches_reads_and_rolls_back() {
         "{table}"
     );
 
-    let (ok, stdout, stderr) = kshift_cli(&["cutover", "--admin", &admin, "--rollback"]).await;
+    let (ok, stdout, stderr) = common::kshift_cli(&["cutover", "--admin", &admin, "--rollback"])
+        .await
+        .into_parts();
     assert!(ok, "rollback failed: {stderr}\n{stdout}");
     assert!(
         stdout.contains(&format!("group {group} moved from new to old")),
@@ -695,7 +656,7 @@ async fn backfill_then_cutover_moves_a_topic_with_history() {
     common::send_values(&bootstrap, &busy, values(30..40)).await;
     // The idle topic gets its history from `kshift backfill`.
     let pattern = format!("{prefix}-*");
-    let (ok, stdout, stderr) = kshift_cli(&[
+    let (ok, stdout, stderr) = common::kshift_cli(&[
         "backfill",
         "--admin",
         &admin,
@@ -704,7 +665,8 @@ async fn backfill_then_cutover_moves_a_topic_with_history() {
         "--wait-secs",
         "20",
     ])
-    .await;
+    .await
+    .into_parts();
     assert!(ok, "backfill failed: {stderr}\n{stdout}");
     assert!(
         stdout.contains(&format!("{idle}[0] -> new: copied up to offset 20")),
@@ -728,12 +690,16 @@ async fn backfill_then_cutover_moves_a_topic_with_history() {
     }
     // A second request copies nothing twice.
     let (ok, stdout, stderr) =
-        kshift_cli(&["backfill", "--admin", &admin, "--topics", &pattern]).await;
+        common::kshift_cli(&["backfill", "--admin", &admin, "--topics", &pattern])
+            .await
+            .into_parts();
     assert!(ok, "{stderr}\n{stdout}");
 
     // The read cutover now finds the group's position on new.
     let (ok, stdout, stderr) =
-        kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"]).await;
+        common::kshift_cli(&["cutover", "--admin", &admin, "--topics", "*", "--to", "new"])
+            .await
+            .into_parts();
     assert!(ok, "cutover failed: {stderr}\n{stdout}");
     assert!(
         stdout.contains(&format!("{busy}[0] committed 10 -> 10")),

@@ -9,36 +9,42 @@ mod redis;
 use std::time::{Duration, Instant};
 
 use common::Broker;
-use kshift::config::Config;
-use kshift::{Proxy, RunningProxy};
+use kshift::RunningProxy;
 use redis::Redis;
 
 async fn start(old: &Broker, new: &Broker, redis_url: &str) -> RunningProxy {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
+    common::trace_from_env();
     let routing = format!(
         "[routing]\nredis = \"{redis_url}\"\nredis_key = \"kshift:test\"\n[[routes]]\ntopics = \"*\"\nwrite = \"old\""
     );
     let text = common::two_cluster_toml(old, new, "admin_listen = \"127.0.0.1:0\"", &routing);
-    Proxy::start(Config::parse(&text).unwrap()).await.unwrap()
+    common::start_proxy(&text).await
 }
 
 fn connected(proxy: &RunningProxy) -> bool {
     proxy.control().redis.as_ref().unwrap().is_connected()
 }
 
-async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    started.elapsed()
+/// Waits until both `a` and `b` are connected to Redis (`connected`) or both are not.
+async fn both_connected(a: &RunningProxy, b: &RunningProxy, connected_now: bool, what: &str) {
+    common::eventually(Duration::from_secs(10), what, async || {
+        let (a, b) = (connected(a), connected(b));
+        (a == connected_now && b == connected_now)
+            .then_some(())
+            .ok_or(format!("connected: a {a}, b {b}"))
+    })
+    .await;
+}
+
+/// Waits until `proxy` has applied routing table version `version`.
+async fn applied(proxy: &RunningProxy, version: u64, within: Duration, what: &str) {
+    common::eventually(within, what, async || {
+        let applied = proxy.state().routing.load().version;
+        (applied == version)
+            .then_some(())
+            .ok_or(format!("version {applied}"))
+    })
+    .await;
 }
 
 fn routes(write: &str) -> String {
@@ -52,10 +58,7 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
     let port = redis.port;
     let a = start(&old, &new, &redis.url()).await;
     let b = start(&old, &new, &redis.url()).await;
-    wait_until("both instances subscribed", Duration::from_secs(10), || {
-        connected(&a) && connected(&b)
-    })
-    .await;
+    both_connected(&a, &b, true, "both instances to subscribe").await;
     let new_id = a.state().cluster_id("new").unwrap();
 
     // A PUT on A is in force on B.
@@ -63,10 +66,9 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
         http::request(a.admin_addr().unwrap(), "PUT", "/routes", &routes("new")).await;
     assert_eq!(status, 200, "{body}");
     let version = a.state().routing.load().version;
-    let elapsed = wait_until("B applying A's table", Duration::from_secs(5), || {
-        b.state().routing.load().version == version
-    })
-    .await;
+    let put_returned = Instant::now();
+    applied(&b, version, Duration::from_secs(5), "B to apply A's table").await;
+    let elapsed = put_returned.elapsed();
     eprintln!("B applied A's table {elapsed:?} after A's PUT returned");
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     assert_eq!(
@@ -76,12 +78,7 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
 
     // Redis down: both keep the table; an update is refused with 503 and changes nothing.
     drop(redis);
-    wait_until(
-        "both instances noticing Redis is gone",
-        Duration::from_secs(10),
-        || !connected(&a) && !connected(&b),
-    )
-    .await;
+    both_connected(&a, &b, false, "both instances to notice Redis is gone").await;
     let (status, body) =
         http::request(b.admin_addr().unwrap(), "PUT", "/routes", &routes("old")).await;
     assert_eq!(status, 503, "{body}");
@@ -97,20 +94,12 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
 
     // Redis back, empty: both resync (the table in force is seeded) and follow again.
     let _redis = Redis::start(port).await;
-    wait_until(
-        "both instances resubscribed",
-        Duration::from_secs(10),
-        || connected(&a) && connected(&b),
-    )
-    .await;
+    both_connected(&a, &b, true, "both instances to resubscribe").await;
     let (status, body) =
         http::request(b.admin_addr().unwrap(), "PUT", "/routes", &routes("old")).await;
     assert_eq!(status, 200, "{body}");
     let version = b.state().routing.load().version;
-    wait_until("A applying B's table", Duration::from_secs(5), || {
-        a.state().routing.load().version == version
-    })
-    .await;
+    applied(&a, version, Duration::from_secs(5), "A to apply B's table").await;
     let old_id = a.state().cluster_id("old").unwrap();
     assert_eq!(
         a.state().routing.load().route("t", "c").unwrap().write,
@@ -143,11 +132,11 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
         .unwrap();
     for proxy in [&a, &b] {
         let admin = proxy.admin_addr().unwrap();
-        wait_until(
-            "the bad table being rejected",
+        common::eventually(
             Duration::from_secs(5),
-            || {
-                proxy
+            "the bad table to be rejected",
+            async || {
+                let rejected = proxy
                     .state()
                     .metrics
                     .routing_updates
@@ -155,8 +144,8 @@ async fn a_fleet_follows_redis_and_survives_its_restart() {
                         outcome: "rejected".into(),
                         source: "redis".into(),
                     })
-                    .get()
-                    > 0
+                    .get();
+                (rejected > 0).then_some(())
             },
         )
         .await;
@@ -179,12 +168,17 @@ async fn another_instance_translates_what_one_mirrored() {
         redis.url()
     );
     let text = common::two_cluster_toml(&old, &new, "admin_listen = \"127.0.0.1:0\"", &routing);
-    let mirroring = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
-    let switching = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let mirroring = common::start_proxy(&text).await;
+    let switching = common::start_proxy(&text).await;
 
     let topic = common::unique_topic("fleet-offsets");
-    common::create_topic(&mirroring.local_addr().to_string(), &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(
+        &mirroring.local_addr().to_string(),
+        &new.bootstrap(),
+        &topic,
+        1,
+    )
+    .await;
     let values = |range: std::ops::Range<u32>| range.map(|i| format!("r-{i}"));
     // On old only: old's offsets are new's + 5; then mirrored by the first instance.
     common::send_values(&old.bootstrap(), &topic, values(0..5)).await;
@@ -214,9 +208,13 @@ async fn another_instance_translates_what_one_mirrored() {
     assert_eq!(moved["offsets"][0]["from"], 15, "{answer}");
     assert_eq!(moved["offsets"][0]["to"], 10, "{answer}");
     // The fleet follows the table.
-    wait_until("the first instance follows", Duration::from_secs(2), || {
-        mirroring.state().routing.load().version == switching.state().routing.load().version
-    })
+    let version = switching.state().routing.load().version;
+    applied(
+        &mirroring,
+        version,
+        Duration::from_secs(2),
+        "the first instance to follow",
+    )
     .await;
 }
 
@@ -241,23 +239,23 @@ async fn the_fleet_offset_list_is_trimmed_to_the_newest_entries() {
             record_count: 10,
         });
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let entries = fleet.load("orders", 0, 1).await.unwrap();
-        if entries.last().map(|m| m.write_base_offset) == Some((total - 1) * 10) {
-            assert_eq!(entries.len(), MAX_SEGMENTS);
-            assert_eq!(
-                entries[0].write_base_offset,
-                100 * 10,
-                "the oldest went first"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} entries in Redis",
-            entries.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let entries = common::eventually(
+        Duration::from_secs(30),
+        "the newest entry to reach Redis",
+        async || {
+            let entries = fleet.load("orders", 0, 1).await.unwrap();
+            if entries.last().map(|m| m.write_base_offset) == Some((total - 1) * 10) {
+                Ok(entries)
+            } else {
+                Err(format!("{} entries in Redis", entries.len()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(entries.len(), MAX_SEGMENTS);
+    assert_eq!(
+        entries[0].write_base_offset,
+        100 * 10,
+        "the oldest went first"
+    );
 }

@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
-use kshift::config::Config;
-use kshift::Proxy;
 use rdkafka::producer::FutureRecord;
 
 /// Two brokers and a config mirroring `topics` from old to new with a failure journal.
@@ -55,7 +53,7 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         config,
         dir: _dir,
     } = setup("repair-*").await;
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
 
     // The topic exists on the write cluster only: every mirror attempt fails.
     let topic = common::unique_topic("repair");
@@ -66,30 +64,17 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
         &proxy.local_addr().to_string(),
         &[("linger.ms", "50"), ("allow.auto.create.topics", "false")],
     );
-    let deliveries: Vec<_> = (0..20)
-        .map(|i| {
-            let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-            producer
-                .send_result(FutureRecord::to(&topic).key(&key).payload(&value))
-                .expect("queued")
-        })
-        .collect();
-    for delivery in deliveries {
-        delivery
-            .await
-            .unwrap()
-            .expect("acknowledged by the write cluster");
-    }
-    let new_id = proxy.state().cluster_id("new").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while proxy.state().mirrors.stats(new_id).failed_records < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            proxy.state().mirrors.stats(new_id)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Acknowledged by the write cluster.
+    let records = (0..20).map(|i| (format!("key-{i}"), format!("value-{i}")));
+    common::send_keyed(&producer, &topic, records).await;
+    common::mirror::wait_for_counts(
+        proxy.state(),
+        "new",
+        Duration::from_secs(60),
+        "the 20 records' mirror writes to fail",
+        |stats| stats.failed_records >= 20,
+    )
+    .await;
     let journalled = kshift::mirror::failures::pending(&journal).unwrap();
     let journalled_records: i64 = journalled
         .iter()
@@ -128,24 +113,18 @@ async fn repair_copies_the_journalled_ranges_and_verify_then_agrees() {
 /// Sends `values` to partition 0 of `topic` as one batch, each record stamped `timestamp + i`.
 async fn send_batch(bootstrap: &str, topic: &str, values: &[String], timestamp: i64) {
     let producer = common::producer(bootstrap, &[("linger.ms", "100")]);
-    let deliveries: Vec<_> = values
+    let records = values
         .iter()
         .enumerate()
         .map(|(i, value)| {
-            producer
-                .send_result(
-                    FutureRecord::to(topic)
-                        .partition(0)
-                        .key("k")
-                        .payload(value)
-                        .timestamp(timestamp + i as i64),
-                )
-                .expect("queued")
+            FutureRecord::to(topic)
+                .partition(0)
+                .key("k")
+                .payload(value.as_str())
+                .timestamp(timestamp + i as i64)
         })
         .collect();
-    for delivery in deliveries {
-        delivery.await.unwrap().expect("acknowledged");
-    }
+    common::send_all(&producer, records).await;
 }
 
 /// A batch in flight when the mirror died can land although its write was reported failed:

@@ -18,6 +18,7 @@
 //! checked against librdkafka's SCRAM and TLS clients here.
 
 mod common;
+mod http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,19 +96,17 @@ fn assert_no_secret(secrets: &[&str], texts: &[&str]) {
 
 /// Waits until kshift's log contains `needle` (log lines are written as events happen).
 async fn wait_for_log(needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-    loop {
+    let what = format!("kshift to log {needle:?}");
+    common::eventually(common::TIMEOUT, &what, async || {
         let log = log_text();
         if log.contains(needle) {
-            return log;
+            Ok(log)
+        } else {
+            let tail_start = log.floor_char_boundary(log.len().saturating_sub(3000));
+            Err(format!("the log's tail:\n{}", &log[tail_start..]))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "kshift never logged {needle:?}; log tail:\n{}",
-            &log[log.len().saturating_sub(3000)..]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -350,16 +349,6 @@ async fn tansu_refuses_kshift_scram_login_cleanly() {
     }
 }
 
-/// A kshift started from `toml`.
-async fn start_kshift(toml: &str) -> kshift::RunningProxy {
-    let config = kshift::config::Config::parse(toml)
-        .unwrap_or_else(|error| panic!("config rejected: {error}\n{toml}"));
-    tokio::time::timeout(common::TIMEOUT, kshift::Proxy::start(config))
-        .await
-        .expect("kshift starts in time")
-        .unwrap_or_else(|error| panic!("kshift did not start: {error}"))
-}
-
 /// A kshift that stands in front of `broker` as a secured cluster would: TLS on its
 /// listener when `tls` (kshift's server certificate), SASL with `mechanism` for `user`.
 async fn start_secured_front(
@@ -379,35 +368,32 @@ async fn start_secured_front(
     } else {
         String::new()
     };
-    start_kshift(&format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{tls}[proxy.sasl]\ncredentials_file = \"{}\"\nmechanisms = [\"{mechanism}\"]\n\
-         [clusters.old]\nbootstrap = [\"{}\"]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
-        users.display(),
-        broker.bootstrap()
+    let proxy_lines = format!(
+        "{tls}[proxy.sasl]\ncredentials_file = \"{}\"\nmechanisms = [\"{mechanism}\"]",
+        users.display()
+    );
+    common::start_proxy(&common::single_cluster_toml_at(
+        &broker.bootstrap(),
+        &proxy_lines,
     ))
     .await
 }
 
+/// Produces `values` (all keyed `k`) to `topic` through `bootstrap`, with a producer of
+/// `settings`, and waits until all are acknowledged.
 async fn produce_values(
     bootstrap: &str,
     settings: &[(&str, &str)],
     topic: &str,
     values: &[String],
 ) {
-    let producer = common::producer(bootstrap, settings);
-    let records = values
-        .iter()
-        .map(|value| FutureRecord::to(topic).key("k").payload(value.as_str()))
-        .collect();
-    common::send_all(&producer, records).await;
+    send_values(&common::producer(bootstrap, settings), topic, values).await;
 }
 
-fn records_of<'a>(topic: &'a str, values: &'a [String]) -> Vec<FutureRecord<'a, str, str>> {
-    values
-        .iter()
-        .map(|v| FutureRecord::to(topic).key("k").payload(v.as_str()))
-        .collect()
+/// As [`produce_values`], with `producer`.
+async fn send_values(producer: &common::TestProducer, topic: &str, values: &[String]) {
+    let records = values.iter().map(|value| ("k".to_string(), value.clone()));
+    common::send_keyed(producer, topic, records).await;
 }
 
 fn values_of(records: &[common::Received]) -> Vec<String> {
@@ -508,7 +494,7 @@ cluster = "old"
         new = front_new.local_addr(),
         new_env = new_password_env,
     );
-    let proxy = start_kshift(&toml).await;
+    let proxy = common::start_proxy(&toml).await;
     let through = proxy.local_addr().to_string();
     let ca = pki.path("ca.pem");
     let client = sasl_client_settings("SCRAM-SHA-256", "app", CLIENT_PASSWORD, Some(&ca));
@@ -541,31 +527,19 @@ cluster = "old"
     // and finds them equal.
     let config_file = pki.dir.path().join("kshift.toml");
     std::fs::write(&config_file, &toml).unwrap();
-    let verify = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .arg("verify")
-            .arg("--config")
-            .arg(&config_file)
-            .output()
-            .expect("run kshift verify")
-    })
-    .await
-    .unwrap();
-    let verify_out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(verify.status.success(), "kshift verify: {verify_out}");
+    let verify = common::kshift_cli(&["verify", "--config", config_file.to_str().unwrap()]).await;
+    let verify_out = format!("{}{}", verify.stdout, verify.stderr);
+    assert!(verify.ok(), "kshift verify: {verify_out}");
     assert!(verify_out.contains(&topic), "{verify_out}");
 
     // The admin API: locked without the token, and no secret in what it shows with it.
     let admin = proxy.admin_addr().expect("admin API");
     let mut bodies = Vec::new();
     for path in ["/status", "/routes", "/metrics", "/"] {
-        let (status, _) = admin_get(admin, path, None).await;
+        let (status, _) = http::request_with_token(admin, "GET", path, "", None).await;
         assert_eq!(status, 401, "GET {path} without the token");
-        let (status, body) = admin_get(admin, path, Some(ADMIN_TOKEN)).await;
+        let (status, body) =
+            http::request_with_token(admin, "GET", path, "", Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 200, "GET {path} with the token: {body}");
         bodies.push(body);
     }
@@ -583,29 +557,6 @@ cluster = "old"
     front_new.shutdown().await;
 }
 
-/// GET `path` from the admin API, with a bearer token if given: (status, body).
-async fn admin_get(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(common::TIMEOUT, stream.read_to_string(&mut response))
-        .await
-        .expect("admin answer in time")
-        .unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
-
 /// A client that gets something wrong is refused the way a broker refuses it — wrong
 /// password or unknown user (SASL_AUTHENTICATION_FAILED with a message, then closed), a
 /// mechanism not enabled (UNSUPPORTED_SASL_MECHANISM), a request before authenticating or
@@ -620,14 +571,16 @@ async fn wrong_credentials_and_protocol_are_refused_and_a_correct_client_keeps_w
     const WRONG_PASSWORD: &str = "wrong-client-pw-8c44";
     const LATE_PASSWORD: &str = "late-user-pw-5e19";
     let users = credentials_file(pki.dir.path(), &[("good", GOOD_PASSWORD)]);
-    let proxy = start_kshift(&format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         [proxy.sasl]\ncredentials_file = \"{}\"\nfailed_authentication_delay_ms = 500\n[clusters.old]\nbootstrap = [\"{}\"]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+    let proxy_lines = format!(
+        "[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         [proxy.sasl]\ncredentials_file = \"{}\"\nfailed_authentication_delay_ms = 500",
         pki.path("server.pem"),
         pki.path("server.key"),
-        users.display(),
-        broker.bootstrap()
+        users.display()
+    );
+    let proxy = common::start_proxy(&common::single_cluster_toml_at(
+        &broker.bootstrap(),
+        &proxy_lines,
     ))
     .await;
     let address = proxy.local_addr();
@@ -638,7 +591,7 @@ async fn wrong_credentials_and_protocol_are_refused_and_a_correct_client_keeps_w
     common::create_topic(&broker.bootstrap(), &topic, 1).await;
     let producer = common::producer(&through, &good);
     let first: Vec<String> = (0..5).map(|i| format!("before-{i}")).collect();
-    common::send_all(&producer, records_of(&topic, &first)).await;
+    send_values(&producer, &topic, &first).await;
 
     // Wrong password, unknown user: SASL_AUTHENTICATION_FAILED (58) with Kafka's message,
     // then the connection is closed.
@@ -773,7 +726,7 @@ async fn wrong_credentials_and_protocol_are_refused_and_a_correct_client_keeps_w
 
     // The correct client was not disturbed: its producer goes on, a new consumer reads all.
     let second: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
-    common::send_all(&producer, records_of(&topic, &second)).await;
+    send_values(&producer, &topic, &second).await;
     let consumer = common::assigned_consumer(&through, &topic, 1, &good);
     let records = common::consume_n(&consumer, 10, Duration::from_secs(30)).await;
     let mut expected: Vec<String> = first.iter().chain(&second).cloned().collect();
@@ -796,14 +749,15 @@ async fn client_certificates_are_required_and_checked() {
     captured_log();
     let pki = Pki::new();
     let broker = Broker::start().await;
-    let proxy = start_kshift(&format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n\
-         [clusters.old]\nbootstrap = [\"{}\"]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+    let proxy_lines = format!(
+        "[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"",
         pki.path("server.pem"),
         pki.path("server.key"),
-        pki.path("ca.pem"),
-        broker.bootstrap()
+        pki.path("ca.pem")
+    );
+    let proxy = common::start_proxy(&common::single_cluster_toml_at(
+        &broker.bootstrap(),
+        &proxy_lines,
     ))
     .await;
     let address = proxy.local_addr();
@@ -902,14 +856,15 @@ async fn backend_refusals_are_reported_and_leave_other_clusters_working() {
     .await;
     // A front whose certificate has expired.
     let users = credentials_file(pki.dir.path(), &[("kshift", BACKEND_PASSWORD)]);
-    let expired_front = start_kshift(&format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         [proxy.sasl]\ncredentials_file = \"{}\"\n[clusters.old]\nbootstrap = [\"{}\"]\n\
-         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n",
+    let proxy_lines = format!(
+        "[proxy.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[proxy.sasl]\ncredentials_file = \"{}\"",
         pki.path("expired-server.pem"),
         pki.path("expired-server.key"),
-        users.display(),
-        broker.bootstrap()
+        users.display()
+    );
+    let expired_front = common::start_proxy(&common::single_cluster_toml_at(
+        &broker.bootstrap(),
+        &proxy_lines,
     ))
     .await;
     let cluster = |name: &str, address: SocketAddr, ca: &str, password: &str| {
@@ -948,7 +903,7 @@ async fn backend_refusals_are_reported_and_leave_other_clusters_working() {
         toml += &route(name);
     }
     toml += "[[groups]]\ngroups = \"*\"\ncluster = \"good\"\n";
-    let proxy = start_kshift(&toml).await;
+    let proxy = common::start_proxy(&toml).await;
     let through = proxy.local_addr().to_string();
 
     let good_topic = common::unique_topic("good");
@@ -1066,7 +1021,7 @@ async fn kshift_user_add_writes_entries_that_authenticate() {
     );
 
     // No backend is contacted for authentication.
-    let proxy = start_kshift(&format!(
+    let proxy = common::start_proxy(&format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.sasl]\ncredentials_file = \"{file}\"\n\
          [clusters.old]\nbootstrap = [\"127.0.0.1:1\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"\n"
     ))

@@ -9,7 +9,6 @@
 mod common;
 mod http;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Broker;
-use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
 fn env_secs(name: &str, default: u64) -> u64 {
@@ -74,9 +71,9 @@ async fn soak_produce_consume_and_route_swaps_lose_nothing_and_do_not_leak() {
     let (old, new) = (Broker::start().await, Broker::start().await);
     let (listen, admin) = (common::free_port(), common::free_port());
     let proxy_lines = format!("admin_listen = \"127.0.0.1:{admin}\"");
-    let text = common::two_cluster_toml(&old, &new, &proxy_lines, &route_table(0)).replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{listen}\""),
+    let text = common::listening_at(
+        &common::two_cluster_toml(&old, &new, &proxy_lines, &route_table(0)),
+        &format!("127.0.0.1:{listen}"),
     );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kshift.toml");
@@ -95,14 +92,14 @@ async fn soak_produce_consume_and_route_swaps_lose_nothing_and_do_not_leak() {
     let pid = kshift.0.id();
     let through = format!("127.0.0.1:{listen}");
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = Instant::now() + common::TIMEOUT;
-    while tokio::net::TcpStream::connect(&through).await.is_err() {
-        assert!(Instant::now() < deadline, "kshift serve did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        common::TIMEOUT,
+        "kshift serve to accept connections",
+        async || tokio::net::TcpStream::connect(&through).await.map(drop),
+    )
+    .await;
     let topic = common::unique_topic("soak");
-    common::create_topic(&through, &topic, 4).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 4);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 4).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -155,32 +152,9 @@ async fn soak_produce_consume_and_route_swaps_lose_nothing_and_do_not_leak() {
         })
         .collect();
 
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let consumer_stop = Arc::new(AtomicBool::new(false));
-    let consuming = {
-        let consumer = common::consumer(
-            &through,
-            &[
-                ("group.id", &common::unique_topic("soak-group")),
-                ("enable.auto.commit", "true"),
-            ],
-        );
-        consumer.subscribe(&[&topic]).expect("subscribe");
-        let (seen, consumer_stop) = (seen.clone(), consumer_stop.clone());
-        tokio::spawn(async move {
-            while !consumer_stop.load(Ordering::Relaxed) {
-                if let Ok(Ok(message)) =
-                    tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
-                {
-                    if let Some(value) = message.payload() {
-                        seen.lock()
-                            .unwrap()
-                            .insert(String::from_utf8_lossy(value).into_owned());
-                    }
-                }
-            }
-        })
-    };
+    let (seen, consuming) =
+        common::collect_values(&through, "soak-group", &topic, consumer_stop.clone());
 
     // Sample, and swap the route table every 10 s.
     let started = Instant::now();
@@ -213,17 +187,13 @@ async fn soak_produce_consume_and_route_swaps_lose_nothing_and_do_not_leak() {
         producer.await.unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let lost = loop {
-        let lost = {
-            let seen = seen.lock().unwrap();
-            acknowledged.iter().filter(|v| !seen.contains(*v)).count()
-        };
-        if lost == 0 || Instant::now() > deadline {
-            break lost;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    common::wait_until_seen(
+        &seen,
+        &acknowledged,
+        Duration::from_secs(60),
+        "the group consumer to get every acknowledged record",
+    )
+    .await;
     consumer_stop.store(true, Ordering::Relaxed);
     consuming.await.unwrap();
     let (rss_end, fds_end) = sample(pid);
@@ -234,13 +204,12 @@ async fn soak_produce_consume_and_route_swaps_lose_nothing_and_do_not_leak() {
     let consumed = seen.lock().unwrap().len();
     println!(
         "SOAK SUMMARY: {}s, {swaps} route swaps; records acknowledged {}, failed {}, consumed \
-         (distinct) {consumed}, lost {lost}; RSS KiB start {rss_start} end {rss_end} max \
+         (distinct) {consumed}, lost 0; RSS KiB start {rss_start} end {rss_end} max \
          {rss_max}; fds start {fds_start} end {fds_end} max {fds_max}",
         started.elapsed().as_secs(),
         acknowledged.len(),
         failed.load(Ordering::Relaxed),
     );
-    assert_eq!(lost, 0, "acknowledged records never consumed");
     assert!(!acknowledged.is_empty(), "nothing was produced");
     // Growth bounds generous enough for allocator noise; a leak per request or connection
     // over minutes of traffic exceeds them.

@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Broker;
-use kshift::config::Config;
-use kshift::Proxy;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
 
@@ -55,12 +53,11 @@ async fn status_page_shows_routes_clusters_and_mirror_progress_in_a_browser() {
     let (old, new) = (Broker::start().await, Broker::start().await);
     let routes = "[[routes]]\ntopics = \"orders.*\"\nwrite = \"old\"\nmirror = [\"new\"]\n[[routes]]\ntopics = \"*\"\nwrite = \"old\"";
     let text = common::two_cluster_toml(&old, &new, "admin_listen = \"127.0.0.1:0\"", routes);
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let admin = proxy.admin_addr().unwrap();
     let through = proxy.local_addr().to_string();
     let topic = format!("orders.{}", common::unique_topic("status"));
-    common::create_topic(&through, &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 1).await;
     let producer = common::producer(&through, &[]);
     for i in 0..5 {
         producer
@@ -71,12 +68,14 @@ async fn status_page_shows_routes_clusters_and_mirror_progress_in_a_browser() {
             .await
             .expect("delivered");
     }
-    let new_id = proxy.state().cluster_id("new").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while proxy.state().mirrors.stats(new_id).mirrored_records < 5 {
-        assert!(std::time::Instant::now() < deadline, "records not mirrored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::mirror::wait_for_counts(
+        proxy.state(),
+        "new",
+        Duration::from_secs(20),
+        "5 records to be mirrored",
+        |stats| stats.mirrored_records >= 5,
+    )
+    .await;
 
     let url = format!("http://{admin}/");
     let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&url))
@@ -129,20 +128,10 @@ async fn status_page_shows_routes_clusters_and_mirror_progress_in_a_browser() {
         "{metrics}"
     );
 
-    let health = Command::new(env!("CARGO_BIN_EXE_kshift"))
-        .args(["health", "--admin", &format!("http://{admin}")])
-        .output()
-        .unwrap();
-    assert!(
-        health.status.success(),
-        "{}",
-        String::from_utf8_lossy(&health.stderr)
-    );
-    let unhealthy = Command::new(env!("CARGO_BIN_EXE_kshift"))
-        .args(["health", "--admin", "http://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    assert!(!unhealthy.status.success());
+    let health = common::kshift_cli(&["health", "--admin", &format!("http://{admin}")]).await;
+    assert!(health.ok(), "{}", health.stderr);
+    let unhealthy = common::kshift_cli(&["health", "--admin", "http://127.0.0.1:1"]).await;
+    assert!(!unhealthy.ok());
 }
 
 /// The text of the table cells of the first row of `table_id` whose second cell is `key`.
@@ -177,12 +166,11 @@ async fn the_status_page_is_a_live_console_of_the_migration() {
     let (old, new) = (Broker::start().await, Broker::start().await);
     let routes = "[[routes]]\ntopics = \"orders*\"\nwrite = \"old\"\nmirror = [\"new\"]\nread = \"old\"\n[[groups]]\ngroups = \"*\"\ncluster = \"old\"\noffset_sync_ms = 500";
     let text = common::two_cluster_toml(&old, &new, "admin_listen = \"127.0.0.1:0\"", routes);
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let admin = proxy.admin_addr().unwrap();
     let through = proxy.local_addr().to_string();
     let topic = format!("orders-{}", common::unique_topic("console"));
-    common::create_topic(&through, &topic, 2).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 2);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 2).await;
 
     // A producer writing ~200 records/s and a group consuming and committing, all along.
     let running = Arc::new(AtomicBool::new(true));
@@ -226,8 +214,8 @@ async fn the_status_page_is_a_live_console_of_the_migration() {
     };
     // The console samples once a second and reads group positions every 5 s; the offset
     // sync copies the group's commits on old, translated, to new.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("the console to show {group} committed on both clusters");
+    common::eventually(Duration::from_secs(30), &what, async || {
         let groups = proxy.control().console.groups();
         let committed_on_both = groups.iter().any(|g| {
             g.group == group
@@ -236,41 +224,33 @@ async fn the_status_page_is_a_live_console_of_the_migration() {
                     .iter()
                     .all(|(_, p)| p.as_ref().is_ok_and(|p| !p.is_empty()))
         });
-        let sampled = proxy.control().console.samples_taken() >= 4;
-        if committed_on_both && sampled {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the console never showed {group} committed on both clusters: {groups:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        let samples = proxy.control().console.samples_taken();
+        (committed_on_both && samples >= 4)
+            .then_some(())
+            .ok_or(format!("{samples} samples, groups {groups:?}"))
+    })
+    .await;
 
     // `kshift verify --admin` reports to the page.
     let config_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config_file.path(), &text).unwrap();
-    let verify = tokio::task::spawn_blocking({
-        let (config, admin, topic) = (config_file.path().to_path_buf(), admin, topic.clone());
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_kshift"))
-                .arg("verify")
-                .arg("--config")
-                .arg(&config)
-                .args(["--topics", &topic, "--order", "fleet"])
-                .args(["--admin", &format!("http://{admin}")])
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let reported = proxy.control().console.verify().unwrap_or_else(|| {
-        panic!(
-            "verify reported nothing: {}",
-            String::from_utf8_lossy(&verify.stderr)
-        )
-    });
+    let verify = common::kshift_cli(&[
+        "verify",
+        "--config",
+        config_file.path().to_str().unwrap(),
+        "--topics",
+        &topic,
+        "--order",
+        "fleet",
+        "--admin",
+        &format!("http://{admin}"),
+    ])
+    .await;
+    let reported = proxy
+        .control()
+        .console
+        .verify()
+        .unwrap_or_else(|| panic!("verify reported nothing: {}", verify.stderr));
     assert_eq!(reported.topics, topic);
     assert_eq!(reported.mode, "fleet");
 

@@ -4,6 +4,7 @@
 //! The backend is a fake broker that answers ApiVersions and Metadata properly and a
 //! Produce with bytes that are no Produce response.
 
+mod common;
 mod raw;
 
 use std::net::SocketAddr;
@@ -23,7 +24,8 @@ use kafka_protocol::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use raw::{produce_request, record_batch, RawClient};
+use common::encode::RecordBatch;
+use raw::{produce_request, RawClient};
 
 const TOPIC: &str = "orders";
 
@@ -135,7 +137,7 @@ read = "old"
                 ApiKey::Produce,
                 7,
                 correlation_id,
-                &produce_request(TOPIC, 1, record_batch(3)),
+                &produce_request(TOPIC, 1, RecordBatch::new(3).encode()),
             )
             .await;
         let response: ProduceResponse = client.receive(ApiKey::Produce, 7, correlation_id).await;

@@ -6,7 +6,7 @@
 mod common;
 mod redis;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Broker, Kshift};
 use rdkafka::producer::{FutureRecord, Producer};
@@ -28,34 +28,30 @@ async fn start_with(old: &Broker, new: &Broker, routing_lines: &str) -> Kshift {
     Kshift::start_toml(&common::two_cluster_toml(old, new, proxy_lines, &routing)).await
 }
 
-async fn send(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
-    common::send_values(
-        bootstrap,
-        topic,
-        (0..count).map(|i| format!("{prefix}-{i}")),
-    )
-    .await;
-}
-
 /// Waits until the checker has made `passes` more passes.
 async fn passes(kshift: &Kshift, more: u64) {
     let until = kshift.control().unrouted.report().passes + more;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kshift.control().unrouted.report().passes < until {
-        assert!(Instant::now() < deadline, "the unrouted check stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("the unrouted check to make pass {until} (it stopped)");
+    common::eventually(Duration::from_secs(30), &what, async || {
+        let passes = kshift.control().unrouted.report().passes;
+        (passes >= until)
+            .then_some(())
+            .ok_or(format!("{passes} passes"))
+    })
+    .await;
 }
 
-async fn kshift_cli(args: &[&str]) -> (bool, String, String) {
-    let output = common::run_kshift(args.iter().map(|a| a.to_string()).collect())
-        .await
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    )
+/// Waits until `kshift`'s checker has found unrouted records; its report then.
+async fn found(kshift: &Kshift, what: &str) -> kshift::control::unrouted::Report {
+    common::eventually(Duration::from_secs(30), what, async || {
+        let report = kshift.control().unrouted.report();
+        if report.records > 0 {
+            Ok(report)
+        } else {
+            Err(format!("{report:?}"))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,12 +60,11 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     let (old, new) = (Broker::start().await, Broker::start().await);
     let kshift = start(&old, &new).await;
     let topic = common::unique_topic("unrouted");
-    common::create_topic(&kshift.bootstrap(), &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&kshift.bootstrap(), &new.bootstrap(), &topic, 1).await;
 
     // kshift's own writes, a committed and an aborted transaction among them (their markers
     // sit between kshift's offsets): nothing is unrouted.
-    send(&kshift.bootstrap(), &topic, "through", 10).await; // offsets 0..=9
+    common::send_numbered(&kshift.bootstrap(), &topic, "through", 10).await; // offsets 0..=9
     let transactional_id = common::unique_topic("txn");
     let producer = common::producer(
         &kshift.bootstrap(),
@@ -87,21 +82,13 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
             )
             .await
             .expect("transactional record");
-        if commit {
-            producer
-                .commit_transaction(Duration::from_secs(15))
-                .expect("commit");
-        } else {
-            producer
-                .abort_transaction(Duration::from_secs(15))
-                .expect("abort");
-        }
+        common::end_transaction(&producer, commit);
     }
     drop(producer);
     // Offsets 10..=13: a record and its commit marker, a record and its abort marker.
-    send(&kshift.bootstrap(), &topic, "after-txn", 2).await; // 14..=15
+    common::send_numbered(&kshift.bootstrap(), &topic, "after-txn", 2).await; // 14..=15
     tokio::time::sleep(Duration::from_secs(2)).await; // older than the pass's grace
-    send(&kshift.bootstrap(), &topic, "later", 1).await; // 16: moves Tansu's end past 15
+    common::send_numbered(&kshift.bootstrap(), &topic, "later", 1).await; // 16: moves Tansu's end past 15
     passes(&kshift, 4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     passes(&kshift, 4).await;
@@ -113,20 +100,9 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     );
 
     // A service still pointed at old writes 3 records straight to it (offsets 17..=19).
-    send(&old.bootstrap(), &topic, "beside", 3).await;
-    send(&kshift.bootstrap(), &topic, "through-again", 5).await; // 20..=24
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        let report = kshift.control().unrouted.report();
-        if report.records > 0 {
-            break report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the writer beside kshift was not found: {report:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    common::send_numbered(&old.bootstrap(), &topic, "beside", 3).await;
+    common::send_numbered(&kshift.bootstrap(), &topic, "through-again", 5).await; // 20..=24
+    let report = found(&kshift, "the writer beside kshift to be found").await;
     assert_eq!(report.records, 3, "{report:?}");
     let finding = &report.findings[0];
     assert_eq!(
@@ -149,20 +125,24 @@ async fn a_writer_beside_kshift_is_found_exactly_and_blocks_the_cutover() {
     // The cutover refuses, naming what the mirror lacks; --force goes ahead and says so.
     let admin = format!("http://{}", kshift.admin_addr().expect("admin API"));
     let cutover = ["cutover", "--admin", &admin, "--topics", "*", "--to", "new"];
-    let (ok, stdout, stderr) = kshift_cli(&cutover).await;
+    let (ok, stdout, stderr) = common::kshift_cli(&cutover).await.into_parts();
     assert!(!ok, "the cutover went ahead: {stdout}");
     assert!(
         stderr.contains("without going through kshift")
             && stderr.contains(&format!("{topic}[0] on old: offsets 17..=19 (3 records)")),
         "{stderr}"
     );
-    let (ok, stdout, stderr) = kshift_cli(&[&cutover[..], &["--dry-run"]].concat()).await;
+    let (ok, stdout, stderr) = common::kshift_cli(&[&cutover[..], &["--dry-run"]].concat())
+        .await
+        .into_parts();
     assert!(!ok, "the dry run did not refuse: {stdout}");
     assert!(
         stdout.contains("check: no record was written to a mirrored partition around kshift"),
         "{stdout}"
     );
-    let (ok, stdout, stderr_forced) = kshift_cli(&[&cutover[..], &["--force"]].concat()).await;
+    let (ok, stdout, stderr_forced) = common::kshift_cli(&[&cutover[..], &["--force"]].concat())
+        .await
+        .into_parts();
     assert!(ok, "the forced cutover failed: {stderr_forced}\n{stdout}");
     assert!(
         stderr_forced.contains("switching anyway (--force)") && stderr_forced.contains("lost"),
@@ -186,14 +166,13 @@ async fn a_fleet_shares_what_it_wrote_and_finds_only_the_writer_beside_it() {
     let a = start_with(&old, &new, &fleet).await;
     let b = start_with(&old, &new, &fleet).await;
     let topic = common::unique_topic("unrouted-fleet");
-    common::create_topic(&a.bootstrap(), &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&a.bootstrap(), &new.bootstrap(), &topic, 1).await;
     for round in 0..6 {
         let through = if round % 2 == 0 { &a } else { &b };
-        send(&through.bootstrap(), &topic, &format!("round-{round}"), 4).await;
+        common::send_numbered(&through.bootstrap(), &topic, &format!("round-{round}"), 4).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    send(&a.bootstrap(), &topic, "later", 1).await;
+    common::send_numbered(&a.bootstrap(), &topic, "later", 1).await;
     for instance in [&a, &b] {
         passes(instance, 4).await;
     }
@@ -206,22 +185,15 @@ async fn a_fleet_shares_what_it_wrote_and_finds_only_the_writer_beside_it() {
             "the other instance's writes were taken for unrouted ones: {report:?}"
         );
     }
-    send(&old.bootstrap(), &topic, "beside", 2).await;
-    send(&b.bootstrap(), &topic, "after", 2).await;
+    common::send_numbered(&old.bootstrap(), &topic, "beside", 2).await;
+    common::send_numbered(&b.bootstrap(), &topic, "after", 2).await;
     for instance in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let report = instance.control().unrouted.report();
-            if report.records > 0 {
-                assert_eq!(report.records, 2, "{report:?}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "an instance did not find the writer beside the fleet: {report:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let report = found(
+            instance,
+            "each instance to find the writer beside the fleet",
+        )
+        .await;
+        assert_eq!(report.records, 2, "{report:?}");
     }
     a.shutdown().await;
     b.shutdown().await;

@@ -9,11 +9,11 @@
 mod common;
 mod redis;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
-use kshift::config::Config;
-use kshift::{Proxy, RunningProxy};
+use kshift::RunningProxy;
+use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::FutureRecord;
 
 /// Runs `kshift verify --config PATH --topics TOPIC` plus `extra`; returns (exit code,
@@ -23,34 +23,32 @@ async fn verify(
     topic: &str,
     extra: &[&str],
 ) -> (Option<i32>, String, String) {
-    let mut args = vec![
-        "verify".to_string(),
-        "--config".to_string(),
-        path.display().to_string(),
-        "--topics".to_string(),
-        topic.to_string(),
-    ];
-    args.extend(extra.iter().map(|arg| arg.to_string()));
-    let output = common::run_kshift(args).await.unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let path = path.display().to_string();
+    let mut args = vec!["verify", "--config", &path, "--topics", topic];
+    args.extend_from_slice(extra);
+    let run = common::kshift_cli(&args).await;
+    (run.code, run.stdout, run.stderr)
 }
 
 /// Waits until `proxy` has mirrored `records` records to `new`.
 async fn mirrored(proxy: &RunningProxy, records: u64) {
-    let new_id = proxy.state().cluster_id("new").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proxy.state().mirrors.stats(new_id).mirrored_records < records {
-        assert!(
-            Instant::now() < deadline,
-            "records not mirrored: {:?}",
-            proxy.state().mirrors.stats(new_id)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{records} records to be mirrored");
+    let within = Duration::from_secs(20);
+    common::mirror::wait_for_counts(proxy.state(), "new", within, &what, |stats| {
+        stats.mirrored_records >= records
+    })
+    .await;
+}
+
+/// Writes one record straight to partition `partition` of `topic` on `old`, beside kshift:
+/// the mirror never gets it.
+async fn behind_kshifts_back(old: &Broker, topic: &str, partition: i32) -> Delivery {
+    let record = FutureRecord::to(topic)
+        .partition(partition)
+        .key("stray")
+        .payload("only on old");
+    let direct = common::producer(&old.bootstrap(), &[]);
+    common::send_all(&direct, vec![record]).await.remove(0)
 }
 
 /// Lines of `stdout` whose result says MISMATCH.
@@ -66,11 +64,10 @@ async fn verify_reports_parity_then_names_the_missing_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kshift.toml");
     std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(Config::parse(&text).unwrap()).await.unwrap();
+    let proxy = common::start_proxy(&text).await;
     let through = proxy.local_addr().to_string();
     let topic = common::unique_topic("verify");
-    common::create_topic(&through, &topic, 3).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 3);
+    common::mirror::create_mirrored_topic(&through, &new.bootstrap(), &topic, 3).await;
     let producer = common::producer(&through, &[]);
     for i in 0..60 {
         let (key, value) = (format!("key-{}", i % 7), format!("value-{i}"));
@@ -103,17 +100,7 @@ async fn verify_reports_parity_then_names_the_missing_record() {
     assert!(!stderr.contains("PartitionEOF"), "{stderr}");
 
     // A record written to old behind kshift's back: only partition 1 differs, at its offset.
-    let direct = common::producer(&old.bootstrap(), &[]);
-    let delivery = direct
-        .send(
-            FutureRecord::to(&topic)
-                .partition(1)
-                .key("stray")
-                .payload("only on old"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("delivered directly");
+    let delivery = behind_kshifts_back(&old, &topic, 1).await;
     let (partition, offset) = (delivery.partition, delivery.offset);
     assert_eq!(partition, 1);
     let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
@@ -142,7 +129,7 @@ async fn fleet_member(old: &Broker, new: &Broker, redis: &str, linger_ms: u64) -
         &format!("mirror_linger_ms = {linger_ms}"),
         &routing,
     );
-    Proxy::start(Config::parse(&text).unwrap()).await.unwrap()
+    common::start_proxy(&text).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,8 +141,8 @@ async fn in_a_fleet_verify_passes_another_order_and_still_finds_a_record_behind_
     let a = fleet_member(&old, &new, &redis.url(), 400).await;
     let b = fleet_member(&old, &new, &redis.url(), 0).await;
     let topic = common::unique_topic("fleet-verify");
-    common::create_topic(&a.local_addr().to_string(), &topic, 1).await;
-    common::wait_for_topic(&new.bootstrap(), &topic, 1);
+    common::mirror::create_mirrored_topic(&a.local_addr().to_string(), &new.bootstrap(), &topic, 1)
+        .await;
     let through_a = common::producer(&a.local_addr().to_string(), &[("linger.ms", "0")]);
     let through_b = common::producer(&b.local_addr().to_string(), &[("linger.ms", "0")]);
     // Two producers, one partition, alternating: on old a-0, b-0, a-1, b-1, ...
@@ -215,17 +202,7 @@ async fn in_a_fleet_verify_passes_another_order_and_still_finds_a_record_behind_
     );
 
     // A record behind the fleet's back is reported exactly, order notwithstanding.
-    let direct = common::producer(&old.bootstrap(), &[]);
-    let delivery = direct
-        .send(
-            FutureRecord::to(&topic)
-                .partition(0)
-                .key("stray")
-                .payload("only on old"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("delivered directly");
+    let delivery = behind_kshifts_back(&old, &topic, 0).await;
     let (code, stdout, stderr) = verify(&path, &topic, &[]).await;
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     let mismatch = mismatches(&stdout);

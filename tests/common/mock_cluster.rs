@@ -72,6 +72,15 @@ impl MockKafka {
         }
     }
 
+    /// A cluster of `brokers` brokers with `topic` of `partitions` partitions (see
+    /// [`MockKafka::create_topic`]), once its metadata shows every partition led.
+    pub async fn with_topic(brokers: i32, topic: &str, partitions: i32) -> MockKafka {
+        let cluster = MockKafka::start(brokers);
+        cluster.create_topic(topic, partitions);
+        super::wait_for_topic(&cluster.bootstrap(), topic, partitions).await;
+        cluster
+    }
+
     /// `bootstrap.servers` of every broker, comma-separated.
     pub fn bootstrap(&self) -> String {
         self.bootstrap.clone()

