@@ -9,7 +9,7 @@ use crate::cluster::UpstreamConnections;
 use crate::codec::Request;
 use crate::handler::{served_range, Context, PendingReply, Reply};
 use crate::handlers::fetch::positions::ReadPositions;
-use crate::handlers::{fetch, groups, produce, virtual_cluster};
+use crate::handlers::{admin_apis, fetch, groups, produce, transactions, virtual_cluster};
 use crate::state::ProxyState;
 
 /// Runs the submit phase of `request` and returns its wait phase.
@@ -46,7 +46,20 @@ pub async fn submit(
         ApiKey::Produce => produce::submit(&context).await,
         ApiKey::Fetch => fetch::submit_fetch(&context).await,
         ApiKey::ListOffsets => fetch::submit_list_offsets(&context).await,
-        _ => groups::submit(&context).await,
+        ApiKey::TxnOffsetCommit
+        | ApiKey::InitProducerId
+        | ApiKey::AddPartitionsToTxn
+        | ApiKey::AddOffsetsToTxn
+        | ApiKey::EndTxn => transactions::submit(&context).await,
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::OffsetDelete
+        | ApiKey::ListGroups => groups::submit(&context).await,
+        _ => admin_apis::submit(&context).await,
     };
     match submitted {
         Ok(pending) => pending,

@@ -113,6 +113,9 @@ pub enum BackendError {
         what: &'static str,
         reason: Arc<str>,
     },
+    /// Records could not be copied to mirror cluster `cluster`.
+    #[error("mirror cluster {cluster}: {reason}")]
+    Mirror { cluster: Arc<str>, reason: Arc<str> },
     #[error("cluster {cluster}: no reachable broker ({reason})")]
     Unreachable { cluster: Arc<str>, reason: Arc<str> },
     #[error("cluster {cluster}: broker {node} is not in its metadata")]
@@ -149,6 +152,7 @@ impl BackendError {
     pub fn cluster(&self) -> Option<&str> {
         match self {
             BackendError::Undecodable { cluster, .. }
+            | BackendError::Mirror { cluster, .. }
             | BackendError::Unreachable { cluster, .. }
             | BackendError::UnknownBroker { cluster, .. }
             | BackendError::Kafka { cluster, .. } => Some(cluster),

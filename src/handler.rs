@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, ApiKey, EndTxnResponse, HeartbeatResponse, InitProducerIdResponse,
     JoinGroupResponse, LeaveGroupResponse, OffsetFetchResponse, SyncGroupResponse,
 };
 use kafka_protocol::protocol::Encodable;
+use kafka_protocol::ResponseError;
 
 use crate::cluster::{Cluster, Lane, UpstreamConnections};
 use crate::codec::{self, Request};
@@ -126,6 +128,34 @@ impl Context {
         }))
     }
 
+    /// Forwards the request to the coordinator of `key` (a group or transactional id) on
+    /// `cluster_id`; a coordinator that says it moved is forgotten.
+    pub async fn to_coordinator(
+        &self,
+        cluster_id: ClusterId,
+        key_type: i8,
+        key: &str,
+        requested_wait_ms: i32,
+    ) -> Result<PendingReply, Error> {
+        let cluster = self.cluster(cluster_id).clone();
+        let node = cluster.coordinator(key_type, key).await?;
+        let key = key.to_string();
+        self
+            .forward(cluster_id, node, requested_wait_ms, move |context, body| {
+                if let Some(code) = coordinator_error(context, body) {
+                    tracing::debug!(cluster = %cluster.name, key, code, "coordinator moved; forgetting it");
+                    cluster.forget_coordinator(key_type, &key);
+                }
+            })
+            .await
+    }
+
+    /// Forwards the request to any broker of `cluster`.
+    pub async fn to_any_broker(&self, cluster: ClusterId) -> Result<PendingReply, Error> {
+        let node = self.cluster(cluster).any_broker().await?;
+        self.forward(cluster, node, 0, |_, _| {}).await
+    }
+
     /// The reply a broker would give when it cannot serve this request: a retriable error
     /// code for the APIs whose response carries one at the top, else a closed connection
     /// (which every client treats as retriable).
@@ -230,4 +260,56 @@ pub fn served_range(api_key: ApiKey) -> Option<(i16, i16)> {
             let valid = api_key.valid_versions();
             ((*min).max(valid.min), (*max).min(valid.max))
         })
+}
+
+/// Key types of FindCoordinator.
+pub const GROUP: i8 = 0;
+pub const TRANSACTION: i8 = 1;
+
+/// The coordinator error in a coordinator's answer, if it says it is not (or not yet)
+/// the coordinator.
+fn coordinator_error(context: &Context, body: &Bytes) -> Option<i16> {
+    let mut body = body.clone();
+    let response = ResponseKind::decode(
+        context.request.api_key,
+        &mut body,
+        context.request.api_version,
+    )
+    .ok()?;
+    let codes: Vec<i16> = match response {
+        ResponseKind::JoinGroup(r) => vec![r.error_code],
+        ResponseKind::SyncGroup(r) => vec![r.error_code],
+        ResponseKind::Heartbeat(r) => vec![r.error_code],
+        ResponseKind::LeaveGroup(r) => vec![r.error_code],
+        ResponseKind::OffsetFetch(r) => vec![r.error_code],
+        ResponseKind::InitProducerId(r) => vec![r.error_code],
+        ResponseKind::AddOffsetsToTxn(r) => vec![r.error_code],
+        ResponseKind::EndTxn(r) => vec![r.error_code],
+        ResponseKind::AddPartitionsToTxn(r) => r
+            .results_by_topic_v3_and_below
+            .iter()
+            .flat_map(|t| {
+                t.results_by_partition
+                    .iter()
+                    .map(|p| p.partition_error_code)
+            })
+            .collect(),
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::TxnOffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::DescribeGroups(r) => r.groups.iter().map(|g| g.error_code).collect(),
+        _ => Vec::new(),
+    };
+    let moved = [
+        ResponseError::NotCoordinator.code(),
+        ResponseError::CoordinatorNotAvailable.code(),
+    ];
+    codes.into_iter().find(|code| moved.contains(code))
 }

@@ -8,7 +8,8 @@
 //! - [`groups`] forwards consumer-group and offset APIs to the group's coordinator;
 //! - [`transactions`] sends producer-id and transaction APIs to the write cluster;
 //! - [`admin_apis`] splits admin APIs naming topics or groups per cluster, leader or
-//!   coordinator, and merges the answers;
+//!   coordinator, and merges the answers; the others (configs of other resources, ACLs) go
+//!   to any broker of the client's default write cluster;
 //! - [`split`] groups a request's partitions by the broker that must serve them.
 
 pub mod admin_apis;
@@ -16,4 +17,5 @@ pub mod fetch;
 pub mod groups;
 pub mod produce;
 pub mod split;
+pub mod transactions;
 pub mod virtual_cluster;

@@ -49,6 +49,7 @@ pub use producer::ProducerSettings;
 use crate::cluster::Cluster;
 use crate::codec::batch::{self, Batch};
 use crate::config::MirrorOverflow;
+use crate::error::{BackendError, Error};
 use crate::routing::ClusterId;
 use crate::routing::Partitioning;
 use crate::sync::lock;
@@ -77,7 +78,7 @@ pub struct MirrorItem {
     /// dropped sender) when it failed, and there is nothing to mirror.
     pub written: oneshot::Receiver<Option<i64>>,
     /// For `sync` routes: told when the mirror has the records (or failed).
-    pub done: Option<oneshot::Sender<Result<(), String>>>,
+    pub done: Option<oneshot::Sender<Result<(), Error>>>,
     pub enqueued_at: Instant,
     /// For `backfill` routes: where to copy from what the mirror lacks before this item.
     pub source: Option<Source>,
@@ -615,7 +616,7 @@ struct ItemState {
     item: MirrorItem,
     write_base_offset: i64,
     remaining: usize,
-    error: Option<String>,
+    error: Option<Error>,
     /// Failed only because it was held back behind a gap (logged at debug, not warn).
     held_back: bool,
 }
@@ -624,6 +625,14 @@ struct ItemState {
 const HELD_BACK: &str = "held back behind an unrepaired gap, to keep the mirror in write order";
 
 impl Shared {
+    /// A failure to copy to this mirror cluster, for `reason`.
+    pub(crate) fn failure(&self, reason: &str) -> Error {
+        Error::Backend(BackendError::Mirror {
+            cluster: self.cluster.name.clone(),
+            reason: reason.into(),
+        })
+    }
+
     /// A submission that was not sent because its write partition has a gap.
     fn report_held_back(&self, report: Report) {
         if let Report::Item(progress) = &report {
@@ -631,11 +640,11 @@ impl Shared {
                 item.held_back = item.error.is_none();
             }
         }
-        self.report(report, Err(HELD_BACK.into()));
+        self.report(report, Err(self.failure(HELD_BACK)));
     }
 
     /// One submission's outcome.
-    fn report(&self, report: Report, result: Result<(), String>) {
+    fn report(&self, report: Report, result: Result<(), Error>) {
         match report {
             Report::Copy(done) => {
                 let _ = done.send(result);
@@ -678,7 +687,7 @@ impl Shared {
         number: u64,
         mut item: MirrorItem,
         write_base_offset: i64,
-        result: Result<(), String>,
+        result: Result<(), Error>,
         held_back: bool,
     ) {
         if result.is_ok() && item.source.is_some() {
@@ -726,7 +735,7 @@ impl Shared {
                 self.failures.record(&item.failed_range(
                     write_base_offset,
                     &self.cluster.name,
-                    error.clone(),
+                    error.to_string(),
                 ));
             }
         }
@@ -808,15 +817,25 @@ impl MirrorWriter {
                 item.write_partition,
             );
         if held_back {
-            self.shared
-                .finish(number, item, write_base_offset, Err(HELD_BACK.into()), true);
+            self.shared.finish(
+                number,
+                item,
+                write_base_offset,
+                Err(self.shared.failure(HELD_BACK)),
+                true,
+            );
             return;
         }
         let planned = match self.plan(&item, write_base_offset).await {
             Ok(planned) => planned,
             Err(error) => {
-                self.shared
-                    .finish(number, item, write_base_offset, Err(error), false);
+                self.shared.finish(
+                    number,
+                    item,
+                    write_base_offset,
+                    Err(self.shared.failure(&error)),
+                    false,
+                );
                 return;
             }
         };
@@ -867,8 +886,10 @@ impl MirrorWriter {
             };
             write_offset = write_offset.saturating_add(records);
             if let Err(mpsc::error::SendError(submission)) = self.producer.send(submission) {
-                self.shared
-                    .report(submission.report, Err("mirror producer stopped".into()));
+                self.shared.report(
+                    submission.report,
+                    Err(Error::internal("mirror producer stopped")),
+                );
             }
         }
     }
@@ -968,7 +989,7 @@ impl MirrorWriter {
         write_base_offset: i64,
         partition: i32,
         batch: Batch,
-    ) -> oneshot::Receiver<Result<(), String>> {
+    ) -> oneshot::Receiver<Result<(), Error>> {
         let (done, copied) = oneshot::channel();
         let submission = Submission {
             topic: item.mirror_topic.clone(),
@@ -985,8 +1006,10 @@ impl MirrorWriter {
             report: Report::Copy(done),
         };
         if let Err(mpsc::error::SendError(submission)) = self.producer.send(submission) {
-            self.shared
-                .report(submission.report, Err("mirror producer stopped".into()));
+            self.shared.report(
+                submission.report,
+                Err(Error::internal("mirror producer stopped")),
+            );
         }
         copied
     }

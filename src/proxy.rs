@@ -57,6 +57,11 @@ pub struct RunningProxy {
     /// must not be polled again).
     listener: tokio::task::JoinHandle<()>,
     listener_done: bool,
+    /// Tasks that end once `shutdown` is sent (admin API, console, offset sync, unrouted
+    /// check, the timer keeper): awaited at shutdown within the drain deadline.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tasks that run until aborted (the fleet's Redis follower): aborted at shutdown.
+    followers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -220,18 +225,25 @@ impl Proxy {
                 }
             });
         }
+        // Every long-lived task has a handle here: `tasks` end when `shutdown` turns true and
+        // are awaited then; `followers` run until they are aborted at shutdown.
+        let mut tasks = Vec::new();
+        let mut followers = Vec::new();
         if let Some(redis) = &redis {
-            redis.spawn_sync(control.clone());
+            followers.push(tokio::spawn(redis.clone().follow_forever(control.clone())));
         }
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(cluster::keep_timer_armed(shutdown_rx.clone()));
-        tokio::spawn(offset_sync::run(control.clone(), shutdown_rx.clone()));
+        tasks.push(tokio::spawn(cluster::keep_timer_armed(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(offset_sync::run(
+            control.clone(),
+            shutdown_rx.clone(),
+        )));
         if config.proxy.unrouted_check_ms > 0 {
-            tokio::spawn(unrouted::run(
+            tasks.push(tokio::spawn(unrouted::run(
                 control.clone(),
                 std::time::Duration::from_millis(config.proxy.unrouted_check_ms),
                 shutdown_rx.clone(),
-            ));
+            )));
         }
         let admin_addr = match &config.proxy.admin_listen {
             Some(address) => {
@@ -251,13 +263,16 @@ impl Proxy {
                     })?),
                     None => None,
                 };
-                tokio::spawn(admin::run(
+                tasks.push(tokio::spawn(admin::run(
                     admin,
                     control.clone(),
                     token,
                     shutdown_rx.clone(),
-                ));
-                tokio::spawn(console::run(control.clone(), shutdown_rx.clone()));
+                )));
+                tasks.push(tokio::spawn(console::run(
+                    control.clone(),
+                    shutdown_rx.clone(),
+                )));
                 tracing::info!(admin = ?admin_addr, "admin API listening");
                 admin_addr
             }
@@ -284,6 +299,8 @@ impl Proxy {
             shutdown,
             listener,
             listener_done: false,
+            tasks,
+            followers,
         })
     }
 }
@@ -339,9 +356,19 @@ impl RunningProxy {
         if !self.listener_done {
             let _ = self.listener.await;
         }
+        for follower in &self.followers {
+            follower.abort();
+        }
         let remaining = self.state.mirrors.flush(deadline).await;
         if remaining > 0 {
             tracing::warn!(records = remaining, "drain deadline reached with records not yet mirrored; they exist only on the write cluster");
+        }
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout_at(deadline.into(), task).await.is_err() {
+                tracing::warn!("a task did not stop by the drain deadline; aborted");
+                abort.abort();
+            }
         }
         tracing::info!("kshift stopped");
     }

@@ -185,20 +185,17 @@ impl RedisSource {
         Ok(())
     }
 
-    /// Keeps this instance subscribed and in sync until the process ends.
-    pub fn spawn_sync(self: &Arc<Self>, state: Arc<Control>) {
-        let source = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(error) = source.follow(&state).await {
-                    if source.connected.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(%error, "lost Redis; keeping the routing table in force and reconnecting");
-                    }
+    /// Keeps this instance subscribed and in sync until the task is aborted (at shutdown).
+    pub async fn follow_forever(self: Arc<Self>, state: Arc<Control>) {
+        loop {
+            if let Err(error) = self.follow(&state).await {
+                if self.connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%error, "lost Redis; keeping the routing table in force and reconnecting");
                 }
-                source.connected.store(false, Ordering::Relaxed);
-                tokio::time::sleep(RECONNECT_BACKOFF).await;
             }
-        });
+            self.connected.store(false, Ordering::Relaxed);
+            tokio::time::sleep(RECONNECT_BACKOFF).await;
+        }
     }
 
     async fn follow(&self, state: &Control) -> Result<(), RedisSourceError> {

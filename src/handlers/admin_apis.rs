@@ -26,10 +26,10 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteGroupsRequest, DeleteGroupsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, GroupId, TopicName,
+    ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteGroupsRequest, DeleteGroupsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
@@ -38,8 +38,96 @@ use crate::cluster::{is_leadership_error, Lane};
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
-use crate::handler::{Context, PendingReply};
+use crate::handler::{Context, PendingReply, Reply};
 use crate::routing::ClusterId;
+
+/// Routes an admin API request.
+pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
+    match context.request.api_key {
+        ApiKey::DescribeGroups => {
+            let request: DescribeGroupsRequest = context.request.decode()?;
+            describe_groups(context, request).await
+        }
+        ApiKey::DeleteGroups => {
+            let request: DeleteGroupsRequest = context.request.decode()?;
+            delete_groups(context, request).await
+        }
+        ApiKey::CreateTopics => {
+            let request: CreateTopicsRequest = context.request.decode()?;
+            create_on_mirrors(context, &request);
+            create_topics(context, request).await
+        }
+        ApiKey::DeleteTopics => {
+            let request: DeleteTopicsRequest = context.request.decode()?;
+            delete_topics(context, request).await
+        }
+        ApiKey::CreatePartitions => {
+            let request: CreatePartitionsRequest = context.request.decode()?;
+            create_partitions(context, request).await
+        }
+        ApiKey::DeleteRecords => {
+            let request: DeleteRecordsRequest = context.request.decode()?;
+            delete_records(context, request).await
+        }
+        ApiKey::DescribeConfigs => {
+            let request: DescribeConfigsRequest = context.request.decode()?;
+            describe_configs(context, request).await
+        }
+        ApiKey::AlterConfigs
+        | ApiKey::IncrementalAlterConfigs
+        | ApiKey::DescribeAcls
+        | ApiKey::CreateAcls
+        | ApiKey::DeleteAcls => to_admin(context).await,
+        other => Ok(Box::pin(async move {
+            Reply::Close(format!("{other:?} is not an admin api"))
+        })),
+    }
+}
+
+/// Creates the topics of a CreateTopics request on their routes' mirror clusters too, under
+/// their names there (in the background; the client gets the write cluster's answer).
+fn create_on_mirrors(context: &Context, request: &CreateTopicsRequest) {
+    if request.validate_only {
+        return;
+    }
+    let client_id = context.client_id();
+    let mut per_cluster: Vec<(ClusterId, CreateTopicsRequest)> = Vec::new();
+    for topic in &request.topics {
+        let Some(route) = context.routing.route(&topic.name.0, client_id) else {
+            continue;
+        };
+        for &mirror in &route.mirror {
+            let mut renamed = topic.clone();
+            renamed.name = TopicName(StrBytes::from_string(
+                route.topic_on(mirror, &topic.name.0).to_string(),
+            ));
+            match per_cluster.iter_mut().find(|(id, _)| *id == mirror) {
+                Some((_, mirror_request)) => mirror_request.topics.push(renamed),
+                None => per_cluster.push((mirror, request.clone().with_topics(vec![renamed]))),
+            }
+        }
+    }
+    for (mirror, mirror_request) in per_cluster {
+        let cluster = context.cluster(mirror).clone();
+        let version = context.request.api_version;
+        tokio::spawn(async move {
+            if let Err(error) = cluster
+                .admin_request(ApiKey::CreateTopics, version, &mirror_request)
+                .await
+            {
+                tracing::warn!(cluster = %cluster.name, %error, "creating topics on mirror failed");
+            }
+        });
+    }
+}
+
+/// Admin APIs that name no topic or group go to any broker of the client's default write
+/// cluster.
+async fn to_admin(context: &Context) -> Result<PendingReply, Error> {
+    context
+        .to_any_broker(context.routing.default_write_cluster(context.client_id()))
+        .await
+}
 
 /// FindCoordinator's key type of a consumer group.
 const GROUP: i8 = 0;

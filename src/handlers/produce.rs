@@ -44,7 +44,7 @@ struct MirroredPartition {
     /// Told the write cluster's base offset (or `None` on failure), one per mirror item.
     written: Vec<oneshot::Sender<Option<i64>>>,
     /// `sync` routes: one per mirror cluster; `Err` when a mirror failed or refused.
-    mirrored: Vec<oneshot::Receiver<Result<(), String>>>,
+    mirrored: Vec<oneshot::Receiver<Result<(), Error>>>,
     refused: bool,
     /// Items a mirror queue refused (journalled once the write offset is known).
     dropped: Vec<(ClusterId, MirrorItem)>,
@@ -464,7 +464,7 @@ async fn complete(
         for done in planned.mirrored {
             match tokio::time::timeout_at(deadline, done).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => failure = Some(error),
+                Ok(Ok(Err(error))) => failure = Some(error.to_string()),
                 Ok(Err(_)) => failure = Some("mirror writer stopped".into()),
                 Err(_) => failure = Some("mirror did not answer in time".into()),
             }

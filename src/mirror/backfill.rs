@@ -244,7 +244,7 @@ impl MirrorWriter {
             for copied in copies {
                 match copied.await {
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => return Err(error),
+                    Ok(Err(error)) => return Err(error.to_string()),
                     Err(_) => return Err("mirror producer stopped".into()),
                 }
             }

@@ -119,7 +119,7 @@ pub(super) enum Report {
     /// One of an item's batches: the item finishes when all have reported.
     Item(Arc<ItemProgress>),
     /// A backfill copy, awaited by the writer.
-    Copy(oneshot::Sender<Result<(), String>>),
+    Copy(oneshot::Sender<Result<(), crate::error::Error>>),
 }
 
 /// A submission inside a sealed batch: what to tell and map when the batch lands.
@@ -498,14 +498,15 @@ impl MirrorProducer {
                 Some(offset) => self.complete(key, batch, offset),
                 None => {
                     for part in batch.parts {
-                        self.shared.report(part.report, Err(reason.to_string()));
+                        self.shared
+                            .report(part.report, Err(self.shared.failure(reason)));
                     }
                 }
             }
         }
         for submission in pending {
             self.shared
-                .report(submission.report, Err(reason.to_string()));
+                .report(submission.report, Err(self.shared.failure(reason)));
         }
         self.active.remove(key);
         if had_sealed {
