@@ -365,7 +365,10 @@ impl RunningProxy {
         }
         for task in self.tasks {
             let abort = task.abort_handle();
-            if tokio::time::timeout_at(deadline.into(), task).await.is_err() {
+            if tokio::time::timeout_at(deadline.into(), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a task did not stop by the drain deadline; aborted");
                 abort.abort();
             }
