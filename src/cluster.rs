@@ -313,10 +313,8 @@ impl Cluster {
         body: Bytes,
         version: i16,
     ) -> Result<M, BackendError> {
-        decode_body(body, version, "backend response").map_err(|e| BackendError::Protocol {
-            address: self.name.clone(),
-            reason: e.to_string().into(),
-        })
+        decode_body(body, version, "backend response")
+            .map_err(|e| BackendError::undecodable(&self.name, "backend response", e))
     }
 
     /// Asks the cluster for metadata (all topics when `topics` is `None`) and refreshes

@@ -228,10 +228,11 @@ where
             }
             .and_then(|body| {
                 decode_body::<Resp>(body, version, "admin response").map_err(|e| {
-                    BackendError::Protocol {
-                        address: context.cluster(sub.cluster).name.clone(),
-                        reason: e.to_string().into(),
-                    }
+                    BackendError::undecodable(
+                        &context.cluster(sub.cluster).name,
+                        "admin response",
+                        e,
+                    )
                 })
             });
             if let Err(error) = &answer {
