@@ -44,6 +44,10 @@ use crate::sync::lock;
 
 pub use crate::error::BackendError;
 
+/// Key types of FindCoordinator (and of [`Cluster::coordinator`]).
+pub const GROUP: i8 = 0;
+pub const TRANSACTION: i8 = 1;
+
 /// Errors after which a partition's cached leader must be asked for again.
 pub fn is_leadership_error(code: i16) -> bool {
     [

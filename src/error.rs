@@ -147,6 +147,16 @@ impl BackendError {
         }
     }
 
+    /// The code a coordinator request (group, transaction) gets when kshift could not
+    /// reach the coordinator: the cluster's own code, else COORDINATOR_NOT_AVAILABLE, after
+    /// which clients look the coordinator up again.
+    pub fn coordinator_error_code(&self) -> i16 {
+        match self {
+            BackendError::Kafka { code, .. } => *code,
+            _ => ResponseError::CoordinatorNotAvailable.code(),
+        }
+    }
+
     /// The cluster the failure names, when it names one (connection-level failures name
     /// the broker's address instead).
     pub fn cluster(&self) -> Option<&str> {

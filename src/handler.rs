@@ -24,7 +24,6 @@ use kafka_protocol::ResponseError;
 
 use crate::cluster::{Cluster, Lane, UpstreamConnections};
 use crate::codec::{self, Request};
-use crate::error::BackendError;
 use crate::error::Error;
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::routing::ClusterId;
@@ -171,10 +170,7 @@ impl Context {
             }
             Error::Backend(error) => {
                 tracing::debug!(api = ?self.request.api_key, %error, "backend failed");
-                match error {
-                    BackendError::Kafka { code, .. } => *code,
-                    _ => kafka_protocol::ResponseError::CoordinatorNotAvailable.code(),
-                }
+                error.coordinator_error_code()
             }
         };
         match self.request.api_key {
@@ -261,10 +257,6 @@ pub fn served_range(api_key: ApiKey) -> Option<(i16, i16)> {
             ((*min).max(valid.min), (*max).min(valid.max))
         })
 }
-
-/// Key types of FindCoordinator.
-pub const GROUP: i8 = 0;
-pub const TRANSACTION: i8 = 1;
 
 /// The coordinator error in a coordinator's answer, if it says it is not (or not yet)
 /// the coordinator.

@@ -43,6 +43,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
+use crate::cluster::GROUP;
 use crate::control::Control;
 use crate::error::BackendError;
 use crate::mirror::offset_map::Position;
@@ -57,7 +58,6 @@ const MIRROR_CATCH_UP: Duration = Duration::from_secs(10);
 const LIST_GROUPS_VERSION: i16 = 4;
 const OFFSET_FETCH_VERSION: i16 = 7;
 const OFFSET_COMMIT_VERSION: i16 = 8;
-const GROUP: i8 = 0;
 /// Partitions asked for a topic the group cluster's metadata does not list, from brokers
 /// that need the partitions listed.
 const MAX_PARTITIONS_ASKED: i32 = 256;

@@ -34,6 +34,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 
+use crate::cluster::GROUP;
 use crate::cluster::{is_leadership_error, Lane};
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
@@ -129,8 +130,6 @@ async fn to_admin(context: &Context) -> Result<PendingReply, Error> {
         .await
 }
 
-/// FindCoordinator's key type of a consumer group.
-const GROUP: i8 = 0;
 /// DescribeConfigs' resource type of a topic.
 const TOPIC_RESOURCE: i8 = 2;
 
@@ -599,18 +598,10 @@ async fn by_coordinator(
             .await
         {
             Ok(node) => add(&mut subs, cluster_id, node, group.clone()),
-            Err(error) => failed.push((group.clone(), coordinator_code(&error))),
+            Err(error) => failed.push((group.clone(), error.coordinator_error_code())),
         }
     }
     (subs, failed)
-}
-
-/// The error a coordinator request gets when kshift could not reach the coordinator.
-fn coordinator_code(error: &BackendError) -> i16 {
-    match error {
-        BackendError::Kafka { code, .. } => *code,
-        _ => ResponseError::CoordinatorNotAvailable.code(),
-    }
 }
 
 /// Forgets the coordinator of `group` when its answer says it is not (or no longer) it.
@@ -668,7 +659,7 @@ pub async fn describe_groups(
                 );
                 DescribedGroup::default()
                     .with_group_id(group.clone())
-                    .with_error_code(coordinator_code(&error))
+                    .with_error_code(error.coordinator_error_code())
             })),
         },
     )
@@ -715,7 +706,7 @@ pub async fn delete_groups(
             Err(error) => merged.results.extend(sub.items.iter().map(|group| {
                 DeletableGroupResult::default()
                     .with_group_id(group.clone())
-                    .with_error_code(coordinator_code(&error))
+                    .with_error_code(error.coordinator_error_code())
             })),
         },
     )

@@ -18,11 +18,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use crate::cluster::GROUP;
 use crate::cluster::{Cluster, Lane};
 use crate::codec::decode_body;
 use crate::error::BackendError;
 use crate::error::Error;
-use crate::handler::{Context, PendingReply, Reply, GROUP};
+use crate::handler::{Context, PendingReply, Reply};
 
 /// Routes a request this module serves.
 pub async fn submit(context: &Context) -> Result<PendingReply, Error> {

@@ -9,9 +9,10 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, TxnOffsetCommitRequest,
 };
 
+use crate::cluster::{GROUP, TRANSACTION};
 use crate::codec::decode_body;
 use crate::error::Error;
-use crate::handler::{Context, PendingReply, Reply, GROUP, TRANSACTION};
+use crate::handler::{Context, PendingReply, Reply};
 
 /// Routes a transaction API request.
 pub async fn submit(context: &Context) -> Result<PendingReply, Error> {

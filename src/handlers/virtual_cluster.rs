@@ -32,6 +32,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::cluster::{GROUP, TRANSACTION};
 use crate::codec;
 use crate::error::BackendError;
 use crate::handler::{
@@ -480,10 +481,6 @@ fn topic_error(name: &str, code: i16) -> MetadataResponseTopic {
         .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
         .with_topic_authorized_operations(i32::MIN)
 }
-
-/// Key types of FindCoordinator.
-const GROUP: i8 = 0;
-const TRANSACTION: i8 = 1;
 
 /// The virtual node of the real coordinator of `key`: a group's on the cluster the
 /// `[[groups]]` rules give it, a transactional id's on the client's write cluster (where
