@@ -46,8 +46,8 @@ fn offset_one(topic: &str) -> TopicPartitionList {
 /// (group, error code, state) of each group `address` describes, sorted by group.
 async fn describe(address: SocketAddr, groups: &[&str]) -> Vec<(String, i16, String)> {
     let mut client = RawClient::connect(address).await;
-    let request = DescribeGroupsRequest::default()
-        .with_groups(groups.iter().map(|g| group_id(g)).collect());
+    let request =
+        DescribeGroupsRequest::default().with_groups(groups.iter().map(|g| group_id(g)).collect());
     client
         .send(ApiKey::DescribeGroups, DESCRIBE_VERSION, 1, &request)
         .await;
@@ -57,7 +57,13 @@ async fn describe(address: SocketAddr, groups: &[&str]) -> Vec<(String, i16, Str
     let mut described: Vec<_> = response
         .groups
         .into_iter()
-        .map(|g| (g.group_id.0.to_string(), g.error_code, g.group_state.to_string()))
+        .map(|g| {
+            (
+                g.group_id.0.to_string(),
+                g.error_code,
+                g.group_state.to_string(),
+            )
+        })
         .collect();
     described.sort();
     described
@@ -143,10 +149,15 @@ async fn groups_on_two_clusters_are_described_and_deleted_in_one_request() {
     ]
     .concat();
     direct.sort();
-    assert_eq!(through_kshift, direct, "described through kshift vs directly");
+    assert_eq!(
+        through_kshift, direct,
+        "described through kshift vs directly"
+    );
 
     // The member leaves and commits; each group has committed offsets on its own cluster only.
-    member.commit(&offset_one(&topic), CommitMode::Sync).expect("member commit");
+    member
+        .commit(&offset_one(&topic), CommitMode::Sync)
+        .expect("member commit");
     drop(member);
     assert_eq!(committed(&old.bootstrap(), &on_old, &topic), Some(1));
     assert_eq!(committed(&new.bootstrap(), &on_new, &topic), Some(1));
@@ -187,7 +198,10 @@ async fn a_group_whose_cluster_is_down_fails_alone() {
         .iter()
         .map(|(group, code, _)| (group.clone(), *code))
         .collect();
-    let mut expected = vec![(on_old.clone(), 0), (on_new.clone(), coordinator_not_available)];
+    let mut expected = vec![
+        (on_old.clone(), 0),
+        (on_new.clone(), coordinator_not_available),
+    ];
     expected.sort();
     assert_eq!(codes, expected, "described: {described:?}");
 

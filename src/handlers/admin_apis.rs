@@ -47,11 +47,11 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
     match context.request.api_key {
         ApiKey::DescribeGroups => {
             let request: DescribeGroupsRequest = context.request.decode()?;
-            describe_groups(context, request).await
+            per_group(context, request).await
         }
         ApiKey::DeleteGroups => {
             let request: DeleteGroupsRequest = context.request.decode()?;
-            delete_groups(context, request).await
+            per_group(context, request).await
         }
         ApiKey::CreateTopics => {
             let request: CreateTopicsRequest = context.request.decode()?;
@@ -604,28 +604,81 @@ async fn by_coordinator(
     (subs, failed)
 }
 
-/// Forgets the coordinator of `group` when its answer says it is not (or no longer) it.
-fn forget_moved_coordinator(context: &Context, cluster: ClusterId, group: &GroupId, code: i16) {
-    if code == ResponseError::NotCoordinator.code()
-        || code == ResponseError::CoordinatorNotAvailable.code()
-    {
-        context.cluster(cluster).forget_coordinator(GROUP, &group.0);
+/// A request that names groups and is answered group by group (DescribeGroups, DeleteGroups):
+/// split by each group's coordinator, merged back one entry per group.
+trait PerGroup: Encodable + Clone + Send + 'static {
+    type Response: Decodable + Encodable + Default + Send + 'static;
+    type Entry;
+    fn groups(&self) -> &[GroupId];
+    fn with_groups(self, groups: Vec<GroupId>) -> Self;
+    /// The entry of a group that could not be asked.
+    fn failed(group: GroupId, code: i16) -> Self::Entry;
+    fn group_and_code(entry: &Self::Entry) -> (&GroupId, i16);
+    fn throttle_time_ms(response: &mut Self::Response) -> &mut i32;
+    fn entries(response: &mut Self::Response) -> &mut Vec<Self::Entry>;
+}
+
+impl PerGroup for DescribeGroupsRequest {
+    type Response = DescribeGroupsResponse;
+    type Entry = DescribedGroup;
+    fn groups(&self) -> &[GroupId] {
+        &self.groups
+    }
+    fn with_groups(self, groups: Vec<GroupId>) -> Self {
+        DescribeGroupsRequest::with_groups(self, groups)
+    }
+    fn failed(group: GroupId, code: i16) -> DescribedGroup {
+        DescribedGroup::default()
+            .with_group_id(group)
+            .with_error_code(code)
+    }
+    fn group_and_code(entry: &DescribedGroup) -> (&GroupId, i16) {
+        (&entry.group_id, entry.error_code)
+    }
+    fn throttle_time_ms(response: &mut DescribeGroupsResponse) -> &mut i32 {
+        &mut response.throttle_time_ms
+    }
+    fn entries(response: &mut DescribeGroupsResponse) -> &mut Vec<DescribedGroup> {
+        &mut response.groups
     }
 }
 
-pub async fn describe_groups(
-    context: &Context,
-    request: DescribeGroupsRequest,
-) -> Result<PendingReply, Error> {
-    let (subs, failed) = by_coordinator(context, &request.groups).await;
-    let mut merged = DescribeGroupsResponse::default();
-    merged
-        .groups
-        .extend(failed.into_iter().map(|(group, code)| {
-            DescribedGroup::default()
-                .with_group_id(group)
-                .with_error_code(code)
-        }));
+impl PerGroup for DeleteGroupsRequest {
+    type Response = DeleteGroupsResponse;
+    type Entry = DeletableGroupResult;
+    fn groups(&self) -> &[GroupId] {
+        &self.groups_names
+    }
+    fn with_groups(self, groups: Vec<GroupId>) -> Self {
+        self.with_groups_names(groups)
+    }
+    fn failed(group: GroupId, code: i16) -> DeletableGroupResult {
+        DeletableGroupResult::default()
+            .with_group_id(group)
+            .with_error_code(code)
+    }
+    fn group_and_code(entry: &DeletableGroupResult) -> (&GroupId, i16) {
+        (&entry.group_id, entry.error_code)
+    }
+    fn throttle_time_ms(response: &mut DeleteGroupsResponse) -> &mut i32 {
+        &mut response.throttle_time_ms
+    }
+    fn entries(response: &mut DeleteGroupsResponse) -> &mut Vec<DeletableGroupResult> {
+        &mut response.results
+    }
+}
+
+/// Sends each group of `request` to its coordinator on its own cluster, and merges the answers.
+/// A group whose coordinator cannot be found or asked gets a coordinator error (retriable), and
+/// a coordinator that says it is not (or no longer) one is forgotten, so the retry looks again.
+async fn per_group<R: PerGroup>(context: &Context, request: R) -> Result<PendingReply, Error> {
+    let (subs, failed) = by_coordinator(context, request.groups()).await;
+    let mut merged = R::Response::default();
+    R::entries(&mut merged).extend(
+        failed
+            .into_iter()
+            .map(|(group, code)| R::failed(group, code)),
+    );
     let version = context.request.api_version;
     fan_out(
         context,
@@ -637,77 +690,31 @@ pub async fn describe_groups(
                 version,
             )?)
         },
-        |context, merged: &mut DescribeGroupsResponse, sub, answer| match answer {
-            Ok(response) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
-                for group in response.groups {
-                    forget_moved_coordinator(
-                        context,
-                        sub.cluster,
-                        &group.group_id,
-                        group.error_code,
-                    );
-                    merged.groups.push(group);
+        |context, merged: &mut R::Response, sub, answer| {
+            let entries = match answer {
+                Ok(mut response) => {
+                    let throttle = *R::throttle_time_ms(&mut response);
+                    let merged_throttle = R::throttle_time_ms(merged);
+                    *merged_throttle = (*merged_throttle).max(throttle);
+                    std::mem::take(R::entries(&mut response))
+                }
+                Err(error) => sub
+                    .items
+                    .iter()
+                    .map(|group| R::failed(group.clone(), error.coordinator_error_code()))
+                    .collect(),
+            };
+            for entry in &entries {
+                let (group, code) = R::group_and_code(entry);
+                if code == ResponseError::NotCoordinator.code()
+                    || code == ResponseError::CoordinatorNotAvailable.code()
+                {
+                    context
+                        .cluster(sub.cluster)
+                        .forget_coordinator(GROUP, &group.0);
                 }
             }
-            Err(error) => merged.groups.extend(sub.items.iter().map(|group| {
-                forget_moved_coordinator(
-                    context,
-                    sub.cluster,
-                    group,
-                    ResponseError::CoordinatorNotAvailable.code(),
-                );
-                DescribedGroup::default()
-                    .with_group_id(group.clone())
-                    .with_error_code(error.coordinator_error_code())
-            })),
-        },
-    )
-    .await
-}
-
-pub async fn delete_groups(
-    context: &Context,
-    request: DeleteGroupsRequest,
-) -> Result<PendingReply, Error> {
-    let (subs, failed) = by_coordinator(context, &request.groups_names).await;
-    let mut merged = DeleteGroupsResponse::default();
-    merged
-        .results
-        .extend(failed.into_iter().map(|(group, code)| {
-            DeletableGroupResult::default()
-                .with_group_id(group)
-                .with_error_code(code)
-        }));
-    let version = context.request.api_version;
-    fan_out(
-        context,
-        subs,
-        merged,
-        move |sub| {
-            Ok(codec::encode_body(
-                &request.clone().with_groups_names(sub.items.clone()),
-                version,
-            )?)
-        },
-        |context, merged: &mut DeleteGroupsResponse, sub, answer| match answer {
-            Ok(response) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
-                for result in response.results {
-                    forget_moved_coordinator(
-                        context,
-                        sub.cluster,
-                        &result.group_id,
-                        result.error_code,
-                    );
-                    merged.results.push(result);
-                }
-            }
-            Err(error) => merged.results.extend(sub.items.iter().map(|group| {
-                DeletableGroupResult::default()
-                    .with_group_id(group.clone())
-                    .with_error_code(error.coordinator_error_code())
-            })),
+            R::entries(merged).extend(entries);
         },
     )
     .await
