@@ -13,7 +13,9 @@
 //!   other request of the client.
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::delete_records_request::{
@@ -56,15 +58,15 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
         ApiKey::CreateTopics => {
             let request: CreateTopicsRequest = context.request.decode()?;
             create_on_mirrors(context, &request);
-            create_topics(context, request).await
+            per_write_topic(context, request).await
         }
         ApiKey::DeleteTopics => {
             let request: DeleteTopicsRequest = context.request.decode()?;
-            delete_topics(context, request).await
+            per_write_topic(context, request).await
         }
         ApiKey::CreatePartitions => {
             let request: CreatePartitionsRequest = context.request.decode()?;
-            create_partitions(context, request).await
+            per_write_topic(context, request).await
         }
         ApiKey::DeleteRecords => {
             let request: DeleteRecordsRequest = context.request.decode()?;
@@ -251,145 +253,166 @@ fn client_name(items: &[Named], backend: &StrBytes) -> StrBytes {
         .map_or_else(|| backend.clone(), |n| n.client.clone())
 }
 
-pub async fn create_topics(
+/// A request that names topics and is answered topic by topic at each topic's write cluster
+/// (CreateTopics, DeleteTopics, CreatePartitions): split by cluster, each topic under its name
+/// there, merged back under the client's names.
+trait PerWriteTopic: Encodable + Clone + Send + 'static {
+    /// What the request carries for one topic besides its name.
+    type Item: Clone + Send + 'static;
+    type Response: Decodable + Encodable + Default + Send + 'static;
+    type Entry;
+    /// Each topic the request names, with its item.
+    fn topics(&self) -> Vec<(StrBytes, Self::Item)>;
+    /// This request for only `topics`, each under the given name.
+    fn with_topics(self, topics: Vec<(StrBytes, Self::Item)>) -> Self;
+    /// The entry of a topic whose cluster could not be asked.
+    fn failed(topic: StrBytes, code: i16) -> Self::Entry;
+    fn name(entry: &mut Self::Entry) -> Option<&mut StrBytes>;
+    fn throttle_time_ms(response: &mut Self::Response) -> &mut i32;
+    fn entries(response: &mut Self::Response) -> &mut Vec<Self::Entry>;
+}
+
+impl PerWriteTopic for CreateTopicsRequest {
+    type Item = CreatableTopic;
+    type Response = CreateTopicsResponse;
+    type Entry = CreatableTopicResult;
+    fn topics(&self) -> Vec<(StrBytes, CreatableTopic)> {
+        self.topics
+            .iter()
+            .map(|topic| (topic.name.0.clone(), topic.clone()))
+            .collect()
+    }
+    fn with_topics(self, topics: Vec<(StrBytes, CreatableTopic)>) -> Self {
+        let topics = topics
+            .into_iter()
+            .map(|(name, topic)| topic.with_name(TopicName(name)))
+            .collect();
+        CreateTopicsRequest::with_topics(self, topics)
+    }
+    fn failed(topic: StrBytes, code: i16) -> CreatableTopicResult {
+        CreatableTopicResult::default()
+            .with_name(TopicName(topic))
+            .with_error_code(code)
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+    }
+    fn name(entry: &mut CreatableTopicResult) -> Option<&mut StrBytes> {
+        Some(&mut entry.name.0)
+    }
+    fn throttle_time_ms(response: &mut CreateTopicsResponse) -> &mut i32 {
+        &mut response.throttle_time_ms
+    }
+    fn entries(response: &mut CreateTopicsResponse) -> &mut Vec<CreatableTopicResult> {
+        &mut response.topics
+    }
+}
+
+impl PerWriteTopic for DeleteTopicsRequest {
+    type Item = ();
+    type Response = DeleteTopicsResponse;
+    type Entry = DeletableTopicResult;
+    fn topics(&self) -> Vec<(StrBytes, ())> {
+        self.topic_names.iter().map(|n| (n.0.clone(), ())).collect()
+    }
+    fn with_topics(self, topics: Vec<(StrBytes, ())>) -> Self {
+        self.with_topic_names(topics.into_iter().map(|(n, ())| TopicName(n)).collect())
+    }
+    fn failed(topic: StrBytes, code: i16) -> DeletableTopicResult {
+        DeletableTopicResult::default()
+            .with_name(Some(TopicName(topic)))
+            .with_error_code(code)
+    }
+    fn name(entry: &mut DeletableTopicResult) -> Option<&mut StrBytes> {
+        entry.name.as_mut().map(|name| &mut name.0)
+    }
+    fn throttle_time_ms(response: &mut DeleteTopicsResponse) -> &mut i32 {
+        &mut response.throttle_time_ms
+    }
+    fn entries(response: &mut DeleteTopicsResponse) -> &mut Vec<DeletableTopicResult> {
+        &mut response.responses
+    }
+}
+
+impl PerWriteTopic for CreatePartitionsRequest {
+    type Item = CreatePartitionsTopic;
+    type Response = CreatePartitionsResponse;
+    type Entry = CreatePartitionsTopicResult;
+    fn topics(&self) -> Vec<(StrBytes, CreatePartitionsTopic)> {
+        self.topics
+            .iter()
+            .map(|topic| (topic.name.0.clone(), topic.clone()))
+            .collect()
+    }
+    fn with_topics(self, topics: Vec<(StrBytes, CreatePartitionsTopic)>) -> Self {
+        let topics = topics
+            .into_iter()
+            .map(|(name, topic)| topic.with_name(TopicName(name)))
+            .collect();
+        CreatePartitionsRequest::with_topics(self, topics)
+    }
+    fn failed(topic: StrBytes, code: i16) -> CreatePartitionsTopicResult {
+        CreatePartitionsTopicResult::default()
+            .with_name(TopicName(topic))
+            .with_error_code(code)
+    }
+    fn name(entry: &mut CreatePartitionsTopicResult) -> Option<&mut StrBytes> {
+        Some(&mut entry.name.0)
+    }
+    fn throttle_time_ms(response: &mut CreatePartitionsResponse) -> &mut i32 {
+        &mut response.throttle_time_ms
+    }
+    fn entries(response: &mut CreatePartitionsResponse) -> &mut Vec<CreatePartitionsTopicResult> {
+        &mut response.results
+    }
+}
+
+/// Sends each topic of `request` to a broker of its write cluster under its name there, and
+/// merges the answers under the client's names.
+async fn per_write_topic<R: PerWriteTopic>(
     context: &Context,
-    request: CreateTopicsRequest,
+    request: R,
 ) -> Result<PendingReply, Error> {
-    let mut subs: Vec<Sub<(Named, _)>> = Vec::new();
-    for topic in request.topics.iter().cloned() {
-        let (cluster, named) = write_target(context, &topic.name.0);
+    let mut subs: Vec<Sub<(Named, R::Item)>> = Vec::new();
+    for (topic, item) in request.topics() {
+        let (cluster, named) = write_target(context, &topic);
         let node = context.cluster(cluster).any_broker().await?;
-        add(&mut subs, cluster, node, (named, topic));
+        add(&mut subs, cluster, node, (named, item));
     }
     let version = context.request.api_version;
-    let merged = CreateTopicsResponse::default();
     fan_out(
         context,
         subs,
-        merged,
+        R::Response::default(),
         move |sub| {
             let topics = sub
                 .items
                 .iter()
-                .map(|(named, topic)| topic.clone().with_name(TopicName(named.backend.clone())))
+                .map(|(named, item)| (named.backend.clone(), item.clone()))
                 .collect();
             Ok(codec::encode_body(
                 &request.clone().with_topics(topics),
                 version,
             )?)
         },
-        |_, merged: &mut CreateTopicsResponse, sub, answer| {
+        |_, merged: &mut R::Response, sub, answer| {
             let names: Vec<Named> = sub.items.iter().map(|(n, _)| n.clone()).collect();
             match answer {
-                Ok(response) => {
-                    merged.throttle_time_ms =
-                        merged.throttle_time_ms.max(response.throttle_time_ms);
-                    for mut result in response.topics {
-                        result.name = TopicName(client_name(&names, &result.name.0));
-                        merged.topics.push(result);
+                Ok(mut response) => {
+                    let throttle = *R::throttle_time_ms(&mut response);
+                    let merged_throttle = R::throttle_time_ms(merged);
+                    *merged_throttle = (*merged_throttle).max(throttle);
+                    for mut entry in std::mem::take(R::entries(&mut response)) {
+                        if let Some(name) = R::name(&mut entry) {
+                            *name = client_name(&names, name);
+                        }
+                        R::entries(merged).push(entry);
                     }
                 }
-                Err(error) => merged.topics.extend(names.iter().map(|n| {
-                    CreatableTopicResult::default()
-                        .with_name(TopicName(n.client.clone()))
-                        .with_error_code(error.client_error_code())
-                        .with_num_partitions(-1)
-                        .with_replication_factor(-1)
-                })),
-            }
-        },
-    )
-    .await
-}
-
-pub async fn delete_topics(
-    context: &Context,
-    request: DeleteTopicsRequest,
-) -> Result<PendingReply, Error> {
-    let mut subs: Vec<Sub<Named>> = Vec::new();
-    for topic in &request.topic_names {
-        let (cluster, named) = write_target(context, &topic.0);
-        let node = context.cluster(cluster).any_broker().await?;
-        add(&mut subs, cluster, node, named);
-    }
-    let version = context.request.api_version;
-    fan_out(
-        context,
-        subs,
-        DeleteTopicsResponse::default(),
-        move |sub| {
-            let names = sub
-                .items
-                .iter()
-                .map(|n| TopicName(n.backend.clone()))
-                .collect();
-            Ok(codec::encode_body(
-                &request.clone().with_topic_names(names),
-                version,
-            )?)
-        },
-        |_, merged: &mut DeleteTopicsResponse, sub, answer| match answer {
-            Ok(response) => {
-                merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
-                for mut result in response.responses {
-                    result.name = result
-                        .name
-                        .map(|name| TopicName(client_name(&sub.items, &name.0)));
-                    merged.responses.push(result);
-                }
-            }
-            Err(error) => merged.responses.extend(sub.items.iter().map(|n| {
-                DeletableTopicResult::default()
-                    .with_name(Some(TopicName(n.client.clone())))
-                    .with_error_code(error.client_error_code())
-            })),
-        },
-    )
-    .await
-}
-
-pub async fn create_partitions(
-    context: &Context,
-    request: CreatePartitionsRequest,
-) -> Result<PendingReply, Error> {
-    let mut subs: Vec<Sub<(Named, _)>> = Vec::new();
-    for topic in request.topics.iter().cloned() {
-        let (cluster, named) = write_target(context, &topic.name.0);
-        let node = context.cluster(cluster).any_broker().await?;
-        add(&mut subs, cluster, node, (named, topic));
-    }
-    let version = context.request.api_version;
-    fan_out(
-        context,
-        subs,
-        CreatePartitionsResponse::default(),
-        move |sub| {
-            let topics = sub
-                .items
-                .iter()
-                .map(|(named, topic)| topic.clone().with_name(TopicName(named.backend.clone())))
-                .collect();
-            Ok(codec::encode_body(
-                &request.clone().with_topics(topics),
-                version,
-            )?)
-        },
-        |_, merged: &mut CreatePartitionsResponse, sub, answer| {
-            let names: Vec<Named> = sub.items.iter().map(|(n, _)| n.clone()).collect();
-            match answer {
-                Ok(response) => {
-                    merged.throttle_time_ms =
-                        merged.throttle_time_ms.max(response.throttle_time_ms);
-                    for mut result in response.results {
-                        result.name = TopicName(client_name(&names, &result.name.0));
-                        merged.results.push(result);
-                    }
-                }
-                Err(error) => merged.results.extend(names.iter().map(|n| {
-                    CreatePartitionsTopicResult::default()
-                        .with_name(TopicName(n.client.clone()))
-                        .with_error_code(error.client_error_code())
-                })),
+                Err(error) => R::entries(merged).extend(
+                    names
+                        .into_iter()
+                        .map(|n| R::failed(n.client, error.client_error_code())),
+                ),
             }
         },
     )
