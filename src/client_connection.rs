@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
 use crate::dispatch;
+use crate::error::Source;
 use crate::handler::{PendingReply, Reply};
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::security::sasl_server::{Outcome, SaslSession};
@@ -148,6 +149,9 @@ impl ClientConnection {
                 Ok(None) => break,
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: unreadable frame");
+                    self.state
+                        .metrics
+                        .request_failure(None, Source::Client.label(), None, false);
                     break;
                 }
             };
@@ -224,6 +228,9 @@ impl ClientConnection {
                 }
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
+                    self.state
+                        .metrics
+                        .request_failure(None, Source::Client.label(), None, false);
                     drop(permit);
                     drop(held);
                     Box::pin(async move { Reply::Close(error.to_string()) })

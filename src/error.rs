@@ -67,9 +67,7 @@ impl Error {
     pub fn source(&self) -> Source<'_> {
         match self {
             Error::Client(_) => Source::Client,
-            Error::Backend(error) => Source::Backend {
-                cluster: error.cluster(),
-            },
+            Error::Backend(error) => error.source(),
             Error::Internal(_) => Source::Internal,
         }
     }
@@ -154,6 +152,12 @@ impl BackendError {
         match self {
             BackendError::Kafka { code, .. } => *code,
             _ => ResponseError::CoordinatorNotAvailable.code(),
+        }
+    }
+
+    pub fn source(&self) -> Source<'_> {
+        Source::Backend {
+            cluster: self.cluster(),
         }
     }
 

@@ -24,7 +24,7 @@ use kafka_protocol::ResponseError;
 
 use crate::cluster::{Cluster, Lane, UpstreamConnections};
 use crate::codec::{self, Request};
-use crate::error::Error;
+use crate::error::{BackendError, Error, Source};
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::routing::ClusterId;
 use crate::routing::RoutingTable;
@@ -155,10 +155,39 @@ impl Context {
         self.forward(cluster, node, 0, |_, _| {}).await
     }
 
+    /// Counts a failure of (part of) this request in `kshift_request_failures`.
+    fn count_failure(&self, source: Source<'_>, retriable: bool) {
+        let cluster = match source {
+            Source::Backend { cluster } => cluster,
+            Source::Client | Source::Internal => None,
+        };
+        self.state.metrics.request_failure(
+            Some(self.request.api_key),
+            source.label(),
+            cluster,
+            retriable,
+        );
+    }
+
+    /// The error code a broker would give for the partitions (or topics, resources) of this
+    /// request that `error` failed; counted as a failure.
+    pub fn failure_code(&self, error: &BackendError) -> i16 {
+        self.count_failure(error.source(), error.retriable());
+        error.client_error_code()
+    }
+
+    /// As [`Context::failure_code`], for a group or transactional id whose coordinator
+    /// `error` kept kshift from.
+    pub fn coordinator_failure_code(&self, error: &BackendError) -> i16 {
+        self.count_failure(error.source(), error.retriable());
+        error.coordinator_error_code()
+    }
+
     /// The reply a broker would give when it cannot serve this request: a retriable error
     /// code for the APIs whose response carries one at the top, else a closed connection
     /// (which every client treats as retriable).
     pub fn error_reply(&self, error: &Error) -> Reply {
+        self.count_failure(error.source(), error.retriable());
         let code = match error {
             Error::Client(error) => {
                 tracing::info!(api = ?self.request.api_key, %error, "closing client connection: malformed request");

@@ -36,6 +36,19 @@ pub struct BackendErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The api of the request, or `unknown` when its header could not be read.
+    pub api: String,
+    /// `client`, `backend` or `internal`: where the failure came from.
+    pub source: String,
+    /// The backend cluster the failure names; empty when it names none (a client's or
+    /// kshift's failure, or a broken connection, which names a broker address).
+    pub cluster: String,
+    /// `true` when the client was told an error it may retry.
+    pub retriable: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendBytesLabels {
     pub cluster: String,
     /// `sent` or `received`.
@@ -179,6 +192,7 @@ pub struct Metrics {
     pub backend_requests: Family<BackendLabels, Counter>,
     pub backend_request_seconds: Family<BackendLabels, Histogram, fn() -> Histogram>,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
+    request_failures: Family<FailureLabels, Counter>,
     pub backend_bytes: Family<BackendBytesLabels, Counter>,
     /// Connections kshift opened to a cluster's brokers (client traffic and its own).
     pub backend_connections_opened: Family<ClusterLabels, Counter>,
@@ -243,6 +257,7 @@ impl Metrics {
                 latency_histogram as fn() -> Histogram,
             ),
             backend_errors: Family::default(),
+            request_failures: Family::default(),
             backend_bytes: Family::default(),
             backend_connections_opened: Family::default(),
             mirror_records: Family::default(),
@@ -323,6 +338,12 @@ impl Metrics {
             "backend_errors",
             "Backend failures: Kafka error codes in answers, timeouts, broken connections",
             metrics.backend_errors.clone(),
+        );
+        registry.register(
+            "request_failures",
+            "Failures kshift answered a client with: each partition, group or request it gave an \
+             error code of its own (or closed the connection for), by where the failure came from",
+            metrics.request_failures.clone(),
         );
         registry.register(
             "backend_bytes",
@@ -501,6 +522,24 @@ impl Metrics {
                 cluster: cluster.to_string(),
                 api: format!("{api:?}"),
                 error,
+            })
+            .inc();
+    }
+
+    /// Counts one failure answered to a client (see [`FailureLabels`]).
+    pub fn request_failure(
+        &self,
+        api: Option<ApiKey>,
+        source: &str,
+        cluster: Option<&str>,
+        retriable: bool,
+    ) {
+        self.request_failures
+            .get_or_create(&FailureLabels {
+                api: api.map_or_else(|| "unknown".to_string(), |api| format!("{api:?}")),
+                source: source.to_string(),
+                cluster: cluster.unwrap_or_default().to_string(),
+                retriable: retriable.to_string(),
             })
             .inc();
     }

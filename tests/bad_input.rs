@@ -105,11 +105,22 @@ async fn garbage_and_truncated_frames_do_not_disturb_other_clients() {
         .send_bytes(&[0, 0, 0, 11, 0, 3, 0, 1, 0, 0, 0, 1, 0x7f, 0xff, b'a'])
         .await;
     lying.assert_closed().await;
+    // Both are counted as the client's failures.
+    assert_counted(
+        &kshift,
+        r#"kshift_request_failures_total{api="unknown",source="client",cluster="",retriable="false"} 2"#,
+    );
     // Half a frame, then the client goes away.
     let mut truncated = RawClient::connect(kshift.addr()).await;
     truncated.send_bytes(&[0, 0, 0, 100, 0, 3, 0, 1]).await;
     drop(truncated);
     assert_serving(&kshift).await;
+}
+
+/// Asserts that kshift's metrics have the line `line`.
+fn assert_counted(kshift: &Kshift, line: &str) {
+    let metrics = kshift::control::admin::metrics_text(kshift.control());
+    assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,6 +198,10 @@ async fn body_announcing_two_billion_topics_is_refused_without_allocating() {
     client.send_body(ApiKey::Produce, 3, 1, &body).await;
     client.assert_closed().await;
     assert_serving(&kshift).await;
+    assert_counted(
+        &kshift,
+        r#"kshift_request_failures_total{api="Produce",source="client",cluster="",retriable="false"} 1"#,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

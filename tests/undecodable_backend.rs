@@ -155,6 +155,14 @@ read = "old"
         .await;
     let versions: ApiVersionsResponse = client.receive(ApiKey::ApiVersions, 3, 3).await;
     assert_eq!(versions.error_code, 0);
+    // Both failures are counted as the backend's, naming the cluster, retriable.
+    let metrics = kshift::control::admin::metrics_text(proxy.control());
+    let counted = r#"kshift_request_failures_total{api="Produce",source="backend",cluster="old",retriable="true"} 2"#;
+    assert!(
+        metrics.contains(counted),
+        "{counted} missing from:\n{metrics}"
+    );
+    assert!(!metrics.contains(r#"source="client""#), "{metrics}");
     proxy.shutdown().await;
     tokio::time::sleep(Duration::from_millis(10)).await;
 }

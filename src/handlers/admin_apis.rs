@@ -394,7 +394,7 @@ async fn per_write_topic<R: PerWriteTopic>(
                 version,
             )?)
         },
-        |_, merged: &mut R::Response, sub, answer| {
+        |context, merged: &mut R::Response, sub, answer| {
             let names: Vec<Named> = sub.items.iter().map(|(n, _)| n.clone()).collect();
             match answer {
                 Ok(mut response) => {
@@ -411,7 +411,7 @@ async fn per_write_topic<R: PerWriteTopic>(
                 Err(error) => R::entries(merged).extend(
                     names
                         .into_iter()
-                        .map(|n| R::failed(n.client, error.client_error_code())),
+                        .map(|n| R::failed(n.client, context.failure_code(&error))),
                 ),
             }
         },
@@ -458,7 +458,7 @@ pub async fn describe_configs(
                 version,
             )?)
         },
-        |_, merged: &mut DescribeConfigsResponse, sub, answer| match answer {
+        |context, merged: &mut DescribeConfigsResponse, sub, answer| match answer {
             Ok(response) => {
                 merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
                 for mut result in response.results {
@@ -472,7 +472,7 @@ pub async fn describe_configs(
             }
             Err(error) => merged.results.extend(sub.items.iter().map(|(n, r)| {
                 DescribeConfigsResult::default()
-                    .with_error_code(error.client_error_code())
+                    .with_error_code(context.failure_code(&error))
                     .with_resource_type(r.resource_type)
                     .with_resource_name(n.client.clone())
             })),
@@ -511,7 +511,7 @@ pub async fn delete_records(
                 Err(error) => errors.push((
                     named.client.clone(),
                     partition.partition_index,
-                    error.client_error_code(),
+                    context.failure_code(&error),
                 )),
             }
         }
@@ -580,7 +580,7 @@ pub async fn delete_records(
                             DeleteRecordsPartitionResult::default()
                                 .with_partition_index(partition.partition_index)
                                 .with_low_watermark(-1)
-                                .with_error_code(error.client_error_code()),
+                                .with_error_code(context.failure_code(&error)),
                         );
                     }
                 }
@@ -621,7 +621,7 @@ async fn by_coordinator(
             .await
         {
             Ok(node) => add(&mut subs, cluster_id, node, group.clone()),
-            Err(error) => failed.push((group.clone(), error.coordinator_error_code())),
+            Err(error) => failed.push((group.clone(), context.coordinator_failure_code(&error))),
         }
     }
     (subs, failed)
@@ -724,7 +724,7 @@ async fn per_group<R: PerGroup>(context: &Context, request: R) -> Result<Pending
                 Err(error) => sub
                     .items
                     .iter()
-                    .map(|group| R::failed(group.clone(), error.coordinator_error_code()))
+                    .map(|group| R::failed(group.clone(), context.coordinator_failure_code(&error)))
                     .collect(),
             };
             for entry in &entries {

@@ -60,7 +60,7 @@ async fn read_target(context: &Context, client_topic: &str, partition: i32) -> R
         Ok(None) => Err(ResponseError::UnknownTopicOrPartition.code()),
         Err(error) => {
             tracing::debug!(cluster = %cluster.name, %error, "no leader for read");
-            Err(error.client_error_code())
+            Err(context.failure_code(&error))
         }
     }
 }
@@ -255,7 +255,7 @@ fn fail_part<P: PartitionIndex>(
             errors.push((
                 client_topic.clone(),
                 partition.index(),
-                error.client_error_code(),
+                context.failure_code(error),
             ));
         }
     }

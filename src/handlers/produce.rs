@@ -101,7 +101,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
                     split.errors.push((
                         client_name.clone(),
                         partition.index,
-                        error.client_error_code(),
+                        context.failure_code(&error),
                     ));
                     continue;
                 }
@@ -375,7 +375,7 @@ async fn complete(
                         errors.push((
                             client_name.clone(),
                             partition.index,
-                            error.client_error_code(),
+                            context.failure_code(&error),
                         ));
                     }
                 }
