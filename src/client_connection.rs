@@ -21,17 +21,17 @@
 //!   still written first).
 //! - A frame kshift cannot parse closes the connection after the replies already owed
 //!   have been written — the broker's behaviour. Nothing else is affected.
-//! - With `[proxy.sasl]`, nothing but ApiVersions, SaslHandshake and SaslAuthenticate is
-//!   served before the client has authenticated ([`SaslSession`]); the SASL steps run here,
-//!   in the reader, in request order. Any other request, or a failed authentication (after
-//!   its SASL_AUTHENTICATION_FAILED answer), closes the connection.
+//! - A frame with an unreadable header closes the connection, and no later frame is read.
+//! - Authentication ([`auth`]) is a layer between the reader and dispatch: it runs in the
+//!   reader, in request order, and what it does not pass is never dispatched.
+
+mod auth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
@@ -42,8 +42,8 @@ use crate::dispatch;
 use crate::error::Source;
 use crate::handler::{PendingReply, Reply};
 use crate::handlers::fetch::positions::ReadPositions;
-use crate::security::sasl_server::{Outcome, SaslSession};
 use crate::state::ProxyState;
+use auth::{Auth, Gate};
 
 /// Read and write buffer of each client connection. Small, because every idle connection
 /// holds both (the read buffer zero-filled): 64 KiB each made an idle connection cost ~37 KiB
@@ -79,7 +79,7 @@ impl ClientConnection {
     {
         tracing::debug!("client connected");
         self.state.metrics.client_connections.inc();
-        let mut sasl = self.state.sasl.clone().map(SaslSession::new);
+        let mut auth = Auth::new(self.state.sasl.clone(), self.peer);
         // One permit per request in flight, taken before the request is read and given back
         // when it is answered: with all taken, the socket is not read (backpressure).
         let window = Arc::new(Semaphore::new(self.state.config.max_in_flight_requests));
@@ -155,87 +155,52 @@ impl ClientConnection {
                     break;
                 }
             };
-            let reply: PendingReply = match Request::parse(frame) {
-                Ok(request)
-                    if sasl.as_ref().is_some_and(|session| {
-                        !session.is_authenticated()
-                            || matches!(
-                                request.api_key,
-                                ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
-                            )
-                    }) && request.api_key != ApiKey::ApiVersions =>
-                {
-                    let Some(session) = sasl.as_mut() else { break };
-                    let mut delay = None;
-                    let (reply, close) = match session.handle(&request) {
-                        Outcome::Continue(reply) => (reply, false),
-                        Outcome::Authenticated { reply, user } => {
-                            tracing::debug!(peer = %self.peer, %user, "client authenticated");
-                            (reply, false)
-                        }
-                        Outcome::Refused { reply, reason } => {
-                            self.state.metrics.client_authentication_failure("sasl");
-                            tracing::info!(peer = %self.peer, %reason, "closing client connection: authentication failed");
-                            delay = self.state.sasl.as_ref().map(|sasl| sasl.failed_delay);
-                            (reply, true)
-                        }
-                        Outcome::NotSasl => {
-                            let reason =
-                                format!("{:?} before SASL authentication", request.api_key);
-                            tracing::info!(peer = %self.peer, %reason, "closing client connection");
-                            (Reply::Close(reason), true)
-                        }
-                    };
-                    drop(permit);
-                    drop(held);
-                    let reply: PendingReply = Box::pin(async move {
-                        // A failed login is answered late, as a broker does.
-                        if let Some(delay) = delay {
-                            tokio::time::sleep(delay).await;
-                        }
-                        reply
-                    });
-                    if replies.send(reply).is_err() || close {
-                        if close {
-                            let _ = replies.send(Box::pin(async move {
-                                Reply::Close("authentication failed".into())
-                            }));
-                        }
-                        break;
-                    }
-                    continue;
-                }
-                Ok(request) => {
-                    let started = std::time::Instant::now();
-                    let api_key = request.api_key;
-                    // Boxed: the largest handler's submit future would otherwise sit inside
-                    // every connection's task, idle ones too (~3 KiB each, benches/scale.rs).
-                    let pending = Box::pin(dispatch::submit(
-                        &self.state,
-                        &self.upstream,
-                        &self.positions,
-                        request,
-                    ))
-                    .await;
-                    let metrics = self.state.metrics.clone();
-                    Box::pin(async move {
-                        let reply = pending.await;
-                        drop(permit);
-                        drop(held);
-                        metrics.client_request(api_key, started.elapsed());
-                        reply
-                    })
-                }
+            let request = match Request::parse(frame) {
+                Ok(request) => request,
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
                     self.state
                         .metrics
                         .request_failure(None, Source::Client.label(), None, false);
-                    drop(permit);
-                    drop(held);
-                    Box::pin(async move { Reply::Close(error.to_string()) })
+                    let _ = replies.send(Box::pin(async move { Reply::Close(error.to_string()) }));
+                    break;
                 }
             };
+            let request = match auth.gate(request, &self.state.metrics) {
+                Gate::Pass(request) => request,
+                Gate::Answered(reply) => {
+                    drop((permit, held));
+                    if replies.send(reply).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Gate::Close(reply) => {
+                    let _ = replies.send(reply);
+                    let _ = replies.send(Box::pin(async move {
+                        Reply::Close("authentication failed".into())
+                    }));
+                    break;
+                }
+            };
+            let started = std::time::Instant::now();
+            let api_key = request.api_key;
+            // Boxed: the largest handler's submit future would otherwise sit inside every
+            // connection's task, idle ones too (~3 KiB each, benches/scale.rs).
+            let pending = Box::pin(dispatch::submit(
+                &self.state,
+                &self.upstream,
+                &self.positions,
+                request,
+            ))
+            .await;
+            let metrics = self.state.metrics.clone();
+            let reply: PendingReply = Box::pin(async move {
+                let reply = pending.await;
+                drop((permit, held));
+                metrics.client_request(api_key, started.elapsed());
+                reply
+            });
             if replies.send(reply).is_err() {
                 break;
             }

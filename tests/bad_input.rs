@@ -8,7 +8,7 @@ mod raw;
 
 use std::time::Duration;
 
-use common::encode::RecordBatch;
+use common::encode::{self, RecordBatch};
 use common::{Broker, Kshift};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
@@ -251,6 +251,52 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
     );
     let metadata: MetadataResponse = client.receive(ApiKey::Metadata, 9, 5).await;
     assert_eq!(metadata.topics[0].name.as_ref().unwrap().0.as_str(), topic);
+}
+
+/// A produce pipelined behind a frame with an unreadable header is never written: the
+/// connection closes at the bad frame, as a broker's does, so the client's retry of that
+/// produce cannot write it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_behind_an_unreadable_header_is_dispatched() {
+    let (_broker, kshift) = start().await;
+    let topic = common::unique_topic("behind-bad-header");
+    let mut client = RawClient::connect(kshift.addr()).await;
+    client
+        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
+        .await;
+    let created: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
+    assert_eq!(created.topics[0].error_code, 0, "topic auto-created");
+
+    // A client id longer than its frame, then a produce, in one write.
+    let mut bytes = vec![0, 0, 0, 11, 0, 3, 0, 1, 0, 0, 0, 2, 0x7f, 0xff, b'a'];
+    let produce = encode::request(
+        ApiKey::Produce,
+        7,
+        3,
+        "raw-test",
+        &produce_request(&topic, 1, RecordBatch::new(4).encode()),
+    );
+    bytes.extend_from_slice(&encode::length_prefixed(&produce));
+    client.send_bytes(&bytes).await;
+    client.assert_closed().await;
+
+    // The next record written to the partition is its first.
+    let mut client = RawClient::connect(kshift.addr()).await;
+    client
+        .send(
+            ApiKey::Produce,
+            7,
+            4,
+            &produce_request(&topic, 1, RecordBatch::new(1).encode()),
+        )
+        .await;
+    let produced: ProduceResponse = client.receive(ApiKey::Produce, 7, 4).await;
+    let partition = &produced.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(
+        partition.base_offset, 0,
+        "the pipelined produce was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,11 @@ impl SaslSession {
         }
     }
 
+    /// How long the answer to a failed authentication is held before it is sent.
+    pub fn failed_delay(&self) -> std::time::Duration {
+        self.listener.failed_delay
+    }
+
     pub fn is_authenticated(&self) -> bool {
         matches!(self.state, State::Authenticated)
     }
