@@ -18,7 +18,7 @@
 pub mod broker_connection;
 pub mod transport;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 

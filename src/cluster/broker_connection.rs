@@ -16,7 +16,7 @@
 //! - When every handle is dropped the writer closes the stream once queued frames are
 //!   written; the reader stops as soon as no response is awaited.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -358,6 +358,18 @@ async fn complete(
             }
             Err(error) => Err(error),
         };
+        // Passed through, and nothing to learn from it: an answer in which every partition
+        // succeeded goes back as it came, walked (codec::scan) but not decoded. Any other
+        // answer is decoded below.
+        if let Ok(body) = &response {
+            if passthrough
+                && mirrored.is_empty()
+                && !tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE)
+                && matches!(codec::scan::produce_answer_all_ok(body, version), Ok(true))
+            {
+                return Ok(Answer::Raw(body.clone()));
+            }
+        }
         // An answer that does not decode is the backend's failure, like a broken connection:
         // the client is told to retry (its connection stays).
         let response = response.and_then(|body| {
