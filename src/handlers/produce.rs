@@ -151,7 +151,8 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
     let Split { parts, errors } = split;
     let passthrough =
         parts.len() == 1 && errors.is_empty() && !renamed && upstream_acks == request.acks;
-    let mut sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)> = Vec::new();
+    let mut sent: Vec<(Part, Result<Option<ResponseFuture>, BackendError>)> =
+        Vec::with_capacity(parts.len());
     for part in parts {
         let body = if passthrough {
             context.request.body.clone()
@@ -177,14 +178,16 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
     }
     let context = context.clone();
     let deadline = context.deadline(request.timeout_ms);
-    let completion = complete(
+    // Boxed where it is made: the completion's state is large, and each move of it (into
+    // the reply future, then into that one's box) copied all of it (callgrind: memcpy).
+    let completion = Box::pin(complete(
         context.clone(),
         sent,
         errors,
         mirrored,
         passthrough,
         deadline,
-    );
+    ));
     if !client_expects_answer {
         tokio::spawn(completion);
         return Ok(Box::pin(async { Reply::None }));
