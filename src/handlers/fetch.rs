@@ -35,7 +35,7 @@ use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
 use crate::handler::{Context, PendingReply};
-use crate::handlers::split::{Split, SplitPart, Target};
+use crate::handlers::split::{self, Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::routing::ClusterId;
 use positions::ReadDecision;
@@ -45,7 +45,11 @@ use positions::ReadDecision;
 const HELD_FETCH_WAIT_MS: u64 = 500;
 
 /// Finds where `topic`/`partition` is read from: the route's read cluster's leader.
-async fn read_target(context: &Context, client_topic: &str, partition: i32) -> Result<Target, i16> {
+async fn read_target(
+    context: &Context,
+    client_topic: &StrBytes,
+    partition: i32,
+) -> Result<Target, i16> {
     let Some(route) = context.routing.route(client_topic, context.client_id()) else {
         return Err(ResponseError::UnknownTopicOrPartition.code());
     };
@@ -55,7 +59,7 @@ async fn read_target(context: &Context, client_topic: &str, partition: i32) -> R
         Ok(Some(node)) => Ok(Target {
             cluster: route.read,
             node,
-            backend_topic: backend_topic.to_string(),
+            backend_topic: split::backend_name(client_topic, backend_topic),
         }),
         Ok(None) => Err(ResponseError::UnknownTopicOrPartition.code()),
         Err(error) => {
@@ -138,7 +142,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, Error> {
                     .iter()
                     .map(|(name, _, partitions)| {
                         FetchTopic::default()
-                            .with_topic(TopicName(StrBytes::from_string(name.clone())))
+                            .with_topic(TopicName(name.clone()))
                             .with_partitions(partitions.clone())
                     })
                     .collect(),
@@ -396,7 +400,7 @@ pub async fn submit_list_offsets(context: &Context) -> Result<PendingReply, Erro
                     .iter()
                     .map(|(name, _, partitions)| {
                         ListOffsetsTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(name.clone())))
+                            .with_name(TopicName(name.clone()))
                             .with_partitions(partitions.clone())
                     })
                     .collect(),

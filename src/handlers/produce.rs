@@ -27,7 +27,7 @@ use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
 use crate::handler::{Context, PendingReply, Reply};
-use crate::handlers::split::{Split, SplitPart, Target};
+use crate::handlers::split::{self, Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::mirror::{self, MirrorItem};
 use crate::routing::ClusterId;
@@ -134,7 +134,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
             let target = Target {
                 cluster: route.write,
                 node,
-                backend_topic: backend_name.to_string(),
+                backend_topic: split::backend_name(client_name, backend_name),
             };
             split.add(target, client_name, partition.clone());
         }
@@ -166,7 +166,7 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
                         .iter()
                         .map(|(name, _, partitions)| {
                             TopicProduceData::default()
-                                .with_name(TopicName(StrBytes::from_string(name.clone())))
+                                .with_name(TopicName(name.clone()))
                                 .with_partition_data(partitions.clone())
                         })
                         .collect(),

@@ -11,7 +11,17 @@ use crate::routing::ClusterId;
 pub struct Target {
     pub cluster: ClusterId,
     pub node: i32,
-    pub backend_topic: String,
+    pub backend_topic: StrBytes,
+}
+
+/// The topic's name on its cluster, `on_cluster`, sharing the client's bytes when it is the
+/// same name (the usual case: no allocation per request).
+pub fn backend_name(client_topic: &StrBytes, on_cluster: &str) -> StrBytes {
+    if client_topic.as_str() == on_cluster {
+        client_topic.clone()
+    } else {
+        StrBytes::from_string(on_cluster.to_string())
+    }
 }
 
 /// Partitions of one request grouped by (cluster, broker), with the name mapping.
@@ -25,7 +35,7 @@ pub struct SplitPart<P> {
     pub cluster: ClusterId,
     pub node: i32,
     /// (name on the cluster, client-visible name, partitions).
-    pub topics: Vec<(String, StrBytes, Vec<P>)>,
+    pub topics: Vec<(StrBytes, StrBytes, Vec<P>)>,
 }
 
 impl<P> SplitPart<P> {
@@ -33,7 +43,7 @@ impl<P> SplitPart<P> {
     pub fn client_topic(&self, backend_topic: &str) -> Option<&StrBytes> {
         self.topics
             .iter()
-            .find(|(name, _, _)| name == backend_topic)
+            .find(|(name, _, _)| name.as_str() == backend_topic)
             .map(|(_, client, _)| client)
     }
 }
