@@ -8,7 +8,7 @@
 //! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each to
 //! - [`client_connection`], one task pair per socket: reads frames ([`codec`]), keeps a
 //!   bounded window of requests in flight and writes responses in request order; SASL
-//!   authentication runs there, in front of dispatch;
+//!   authentication is a layer there (`client_connection::auth`), in front of dispatch;
 //! - [`dispatch`] sends each request by api key to its handler in [`handlers`]
 //!   (virtual cluster, produce, fetch, groups, transactions, admin APIs);
 //! - [`handler`] is what every handler shares: the request's context and its reply;
@@ -20,7 +20,8 @@
 //!   coordinator cache, connection pool) and its broker connections;
 //! - [`routing`] holds the routing table, one immutable snapshot behind one `ArcSwap`, and
 //!   the consumer groups a cutover moves;
-//! - the leaves: [`codec`] (frames, headers, record batches), [`config`] (TOML, validated),
+//! - the leaves: [`codec`] (frames, headers, record batches, answers read in place),
+//!   [`config`] (TOML, validated),
 //!   [`security`] (TLS, SASL, SCRAM, credentials), [`metrics`], [`sync`], and [`error`], the
 //!   one error type whose source (client, backend, internal) decides the client's answer.
 
