@@ -22,7 +22,7 @@
 //! - A frame kshift cannot parse closes the connection after the replies already owed
 //!   have been written — the broker's behaviour. Nothing else is affected.
 //! - A frame with an unreadable header closes the connection, and no later frame is read.
-//! - Authentication ([`auth`]) is a layer between the reader and dispatch: it runs in the
+//! - Authentication (`auth`) is a layer between the reader and dispatch: it runs in the
 //!   reader, in request order, and what it does not pass is never dispatched.
 
 mod auth;
