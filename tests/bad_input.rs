@@ -39,6 +39,19 @@ fn metadata_for(topic: &str, auto_create: bool) -> MetadataRequest {
         .with_allow_auto_topic_creation(auto_create)
 }
 
+/// A new topic (`prefix`-…) created by a Metadata request on a new connection to kshift
+/// (correlation id 1), and that connection.
+async fn auto_created_topic(kshift: &Kshift, prefix: &str) -> (String, RawClient) {
+    let topic = common::unique_topic(prefix);
+    let mut client = RawClient::connect(kshift.addr()).await;
+    client
+        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
+        .await;
+    let created: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
+    assert_eq!(created.topics[0].error_code, 0, "topic {topic} auto-created");
+    (topic, client)
+}
+
 /// A fresh connection still gets ApiVersions and Metadata answered.
 async fn assert_serving(kshift: &Kshift) {
     let mut client = RawClient::connect(kshift.addr()).await;
@@ -207,13 +220,7 @@ async fn body_announcing_two_billion_topics_is_refused_without_allocating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer() {
     let (_broker, kshift) = start().await;
-    let topic = common::unique_topic("pipelined");
-    let mut client = RawClient::connect(kshift.addr()).await;
-    client
-        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
-        .await;
-    let created: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
-    assert_eq!(created.topics[0].error_code, 0, "topic auto-created");
+    let (topic, mut client) = auto_created_topic(&kshift, "pipelined").await;
 
     // Sent back to back without reading: acks=0 produce, ApiVersions, acks=1 produce, Metadata.
     client
@@ -259,13 +266,7 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_behind_an_unreadable_header_is_dispatched() {
     let (_broker, kshift) = start().await;
-    let topic = common::unique_topic("behind-bad-header");
-    let mut client = RawClient::connect(kshift.addr()).await;
-    client
-        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
-        .await;
-    let created: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
-    assert_eq!(created.topics[0].error_code, 0, "topic auto-created");
+    let (topic, mut client) = auto_created_topic(&kshift, "behind-bad-header").await;
 
     // A client id longer than its frame, then a produce, in one write.
     let mut bytes = vec![0, 0, 0, 11, 0, 3, 0, 1, 0, 0, 0, 2, 0x7f, 0xff, b'a'];
@@ -302,12 +303,7 @@ async fn nothing_behind_an_unreadable_header_is_dispatched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_backend_gets_a_retriable_error_not_a_hang() {
     let (broker, kshift) = start().await;
-    let topic = common::unique_topic("dead-backend");
-    let mut client = RawClient::connect(kshift.addr()).await;
-    client
-        .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
-        .await;
-    let _: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
+    let (topic, mut client) = auto_created_topic(&kshift, "dead-backend").await;
     client
         .send(
             ApiKey::Produce,
