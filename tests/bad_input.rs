@@ -48,7 +48,10 @@ async fn auto_created_topic(kshift: &Kshift, prefix: &str) -> (String, RawClient
         .send(ApiKey::Metadata, 9, 1, &metadata_for(&topic, true))
         .await;
     let created: MetadataResponse = client.receive(ApiKey::Metadata, 9, 1).await;
-    assert_eq!(created.topics[0].error_code, 0, "topic {topic} auto-created");
+    assert_eq!(
+        created.topics[0].error_code, 0,
+        "topic {topic} auto-created"
+    );
     (topic, client)
 }
 
