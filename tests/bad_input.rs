@@ -55,6 +55,13 @@ async fn auto_created_topic(kshift: &Kshift, prefix: &str) -> (String, RawClient
     (topic, client)
 }
 
+/// The base offset of the one partition `produced` answers, which must have succeeded.
+fn written_at(produced: &ProduceResponse) -> i64 {
+    let partition = &produced.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, 0, "{partition:?}");
+    partition.base_offset
+}
+
 /// A fresh connection still gets ApiVersions and Metadata answered.
 async fn assert_serving(kshift: &Kshift) {
     let mut client = RawClient::connect(kshift.addr()).await;
@@ -253,10 +260,9 @@ async fn pipelined_requests_are_answered_in_order_and_acks_zero_gets_no_answer()
     let versions: ApiVersionsResponse = client.receive(ApiKey::ApiVersions, 3, 3).await;
     assert_eq!(versions.error_code, 0);
     let produced: ProduceResponse = client.receive(ApiKey::Produce, 7, 4).await;
-    let partition = &produced.responses[0].partition_responses[0];
-    assert_eq!(partition.error_code, 0);
     assert_eq!(
-        partition.base_offset, 5,
+        written_at(&produced),
+        5,
         "the acks=0 batch was written first"
     );
     let metadata: MetadataResponse = client.receive(ApiKey::Metadata, 9, 5).await;
@@ -295,10 +301,9 @@ async fn nothing_behind_an_unreadable_header_is_dispatched() {
         )
         .await;
     let produced: ProduceResponse = client.receive(ApiKey::Produce, 7, 4).await;
-    let partition = &produced.responses[0].partition_responses[0];
-    assert_eq!(partition.error_code, 0);
     assert_eq!(
-        partition.base_offset, 0,
+        written_at(&produced),
+        0,
         "the pipelined produce was written"
     );
 }

@@ -459,15 +459,20 @@ mod tests {
         connection_with(None)
     }
 
+    fn try_send(
+        connection: &BrokerConnection,
+        body: &'static str,
+    ) -> Result<ResponseFuture, BackendError> {
+        connection.request(
+            API,
+            VERSION,
+            &StrBytes::from_static_str("test"),
+            Bytes::from_static(body.as_bytes()),
+        )
+    }
+
     fn send(connection: &BrokerConnection, body: &'static str) -> ResponseFuture {
-        connection
-            .request(
-                API,
-                VERSION,
-                &StrBytes::from_static_str("test"),
-                Bytes::from_static(body.as_bytes()),
-            )
-            .expect("the connection takes the request")
+        try_send(connection, body).expect("the connection takes the request")
     }
 
     async fn answer_of(response: ResponseFuture) -> Result<String, BackendError> {
@@ -553,13 +558,7 @@ mod tests {
         assert!(connection.is_poisoned());
         assert!(connection.failed_in_flight());
         // Never reused: a later request fails at once with the same error, unsent.
-        let later = connection
-            .request(
-                API,
-                VERSION,
-                &StrBytes::from_static_str("test"),
-                Bytes::new(),
-            )
+        let later = try_send(&connection, "")
             .err()
             .expect("a poisoned connection refuses requests");
         assert_eq!(later.to_string(), errors[0].to_string());
@@ -589,14 +588,7 @@ mod tests {
             }
             assert!(connection.is_poisoned(), "{expected}");
             assert!(connection.failed_in_flight(), "{expected}");
-            assert!(connection
-                .request(
-                    API,
-                    VERSION,
-                    &StrBytes::from_static_str("test"),
-                    Bytes::new()
-                )
-                .is_err());
+            assert!(try_send(&connection, "").is_err());
         }
     }
 
@@ -641,13 +633,7 @@ mod tests {
         }
         assert!(connection.is_poisoned());
         assert!(connection.failed_in_flight());
-        let later = connection
-            .request(
-                API,
-                VERSION,
-                &StrBytes::from_static_str("test"),
-                Bytes::new(),
-            )
+        let later = try_send(&connection, "")
             .err()
             .expect("a closed connection refuses requests");
         assert!(matches!(later, BackendError::Closed { .. }), "{later}");
@@ -658,14 +644,7 @@ mod tests {
         drop(broker);
         until_poisoned(&connection).await;
         assert!(!connection.failed_in_flight());
-        assert!(connection
-            .request(
-                API,
-                VERSION,
-                &StrBytes::from_static_str("test"),
-                Bytes::new()
-            )
-            .is_err());
+        assert!(try_send(&connection, "").is_err());
     }
 
     #[tokio::test]
