@@ -16,19 +16,17 @@ use crate::handler::{Context, PendingReply, Reply};
 
 /// Routes a transaction API request.
 pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
-    let routing = &context.routing;
-    let client_id = context.client_id();
+    // Transactions, and their group offsets, live on the client's default write cluster.
+    let cluster = context.routing.default_write_cluster(context.client_id());
     match context.request.api_key {
         ApiKey::TxnOffsetCommit => {
             let request: TxnOffsetCommitRequest = context.request.decode()?;
-            let cluster = routing.default_write_cluster(client_id);
             context
                 .to_coordinator(cluster, GROUP, &request.group_id.0, 0)
                 .await
         }
         ApiKey::InitProducerId => {
             let request: InitProducerIdRequest = context.request.decode()?;
-            let cluster = routing.default_write_cluster(client_id);
             match request.transactional_id {
                 Some(id) => {
                     // A new producer instance fences the old one: its open transaction
@@ -41,20 +39,17 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
         }
         ApiKey::AddPartitionsToTxn => {
             let request: AddPartitionsToTxnRequest = context.request.decode()?;
-            let cluster = routing.default_write_cluster(client_id);
             let id = request.v3_and_below_transactional_id.0;
             context.to_coordinator(cluster, TRANSACTION, &id, 0).await
         }
         ApiKey::AddOffsetsToTxn => {
             let request: AddOffsetsToTxnRequest = context.request.decode()?;
-            let cluster = routing.default_write_cluster(client_id);
             context
                 .to_coordinator(cluster, TRANSACTION, &request.transactional_id.0, 0)
                 .await
         }
         ApiKey::EndTxn => {
             let request: EndTxnRequest = context.request.decode()?;
-            let cluster = routing.default_write_cluster(client_id);
             let id = request.transactional_id.0.to_string();
             let pending = context.to_coordinator(cluster, TRANSACTION, &id, 0).await?;
             let context = context.clone();
