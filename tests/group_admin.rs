@@ -45,15 +45,10 @@ fn offset_one(topic: &str) -> TopicPartitionList {
 
 /// (group, error code, state) of each group `address` describes, sorted by group.
 async fn describe(address: SocketAddr, groups: &[&str]) -> Vec<(String, i16, String)> {
-    let mut client = RawClient::connect(address).await;
     let request =
         DescribeGroupsRequest::default().with_groups(groups.iter().map(|g| group_id(g)).collect());
-    client
-        .send(ApiKey::DescribeGroups, DESCRIBE_VERSION, 1, &request)
-        .await;
-    let response: DescribeGroupsResponse = client
-        .receive(ApiKey::DescribeGroups, DESCRIBE_VERSION, 1)
-        .await;
+    let response: DescribeGroupsResponse =
+        RawClient::ask(address, ApiKey::DescribeGroups, DESCRIBE_VERSION, &request).await;
     let mut described: Vec<_> = response
         .groups
         .into_iter()
@@ -71,15 +66,10 @@ async fn describe(address: SocketAddr, groups: &[&str]) -> Vec<(String, i16, Str
 
 /// (group, error code) of each group `address` was asked to delete, sorted by group.
 async fn delete(address: SocketAddr, groups: &[&str]) -> Vec<(String, i16)> {
-    let mut client = RawClient::connect(address).await;
     let request = DeleteGroupsRequest::default()
         .with_groups_names(groups.iter().map(|g| group_id(g)).collect());
-    client
-        .send(ApiKey::DeleteGroups, DELETE_VERSION, 7, &request)
-        .await;
-    let response: DeleteGroupsResponse = client
-        .receive(ApiKey::DeleteGroups, DELETE_VERSION, 7)
-        .await;
+    let response: DeleteGroupsResponse =
+        RawClient::ask(address, ApiKey::DeleteGroups, DELETE_VERSION, &request).await;
     let mut results: Vec<_> = response
         .results
         .into_iter()

@@ -103,6 +103,19 @@ impl RawClient {
         M::decode(&mut body, version).expect("decode response")
     }
 
+    /// Sends `message` as request `api_key` v`version` on a new connection to `address`
+    /// and returns its decoded answer.
+    pub async fn ask<M: Encodable, R: Decodable>(
+        address: SocketAddr,
+        api_key: ApiKey,
+        version: i16,
+        message: &M,
+    ) -> R {
+        let mut client = RawClient::connect(address).await;
+        client.send(api_key, version, 1, message).await;
+        client.receive(api_key, version, 1).await
+    }
+
     /// Asserts that kshift closed this connection (and sent nothing first).
     pub async fn assert_closed(&mut self) {
         match self.read(Duration::from_secs(10)).await {
