@@ -71,6 +71,13 @@ impl ClientConnection {
         }
     }
 
+    /// Counts a frame kshift could not read as the client's failure (its api unknown).
+    fn count_client_failure(&self) {
+        self.state
+            .metrics
+            .request_failure(None, Source::Client.label(), None, false);
+    }
+
     /// Serves the connection whose (plain or TLS) halves are `read_half`, `write_half`.
     pub async fn run<R, W>(self, read_half: R, write_half: W, mut shutdown: watch::Receiver<bool>)
     where
@@ -149,9 +156,7 @@ impl ClientConnection {
                 Ok(None) => break,
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: unreadable frame");
-                    self.state
-                        .metrics
-                        .request_failure(None, Source::Client.label(), None, false);
+                    self.count_client_failure();
                     break;
                 }
             };
@@ -159,9 +164,7 @@ impl ClientConnection {
                 Ok(request) => request,
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
-                    self.state
-                        .metrics
-                        .request_failure(None, Source::Client.label(), None, false);
+                    self.count_client_failure();
                     let _ = replies.send(Box::pin(async move { Reply::Close(error.to_string()) }));
                     break;
                 }
