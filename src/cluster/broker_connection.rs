@@ -1,13 +1,20 @@
 //! One connection to one backend broker, over any byte stream: a socket opened (and
 //! secured, and authenticated) by [`super::transport`], or an in-memory pipe in tests.
 //!
-//! Shape (after rskafka's messenger): a writer task owns the write half and sends frames
-//! in the order [`BrokerConnection::send`] was called; a reader task owns the read half and
-//! hands each response to the request waiting for its correlation id.
+//! Shape (after rskafka's messenger): a reader task owns the read half and hands each
+//! response to the request waiting for its correlation id. Requests are written in place:
+//! [`BrokerConnection::send`] writes its frame to the socket itself when nothing is queued,
+//! and hands the write half, with what the socket did not take, to a writer task otherwise.
+//! That task writes what is queued behind it and gives the half back once the queue is
+//! empty. Waking a writer task for every request cost a second wake-up in the same poll as
+//! the client's reply task, and tokio answers two wake-ups in one poll by waking its other
+//! worker thread (a futex call, and the request hops threads).
 //!
 //! Invariants:
 //! - Requests reach the broker in the order `send` was called; `send` itself never awaits,
-//!   so a caller that calls it in request order keeps that order on the wire.
+//!   so a caller that calls it in request order keeps that order on the wire. The write half
+//!   is in one place at a time, under the pending lock (`send` may write) or with the
+//!   writer task (frames queue behind it).
 //! - A read or write error poisons the connection: every pending request fails with that
 //!   error, later sends fail at once, and the owner opens a new connection.
 //! - A waiting request that is dropped (its client went away, or its deadline passed) leaves
@@ -17,8 +24,10 @@
 //!   written; the reader stops as soon as no response is awaited.
 
 use foldhash::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,9 +56,9 @@ pub struct BrokerConnection {
     address: Arc<str>,
     /// Where round trips and failures are counted, labelled with the cluster's name.
     observer: Option<Observer>,
-    /// Frames to the writer task, in wire order. Unbounded because the client connection's
-    /// in-flight window already bounds what one connection can queue.
-    outbound: mpsc::UnboundedSender<[Bytes; 2]>,
+    /// To the writer task, in wire order, while it holds the write half. Unbounded because
+    /// the client connection's in-flight window already bounds what one connection can queue.
+    outbound: mpsc::UnboundedSender<Outbound>,
     state: Arc<SharedState>,
 }
 
@@ -61,7 +70,7 @@ struct SharedState {
     pending: Mutex<Pending>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Pending {
     waiting: HashMap<i32, Waiter>,
     poisoned: Option<BackendError>,
@@ -69,6 +78,34 @@ struct Pending {
     failed_in_flight: bool,
     writer_closed: bool,
     reader: Option<tokio::task::AbortHandle>,
+    /// The write half while the writer task has nothing queued: `send` writes in place.
+    /// `None` while the writer task holds it, and once the connection is poisoned.
+    idle_writer: Option<Writer>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("waiting", &self.waiting.len())
+            .field("poisoned", &self.poisoned)
+            .field("failed_in_flight", &self.failed_in_flight)
+            .field("writer_closed", &self.writer_closed)
+            .field("idle_writer", &self.idle_writer.is_some())
+            .finish()
+    }
+}
+
+/// The write half, buffered for the writer task's batches (the buffer is empty whenever
+/// the half is idle).
+type Writer = BufWriter<WriteHalf>;
+
+/// What the writer task is sent.
+enum Outbound {
+    /// A frame to write after the ones before it.
+    Frame([Bytes; 2]),
+    /// The write half, from a `send` that could not finish in place: the rest of its frame
+    /// (possibly nothing but the flush) is to be written first.
+    Resume(Writer, [Bytes; 2]),
 }
 
 #[derive(Debug)]
@@ -153,16 +190,14 @@ impl BrokerConnection {
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let state = Arc::new(SharedState {
             next_correlation_id: AtomicI32::new(0),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending {
+                idle_writer: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half)),
+                ..Pending::default()
+            }),
         });
         let reader = tokio::spawn(run_reader(read_half, state.clone(), address.clone()));
         lock(&state.pending).reader = Some(reader.abort_handle());
-        tokio::spawn(run_writer(
-            write_half,
-            outbound_rx,
-            state.clone(),
-            address.clone(),
-        ));
+        tokio::spawn(run_writer(outbound_rx, state.clone(), address.clone()));
         BrokerConnection {
             address,
             observer,
@@ -241,8 +276,29 @@ impl BrokerConnection {
         } else {
             None
         };
-        // Sent under the lock so frames enter the queue in correlation-id order.
-        if self.outbound.send([head, body]).is_err() {
+        // Written or queued under the lock, so frames reach the wire in correlation-id order.
+        let frame = [head, body];
+        let queued = match pending.idle_writer.take() {
+            None => self.outbound.send(Outbound::Frame(frame)).is_ok(),
+            Some(mut writer) => match write_in_place(&mut writer, frame) {
+                InPlace::Done => {
+                    pending.idle_writer = Some(writer);
+                    true
+                }
+                InPlace::Unfinished(rest) => {
+                    self.outbound.send(Outbound::Resume(writer, rest)).is_ok()
+                }
+                InPlace::Failed(e) => {
+                    let error = BackendError::Closed {
+                        address: self.address.clone(),
+                        reason: format!("write failed: {e}").into(),
+                    };
+                    poison_locked(&mut pending, error.clone());
+                    return Err(error);
+                }
+            },
+        };
+        if !queued {
             pending.waiting.remove(&correlation_id);
             return Err(BackendError::Closed {
                 address: self.address.clone(),
@@ -270,7 +326,10 @@ pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
 
 /// Fails every pending request with `error` and refuses new ones.
 fn poison(state: &SharedState, error: BackendError) {
-    let mut pending = lock(&state.pending);
+    poison_locked(&mut lock(&state.pending), error);
+}
+
+fn poison_locked(pending: &mut Pending, error: BackendError) {
     if pending.poisoned.is_none() {
         tracing::debug!(%error, "backend connection failed");
         pending.poisoned = Some(error.clone());
@@ -281,26 +340,95 @@ fn poison(state: &SharedState, error: BackendError) {
     }
 }
 
+/// Write buffer of a broker connection's writer task, which batches queued frames into one
+/// flush. Larger frames bypass it.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How a frame written in place went.
+enum InPlace {
+    /// On the wire (or in the stream's own buffer, flushed).
+    Done,
+    /// The stream would block: the rest of the frame, for the writer task.
+    Unfinished([Bytes; 2]),
+    Failed(std::io::Error),
+}
+
+/// Writes `frame` to `writer`'s stream without waiting: as much as it takes now, then a
+/// flush (a TLS stream keeps records in its own buffer until then). The stream registers no
+/// useful wake-up (the waker is a no-op), so whatever is left goes to the writer task,
+/// which polls the stream again with its own waker.
+fn write_in_place(writer: &mut Writer, mut frame: [Bytes; 2]) -> InPlace {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let stream = writer.get_mut();
+    while !frame[0].is_empty() || !frame[1].is_empty() {
+        let slices = [
+            std::io::IoSlice::new(&frame[0]),
+            std::io::IoSlice::new(&frame[1]),
+        ];
+        match Pin::new(&mut *stream).poll_write_vectored(&mut cx, &slices) {
+            Poll::Ready(Ok(0)) => {
+                return InPlace::Failed(std::io::ErrorKind::WriteZero.into());
+            }
+            Poll::Ready(Ok(written)) => {
+                let first = written.min(frame[0].len());
+                bytes::Buf::advance(&mut frame[0], first);
+                bytes::Buf::advance(&mut frame[1], written - first);
+            }
+            Poll::Ready(Err(e)) => return InPlace::Failed(e),
+            Poll::Pending => return InPlace::Unfinished(frame),
+        }
+    }
+    match Pin::new(stream).poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => InPlace::Done,
+        Poll::Ready(Err(e)) => InPlace::Failed(e),
+        Poll::Pending => InPlace::Unfinished(frame),
+    }
+}
+
+/// Holds the write half while frames queue behind a `send` that could not finish in place;
+/// gives it back once the queue is empty. Closes the stream when every handle is dropped.
 async fn run_writer(
-    write_half: WriteHalf,
-    mut outbound: mpsc::UnboundedReceiver<[Bytes; 2]>,
+    mut outbound: mpsc::UnboundedReceiver<Outbound>,
     state: Arc<SharedState>,
     address: Arc<str>,
 ) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(frame) = outbound.recv().await {
-        let mut result = write_frame(&mut writer, &frame).await;
-        // Batch whatever is already queued into the same flush.
-        while result.is_ok() {
-            match outbound.try_recv() {
-                Ok(frame) => result = write_frame(&mut writer, &frame).await,
-                Err(_) => break,
+    let mut writer: Option<Writer> = None;
+    while let Some(message) = outbound.recv().await {
+        let mut next = Some(message);
+        let mut result = Ok(());
+        // Write what is queued, then flush; give the half back when nothing more came in
+        // meanwhile (checked under the lock `send` queues under).
+        while let Some(message) = next.take() {
+            result = match message {
+                Outbound::Resume(half, rest) => {
+                    let half = writer.insert(half);
+                    write_frame(half, &rest).await
+                }
+                Outbound::Frame(frame) => match writer.as_mut() {
+                    Some(half) => write_frame(half, &frame).await,
+                    // Frames queue only behind a Resume, which brought the half.
+                    None => Err(std::io::Error::other("frame queued without the write half")),
+                },
+            };
+            if result.is_err() {
+                break;
+            }
+            next = outbound.try_recv().ok();
+            if next.is_none() {
+                if let Some(half) = writer.as_mut() {
+                    result = half.flush().await;
+                }
+                if result.is_err() {
+                    break;
+                }
+                let mut pending = lock(&state.pending);
+                next = outbound.try_recv().ok();
+                if next.is_none() && pending.poisoned.is_none() {
+                    pending.idle_writer = writer.take();
+                }
             }
         }
-        if let Err(e) = match result {
-            Ok(()) => writer.flush().await,
-            Err(e) => Err(e),
-        } {
+        if let Err(e) = result {
             poison(
                 &state,
                 BackendError::Closed {
@@ -311,7 +439,10 @@ async fn run_writer(
             return;
         }
     }
-    let _ = writer.shutdown().await;
+    let idle = lock(&state.pending).idle_writer.take();
+    if let Some(mut half) = writer.or(idle) {
+        let _ = half.shutdown().await;
+    }
     let mut pending = lock(&state.pending);
     pending.writer_closed = true;
     if pending.waiting.is_empty() {
@@ -321,7 +452,7 @@ async fn run_writer(
     }
 }
 
-async fn write_frame(writer: &mut BufWriter<WriteHalf>, frame: &[Bytes; 2]) -> std::io::Result<()> {
+async fn write_frame(writer: &mut Writer, frame: &[Bytes; 2]) -> std::io::Result<()> {
     for chunk in frame {
         writer.write_all(chunk).await?;
     }
@@ -529,6 +660,38 @@ mod tests {
         let ids: Vec<i32> = seen.iter().map(|(id, _)| *id).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         assert!(!connection.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_stream_cannot_take_at_once_keeps_its_place_ahead_of_later_ones() {
+        // The pipe holds 64 KiB: the first frame is written in place only in part, the rest
+        // and the two frames sent behind it go through the writer task, and the write half
+        // comes back for the fourth.
+        let (connection, mut broker) = connection();
+        let large = Bytes::from(vec![b'x'; 300 * 1024]);
+        let client = StrBytes::from_static_str("test");
+        let first = connection
+            .request(API, VERSION, &client, large.clone())
+            .unwrap();
+        let second = send(&connection, "second");
+        let third = send(&connection, "third");
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let request = broker.request().await;
+            broker.answer(&request, b"ok").await;
+            bodies.push(request.body);
+        }
+        assert_eq!(bodies[0], large);
+        assert_eq!(&bodies[1][..], b"second");
+        assert_eq!(&bodies[2][..], b"third");
+        for response in [first, second, third] {
+            assert_eq!(answer_of(response).await.unwrap(), "ok");
+        }
+        let fourth = send(&connection, "fourth");
+        let request = broker.request().await;
+        assert_eq!(&request.body[..], b"fourth");
+        broker.answer(&request, b"ok").await;
+        assert_eq!(answer_of(fourth).await.unwrap(), "ok");
     }
 
     #[tokio::test]
