@@ -26,12 +26,13 @@
 //!   reader, in request order, and what it does not pass is never dispatched.
 
 mod auth;
+mod in_order;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
@@ -44,6 +45,7 @@ use crate::handler::{PendingReply, Reply};
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::state::ProxyState;
 use auth::{Auth, Gate};
+use in_order::InOrder;
 
 /// Read and write buffer of each client connection. Small, because every idle connection
 /// holds both (the read buffer zero-filled): 64 KiB each made an idle connection cost ~37 KiB
@@ -232,33 +234,40 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     mut replies: mpsc::UnboundedReceiver<PendingReply>,
 ) {
     let mut writer = BufWriter::with_capacity(CLIENT_BUFFER_BYTES, write_half);
-    let mut in_flight = FuturesOrdered::new();
+    let mut in_flight = InOrder::new();
     let mut reading = true;
     loop {
-        tokio::select! {
-            pending = replies.recv(), if reading => match pending {
-                Some(pending) => in_flight.push_back(pending),
-                None => reading = false,
-            },
-            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
-                let chunks: Vec<Bytes> = match reply {
-                    Reply::Frame(chunks) => chunks,
-                    Reply::None => Vec::new(),
-                    Reply::Close(reason) => {
-                        tracing::debug!(%reason, "closing client connection");
-                        break;
-                    }
-                };
-                for chunk in &chunks {
-                    if writer.write_all(chunk).await.is_err() {
-                        return;
-                    }
-                }
-                if replies.is_empty() && writer.flush().await.is_err() {
-                    return;
+        // The next reply in order, once the reader has handed over all it has.
+        let next = std::future::poll_fn(|cx| {
+            while reading {
+                match replies.poll_recv(cx) {
+                    Poll::Ready(Some(pending)) => in_flight.push_back(pending),
+                    Poll::Ready(None) => reading = false,
+                    Poll::Pending => break,
                 }
             }
-            else => break,
+            match in_flight.poll_next(cx) {
+                Poll::Ready(None) if reading => Poll::Pending,
+                polled => polled,
+            }
+        })
+        .await;
+        let chunks: Vec<Bytes> = match next {
+            None => break,
+            Some(Reply::Frame(chunks)) => chunks,
+            Some(Reply::None) => Vec::new(),
+            Some(Reply::Close(reason)) => {
+                tracing::debug!(%reason, "closing client connection");
+                break;
+            }
+        };
+        for chunk in &chunks {
+            if writer.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+        if replies.is_empty() && writer.flush().await.is_err() {
+            return;
         }
     }
     let _ = writer.flush().await;
