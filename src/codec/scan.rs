@@ -9,23 +9,38 @@
 
 use super::FrameError;
 
-/// A read position in an answer body; every read is bounds-checked.
-struct Cursor<'a> {
+/// A read position in a message; every read is bounds-checked.
+pub(super) struct Cursor<'a> {
     bytes: &'a [u8],
     flexible: bool,
+    /// What is read, for errors.
+    what: &'static str,
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+    pub(super) fn new(bytes: &'a [u8], flexible: bool, what: &'static str) -> Cursor<'a> {
+        Cursor {
+            bytes,
+            flexible,
+            what,
+        }
+    }
+
+    /// Bytes not read yet.
+    pub(super) fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
         if self.bytes.len() < n {
-            return Err(malformed("ends early".into()));
+            return Err(self.malformed("ends early".into()));
         }
         let (taken, rest) = self.bytes.split_at(n);
         self.bytes = rest;
         Ok(taken)
     }
 
-    fn i16(&mut self) -> Result<i16, FrameError> {
+    pub(super) fn i16(&mut self) -> Result<i16, FrameError> {
         let bytes = self.take(2)?;
         Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
     }
@@ -45,7 +60,7 @@ impl<'a> Cursor<'a> {
                 return Ok(value);
             }
         }
-        Err(malformed("varint longer than 5 bytes".into()))
+        Err(self.malformed("varint longer than 5 bytes".into()))
     }
 
     /// An array's or a string's length: `None` for null.
@@ -58,7 +73,7 @@ impl<'a> Cursor<'a> {
             i64::from(self.i32()?)
         };
         if length < -1 {
-            return Err(malformed(format!("negative length {length}")));
+            return Err(self.malformed(format!("negative length {length}")));
         }
         Ok(usize::try_from(length).ok())
     }
@@ -77,7 +92,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A flexible version's tagged fields (none in the older versions).
-    fn skip_tagged_fields(&mut self) -> Result<(), FrameError> {
+    pub(super) fn skip_tagged_fields(&mut self) -> Result<(), FrameError> {
         if !self.flexible {
             return Ok(());
         }
@@ -88,12 +103,12 @@ impl<'a> Cursor<'a> {
         }
         Ok(())
     }
-}
 
-fn malformed(reason: String) -> FrameError {
-    FrameError::Malformed {
-        what: "produce response",
-        reason,
+    fn malformed(&self, reason: String) -> FrameError {
+        FrameError::Malformed {
+            what: self.what,
+            reason,
+        }
     }
 }
 
@@ -101,10 +116,7 @@ fn malformed(reason: String) -> FrameError {
 /// has error code 0. `Err` when it is not a Produce answer at that version (bytes after a
 /// complete answer are ignored, as decoding does).
 pub fn produce_answer_all_ok(body: &[u8], version: i16) -> Result<bool, FrameError> {
-    let mut cursor = Cursor {
-        bytes: body,
-        flexible: version >= 9,
-    };
+    let mut cursor = Cursor::new(body, version >= 9, "produce response");
     let mut all_ok = true;
     for _ in 0..cursor.array()? {
         cursor.skip_string()?; // name
