@@ -12,7 +12,7 @@ pub mod batch;
 pub mod scan;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -301,6 +301,7 @@ pub fn response_correlation_id(frame: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::messages::RequestHeader;
 
     async fn read(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, FrameError> {
         let mut reader = bytes;
