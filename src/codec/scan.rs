@@ -83,6 +83,14 @@ impl<'a> Cursor<'a> {
         Ok(self.length(false)?.unwrap_or(0))
     }
 
+    /// A string or bytes field: `None` for null.
+    fn bytes(&mut self, sixteen_bits: bool) -> Result<Option<&'a [u8]>, FrameError> {
+        match self.length(sixteen_bits)? {
+            Some(length) => self.take(length).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// A string, null or not.
     fn skip_string(&mut self) -> Result<(), FrameError> {
         if let Some(length) = self.length(true)? {
@@ -149,14 +157,56 @@ pub fn produce_answer_all_ok(body: &[u8], version: i16) -> Result<bool, FrameErr
     Ok(all_ok)
 }
 
+/// What a Produce request asks of the broker, beside its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceRequestHead {
+    pub acks: i16,
+    pub timeout_ms: i32,
+}
+
+/// Walks `body`, a Produce request at `version`, in place: `partition(topic, index)` is
+/// called for each partition in order, and the walk stops (`Ok(None)`) at the first that
+/// returns false. `Err` when it is not a Produce request at that version; a topic name
+/// that is null is an error too (a broker refuses it).
+pub fn walk_produce_request(
+    body: &[u8],
+    version: i16,
+    mut partition: impl FnMut(&[u8], i32) -> bool,
+) -> Result<Option<ProduceRequestHead>, FrameError> {
+    let mut cursor = Cursor::new(body, version >= 9, "produce request");
+    if version >= 3 {
+        cursor.skip_string()?; // transactional_id
+    }
+    let acks = cursor.i16()?;
+    let timeout_ms = cursor.i32()?;
+    for _ in 0..cursor.array()? {
+        let Some(topic) = cursor.bytes(true)? else {
+            return Err(cursor.malformed("null topic name".into()));
+        };
+        for _ in 0..cursor.array()? {
+            let index = cursor.i32()?;
+            cursor.bytes(false)?; // records
+            cursor.skip_tagged_fields()?;
+            if !partition(topic, index) {
+                return Ok(None);
+            }
+        }
+        cursor.skip_tagged_fields()?;
+    }
+    cursor.skip_tagged_fields()?;
+    Ok(Some(ProduceRequestHead { acks, timeout_ms }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use bytes::BytesMut;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::produce_response::{
         BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
     };
-    use kafka_protocol::messages::{ProduceResponse, TopicName};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName, TransactionalId};
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
     fn answer(codes: &[&[i16]], with_messages: bool) -> ProduceResponse {
@@ -224,6 +274,75 @@ mod tests {
                     produce_answer_all_ok(&empty, version).unwrap(),
                     "v{version}"
                 );
+            }
+        }
+    }
+
+    fn request(version: i16, transactional: bool) -> Vec<u8> {
+        let partition = |index: i32, records: Option<&'static [u8]>| {
+            PartitionProduceData::default()
+                .with_index(index)
+                .with_records(records.map(Bytes::from_static))
+        };
+        let mut topic = TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("orders")))
+            .with_partition_data(vec![partition(3, Some(b"batch")), partition(0, None)]);
+        if version >= 9 {
+            topic
+                .unknown_tagged_fields
+                .insert(4, Bytes::from_static(b"t"));
+        }
+        let request = ProduceRequest::default()
+            .with_transactional_id(
+                transactional.then(|| TransactionalId(StrBytes::from_static_str("tx"))),
+            )
+            .with_acks(-1)
+            .with_timeout_ms(1500)
+            .with_topic_data(vec![
+                topic,
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("")))
+                    .with_partition_data(vec![partition(7, Some(b""))]),
+            ]);
+        let mut buf = BytesMut::new();
+        request.encode(&mut buf, version).unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn a_produce_request_is_walked_as_kafka_protocol_encodes_it() {
+        for version in 3..=9 {
+            for transactional in [false, true] {
+                let bytes = request(version, transactional);
+                let mut seen = Vec::new();
+                let head = walk_produce_request(&bytes, version, |topic, index| {
+                    seen.push((String::from_utf8(topic.to_vec()).unwrap(), index));
+                    true
+                });
+                let expected = ProduceRequestHead {
+                    acks: -1,
+                    timeout_ms: 1500,
+                };
+                assert_eq!(head.unwrap(), Some(expected), "v{version}");
+                let names = [("orders", 3), ("orders", 0), ("", 7)];
+                let names: Vec<(String, i32)> =
+                    names.iter().map(|&(t, i)| (t.to_string(), i)).collect();
+                assert_eq!(seen, names, "v{version}");
+                // Stopped at the second partition.
+                let mut calls = 0;
+                let stopped = walk_produce_request(&bytes, version, |_, _| {
+                    calls += 1;
+                    calls < 2
+                });
+                assert_eq!(stopped.unwrap(), None);
+                assert_eq!(calls, 2);
+                for length in 0..bytes.len() {
+                    assert!(
+                        walk_produce_request(&bytes[..length], version, |_, _| true).is_err(),
+                        "v{version}, {length} of {} bytes",
+                        bytes.len()
+                    );
+                }
             }
         }
     }
