@@ -8,7 +8,8 @@
 //! - [`listener`] accepts client sockets (connection limit, shutdown) and hands each to
 //! - [`client_connection`], one task pair per socket: reads frames ([`codec`]), keeps a
 //!   bounded window of requests in flight and writes responses in request order; SASL
-//!   authentication is a layer there (`client_connection::auth`), in front of dispatch;
+//!   authentication is a layer there (`client_connection::auth`), in front of dispatch,
+//!   and the pending replies are polled by `client_connection::in_order`;
 //! - [`dispatch`] sends each request by api key to its handler in [`handlers`]
 //!   (virtual cluster, produce, fetch, groups, transactions, admin APIs);
 //! - [`handler`] is what every handler shares: the request's context and its reply;
