@@ -32,7 +32,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
@@ -256,18 +255,19 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
         })
         .await;
-        let chunks: Vec<Bytes> = match next {
+        match next {
             None => break,
-            Some(Reply::Frame(chunks)) => chunks,
-            Some(Reply::None) => Vec::new(),
+            Some(Reply::Frame { head, body }) => {
+                if writer.write_all(&head).await.is_err() || writer.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+            }
+            // An acks=0 produce: nothing to write, but what was buffered may wait for a flush.
+            Some(Reply::None) => {}
             Some(Reply::Close(reason)) => {
                 tracing::debug!(%reason, "closing client connection");
                 break;
-            }
-        };
-        for chunk in &chunks {
-            if writer.write_all(chunk).await.is_err() {
-                return;
             }
         }
         if replies.is_empty() && writer.flush().await.is_err() {

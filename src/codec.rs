@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// What the client connection writes back for one request.
 #[derive(Debug)]
 pub enum Reply {
-    /// A whole response frame, as chunks written back to back.
-    Frame(Vec<Bytes>),
+    /// A whole response frame: its length prefix and header, then its body.
+    Frame { head: FrameHead, body: Bytes },
     /// Nothing: an `acks=0` produce.
     None,
     /// Close the connection once earlier replies are written (a broker's answer to a
@@ -248,23 +248,40 @@ pub fn request_frame_head(
     Ok(Bytes::from(buf))
 }
 
-/// Builds the response frame prefix (length + header) for a body of `body_len` bytes:
-/// the correlation id, and in header v1 an empty set of tagged fields.
+/// A response frame's length prefix and header (correlation id, and in header v1 an empty
+/// set of tagged fields): at most 9 bytes, kept inline rather than in an allocation of its
+/// own.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameHead {
+    bytes: [u8; 9],
+    len: u8,
+}
+
+impl std::ops::Deref for FrameHead {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Builds the response frame prefix (length + header) for a body of `body_len` bytes.
 pub fn response_frame_head(
     api_key: ApiKey,
     api_version: i16,
     correlation_id: i32,
     body_len: usize,
-) -> Result<Bytes, FrameError> {
+) -> Result<FrameHead, FrameError> {
     let flexible = api_key.response_header_version(api_version) >= 1;
     let header_len = 4 + usize::from(flexible);
-    let mut buf = BytesMut::with_capacity(4 + header_len);
-    buf.put_i32(frame_length(header_len, body_len)?);
-    buf.put_i32(correlation_id);
-    if flexible {
-        buf.put_u8(0);
-    }
-    Ok(buf.freeze())
+    let mut bytes = [0; 9];
+    bytes[..4].copy_from_slice(&frame_length(header_len, body_len)?.to_be_bytes());
+    bytes[4..8].copy_from_slice(&correlation_id.to_be_bytes());
+    // bytes[8] is already 0: no tagged fields.
+    Ok(FrameHead {
+        bytes,
+        len: 4 + header_len as u8,
+    })
 }
 
 /// A frame's length prefix: its header and body, which must fit an i32.

@@ -87,7 +87,7 @@ impl Context {
             self.request.correlation_id,
             body.len(),
         ) {
-            Ok(head) => Reply::Frame(vec![head, body]),
+            Ok(head) => Reply::Frame { head, body },
             Err(error) => Reply::Close(format!("cannot encode response: {error}")),
         }
     }

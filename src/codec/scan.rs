@@ -31,6 +31,7 @@ impl<'a> Cursor<'a> {
         self.bytes.len()
     }
 
+    #[inline]
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
         if self.bytes.len() < n {
             return Err(self.malformed("ends early".into()));
@@ -51,7 +52,15 @@ impl<'a> Cursor<'a> {
     }
 
     /// An unsigned varint of at most 32 bits, as Kafka's compact lengths and tags are.
+    #[inline]
     fn uvarint(&mut self) -> Result<u32, FrameError> {
+        // Almost every one is a single byte (a count, a length or a tag below 128).
+        if let Some((&byte, rest)) = self.bytes.split_first() {
+            if byte & 0x80 == 0 {
+                self.bytes = rest;
+                return Ok(u32::from(byte));
+            }
+        }
         let mut value: u32 = 0;
         for shift in (0..35).step_by(7) {
             let byte = self.take(1)?[0];

@@ -57,15 +57,13 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
                 let reply = pending.await;
                 // Release (commit) or discard (abort) the held mirror records once the
                 // coordinator has accepted the outcome.
-                if let Reply::Frame(chunks) = &reply {
-                    let ended = chunks.last().and_then(|body| {
-                        decode_body::<EndTxnResponse>(
-                            body.clone(),
-                            context.request.api_version,
-                            "EndTxn response",
-                        )
-                        .ok()
-                    });
+                if let Reply::Frame { body, .. } = &reply {
+                    let ended = decode_body::<EndTxnResponse>(
+                        body.clone(),
+                        context.request.api_version,
+                        "EndTxn response",
+                    )
+                    .ok();
                     if ended.is_some_and(|r| r.error_code == 0) {
                         context
                             .state

@@ -306,10 +306,10 @@ fn respond<M: Encodable>(request: &Request, message: &M) -> Reply {
             request.correlation_id,
             body.len(),
         )
-        .map(|head| vec![head, body])
+        .map(|head| Reply::Frame { head, body })
     });
     match frame {
-        Ok(chunks) => Reply::Frame(chunks),
+        Ok(reply) => reply,
         Err(error) => Reply::Close(format!("cannot encode response: {error}")),
     }
 }
