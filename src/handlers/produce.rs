@@ -77,10 +77,26 @@ struct MirroredPartition {
     route: usize,
 }
 
-pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
-    if let Some(forwarded) = forward_unchanged(context).await {
-        return forwarded;
+/// Submits a Produce request: forwarded as it came when nothing in it changes, decoded and
+/// split otherwise. Takes the request's context, so that the forwarded request's reply
+/// keeps it without a copy.
+pub async fn submit(context: Context) -> PendingReply {
+    let context = match forward_unchanged(context).await {
+        Ok(forwarded) => return forwarded,
+        Err(context) => context,
+    };
+    match split_and_send(&context).await {
+        Ok(pending) => pending,
+        Err(error) => {
+            let reply = context.error_reply(&error);
+            Box::pin(async move { reply })
+        }
     }
+}
+
+/// The full path: decoded, routed per partition, split by write cluster and leader, with
+/// each partition's mirroring planned.
+async fn split_and_send(context: &Context) -> Result<PendingReply, Error> {
     let request: ProduceRequest = context.request.decode()?;
     if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
         trace_request(context, &request);
@@ -227,12 +243,12 @@ pub async fn submit(context: &Context) -> Result<PendingReply, Error> {
 /// all of whose partitions go under their own names, to no mirror, to one broker kshift
 /// knows to lead them. The request is walked in place (`codec::scan`), and an answer in
 /// which every partition succeeded goes back as it came; any other answer, or a failure,
-/// gets the full path's handling ([`complete`]). `None`, with nothing sent, when the
-/// request is not of that kind: [`submit`] then decodes and splits it. Decoding and
+/// gets the full path's handling ([`complete`]). The context back, with nothing sent,
+/// when the request is not of that kind: [`submit`] then decodes and splits it. Decoding and
 /// splitting cost ~3,000 instructions per produce (callgrind), about 12% of kshift's.
-async fn forward_unchanged(context: &Context) -> Option<Result<PendingReply, Error>> {
+async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
     if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
-        return None;
+        return Err(context);
     }
     let version = context.request.api_version;
     let client_id = context.client_id();
@@ -253,10 +269,11 @@ async fn forward_unchanged(context: &Context) -> Option<Result<PendingReply, Err
         };
         *target.get_or_insert((route.write, node)) == (route.write, node)
     });
-    let head = head.ok()??;
-    let (cluster, node) = target?;
+    let (Ok(Some(head)), Some((cluster, node))) = (head, target) else {
+        return Err(context);
+    };
     if head.acks == 0 {
-        return None;
+        return Err(context);
     }
     let sent: Sent = match context
         .upstream
@@ -275,8 +292,7 @@ async fn forward_unchanged(context: &Context) -> Option<Result<PendingReply, Err
         Err(error) => Sent::Answered(Err(error)),
     };
     let deadline = context.deadline(head.timeout_ms);
-    let context = context.clone();
-    Some(Ok(Box::pin(async move {
+    Ok(Box::pin(async move {
         let sent = match sent {
             Sent::Waiting(response) => {
                 let answer = response.wait_until(deadline).await;
@@ -310,7 +326,7 @@ async fn forward_unchanged(context: &Context) -> Option<Result<PendingReply, Err
             Ok(Answer::Merged(response)) => context.respond(&response),
             Err(error) => context.error_reply(&error),
         }
-    })))
+    }))
 }
 
 /// The one part a request [`forward_unchanged`] sent makes: all of it, to `node`.
