@@ -1,5 +1,6 @@
 # Shared by the bench scripts: the release binary, Tansu, a work directory whose background
-# processes are killed on exit, and helpers to start brokers and write haproxy's config.
+# processes are killed on exit, and helpers to start brokers and to write haproxy's and
+# kshift's configs.
 # Source it from the repository root (`. scripts/lib.sh`), then `require TOOL...`.
 
 target_dir="${CARGO_TARGET_DIR:-target}"
@@ -24,6 +25,20 @@ broker() { # port advertised-port
   "$tansu" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$2" \
     --storage-engine memory://tansu/ >"$work/tansu-$1.log" 2>&1 &
   pids+=($!)
+}
+
+# Writes FILE: kshift listening on LISTEN_PORT in front of one cluster, "old", at BROKER_PORT,
+# every topic written there and mirrored nowhere (the passthrough compared with haproxy).
+passthrough_config() { # file listen-port broker-port
+  cat >"$1" <<CFG
+[proxy]
+listen = "127.0.0.1:$2"
+[clusters.old]
+bootstrap = ["127.0.0.1:$3"]
+[[routes]]
+topics = "*"
+write = "old"
+CFG
 }
 
 # Writes $work/haproxy.cfg: TCP mode, BIND_PORT forwarded to SERVER_PORT, then any global lines.
