@@ -145,31 +145,24 @@ impl Request {
         // After api key, version and correlation id: v1+ a nullable client id (an i16
         // length even in v2), v2+ tagged fields (none of which kshift reads).
         let mut header = scan::Cursor::new(&frame[8..], header_version >= 2, "request header");
-        let mut client_id = None;
+        let malformed = |reason: String| FrameError::Malformed {
+            what: "request header",
+            reason,
+        };
+        let mut client_id = StrBytes::default();
         if header_version >= 1 {
             let length = header.i16()?;
             if length >= 0 {
                 let start = frame.len() - header.remaining();
                 header.take(length as usize)?;
-                client_id = Some(start..start + length as usize);
+                client_id = StrBytes::try_from(frame.slice(start..start + length as usize))
+                    .map_err(|e| malformed(format!("client id: {e}")))?;
             } else if length != -1 {
-                return Err(FrameError::Malformed {
-                    what: "request header",
-                    reason: format!("client id length {length}"),
-                });
+                return Err(malformed(format!("client id length {length}")));
             }
         }
         header.skip_tagged_fields()?;
         let body_start = frame.len() - header.remaining();
-        let client_id = match client_id {
-            None => StrBytes::default(),
-            Some(range) => {
-                StrBytes::try_from(frame.slice(range)).map_err(|e| FrameError::Malformed {
-                    what: "request header",
-                    reason: format!("client id: {e}"),
-                })?
-            }
-        };
         Ok(Request {
             api_key,
             api_version: prefix.api_version,
@@ -177,6 +170,27 @@ impl Request {
             client_id,
             body: frame.slice(body_start..),
         })
+    }
+
+    /// `body`, encoded at this request's version, as the response to it.
+    pub fn reply_raw(&self, body: Bytes) -> Reply {
+        match response_frame_head(
+            self.api_key,
+            self.api_version,
+            self.correlation_id,
+            body.len(),
+        ) {
+            Ok(head) => Reply::Frame { head, body },
+            Err(error) => Reply::Close(format!("cannot encode response: {error}")),
+        }
+    }
+
+    /// `message`, encoded at this request's version, as the response to it.
+    pub fn reply<M: Encodable>(&self, message: &M) -> Reply {
+        match encode_body(message, self.api_version) {
+            Ok(body) => self.reply_raw(body),
+            Err(error) => Reply::Close(format!("cannot encode response: {error}")),
+        }
     }
 
     /// Decodes the body as message `M` at the request's version.

@@ -23,7 +23,7 @@ use kafka_protocol::protocol::Encodable;
 use kafka_protocol::ResponseError;
 
 use crate::cluster::{Cluster, Lane, UpstreamConnections};
-use crate::codec::{self, Request};
+use crate::codec::Request;
 use crate::error::{BackendError, Error, Source};
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::routing::ClusterId;
@@ -73,23 +73,12 @@ impl Context {
 
     /// Encodes `message` as the response to this request.
     pub fn respond<M: Encodable>(&self, message: &M) -> Reply {
-        match codec::encode_body(message, self.request.api_version) {
-            Ok(body) => self.respond_raw(body),
-            Err(error) => Reply::Close(format!("cannot encode response: {error}")),
-        }
+        self.request.reply(message)
     }
 
     /// `body` (already encoded at the request's version) as the response.
     pub fn respond_raw(&self, body: Bytes) -> Reply {
-        match codec::response_frame_head(
-            self.request.api_key,
-            self.request.api_version,
-            self.request.correlation_id,
-            body.len(),
-        ) {
-            Ok(head) => Reply::Frame { head, body },
-            Err(error) => Reply::Close(format!("cannot encode response: {error}")),
-        }
+        self.request.reply_raw(body)
     }
 
     /// Forwards the request unchanged to `node` of `cluster` and the answer unchanged to

@@ -1,5 +1,5 @@
-//! Reading an answer in place, without decoding it into structs: what kshift needs of an
-//! answer it passes through byte for byte.
+//! Reading a message in place, without decoding it into structs: what kshift needs of a
+//! request or an answer it passes through byte for byte.
 //!
 //! A Produce answer passed through is checked by [`produce_answer_all_ok`]: it walks the
 //! answer's structure with bounds checks (so an undecodable answer is still the backend's
@@ -102,10 +102,7 @@ impl<'a> Cursor<'a> {
 
     /// A string, null or not.
     fn skip_string(&mut self) -> Result<(), FrameError> {
-        if let Some(length) = self.length(true)? {
-            self.take(length)?;
-        }
-        Ok(())
+        self.bytes(true).map(drop)
     }
 
     /// A flexible version's tagged fields (none in the older versions).

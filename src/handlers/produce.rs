@@ -98,7 +98,7 @@ pub async fn submit(context: Context) -> PendingReply {
 /// each partition's mirroring planned.
 async fn split_and_send(context: &Context) -> Result<PendingReply, Error> {
     let request: ProduceRequest = context.request.decode()?;
-    if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
+    if tracing_batches() {
         trace_request(context, &request);
     }
     let client_id = context.client_id();
@@ -230,13 +230,7 @@ async fn split_and_send(context: &Context) -> Result<PendingReply, Error> {
         tokio::spawn(completion);
         return Ok(Box::pin(async { Reply::None }));
     }
-    Ok(Box::pin(async move {
-        match completion.await {
-            Ok(Answer::Raw(body)) => context.respond_raw(body),
-            Ok(Answer::Merged(response)) => context.respond(&response),
-            Err(error) => context.error_reply(&error),
-        }
-    }))
+    Ok(Box::pin(async move { reply(&context, completion.await) }))
 }
 
 /// The common case, forwarded as it came and not decoded: a request that wants an answer,
@@ -247,7 +241,7 @@ async fn split_and_send(context: &Context) -> Result<PendingReply, Error> {
 /// when the request is not of that kind: [`submit`] then decodes and splits it. Decoding and
 /// splitting cost ~3,000 instructions per produce (callgrind), about 12% of kshift's.
 async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
-    if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
+    if tracing_batches() {
         return Err(context);
     }
     let version = context.request.api_version;
@@ -321,11 +315,7 @@ async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
             }
             Err(error) => Err(error),
         };
-        match completed {
-            Ok(Answer::Raw(body)) => context.respond_raw(body),
-            Ok(Answer::Merged(response)) => context.respond(&response),
-            Err(error) => context.error_reply(&error),
-        }
+        reply(&context, completed)
     }))
 }
 
@@ -349,6 +339,20 @@ fn unchanged_part(context: &Context, cluster: ClusterId, node: i32) -> Result<Pa
             reason: "no partitions".into(),
         })
     })
+}
+
+/// Whether `RUST_LOG=kshift::produce::batches=trace` asks for each batch and answer.
+fn tracing_batches() -> bool {
+    tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE)
+}
+
+/// The client's reply once [`complete`] has run.
+fn reply(context: &Context, completed: Result<Answer, Error>) -> Reply {
+    match completed {
+        Ok(Answer::Raw(body)) => context.respond_raw(body),
+        Ok(Answer::Merged(response)) => context.respond(&response),
+        Err(error) => context.error_reply(&error),
+    }
 }
 
 /// Each batch of a produce request as the client sent it (and kshift forwards it): what an
@@ -514,7 +518,7 @@ async fn complete(
         if let Ok(body) = &response {
             if passthrough
                 && mirrored.is_empty()
-                && !tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE)
+                && !tracing_batches()
                 && matches!(codec::scan::produce_answer_all_ok(body, version), Ok(true))
             {
                 return Ok(Answer::Raw(body.clone()));
@@ -638,7 +642,7 @@ async fn complete(
             mirror_failed = true;
         }
     }
-    if tracing::enabled!(target: "kshift::produce::batches", tracing::Level::TRACE) {
+    if tracing_batches() {
         trace_answer(&context, &merged);
     }
     match raw {

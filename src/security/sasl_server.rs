@@ -17,14 +17,14 @@ use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     SaslHandshakeResponse,
 };
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::credentials::{CredentialStore, Credentials};
 use super::scram::{ScramError, ScramHash, ScramServer};
 use super::Mechanism;
 use crate::codec::Reply;
-use crate::codec::{self, Request};
+use crate::codec::Request;
 
 /// The versions served while authenticating (advertised in ApiVersions when SASL is on).
 /// SaslHandshake v0 (tokens sent raw, outside Kafka frames) is not served.
@@ -116,8 +116,7 @@ impl SaslSession {
             .map(|m| StrBytes::from_static_str(m.name()))
             .collect();
         let answer = |code: i16| {
-            respond(
-                request,
+            request.reply(
                 &SaslHandshakeResponse::default()
                     .with_error_code(code)
                     .with_mechanisms(enabled.clone()),
@@ -287,29 +286,11 @@ fn authenticate_answer(
     message: Option<String>,
     token: Bytes,
 ) -> Reply {
-    respond(
-        request,
+    request.reply(
         &SaslAuthenticateResponse::default()
             .with_error_code(code)
             .with_error_message(message.map(StrBytes::from_string))
             .with_auth_bytes(token)
             .with_session_lifetime_ms(0),
     )
-}
-
-/// `message` as the response frame to `request`.
-fn respond<M: Encodable>(request: &Request, message: &M) -> Reply {
-    let frame = codec::encode_body(message, request.api_version).and_then(|body| {
-        codec::response_frame_head(
-            request.api_key,
-            request.api_version,
-            request.correlation_id,
-            body.len(),
-        )
-        .map(|head| Reply::Frame { head, body })
-    });
-    match frame {
-        Ok(reply) => reply,
-        Err(error) => Reply::Close(format!("cannot encode response: {error}")),
-    }
 }
