@@ -41,6 +41,25 @@ write = "old"
 CFG
 }
 
+# Waits up to 30 s for something to listen on 127.0.0.1:PORT; exits with LOG's contents if
+# nothing does.
+wait_for_port() { # port log
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1: $(cat "$2")" >&2
+  exit 1
+}
+
+# One closed-loop produce run of MESSAGES records (100 B, acks=all, 1 in flight, one round)
+# to TOPIC on ADDRESS, its output in $work/bench-TOPIC.out; exits if it fails.
+produce_run() { # address topic messages
+  "$kshift" bench --target "target=$1" --topic "$2" --messages "$3" --rounds 1 \
+    --size 100 --acks all --interval 0 >"$work/bench-$2.out" 2>&1 \
+    || { echo "bench on $2 failed: $(cat "$work/bench-$2.out")" >&2; exit 1; }
+}
+
 # Writes $work/haproxy.cfg: TCP mode, BIND_PORT forwarded to SERVER_PORT, then any global lines.
 haproxy_config() { # bind-port server-port [global-lines]
   {

@@ -22,15 +22,8 @@ passthrough_config "$work/kshift.toml" 19631 19600
 RUST_LOG=warn "$kshift" serve --config "$work/kshift.toml" >"$work/kshift.log" 2>&1 &
 kshift_pid=$!
 pids+=("$kshift_pid")
-for _ in $(seq 300); do
-  (exec 3<>/dev/tcp/127.0.0.1/19631) 2>/dev/null && break
-  sleep 0.1
-done
-bench() { # topic messages
-  "$kshift" bench --target "kshift=127.0.0.1:19631" --topic "$1" --messages "$2" --rounds 1 \
-    --size 100 --acks all --interval 0 >"$work/bench-$1.out" 2>&1 \
-    || { echo "bench on $1 failed: $(cat "$work/bench-$1.out")" >&2; exit 1; }
-}
+wait_for_port 19631 "$work/kshift.log"
+bench() { produce_run 127.0.0.1:19631 "$@"; } # topic messages
 # Topics created and connections warmed before the measurement.
 for client in $(seq "$clients"); do bench "many-$client" 100; done
 

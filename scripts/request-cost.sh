@@ -35,24 +35,14 @@ start_proxy() { # name wrapper...
   esac
   proxy_pid=$!
   pids+=("$proxy_pid")
-  for _ in $(seq 300); do
-    port=$([ "$name" = haproxy ] && echo 19311 || echo 19331)
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$name did not start: $(cat "$work/$name.log")" >&2
-  exit 1
+  wait_for_port "$(address "$name" | cut -d: -f2)" "$work/$name.log"
 }
 stop_proxy() {
   kill -TERM "$proxy_pid" 2>/dev/null || true
   wait "$proxy_pid" 2>/dev/null || true
 }
 address() { [ "$1" = haproxy ] && echo 127.0.0.1:19311 || echo 127.0.0.1:19331; }
-bench() { # name messages
-  "$kshift" bench --target "$1=$(address "$1")" --topic "cost-$1" --messages "$2" --rounds 1 \
-    --size 100 --acks all --interval 0 >"$work/bench-$1.out" 2>&1 \
-    || { echo "bench of $1 failed: $(cat "$work/bench-$1.out")" >&2; exit 1; }
-}
+bench() { produce_run "$(address "$1")" "cost-$1" "$2"; } # name messages
 # utime + stime of a process and its threads, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
