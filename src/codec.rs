@@ -334,6 +334,14 @@ mod tests {
     use super::*;
     use kafka_protocol::messages::RequestHeader;
 
+    /// Every api key kafka-protocol knows, at each of its versions.
+    fn every_version() -> impl Iterator<Item = (ApiKey, i16)> {
+        ApiKey::iter().flat_map(|api_key| {
+            let versions = api_key.valid_versions();
+            (versions.min..=versions.max).map(move |version| (api_key, version))
+        })
+    }
+
     async fn read(bytes: &[u8], limit: usize) -> Result<Option<Bytes>, FrameError> {
         let mut reader = bytes;
         read_frame(&mut reader, limit).await
@@ -404,36 +412,32 @@ mod tests {
     /// every api key and version: null, empty and long client ids, unknown tagged fields.
     #[test]
     fn request_headers_parse_as_kafka_protocol_decodes_them() {
-        for api_key in ApiKey::iter() {
-            let (min, max) = (api_key.valid_versions().min, api_key.valid_versions().max);
-            for version in min..=max {
-                let header_version = api_key.request_header_version(version);
-                let long = "é".repeat(200);
-                for client_id in [None, Some(""), Some("producer-1"), Some(long.as_str())] {
-                    let mut header = RequestHeader::default()
-                        .with_request_api_key(api_key as i16)
-                        .with_request_api_version(version)
-                        .with_correlation_id(-5)
-                        .with_client_id(client_id.map(|id| StrBytes::from_string(id.into())));
-                    header
-                        .unknown_tagged_fields
-                        .insert(9, Bytes::from_static(b"tag"));
-                    let mut frame = BytesMut::new();
-                    header.encode(&mut frame, header_version).unwrap();
-                    frame.put_slice(b"body");
-                    let frame = frame.freeze();
-                    let expected =
-                        RequestHeader::decode(&mut frame.clone(), header_version).unwrap();
-                    let request = Request::parse(frame).unwrap();
-                    let what = format!("{api_key:?} v{version} {client_id:?}");
-                    assert_eq!(request.correlation_id, -5, "{what}");
-                    assert_eq!(
-                        request.client_id,
-                        expected.client_id.unwrap_or_default(),
-                        "{what}"
-                    );
-                    assert_eq!(&request.body[..], b"body", "{what}");
-                }
+        for (api_key, version) in every_version() {
+            let header_version = api_key.request_header_version(version);
+            let long = "é".repeat(200);
+            for client_id in [None, Some(""), Some("producer-1"), Some(long.as_str())] {
+                let mut header = RequestHeader::default()
+                    .with_request_api_key(api_key as i16)
+                    .with_request_api_version(version)
+                    .with_correlation_id(-5)
+                    .with_client_id(client_id.map(|id| StrBytes::from_string(id.into())));
+                header
+                    .unknown_tagged_fields
+                    .insert(9, Bytes::from_static(b"tag"));
+                let mut frame = BytesMut::new();
+                header.encode(&mut frame, header_version).unwrap();
+                frame.put_slice(b"body");
+                let frame = frame.freeze();
+                let expected = RequestHeader::decode(&mut frame.clone(), header_version).unwrap();
+                let request = Request::parse(frame).unwrap();
+                let what = format!("{api_key:?} v{version} {client_id:?}");
+                assert_eq!(request.correlation_id, -5, "{what}");
+                assert_eq!(
+                    request.client_id,
+                    expected.client_id.unwrap_or_default(),
+                    "{what}"
+                );
+                assert_eq!(&request.body[..], b"body", "{what}");
             }
         }
         // A tagged field that claims more bytes than the frame holds, and a client id that is
@@ -454,32 +458,29 @@ mod tests {
     /// key and version it knows (header versions 0, 1 and 2; client ids of several lengths).
     #[test]
     fn frame_heads_match_kafka_protocols_headers() {
-        for api_key in ApiKey::iter() {
-            let (min, max) = (api_key.valid_versions().min, api_key.valid_versions().max);
-            for version in min..=max {
-                for client_id in ["", "producer-1", &"x".repeat(300)] {
-                    let id = StrBytes::from_string(client_id.to_string());
-                    let header_version = api_key.request_header_version(version);
-                    let mut expected = BytesMut::new();
-                    let header = RequestHeader::default()
-                        .with_request_api_key(api_key as i16)
-                        .with_request_api_version(version)
-                        .with_correlation_id(-5)
-                        .with_client_id(Some(id.clone()));
-                    let header_len = header.compute_size(header_version).unwrap();
-                    expected.put_i32((header_len + 11) as i32);
-                    header.encode(&mut expected, header_version).unwrap();
-                    let head = request_frame_head(api_key, version, -5, &id, 11).unwrap();
-                    assert_eq!(&head[..], &expected[..], "{api_key:?} v{version}");
-                }
-                let header_version = api_key.response_header_version(version);
-                let header = ResponseHeader::default().with_correlation_id(77);
+        for (api_key, version) in every_version() {
+            for client_id in ["", "producer-1", &"x".repeat(300)] {
+                let id = StrBytes::from_string(client_id.to_string());
+                let header_version = api_key.request_header_version(version);
                 let mut expected = BytesMut::new();
-                expected.put_i32((header.compute_size(header_version).unwrap() + 2) as i32);
+                let header = RequestHeader::default()
+                    .with_request_api_key(api_key as i16)
+                    .with_request_api_version(version)
+                    .with_correlation_id(-5)
+                    .with_client_id(Some(id.clone()));
+                let header_len = header.compute_size(header_version).unwrap();
+                expected.put_i32((header_len + 11) as i32);
                 header.encode(&mut expected, header_version).unwrap();
-                let head = response_frame_head(api_key, version, 77, 2).unwrap();
-                assert_eq!(&head[..], &expected[..], "{api_key:?} v{version} response");
+                let head = request_frame_head(api_key, version, -5, &id, 11).unwrap();
+                assert_eq!(&head[..], &expected[..], "{api_key:?} v{version}");
             }
+            let header_version = api_key.response_header_version(version);
+            let header = ResponseHeader::default().with_correlation_id(77);
+            let mut expected = BytesMut::new();
+            expected.put_i32((header.compute_size(header_version).unwrap() + 2) as i32);
+            header.encode(&mut expected, header_version).unwrap();
+            let head = response_frame_head(api_key, version, 77, 2).unwrap();
+            assert_eq!(&head[..], &expected[..], "{api_key:?} v{version} response");
         }
         let too_long = StrBytes::from_string("x".repeat(40_000));
         assert!(request_frame_head(ApiKey::Produce, 9, 1, &too_long, 0).is_err());
