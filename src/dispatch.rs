@@ -43,9 +43,10 @@ pub async fn submit(
         ApiKey::Metadata => Ok(virtual_cluster::metadata(context.clone())),
         ApiKey::FindCoordinator => Ok(virtual_cluster::find_coordinator(context.clone())),
         ApiKey::DescribeCluster => Ok(virtual_cluster::describe_cluster(context.clone())),
-        // Produce takes the context: a forwarded request's reply keeps it without a copy.
+        // Produce and Fetch take the context: a forwarded request's reply keeps it without a
+        // copy.
         ApiKey::Produce => return produce::submit(context).await,
-        ApiKey::Fetch => fetch::submit_fetch(&context).await,
+        ApiKey::Fetch => return fetch::submit_fetch(context).await,
         ApiKey::ListOffsets => fetch::submit_list_offsets(&context).await,
         ApiKey::TxnOffsetCommit
         | ApiKey::InitProducerId

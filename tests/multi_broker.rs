@@ -4,7 +4,8 @@
 //! spanning brokers answers as soon as one has data; coordinators on another broker than the
 //! partitions' leaders; a moved leader shows as its new virtual node; a dead broker fails only
 //! its partitions, retriably, until it returns; a slow broker holds only its own partitions;
-//! every backend answer of one request shares one deadline.
+//! every backend answer of one request shares one deadline; a fetch from one broker is
+//! forwarded undecoded, yet sessionless and without leader epochs.
 
 mod common;
 mod raw;
@@ -327,6 +328,49 @@ async fn a_fetch_spanning_brokers_answers_as_soon_as_one_has_data() {
         BTreeSet::from([0, 1, 2]),
         "every partition answered"
     );
+    kshift.shutdown().await;
+}
+
+/// A fetch of partitions led by one broker is forwarded without being decoded: kshift must
+/// still make it sessionless and epoch-free. The mock broker echoes the request's session id
+/// and refuses a leader epoch it does not know, so a request passed on as the client wrote it
+/// fails both checks below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_from_one_broker_is_forwarded_sessionless_and_without_epochs() {
+    let (topic, _cluster, kshift) = cluster_and_kshift("forward-fetch", "").await;
+    let producer = common::producer(&kshift.bootstrap(), &[]);
+    let records = (0..3).map(|_| FutureRecord::to(&topic).partition(1).key("k").payload("v"));
+    common::send_all(&producer, records.collect()).await;
+    // Metadata first, as a client does: kshift then knows partition 1's leader.
+    shown(&kshift.bootstrap(), &topic);
+
+    for version in [11, 12] {
+        let mut request = fetch_request(&topic, [1], 500)
+            .with_session_id(42)
+            .with_session_epoch(0);
+        for partition in &mut request.topics[0].partitions {
+            partition.current_leader_epoch = 99;
+            if version >= 12 {
+                partition.last_fetched_epoch = 98;
+            }
+        }
+        let response: FetchResponse =
+            raw::RawClient::ask(kshift.addr(), ApiKey::Fetch, version, &request).await;
+        assert_eq!(response.error_code, 0, "v{version}: {response:?}");
+        assert_eq!(
+            response.session_id, 0,
+            "v{version}: a session is not kshift's"
+        );
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, 0, "v{version}: {partition:?}");
+        assert_eq!(partition.preferred_read_replica, BrokerId(-1));
+        let records = partition.records.clone().unwrap_or_default();
+        assert_eq!(
+            kshift::codec::batch::next_offset(&records),
+            Some(3),
+            "v{version}: all three records"
+        );
+    }
     kshift.shutdown().await;
 }
 

@@ -6,6 +6,14 @@
 //! failure) and says whether every partition succeeded. Decoding it into a
 //! `ProduceResponse` and dropping it again cost ~1,600 instructions per produce (callgrind),
 //! about 5% of kshift's; the walk allocates nothing.
+//!
+//! A Fetch request and its answer are walked the same way ([`walk_fetch_request`],
+//! [`walk_fetch_answer`]). What kshift must change in them is a handful of fixed-width
+//! fields (session id and epoch, leader epochs, the preferred read replica): the walks
+//! return their offsets as [`Patch`]es, and [`patched`] writes them, copying the message only
+//! when there is something to write and its bytes are shared.
+
+use bytes::{Bytes, BytesMut};
 
 use super::FrameError;
 
@@ -49,6 +57,42 @@ impl<'a> Cursor<'a> {
     fn i32(&mut self) -> Result<i32, FrameError> {
         let bytes = self.take(4)?;
         Ok(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn i64(&mut self) -> Result<i64, FrameError> {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(i64::from_be_bytes(bytes))
+    }
+
+    /// Reads an i32 of the message that starts at `start` (of which this cursor is a
+    /// tail) and, when it is not `wanted`, adds the patch that makes it so.
+    fn i32_to(
+        &mut self,
+        start: &[u8],
+        wanted: i32,
+        patches: &mut Vec<Patch>,
+    ) -> Result<(), FrameError> {
+        let at = start.len() - self.remaining();
+        if self.i32()? != wanted {
+            patches.push(Patch { at, value: wanted });
+        }
+        Ok(())
+    }
+
+    /// Whether a flexible version's tagged fields are there (they are skipped); false in the
+    /// older versions, which have none.
+    fn any_tagged_fields(&mut self) -> Result<bool, FrameError> {
+        if !self.flexible {
+            return Ok(false);
+        }
+        let count = self.uvarint()?;
+        for _ in 0..count {
+            self.uvarint()?;
+            let size = self.uvarint()? as usize;
+            self.take(size)?;
+        }
+        Ok(count > 0)
     }
 
     /// An unsigned varint of at most 32 bits, as Kafka's compact lengths and tags are.
@@ -107,15 +151,7 @@ impl<'a> Cursor<'a> {
 
     /// A flexible version's tagged fields (none in the older versions).
     pub(super) fn skip_tagged_fields(&mut self) -> Result<(), FrameError> {
-        if !self.flexible {
-            return Ok(());
-        }
-        for _ in 0..self.uvarint()? {
-            self.uvarint()?;
-            let size = self.uvarint()? as usize;
-            self.take(size)?;
-        }
-        Ok(())
+        self.any_tagged_fields().map(drop)
     }
 
     fn malformed(&self, reason: String) -> FrameError {
@@ -203,17 +239,171 @@ pub fn walk_produce_request(
     Ok(Some(ProduceRequestHead { acks, timeout_ms }))
 }
 
+/// One big-endian i32 field of a message to overwrite before it is passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patch {
+    /// Offset of the field in the message body.
+    pub at: usize,
+    pub value: i32,
+}
+
+/// `body` with each of `patches` written: the same bytes when there are none, and a copy
+/// only when the bytes are shared. A patch that does not fit the body is skipped (the walks
+/// that make them have read those bytes).
+pub fn patched(body: Bytes, patches: &[Patch]) -> Bytes {
+    if patches.is_empty() {
+        return body;
+    }
+    let mut owned = body
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    for patch in patches {
+        if let Some(field) = owned.get_mut(patch.at..patch.at + 4) {
+            field.copy_from_slice(&patch.value.to_be_bytes());
+        }
+    }
+    owned.freeze()
+}
+
+/// What a Fetch request asks of the broker beside its partitions, and what must change in
+/// it before a backend sees it: session id 0 and epoch -1 (kshift fetches without
+/// sessions), and every leader epoch -1 (epochs belong to one cluster).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchRequestWalk {
+    pub max_wait_ms: i32,
+    pub patches: Vec<Patch>,
+}
+
+/// Walks `body`, a Fetch request at `version` (4 to 12), in place:
+/// `partition(topic, index, fetch_offset)` is called for each partition in order, and the
+/// walk stops (`Ok(None)`) at the first that returns false. `Ok(None)` too for a request
+/// that a sessionless forward would change beyond its patches: a replica's fetch (replica
+/// id other than -1), forgotten topics (an incremental session) or request-level tagged
+/// fields. `Err` when it is not a Fetch request at that version.
+pub fn walk_fetch_request(
+    body: &[u8],
+    version: i16,
+    mut partition: impl FnMut(&[u8], i32, i64) -> bool,
+) -> Result<Option<FetchRequestWalk>, FrameError> {
+    let mut cursor = Cursor::new(body, version >= 12, "fetch request");
+    if cursor.i32()? != -1 {
+        return Ok(None); // replica_id
+    }
+    let mut walk = FetchRequestWalk {
+        max_wait_ms: cursor.i32()?,
+        patches: Vec::new(),
+    };
+    cursor.take(4 + 4 + 1)?; // min_bytes, max_bytes, isolation_level
+    if version >= 7 {
+        cursor.i32_to(body, 0, &mut walk.patches)?; // session_id
+        cursor.i32_to(body, -1, &mut walk.patches)?; // session_epoch
+    }
+    for _ in 0..cursor.array()? {
+        let Some(topic) = cursor.bytes(true)? else {
+            return Err(cursor.malformed("null topic name".into()));
+        };
+        for _ in 0..cursor.array()? {
+            let index = cursor.i32()?;
+            if version >= 9 {
+                cursor.i32_to(body, -1, &mut walk.patches)?; // current_leader_epoch
+            }
+            let fetch_offset = cursor.i64()?;
+            if version >= 12 {
+                cursor.i32_to(body, -1, &mut walk.patches)?; // last_fetched_epoch
+            }
+            if version >= 5 {
+                cursor.take(8)?; // log_start_offset
+            }
+            cursor.take(4)?; // partition_max_bytes
+            cursor.skip_tagged_fields()?;
+            if !partition(topic, index, fetch_offset) {
+                return Ok(None);
+            }
+        }
+        cursor.skip_tagged_fields()?;
+    }
+    if version >= 7 && cursor.array()? > 0 {
+        return Ok(None); // forgotten_topics_data
+    }
+    if version >= 11 {
+        cursor.skip_string()?; // rack_id
+    }
+    if cursor.any_tagged_fields()? {
+        return Ok(None);
+    }
+    Ok(Some(walk))
+}
+
+/// Walks `body`, a Fetch answer at `version` (4 to 12), in place:
+/// `partition(topic, index, records)` is called for each partition in order. The patches
+/// that make it kshift's answer (session id 0, preferred read replica -1), or `Ok(None)` when
+/// it needs decoding: an error code anywhere, or a partition's tagged fields (diverging
+/// epoch, current leader, snapshot id: one cluster's, which kshift clears). `Err` when it is
+/// not a Fetch answer at that version.
+pub fn walk_fetch_answer<'a>(
+    body: &'a [u8],
+    version: i16,
+    mut partition: impl FnMut(&'a [u8], i32, &'a [u8]),
+) -> Result<Option<Vec<Patch>>, FrameError> {
+    let mut cursor = Cursor::new(body, version >= 12, "fetch response");
+    let mut patches = Vec::new();
+    cursor.take(4)?; // throttle_time_ms
+    if version >= 7 {
+        if cursor.i16()? != 0 {
+            return Ok(None);
+        }
+        cursor.i32_to(body, 0, &mut patches)?; // session_id
+    }
+    for _ in 0..cursor.array()? {
+        let Some(topic) = cursor.bytes(true)? else {
+            return Err(cursor.malformed("null topic name".into()));
+        };
+        for _ in 0..cursor.array()? {
+            let index = cursor.i32()?;
+            if cursor.i16()? != 0 {
+                return Ok(None);
+            }
+            cursor.take(8 + 8)?; // high_watermark, last_stable_offset
+            if version >= 5 {
+                cursor.take(8)?; // log_start_offset
+            }
+            for _ in 0..cursor.array()? {
+                cursor.take(8 + 8)?; // aborted transaction: producer_id, first_offset
+                cursor.skip_tagged_fields()?;
+            }
+            if version >= 11 {
+                cursor.i32_to(body, -1, &mut patches)?; // preferred_read_replica
+            }
+            let records = cursor.bytes(false)?.unwrap_or_default();
+            if cursor.any_tagged_fields()? {
+                return Ok(None);
+            }
+            partition(topic, index, records);
+        }
+        cursor.skip_tagged_fields()?;
+    }
+    cursor.skip_tagged_fields()?;
+    Ok(Some(patches))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
     use bytes::BytesMut;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    };
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::produce_response::{
         BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
     };
-    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName, TransactionalId};
-    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::messages::{
+        BrokerId, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, ProducerId,
+        TopicName, TransactionalId,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
     fn answer(codes: &[&[i16]], with_messages: bool) -> ProduceResponse {
         ProduceResponse::default()
@@ -258,9 +448,9 @@ mod tests {
             )
     }
 
-    fn encoded(response: &ProduceResponse, version: i16) -> Vec<u8> {
+    fn encoded<M: Encodable>(message: &M, version: i16) -> Vec<u8> {
         let mut buf = BytesMut::new();
-        response.encode(&mut buf, version).unwrap();
+        message.encode(&mut buf, version).unwrap();
         buf.to_vec()
     }
 
@@ -310,9 +500,7 @@ mod tests {
                     .with_name(TopicName(StrBytes::from_static_str("")))
                     .with_partition_data(vec![partition(7, Some(b""))]),
             ]);
-        let mut buf = BytesMut::new();
-        request.encode(&mut buf, version).unwrap();
-        buf.to_vec()
+        encoded(&request, version)
     }
 
     #[test]
@@ -385,5 +573,213 @@ mod tests {
     fn a_huge_count_fails_without_allocating() {
         assert!(produce_answer_all_ok(&[0x7f, 0xff, 0xff, 0xff], 7).is_err());
         assert!(produce_answer_all_ok(&[0xff, 0xff, 0xff, 0xff, 0x0f], 9).is_err());
+    }
+
+    fn fetch_request(version: i16) -> FetchRequest {
+        let partition = |index: i32, offset: i64| {
+            FetchPartition::default()
+                .with_partition(index)
+                .with_current_leader_epoch(if version >= 9 { 7 } else { -1 })
+                .with_fetch_offset(offset)
+                .with_last_fetched_epoch(if version >= 12 { 6 } else { -1 })
+                .with_log_start_offset(if version >= 5 { 3 } else { -1 })
+                .with_partition_max_bytes(1 << 20)
+        };
+        let mut request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(50 << 20)
+            .with_isolation_level(1)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partitions(vec![partition(3, 1000), partition(0, 7)]),
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("")))
+                    .with_partitions(vec![partition(1, 5)]),
+            ]);
+        if version >= 7 {
+            request = request.with_session_id(42).with_session_epoch(3);
+        }
+        if version >= 11 {
+            request = request.with_rack_id(StrBytes::from_static_str("rack-a"));
+        }
+        request
+    }
+
+    #[test]
+    fn a_fetch_request_is_walked_and_made_sessionless_as_kafka_protocol_reads_it() {
+        for version in 4..=12 {
+            let request = fetch_request(version);
+            let bytes = encoded(&request, version);
+            let mut seen = Vec::new();
+            let walk = walk_fetch_request(&bytes, version, |topic, index, offset| {
+                seen.push((String::from_utf8(topic.to_vec()).unwrap(), index, offset));
+                true
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(walk.max_wait_ms, 500, "v{version}");
+            let expected = [("orders", 3, 1000), ("orders", 0, 7), ("", 1, 5)];
+            let expected: Vec<(String, i32, i64)> = expected
+                .iter()
+                .map(|&(t, i, o)| (t.to_string(), i, o))
+                .collect();
+            assert_eq!(seen, expected, "v{version}");
+
+            // Patched, it decodes as the sessionless, epoch-free request kshift would encode.
+            let sent = patched(Bytes::from(bytes.clone()), &walk.patches);
+            let decoded = FetchRequest::decode(&mut sent.clone(), version).unwrap();
+            let mut wanted = request.clone().with_session_id(0).with_session_epoch(-1);
+            for topic in &mut wanted.topics {
+                for partition in &mut topic.partitions {
+                    partition.current_leader_epoch = -1;
+                    partition.last_fetched_epoch = -1;
+                }
+            }
+            assert_eq!(decoded, wanted, "v{version}");
+            // A request already sessionless and epoch-free needs no patch and is not copied.
+            let clean = Bytes::from(encoded(&wanted, version));
+            let walk = walk_fetch_request(&clean, version, |_, _, _| true);
+            assert_eq!(walk.unwrap().unwrap().patches, vec![], "v{version}");
+
+            // Stopped at the second partition.
+            let mut calls = 0;
+            let stopped = walk_fetch_request(&bytes, version, |_, _, _| {
+                calls += 1;
+                calls < 2
+            });
+            assert_eq!(stopped.unwrap(), None);
+            assert_eq!(calls, 2);
+            for length in 0..bytes.len() {
+                assert!(
+                    walk_fetch_request(&bytes[..length], version, |_, _, _| true).is_err(),
+                    "v{version}, {length} of {} bytes",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fetch_a_forward_would_change_is_left_to_the_decoding_path() {
+        let follower = fetch_request(11).with_replica_id(BrokerId(2));
+        let walk = walk_fetch_request(&encoded(&follower, 11), 11, |_, _, _| true);
+        assert_eq!(walk.unwrap(), None);
+        let incremental =
+            fetch_request(11).with_forgotten_topics_data(vec![ForgottenTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("gone")))
+                .with_partitions(vec![0])]);
+        let walk = walk_fetch_request(&encoded(&incremental, 11), 11, |_, _, _| true);
+        assert_eq!(walk.unwrap(), None);
+        let with_cluster_id =
+            fetch_request(12).with_cluster_id(Some(StrBytes::from_static_str("other")));
+        let walk = walk_fetch_request(&encoded(&with_cluster_id, 12), 12, |_, _, _| true);
+        assert_eq!(walk.unwrap(), None);
+    }
+
+    fn fetch_answer(version: i16) -> FetchResponse {
+        let partition = |index: i32, records: Option<&'static [u8]>| {
+            let mut partition = PartitionData::default()
+                .with_partition_index(index)
+                .with_high_watermark(100)
+                .with_last_stable_offset(90)
+                .with_log_start_offset(if version >= 5 { 2 } else { -1 })
+                .with_aborted_transactions(Some(vec![AbortedTransaction::default()
+                    .with_producer_id(ProducerId(9))
+                    .with_first_offset(80)]))
+                .with_records(records.map(Bytes::from_static));
+            if version >= 11 {
+                partition.preferred_read_replica = BrokerId(111);
+            }
+            partition
+        };
+        let mut answer = FetchResponse::default()
+            .with_throttle_time_ms(4)
+            .with_responses(vec![
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partitions(vec![partition(3, Some(b"batches")), partition(0, None)]),
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("logs")))
+                    .with_partitions(vec![partition(1, Some(b""))]),
+            ]);
+        if version >= 7 {
+            answer.session_id = 77;
+        }
+        answer
+    }
+
+    #[test]
+    fn a_fetch_answer_is_walked_and_patched_as_kafka_protocol_reads_it() {
+        for version in 4..=12 {
+            let answer = fetch_answer(version);
+            let bytes = encoded(&answer, version);
+            let mut seen = Vec::new();
+            let patches = walk_fetch_answer(&bytes, version, |topic, index, records| {
+                seen.push((topic.to_vec(), index, records.to_vec()));
+            })
+            .unwrap()
+            .unwrap();
+            let expected: Vec<(Vec<u8>, i32, Vec<u8>)> = vec![
+                (b"orders".to_vec(), 3, b"batches".to_vec()),
+                (b"orders".to_vec(), 0, vec![]),
+                (b"logs".to_vec(), 1, vec![]),
+            ];
+            assert_eq!(seen, expected, "v{version}");
+            let sent = patched(Bytes::from(bytes.clone()), &patches);
+            let decoded = FetchResponse::decode(&mut sent.clone(), version).unwrap();
+            let mut wanted = answer.clone().with_session_id(0);
+            for topic in &mut wanted.responses {
+                for partition in &mut topic.partitions {
+                    partition.preferred_read_replica = BrokerId(-1);
+                }
+            }
+            assert_eq!(decoded, wanted, "v{version}");
+            for length in 0..bytes.len() {
+                assert!(
+                    walk_fetch_answer(&bytes[..length], version, |_, _, _| {}).is_err(),
+                    "v{version}, {length} of {} bytes",
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fetch_answer_with_an_error_or_a_clusters_tagged_fields_is_left_to_decoding() {
+        for version in [7, 12] {
+            let mut failed = fetch_answer(version);
+            failed.responses[1].partitions[0].error_code = 6;
+            let walk = walk_fetch_answer(&encoded(&failed, version), version, |_, _, _| {});
+            assert_eq!(walk.unwrap(), None, "v{version}");
+            let whole = fetch_answer(version).with_error_code(71);
+            let walk = walk_fetch_answer(&encoded(&whole, version), version, |_, _, _| {});
+            assert_eq!(walk.unwrap(), None, "v{version}");
+        }
+        let mut moved = fetch_answer(12);
+        moved.responses[0].partitions[1].current_leader = LeaderIdAndEpoch::default()
+            .with_leader_id(BrokerId(5))
+            .with_leader_epoch(9);
+        let walk = walk_fetch_answer(&encoded(&moved, 12), 12, |_, _, _| {});
+        assert_eq!(walk.unwrap(), None);
+    }
+
+    #[test]
+    fn patching_writes_in_place_when_the_bytes_are_not_shared() {
+        let body = Bytes::from(vec![0u8; 8]);
+        let pointer = body.as_ptr();
+        let out = patched(body, &[Patch { at: 4, value: -1 }]);
+        assert_eq!(&out[..], &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(out.as_ptr(), pointer);
+        let shared = Bytes::from(vec![0u8; 8]);
+        let keep = shared.clone();
+        let out = patched(
+            shared,
+            &[Patch { at: 0, value: 1 }, Patch { at: 6, value: 1 }],
+        );
+        assert_eq!(&out[..], &[0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(&keep[..], &[0; 8]);
     }
 }

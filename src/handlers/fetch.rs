@@ -11,9 +11,14 @@
 //!   Partitions whose broker has not answered yet come back empty; the client fetches
 //!   them again from the same offset.
 //! - Record batches are passed through as `Bytes`.
+//! - A fetch all of whose partitions go to one broker under their own names is forwarded
+//!   without being decoded, and so is its answer: only the fixed-width fields above are
+//!   written in place (`codec::scan`). Anything else in an answer to clear, or an error,
+//!   sends it down the decoding path.
 
 pub mod positions;
 
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId,
@@ -34,7 +39,7 @@ use crate::codec::batch::next_offset;
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
-use crate::handler::{Context, PendingReply};
+use crate::handler::{Context, PendingReply, Reply};
 use crate::handlers::split::{self, Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::routing::ClusterId;
@@ -74,7 +79,7 @@ async fn send_part(
     cluster: ClusterId,
     node: i32,
     lane: Lane,
-    body: bytes::Bytes,
+    body: Bytes,
 ) -> Result<ResponseFuture, BackendError> {
     let connection = context
         .upstream
@@ -88,7 +93,160 @@ async fn send_part(
     )
 }
 
-pub async fn submit_fetch(context: &Context) -> Result<PendingReply, Error> {
+/// Submits a Fetch: forwarded as it came when all of it goes to one broker under its own
+/// names, decoded and split otherwise. Takes the request's context, so that the forwarded
+/// request's reply keeps it without a copy.
+pub async fn submit_fetch(context: Context) -> PendingReply {
+    let context = match forward_unchanged(context).await {
+        Ok(forwarded) => return forwarded,
+        Err(context) => context,
+    };
+    match split_and_fetch(&context).await {
+        Ok(pending) => pending,
+        Err(error) => {
+            let reply = context.error_reply(&error);
+            Box::pin(async move { reply })
+        }
+    }
+}
+
+/// The common case, forwarded without being decoded: a fetch all of whose partitions are
+/// read under their own names from one broker kshift knows to lead them, at positions of
+/// that cluster. The request is walked in place (`codec::scan`) and passed on with kshift's
+/// session and epoch fields; an answer without errors goes back as it came, with its session
+/// id and preferred read replica set to kshift's. Any other answer, or a failure, gets the
+/// full path's handling on the request decoded then ([`complete_forwarded`]). The context
+/// back, with nothing sent, when the fetch is not of that kind.
+async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
+    let version = context.request.api_version;
+    let client_id = context.client_id();
+    let mut target: Option<(ClusterId, i32)> = None;
+    let walk =
+        codec::scan::walk_fetch_request(&context.request.body, version, |topic, index, offset| {
+            let Ok(topic) = std::str::from_utf8(topic) else {
+                return false;
+            };
+            let Some(route) = context.routing.route(topic, client_id) else {
+                return false;
+            };
+            if route.topic_on(route.read, topic) != topic {
+                return false;
+            }
+            let Some(node) = context.cluster(route.read).known_leader(topic, index) else {
+                return false;
+            };
+            *target.get_or_insert((route.read, node)) == (route.read, node)
+                && context.positions.check(topic, index, offset, route.read) == ReadDecision::Serve
+        });
+    let (Ok(Some(walk)), Some((cluster, node))) = (walk, target) else {
+        return Err(context);
+    };
+    let body = codec::scan::patched(context.request.body.clone(), &walk.patches);
+    let sent = match context
+        .upstream
+        .get(context.cluster(cluster), node, Lane::Fetch)
+        .await
+    {
+        Ok(connection) => {
+            connection.request(ApiKey::Fetch, version, &context.request.client_id, body)
+        }
+        Err(error) => Err(error),
+    };
+    let deadline = context.deadline(walk.max_wait_ms);
+    Ok(Box::pin(async move {
+        let answer = match sent {
+            Ok(response) => response.wait_until(deadline).await,
+            Err(error) => Err(error),
+        };
+        if let Ok(body) = &answer {
+            if let Some(reply) = pass_answer(&context, cluster, body) {
+                return reply;
+            }
+        }
+        complete_forwarded(&context, cluster, node, answer)
+    }))
+}
+
+/// The answer to a forwarded fetch as the client gets it, when it has no error and nothing
+/// to clear but what [`codec::scan::walk_fetch_answer`] patches; each partition's read
+/// position is recorded as the full path records it.
+fn pass_answer(context: &Context, cluster: ClusterId, body: &Bytes) -> Option<Reply> {
+    let version = context.request.api_version;
+    let mut served = Vec::new();
+    let patches = codec::scan::walk_fetch_answer(body, version, |topic, index, records| {
+        if let Some(next) = next_offset(records) {
+            served.push((topic, index, next));
+        }
+    })
+    .ok()??;
+    for (topic, index, next) in served {
+        // Names are the client's: only a fetch under the client's names is forwarded.
+        if let Ok(topic) = std::str::from_utf8(topic) {
+            context.positions.served(topic, index, cluster, next);
+        }
+    }
+    Some(context.respond_raw(codec::scan::patched(body.clone(), &patches)))
+}
+
+/// The full path's answer to a fetch [`forward_unchanged`] sent to `node` of `cluster`, on
+/// the request decoded after all: an answer with errors or with a cluster's fields to clear,
+/// or a failure.
+fn complete_forwarded(
+    context: &Context,
+    cluster: ClusterId,
+    node: i32,
+    answer: Result<Bytes, BackendError>,
+) -> Reply {
+    let request: FetchRequest = match context.request.decode() {
+        Ok(request) => request,
+        Err(error) => return context.error_reply(&Error::from(error)),
+    };
+    let mut split = Split::default();
+    for topic in &request.topics {
+        for partition in &topic.partitions {
+            let target = Target {
+                cluster,
+                node,
+                backend_topic: topic.topic.0.clone(),
+            };
+            split.add(target, &topic.topic.0, backend_partition(partition));
+        }
+    }
+    let mut merged = FetchResponse::default();
+    if let Some(part) = split.parts.first() {
+        absorb_fetch(context, part, answer, &mut merged, &mut split.errors);
+    }
+    push_failed(&mut merged, split.errors);
+    context.respond(&merged)
+}
+
+/// A partition of a client's fetch as kshift asks a backend for it: no leader epochs.
+fn backend_partition(partition: &FetchPartition) -> FetchPartition {
+    FetchPartition::default()
+        .with_partition(partition.partition)
+        .with_fetch_offset(partition.fetch_offset)
+        .with_log_start_offset(partition.log_start_offset)
+        .with_partition_max_bytes(partition.partition_max_bytes)
+}
+
+/// Adds each failed partition (topic, partition, error code) to `merged`.
+fn push_failed(merged: &mut FetchResponse, failed: Vec<(StrBytes, i32, i16)>) {
+    for (topic, partition, code) in failed {
+        push_fetch_partition(
+            merged,
+            &topic,
+            PartitionData::default()
+                .with_partition_index(partition)
+                .with_error_code(code)
+                .with_high_watermark(-1)
+                .with_aborted_transactions(None),
+        );
+    }
+}
+
+/// The full path: decoded, each partition routed to its read cluster's leader, one
+/// sub-request per broker, the answers merged.
+async fn split_and_fetch(context: &Context) -> Result<PendingReply, Error> {
     let request: FetchRequest = context.request.decode()?;
     let mut split = Split::default();
     let mut held = Vec::new();
@@ -110,15 +268,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, Error> {
                         partition.fetch_offset,
                     ));
                 }
-                Ok(target) => split.add(
-                    target,
-                    &topic.topic.0,
-                    FetchPartition::default()
-                        .with_partition(partition.partition)
-                        .with_fetch_offset(partition.fetch_offset)
-                        .with_log_start_offset(partition.log_start_offset)
-                        .with_partition_max_bytes(partition.partition_max_bytes),
-                ),
+                Ok(target) => split.add(target, &topic.topic.0, backend_partition(partition)),
                 Err(code) => split
                     .errors
                     .push((topic.topic.0.clone(), partition.partition, code)),
@@ -229,17 +379,7 @@ pub async fn submit_fetch(context: &Context) -> Result<PendingReply, Error> {
                 }
             }
         }
-        for (topic, partition, code) in split.errors {
-            push_fetch_partition(
-                &mut merged,
-                &topic,
-                PartitionData::default()
-                    .with_partition_index(partition)
-                    .with_error_code(code)
-                    .with_high_watermark(-1)
-                    .with_aborted_transactions(None),
-            );
-        }
+        push_failed(&mut merged, split.errors);
         context.respond(&merged)
     }))
 }
@@ -283,7 +423,7 @@ impl PartitionIndex for ListOffsetsPartition {
 fn absorb_fetch(
     context: &Context,
     part: &SplitPart<FetchPartition>,
-    result: Result<bytes::Bytes, BackendError>,
+    result: Result<Bytes, BackendError>,
     merged: &mut FetchResponse,
     errors: &mut Vec<(StrBytes, i32, i16)>,
 ) -> bool {
