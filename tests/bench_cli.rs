@@ -1,5 +1,6 @@
 //! `kshift bench` against a real broker, directly and through kshift: both targets in the
-//! table with ratios to the first, closed and open loop, and the JSON file.
+//! table with ratios to the first, closed and open loop, the JSON file, and the consume and
+//! fetch modes that read records back.
 
 mod common;
 
@@ -90,7 +91,7 @@ async fn bench(args: Vec<String>) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_end_to_end_and_consume_modes_with_a_plot() {
+async fn bench_end_to_end_consume_and_fetch_modes_with_a_plot() {
     let broker = Broker::start().await;
     let kshift = Kshift::start_single(&broker).await;
     let dir = tempfile::tempdir().unwrap();
@@ -160,8 +161,53 @@ async fn bench_end_to_end_and_consume_modes_with_a_plot() {
     );
     let (stdout, stderr) = bench(args).await;
     assert!(
-        stdout.contains("1000 records of 100 B sent to direct"),
+        stdout.contains("1000 records of 100 B read by a consumer from direct"),
         "{stdout}"
     );
     assert!(stderr.contains("500 records read in"), "{stderr}");
+
+    // The same read by Fetch requests of the bench's own, asking for 4 KB at a time.
+    let fetch = |skip_fill: bool| {
+        let mut args: Vec<String> = targets.to_vec();
+        args.extend(
+            [
+                "--mode",
+                "fetch",
+                "--topic",
+                "bench-fetch",
+                "--messages",
+                "500",
+                "--rounds",
+                "2",
+                "--fetch-max-bytes",
+                "4096",
+            ]
+            .map(String::from),
+        );
+        if skip_fill {
+            args.push("--skip-fill".into());
+        }
+        bench(args)
+    };
+    let (stdout, stderr) = fetch(false).await;
+    assert!(
+        stdout.contains("1000 records of 100 B fetched from direct, acks=all, 1 fetch in flight"),
+        "{stdout}"
+    );
+    let fetches: Vec<u64> = stderr
+        .lines()
+        .filter_map(|line| line.split_once("500 records in ")?.1.split_once(" fetches"))
+        .map(|(count, _)| count.parse().unwrap())
+        .collect();
+    assert_eq!(fetches.len(), 4, "two rounds of two targets: {stderr}");
+    // How many depends on how the producer batched (a broker answers at least one whole
+    // batch, however large, per fetch).
+    assert!(fetches.iter().all(|&n| n >= 1), "{stderr}");
+    // Again over what the topic holds, producing nothing: the log starts where it did.
+    let (stdout, stderr) = fetch(true).await;
+    assert!(
+        stdout.contains("1000 records of 100 B fetched from direct"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.matches("500 records in ").count(), 4, "{stderr}");
 }

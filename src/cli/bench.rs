@@ -10,7 +10,9 @@
 //!
 //! Modes: `produce` (latency to the delivery report), `e2e` (latency from send — or due
 //! time — to the record's arrival at a consumer of the same target: each payload starts with
-//! its send time), `consume` (read throughput of records produced beforehand, untimed).
+//! its send time), `consume` (read throughput of records produced beforehand, untimed, by a
+//! librdkafka consumer), `fetch` (the same records read by a loop of Fetch requests, one in
+//! flight: each fetch's round trip and the read rate).
 //! Every `--interval` seconds a line in kafka-producer-perf-test's style shows the window's
 //! rate and latencies; `--plot FILE.svg` draws every target's latency percentile curve.
 
@@ -81,6 +83,12 @@ pub struct BenchOptions {
     /// Draw every target's latency percentile curve into this SVG file.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// fetch: the most bytes one Fetch asks of the partition (max.partition.fetch.bytes).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub fetch_max_bytes: i32,
+    /// consume, fetch: read records already in the topic (from an earlier run); produce none.
+    #[arg(long)]
+    pub skip_fill: bool,
 }
 
 /// What is measured.
@@ -92,6 +100,9 @@ pub enum Mode {
     E2e,
     /// Consume throughput of records produced beforehand.
     Consume,
+    /// Fetch round trips and read rate of records produced beforehand, read by Fetch
+    /// requests of the bench's own, one in flight.
+    Fetch,
 }
 
 /// How records are offered to a target in one round.
@@ -184,8 +195,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     let payload = vec![b'x'; options.size];
     let rounds = options.rounds.max(1);
-    if options.mode == Mode::Consume {
-        return consume(targets, &options, &payload).await;
+    match options.mode {
+        Mode::Consume => return consume(targets, &options, &payload).await,
+        Mode::Fetch => return fetch(targets, &options, &payload).await,
+        Mode::Produce | Mode::E2e => {}
     }
     // Warm-up: connections, metadata, producer ids.
     let warm_up = Load {
@@ -394,13 +407,16 @@ async fn tail_consumer(bootstrap: &str, topic: &str) -> anyhow::Result<StreamCon
     Ok(consumer)
 }
 
-/// `--mode consume`: produces `messages` records per target (untimed), then reads them back
-/// from the start once per round, timing each read.
-async fn consume(
-    mut targets: Vec<Target>,
+/// Produces `messages` records to each target, untimed: what `consume` and `fetch` read
+/// (none with `--skip-fill`).
+async fn fill(
+    targets: &mut [Target],
     options: &BenchOptions,
     payload: &[u8],
 ) -> anyhow::Result<()> {
+    if options.skip_fill {
+        return Ok(());
+    }
     let fill = Load {
         inflight: 1000,
         rate: None,
@@ -411,9 +427,20 @@ async fn consume(
         mode: Mode::Produce,
         ..options.clone()
     };
-    for target in &mut targets {
+    for target in targets {
         measure(target, &produce_only, payload, fill, false).await?;
     }
+    Ok(())
+}
+
+/// `--mode consume`: produces `messages` records per target (untimed), then reads them back
+/// from the start once per round, timing each read.
+async fn consume(
+    mut targets: Vec<Target>,
+    options: &BenchOptions,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    fill(&mut targets, options, payload).await?;
     let rounds = options.rounds.max(1);
     let mut progress = Progress::new("bench", u64::from(rounds) * targets.len() as u64);
     let mut done = 0;
@@ -457,6 +484,132 @@ async fn consume(
     report(&targets, options)
 }
 
+/// `--mode fetch`: produces `messages` records per target (untimed), then, once per round,
+/// reads them back from the partition's log start with Fetch requests of its own: one in
+/// flight, on one new connection to the partition's leader, each asking for the next
+/// offset. Latency is each fetch's round trip; the rate is records read per second.
+///
+/// No consumer library sits between the bench and the target, so what is measured is the
+/// target's fetch path. A librdkafka consumer reading from Tansu gave rates 5–10x apart from
+/// one run to the next, with or without a proxy: its prefetch queue meeting Tansu's
+/// long-poll timing, not the path under test.
+async fn fetch(
+    mut targets: Vec<Target>,
+    options: &BenchOptions,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    fill(&mut targets, options, payload).await?;
+    let rounds = options.rounds.max(1);
+    let mut progress = Progress::new("bench", u64::from(rounds) * targets.len() as u64);
+    let mut done = 0;
+    for round in 1..=rounds {
+        for target in &mut targets {
+            let started = Instant::now();
+            let (records, fetches) = fetch_round(target, options)
+                .await
+                .with_context(|| format!("target {}", target.name))?;
+            target.sent += records;
+            target.busy += started.elapsed();
+            eprintln!(
+                "round {round}/{rounds} {:>10}: {records} records in {fetches} fetches, {:.3} s",
+                target.name,
+                started.elapsed().as_secs_f64()
+            );
+            done += 1;
+            progress.update(done);
+        }
+    }
+    progress.finish(done);
+    report(&targets, options)
+}
+
+/// One round of [`fetch`]: `messages` records read from partition 0's log start; the
+/// records and fetches it took.
+async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Result<(u64, u64)> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kshift::cluster::{Cluster, ConnectionSettings};
+
+    let settings = ConnectionSettings {
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(30),
+        metadata_max_age: Duration::from_secs(300),
+    };
+    let cluster = Cluster::new(
+        0,
+        &target.name,
+        vec![target.bootstrap.clone()],
+        settings,
+        kshift::security::BackendSecurity::none(),
+        std::sync::Arc::new(kshift::metrics::Metrics::new()),
+        0,
+    );
+    let topic = options.topic.as_str();
+    let leader = cluster
+        .leader(topic, 0)
+        .await?
+        .ok_or_else(|| anyhow!("{topic}[0] has no leader"))?;
+    let version = cluster.version_for(ApiKey::Fetch, 12).await?;
+    let start = cluster.list_offset(topic, 0, -2).await?.max(0);
+    let end = start.saturating_add(i64::try_from(options.messages)?);
+    let name = TopicName(StrBytes::from_string(topic.to_string()));
+    let (mut offset, mut fetches) = (start, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while offset < end {
+        if Instant::now() > deadline {
+            bail!(
+                "read only {} of {} records in 60 s",
+                offset - start,
+                end - start
+            );
+        }
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(options.fetch_max_bytes)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(name.clone())
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(options.fetch_max_bytes)])]);
+        let sent = Instant::now();
+        let response: FetchResponse = cluster
+            .request_node(leader, ApiKey::Fetch, version, &request)
+            .await?;
+        target
+            .latency
+            .saturating_record(sent.elapsed().as_micros().max(1) as u64);
+        fetches += 1;
+        let partition = response
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == 0)
+            .ok_or_else(|| anyhow!("the answer has no partition 0"))?;
+        if response.error_code != 0 || partition.error_code != 0 {
+            bail!(
+                "fetch at offset {offset}: error code {}",
+                response.error_code.max(partition.error_code)
+            );
+        }
+        if let Some(next) = partition
+            .records
+            .as_deref()
+            .and_then(kshift::codec::batch::next_offset)
+        {
+            offset = offset.max(next);
+        }
+    }
+    // The last batch may reach past `end`: its records beyond are not counted.
+    Ok((u64::try_from(offset.min(end) - start)?, fetches))
+}
+
 /// Draws each target's latency by percentile (0 to 99.99, in nines) into an SVG file.
 fn plot(targets: &[Target], options: &BenchOptions, path: &std::path::Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
@@ -486,6 +639,7 @@ fn plot(targets: &[Target], options: &BenchOptions, path: &std::path::Path) -> a
             Mode::Produce => "produce",
             Mode::E2e => "end-to-end",
             Mode::Consume => "consume (gap before each record)",
+            Mode::Fetch => "fetch round trip",
         },
         options.size,
         options.acks,
@@ -534,8 +688,13 @@ fn report(targets: &[Target], options: &BenchOptions) -> anyhow::Result<()> {
         Some(rate) => format!("open loop at {rate} records/s"),
         None => format!("closed loop, {} in flight", options.inflight),
     };
+    let (done, load) = match options.mode {
+        Mode::Produce | Mode::E2e => ("sent to", load),
+        Mode::Consume => ("read by a consumer from", "1 consumer".to_string()),
+        Mode::Fetch => ("fetched from", "1 fetch in flight".to_string()),
+    };
     println!(
-        "\n{} records of {} B sent to {}, acks={}, {load}, {} rounds (ratios vs {})",
+        "\n{} records of {} B {done} {}, acks={}, {load}, {} rounds (ratios vs {})",
         baseline.sent, options.size, baseline.name, options.acks, options.rounds, baseline.name
     );
     println!(
