@@ -6,7 +6,8 @@
 #   passthrough  kshift in front of A
 #   async        kshift in front of A, async mirror to Tansu C
 #   sync         kshift in front of A, sync mirror to Tansu C
-# then the mirror cells of benches/mirror_wan.rs (far mirror vs a direct producer, LAN, and a
+# then batched produce and a fetch cell (records read back by fetches, 1 in flight), then
+# the mirror cells of benches/mirror_wan.rs (far mirror vs a direct producer, LAN, and a
 # 1M-record burst with mirror_overflow = "drop" and "block").
 # Ratios are to `haproxy` (the L4 proxy: what an L7 proxy is compared with).
 #
@@ -68,6 +69,13 @@ echo "== batched throughput: 1 KB, acks=1, 1000 in flight, linger 5 ms"
   --target passthrough=127.0.0.1:19231 --target async=127.0.0.1:19232 --topic matrix-batched \
   --messages $((messages * 50)) --size 1000 --acks 1 --inflight 1000 --linger-ms 5 --rounds 4 \
   --interval 0 --json "$out/batched.json" 2>"$out/batched.log"
+echo "== fetch: 100 B records read back by fetches of at most 64 KB, 1 in flight"
+# Fetches of the bench's own (--mode fetch), not a consumer: librdkafka's prefetch against
+# Tansu's long poll made consume rates differ 5-10x between runs.
+"$kshift" bench --mode fetch --target haproxy=127.0.0.1:19211 --target direct=127.0.0.1:19200 \
+  --target passthrough=127.0.0.1:19231 --topic matrix-fetch --messages $((messages * 25)) \
+  --size 100 --acks 1 --fetch-max-bytes 65536 --rounds 5 --interval 0 \
+  --json "$out/fetch.json" 2>"$out/fetch.log"
 echo "== mirror delivery: far (20 ms round trip) and LAN, against a direct producer; 1M-record burst per overflow policy"
 # In-process kshift and delay proxy (benches/mirror_wan.rs); its own Tansu brokers.
 cargo bench --bench mirror_wan -- --cells wan,lan,burst --records $((messages * 250)) \

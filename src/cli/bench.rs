@@ -89,6 +89,11 @@ pub struct BenchOptions {
     /// consume, fetch: read records already in the topic (from an earlier run); produce none.
     #[arg(long)]
     pub skip_fill: bool,
+    /// fetch: send the fetches to the bootstrap address itself, not to the leader metadata
+    /// names (a broker behind an L4 proxy advertises the proxy's address: with this, one
+    /// broker's log can be read directly, through the L4 proxy and through kshift alike).
+    #[arg(long)]
+    pub fetch_from_bootstrap: bool,
 }
 
 /// What is measured.
@@ -486,8 +491,8 @@ async fn consume(
 
 /// `--mode fetch`: produces `messages` records per target (untimed), then, once per round,
 /// reads them back from the partition's log start with Fetch requests of its own: one in
-/// flight, on one new connection to the partition's leader, each asking for the next
-/// offset. Latency is each fetch's round trip; the rate is records read per second.
+/// flight, on one new connection to the partition's leader (or to the bootstrap address,
+/// `--fetch-from-bootstrap`), each asking for the next offset. Latency is each fetch's round trip; the rate is records read per second.
 ///
 /// No consumer library sits between the bench and the target, so what is measured is the
 /// target's fetch path. A librdkafka consumer reading from Tansu gave rates 5–10x apart from
@@ -554,6 +559,11 @@ async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Res
     let start = cluster.list_offset(topic, 0, -2).await?.max(0);
     let end = start.saturating_add(i64::try_from(options.messages)?);
     let name = TopicName(StrBytes::from_string(topic.to_string()));
+    let client_id = StrBytes::from_static_str("kshift-bench");
+    let at_bootstrap = match options.fetch_from_bootstrap {
+        true => Some(cluster.connect(&target.bootstrap).await?),
+        false => None,
+    };
     let (mut offset, mut fetches) = (start, 0u64);
     let deadline = Instant::now() + Duration::from_secs(60);
     while offset < end {
@@ -579,9 +589,21 @@ async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Res
                     .with_fetch_offset(offset)
                     .with_partition_max_bytes(options.fetch_max_bytes)])]);
         let sent = Instant::now();
-        let response: FetchResponse = cluster
-            .request_node(leader, ApiKey::Fetch, version, &request)
-            .await?;
+        let response: FetchResponse = match &at_bootstrap {
+            Some(connection) => {
+                let body = kshift::codec::encode_body(&request, version)?;
+                let answer = connection
+                    .request(ApiKey::Fetch, version, &client_id, body)?
+                    .wait(Duration::from_secs(30))
+                    .await?;
+                kshift::codec::decode_body(answer, version, "fetch response")?
+            }
+            None => {
+                cluster
+                    .request_node(leader, ApiKey::Fetch, version, &request)
+                    .await?
+            }
+        };
         target
             .latency
             .saturating_record(sent.elapsed().as_micros().max(1) as u64);
