@@ -40,7 +40,7 @@ use crate::cluster::UpstreamConnections;
 use crate::codec::{self, Request};
 use crate::dispatch;
 use crate::error::Source;
-use crate::handler::{PendingReply, Reply};
+use crate::handler::{ready, PendingReply, Reply};
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::state::ProxyState;
 use auth::{Auth, Gate};
@@ -170,7 +170,7 @@ impl ClientConnection {
                 Err(error) => {
                     tracing::info!(peer = %self.peer, %error, "closing client connection: bad request header");
                     self.count_client_failure();
-                    let _ = replies.send(Box::pin(async move { Reply::Close(error.to_string()) }));
+                    let _ = replies.send(ready(Reply::Close(error.to_string())));
                     break;
                 }
             };

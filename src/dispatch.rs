@@ -7,7 +7,7 @@ use kafka_protocol::messages::ApiKey;
 
 use crate::cluster::UpstreamConnections;
 use crate::codec::Request;
-use crate::handler::{served_range, Context, PendingReply, Reply};
+use crate::handler::{ready, served_range, Context, PendingReply, Reply};
 use crate::handlers::fetch::positions::ReadPositions;
 use crate::handlers::{admin_apis, fetch, groups, produce, transactions, virtual_cluster};
 use crate::state::ProxyState;
@@ -27,7 +27,7 @@ pub async fn submit(
             _ => {
                 let reason = format!("{api_key:?} v{version} is not served");
                 tracing::info!(%reason, "closing client connection");
-                return Box::pin(async move { Reply::Close(reason) });
+                return ready(Reply::Close(reason));
             }
         }
     }
@@ -63,11 +63,5 @@ pub async fn submit(
         | ApiKey::ListGroups => groups::submit(&context).await,
         _ => admin_apis::submit(&context).await,
     };
-    match submitted {
-        Ok(pending) => pending,
-        Err(error) => {
-            let reply = context.error_reply(&error);
-            Box::pin(async move { reply })
-        }
-    }
+    context.pending_or_error(submitted)
 }

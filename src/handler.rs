@@ -34,6 +34,11 @@ pub use crate::codec::Reply;
 
 pub type PendingReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
 
+/// A reply known at once, as a [`PendingReply`].
+pub fn ready(reply: Reply) -> PendingReply {
+    Box::pin(async move { reply })
+}
+
 /// Everything one request is handled with.
 #[derive(Clone)]
 pub struct Context {
@@ -79,6 +84,12 @@ impl Context {
     /// `body` (already encoded at the request's version) as the response.
     pub fn respond_raw(&self, body: Bytes) -> Reply {
         self.request.reply_raw(body)
+    }
+
+    /// A submitted handler's pending reply, or, when submitting failed, the reply
+    /// [`Context::error_reply`] gives at once.
+    pub fn pending_or_error(&self, submitted: Result<PendingReply, Error>) -> PendingReply {
+        submitted.unwrap_or_else(|error| ready(self.error_reply(&error)))
     }
 
     /// Forwards the request unchanged to `node` of `cluster` and the answer unchanged to

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::ApiKey;
 
 use crate::codec::Request;
-use crate::handler::{PendingReply, Reply};
+use crate::handler::{ready, PendingReply, Reply};
 use crate::metrics::Metrics;
 use crate::security::sasl_server::{Outcome, SaslListener, SaslSession};
 
@@ -72,8 +72,4 @@ impl Auth {
             }
         }
     }
-}
-
-fn ready(reply: Reply) -> PendingReply {
-    Box::pin(async move { reply })
 }

@@ -101,13 +101,8 @@ pub async fn submit_fetch(context: Context) -> PendingReply {
         Ok(forwarded) => return forwarded,
         Err(context) => context,
     };
-    match split_and_fetch(&context).await {
-        Ok(pending) => pending,
-        Err(error) => {
-            let reply = context.error_reply(&error);
-            Box::pin(async move { reply })
-        }
-    }
+    let submitted = split_and_fetch(&context).await;
+    context.pending_or_error(submitted)
 }
 
 /// The common case, forwarded without being decoded: a fetch all of whose partitions are

@@ -26,7 +26,7 @@ use crate::codec::batch;
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
-use crate::handler::{Context, PendingReply, Reply};
+use crate::handler::{ready, Context, PendingReply, Reply};
 use crate::handlers::split::{self, Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::mirror::{self, MirrorItem};
@@ -85,13 +85,8 @@ pub async fn submit(context: Context) -> PendingReply {
         Ok(forwarded) => return forwarded,
         Err(context) => context,
     };
-    match split_and_send(&context).await {
-        Ok(pending) => pending,
-        Err(error) => {
-            let reply = context.error_reply(&error);
-            Box::pin(async move { reply })
-        }
-    }
+    let submitted = split_and_send(&context).await;
+    context.pending_or_error(submitted)
 }
 
 /// The full path: decoded, routed per partition, split by write cluster and leader, with
@@ -228,7 +223,7 @@ async fn split_and_send(context: &Context) -> Result<PendingReply, Error> {
     ));
     if !client_expects_answer {
         tokio::spawn(completion);
-        return Ok(Box::pin(async { Reply::None }));
+        return Ok(ready(Reply::None));
     }
     Ok(Box::pin(async move { reply(&context, completion.await) }))
 }
