@@ -137,16 +137,7 @@ async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
         return Err(context);
     };
     let body = codec::scan::patched(context.request.body.clone(), &walk.patches);
-    let sent = match context
-        .upstream
-        .get(context.cluster(cluster), node, Lane::Fetch)
-        .await
-    {
-        Ok(connection) => {
-            connection.request(ApiKey::Fetch, version, &context.request.client_id, body)
-        }
-        Err(error) => Err(error),
-    };
+    let sent = send_part(&context, cluster, node, Lane::Fetch, body).await;
     let deadline = context.deadline(walk.max_wait_ms);
     Ok(Box::pin(async move {
         let answer = match sent {
