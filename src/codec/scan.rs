@@ -448,6 +448,18 @@ mod tests {
             )
     }
 
+    /// Asserts that `fails` holds for every prefix of `bytes` shorter than the whole: a
+    /// message cut anywhere is an error, never read as complete.
+    fn fails_at_every_shorter_length(bytes: &[u8], version: i16, fails: impl Fn(&[u8]) -> bool) {
+        for length in 0..bytes.len() {
+            assert!(
+                fails(&bytes[..length]),
+                "v{version}, {length} of {} bytes",
+                bytes.len()
+            );
+        }
+    }
+
     fn encoded<M: Encodable>(message: &M, version: i16) -> Vec<u8> {
         let mut buf = BytesMut::new();
         message.encode(&mut buf, version).unwrap();
@@ -530,13 +542,9 @@ mod tests {
                 });
                 assert_eq!(stopped.unwrap(), None);
                 assert_eq!(calls, 2);
-                for length in 0..bytes.len() {
-                    assert!(
-                        walk_produce_request(&bytes[..length], version, |_, _| true).is_err(),
-                        "v{version}, {length} of {} bytes",
-                        bytes.len()
-                    );
-                }
+                fails_at_every_shorter_length(&bytes, version, |bytes| {
+                    walk_produce_request(bytes, version, |_, _| true).is_err()
+                });
             }
         }
     }
@@ -545,13 +553,9 @@ mod tests {
     fn a_truncated_answer_is_an_error_at_every_length() {
         for version in [3, 8, 9] {
             let bytes = encoded(&answer(&[&[0, 0], &[0]], true), version);
-            for length in 0..bytes.len() {
-                assert!(
-                    produce_answer_all_ok(&bytes[..length], version).is_err(),
-                    "v{version}, {length} of {} bytes",
-                    bytes.len()
-                );
-            }
+            fails_at_every_shorter_length(&bytes, version, |bytes| {
+                produce_answer_all_ok(bytes, version).is_err()
+            });
         }
     }
 
@@ -652,13 +656,9 @@ mod tests {
             });
             assert_eq!(stopped.unwrap(), None);
             assert_eq!(calls, 2);
-            for length in 0..bytes.len() {
-                assert!(
-                    walk_fetch_request(&bytes[..length], version, |_, _, _| true).is_err(),
-                    "v{version}, {length} of {} bytes",
-                    bytes.len()
-                );
-            }
+            fails_at_every_shorter_length(&bytes, version, |bytes| {
+                walk_fetch_request(bytes, version, |_, _, _| true).is_err()
+            });
         }
     }
 
@@ -737,13 +737,9 @@ mod tests {
                 }
             }
             assert_eq!(decoded, wanted, "v{version}");
-            for length in 0..bytes.len() {
-                assert!(
-                    walk_fetch_answer(&bytes[..length], version, |_, _, _| {}).is_err(),
-                    "v{version}, {length} of {} bytes",
-                    bytes.len()
-                );
-            }
+            fails_at_every_shorter_length(&bytes, version, |bytes| {
+                walk_fetch_answer(bytes, version, |_, _, _| {}).is_err()
+            });
         }
     }
 
