@@ -65,21 +65,22 @@ produce_work() { # name messages
   produce_run "$(address "$1")" "cost-$1" "$2"
   echo "$2"
 }
-# Fetches of at most 16 KB (~130 records of 100 B), 1 in flight, reading back the first
+# Fetches asking for at most 16 KB, 1 in flight, reading back the first
 # $fetch_records records of a topic that fetch_fill wrote; SIZE is the rounds.
 fetch_records=20000
-fetch_fill() { # name
-  "$kshift" bench --mode fetch --target "target=$(address "$1")" --topic "fetch-$1" \
-    --messages "$fetch_records" --rounds 1 --size 100 --acks 1 --interval 0 \
-    --fetch-max-bytes 16384 >"$work/fill-$1.out" 2>&1 \
-    || { echo "fetch fill on $1 failed: $(cat "$work/fill-$1.out")" >&2; exit 1; }
+# kshift bench --mode fetch on proxy NAME's fetch topic, output in $work/fetch-NAME.out.
+fetch_bench() { # name bench-args...
+  local name="$1"
+  shift
+  "$kshift" bench --mode fetch --target "target=$(address "$name")" --topic "fetch-$name" \
+    --messages "$fetch_records" --size 100 --fetch-max-bytes 16384 --interval 0 "$@" \
+    >"$work/fetch-$name.out" 2>&1 \
+    || { echo "fetch bench on $name failed: $(cat "$work/fetch-$name.out")" >&2; exit 1; }
 }
+fetch_fill() { fetch_bench "$1" --rounds 1 --acks 1; } # name
 fetch_work() { # name rounds
-  "$kshift" bench --mode fetch --skip-fill --target "target=$(address "$1")" --topic "fetch-$1" \
-    --messages "$fetch_records" --rounds "$2" --size 100 --interval 0 \
-    --fetch-max-bytes 16384 >"$work/fetch-$1.out" 2>&1 \
-    || { echo "fetch on $1 failed: $(cat "$work/fetch-$1.out")" >&2; exit 1; }
-  grep -o 'in [0-9]* fetches' "$work/fetch-$1.out" | awk '{ n += $2 } END { print n }'
+  fetch_bench "$1" --skip-fill --rounds "$2"
+  grep -o '([0-9]* fetches)' "$work/fetch-$1.out" | tr -d '(' | awk '{ n += $1 } END { print n }'
 }
 
 # cost NAME KIND BIG SMALL: CPU µs, syscalls and instructions of proxy NAME per request of

@@ -196,7 +196,8 @@ async fn bench_end_to_end_consume_and_fetch_modes_with_a_plot() {
     );
     let fetches: Vec<u64> = stderr
         .lines()
-        .filter_map(|line| line.split_once("500 records in ")?.1.split_once(" fetches"))
+        .filter(|line| line.contains("500 records read in "))
+        .filter_map(|line| line.rsplit_once(" (")?.1.split_once(" fetches)"))
         .map(|(count, _)| count.parse().unwrap())
         .collect();
     assert_eq!(fetches.len(), 4, "two rounds of two targets: {stderr}");
@@ -209,5 +210,9 @@ async fn bench_end_to_end_consume_and_fetch_modes_with_a_plot() {
         stdout.contains("1000 records of 100 B fetched from direct"),
         "{stdout}"
     );
-    assert_eq!(stderr.matches("500 records in ").count(), 4, "{stderr}");
+    assert_eq!(
+        stderr.matches("500 records read in ").count(),
+        4,
+        "{stderr}"
+    );
 }

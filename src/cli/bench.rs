@@ -438,12 +438,14 @@ async fn fill(
     Ok(())
 }
 
-/// `--mode consume`: produces `messages` records per target (untimed), then reads them back
-/// from the start once per round, timing each read.
-async fn consume(
+/// Reads back, once per round and target (targets taking turns), the records [`fill`]
+/// wrote: `read_round` reads a target's `messages` records, recording its latencies, and
+/// says how many it read, and how, for the round's line.
+async fn read_rounds(
     mut targets: Vec<Target>,
     options: &BenchOptions,
     payload: &[u8],
+    mut read_round: impl AsyncFnMut(&mut Target) -> anyhow::Result<(u64, String)>,
 ) -> anyhow::Result<()> {
     fill(&mut targets, options, payload).await?;
     let rounds = options.rounds.max(1);
@@ -451,34 +453,15 @@ async fn consume(
     let mut done = 0;
     for round in 1..=rounds {
         for target in &mut targets {
-            let consumer: StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &target.bootstrap)
-                .set("group.id", "kshift-bench")
-                .set("enable.auto.commit", "false")
-                .create()
-                .context("consumer")?;
-            let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(&options.topic, 0, Offset::Beginning)?;
-            consumer.assign(&assignment)?;
             let started = Instant::now();
-            let mut previous = started;
-            for _ in 0..options.messages {
-                tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-                    .await
-                    .map_err(|_| anyhow!("{}: no record for 30 s", target.name))?
-                    .map_err(|error| anyhow!("{}: consumer: {error}", target.name))?;
-                // The gap before each record: how long the reader waited for it.
-                target
-                    .latency
-                    .saturating_record(previous.elapsed().as_micros().max(1) as u64);
-                previous = Instant::now();
-            }
-            target.sent += options.messages;
+            let (records, how) = read_round(target)
+                .await
+                .with_context(|| format!("target {}", target.name))?;
+            target.sent += records;
             target.busy += started.elapsed();
             eprintln!(
-                "round {round}/{rounds} {:>10}: {} records read in {:.3} s",
+                "round {round}/{rounds} {:>10}: {records} records read in {:.3} s{how}",
                 target.name,
-                options.messages,
                 started.elapsed().as_secs_f64()
             );
             done += 1;
@@ -489,43 +472,64 @@ async fn consume(
     report(&targets, options)
 }
 
+/// `--mode consume`: produces `messages` records per target (untimed), then a librdkafka
+/// consumer reads them back from the start once per round; latency is the gap before
+/// each record.
+async fn consume(
+    targets: Vec<Target>,
+    options: &BenchOptions,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    read_rounds(targets, options, payload, async |target: &mut Target| {
+        consume_round(target, options)
+            .await
+            .map(|records| (records, String::new()))
+    })
+    .await
+}
+
+/// One round of [`consume`]: the records read.
+async fn consume_round(target: &mut Target, options: &BenchOptions) -> anyhow::Result<u64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &target.bootstrap)
+        .set("group.id", "kshift-bench")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(&options.topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let mut previous = Instant::now();
+    for _ in 0..options.messages {
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| anyhow!("no record for 30 s"))?
+            .map_err(|error| anyhow!("consumer: {error}"))?;
+        // The gap before each record: how long the reader waited for it.
+        target
+            .latency
+            .saturating_record(previous.elapsed().as_micros().max(1) as u64);
+        previous = Instant::now();
+    }
+    Ok(options.messages)
+}
+
 /// `--mode fetch`: produces `messages` records per target (untimed), then, once per round,
 /// reads them back from the partition's log start with Fetch requests of its own: one in
 /// flight, on one new connection to the partition's leader (or to the bootstrap address,
-/// `--fetch-from-bootstrap`), each asking for the next offset. Latency is each fetch's round trip; the rate is records read per second.
+/// `--fetch-from-bootstrap`), each asking for the next offset. Latency is each fetch's
+/// round trip; the rate is records read per second.
 ///
 /// No consumer library sits between the bench and the target, so what is measured is the
 /// target's fetch path. A librdkafka consumer reading from Tansu gave rates 5–10x apart from
 /// one run to the next, with or without a proxy: its prefetch queue meeting Tansu's
 /// long-poll timing, not the path under test.
-async fn fetch(
-    mut targets: Vec<Target>,
-    options: &BenchOptions,
-    payload: &[u8],
-) -> anyhow::Result<()> {
-    fill(&mut targets, options, payload).await?;
-    let rounds = options.rounds.max(1);
-    let mut progress = Progress::new("bench", u64::from(rounds) * targets.len() as u64);
-    let mut done = 0;
-    for round in 1..=rounds {
-        for target in &mut targets {
-            let started = Instant::now();
-            let (records, fetches) = fetch_round(target, options)
-                .await
-                .with_context(|| format!("target {}", target.name))?;
-            target.sent += records;
-            target.busy += started.elapsed();
-            eprintln!(
-                "round {round}/{rounds} {:>10}: {records} records in {fetches} fetches, {:.3} s",
-                target.name,
-                started.elapsed().as_secs_f64()
-            );
-            done += 1;
-            progress.update(done);
-        }
-    }
-    progress.finish(done);
-    report(&targets, options)
+async fn fetch(targets: Vec<Target>, options: &BenchOptions, payload: &[u8]) -> anyhow::Result<()> {
+    read_rounds(targets, options, payload, async |target: &mut Target| {
+        let (records, fetches) = fetch_round(target, options).await?;
+        Ok((records, format!(" ({fetches} fetches)")))
+    })
+    .await
 }
 
 /// One round of [`fetch`]: `messages` records read from partition 0's log start; the
@@ -560,9 +564,10 @@ async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Res
     let end = start.saturating_add(i64::try_from(options.messages)?);
     let name = TopicName(StrBytes::from_string(topic.to_string()));
     let client_id = StrBytes::from_static_str("kshift-bench");
-    let at_bootstrap = match options.fetch_from_bootstrap {
-        true => Some(cluster.connect(&target.bootstrap).await?),
-        false => None,
+    let at_bootstrap = if options.fetch_from_bootstrap {
+        Some(cluster.connect(&target.bootstrap).await?)
+    } else {
+        None
     };
     let (mut offset, mut fetches) = (start, 0u64);
     let deadline = Instant::now() + Duration::from_secs(60);
