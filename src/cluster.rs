@@ -2,7 +2,8 @@
 //! metadata cache (brokers, controller, partition leaders) and a coordinator cache.
 //!
 //! kshift's own requests to a cluster use its own connections, never a client's: metadata
-//! and coordinator lookups one control connection per cluster, and requests that must reach
+//! and coordinator lookups one control connection per cluster (hedged to a second broker
+//! when its broker is slow: [`Cluster::control_request`]), and requests that must reach
 //! one broker (offsets and groups at cutover, backfill reads, `list_offset`) one pooled
 //! connection per broker ([`Cluster::request_node`]), opened once and reused until it
 //! breaks. Client traffic goes over the [`UpstreamConnections`] owned by each client
@@ -113,8 +114,11 @@ pub struct Cluster {
     state: RwLock<ClusterState>,
     /// Coordinator node per (key type, key): groups are 0, transactional ids 1.
     coordinators: Mutex<HashMap<(i8, String), i32>>,
-    /// kshift's own connection for metadata and coordinator lookups; replaced on failure.
+    /// kshift's own connection for metadata and coordinator lookups; replaced on failure,
+    /// or when another broker answers a hedged lookup first.
     control: tokio::sync::Mutex<Option<BrokerConnection>>,
+    /// The control broker's usual round trip, for [`Cluster::hedge_delay`].
+    control_rtt: RoundTrip,
     /// kshift's own connection per broker for requests that must reach that broker
     /// ([`Cluster::request_node`]): shared by all of them (pipelined), replaced once broken.
     /// A std mutex: never held across an await.
@@ -130,6 +134,40 @@ pub use crate::config::VIRTUAL_NODE_BLOCK;
 const METADATA_VERSION: i16 = 12;
 const FIND_COORDINATOR_VERSION: i16 = 4;
 const LIST_OFFSETS_VERSION: i16 = 7;
+
+/// Lookups wait at least this long for the control broker before asking a second one.
+const HEDGE_FLOOR: Duration = Duration::from_millis(50);
+/// … or this many times the control broker's usual round trip, if that is longer.
+const HEDGE_RTT_FACTOR: u32 = 4;
+
+/// A smoothed round-trip time (an exponentially weighted mean, weight 1/8 per answer, as
+/// TCP's SRTT), in microseconds; zero until the first answer.
+#[derive(Debug, Default)]
+struct RoundTrip(std::sync::atomic::AtomicU64);
+
+impl RoundTrip {
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn observe(&self, sample: Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        let old = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old.saturating_mul(7).saturating_add(sample)) / 8
+        };
+        // A lost update between two concurrent answers only drops one sample.
+        self.0.store(new, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Starts over from `sample` (the control connection moved to another broker).
+    fn reset(&self, sample: Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(sample, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -161,6 +199,7 @@ impl Cluster {
             state: RwLock::default(),
             coordinators: Mutex::default(),
             control: tokio::sync::Mutex::new(None),
+            control_rtt: RoundTrip::default(),
             pool: Mutex::default(),
         }
     }
@@ -173,26 +212,142 @@ impl Cluster {
         }
     }
 
+    /// The control connection, opened if there is none or it broke.
+    async fn control_connection(&self) -> Result<BrokerConnection, BackendError> {
+        let mut control = self.control.lock().await;
+        match control.as_ref() {
+            Some(connection) if !connection.is_poisoned() => Ok(connection.clone()),
+            _ => {
+                let connection = self.connect_any().await?;
+                *control = Some(connection.clone());
+                Ok(connection)
+            }
+        }
+    }
+
     /// Sends one request on the control connection, opening it if needed.
+    ///
+    /// A lookup (Metadata, ApiVersions, FindCoordinator) the control broker has not answered
+    /// within [`Cluster::hedge_delay`] is asked of a second broker too, and the first answer
+    /// wins. When the second broker's wins, it becomes the control connection: a broker that
+    /// is slow (restarting, overloaded, far) holds up one lookup by the hedge delay, not
+    /// every client's Metadata by its own latency. Other requests (CreateTopics, …) change
+    /// state and are sent once.
     async fn control_request(
         &self,
         api_key: ApiKey,
         api_version: i16,
         body: Bytes,
     ) -> Result<Bytes, BackendError> {
-        let mut control = self.control.lock().await;
-        let connection = match control.as_ref() {
-            Some(connection) if !connection.is_poisoned() => connection.clone(),
-            _ => {
-                let connection = self.connect_any().await?;
-                *control = Some(connection.clone());
-                connection
-            }
-        };
-        drop(control);
+        let connection = self.control_connection().await?;
         let client_id = StrBytes::from_static_str("kshift");
-        let response = connection.request(api_key, api_version, &client_id, body)?;
-        response.wait(self.settings.request_timeout).await
+        let deadline = broker_connection::deadline_after(self.settings.request_timeout);
+        let sent_at = Instant::now();
+        let hedgeable = matches!(
+            api_key,
+            ApiKey::Metadata | ApiKey::ApiVersions | ApiKey::FindCoordinator
+        );
+        let first = connection
+            .request(api_key, api_version, &client_id, body.clone())?
+            .wait_until(deadline);
+        if !hedgeable {
+            return first.await;
+        }
+        tokio::pin!(first);
+        if let Ok(answer) = tokio::time::timeout(self.hedge_delay(), &mut first).await {
+            if answer.is_ok() {
+                self.control_rtt.observe(sent_at.elapsed());
+            }
+            return answer;
+        }
+        let Some(node) = self.hedge_broker(connection.address()) else {
+            return first.await;
+        };
+        let hedged_at = Instant::now();
+        let hedge = async {
+            let connection = self.pooled(node).await?;
+            let answer = connection
+                .request(api_key, api_version, &client_id, body)?
+                .wait_until(deadline)
+                .await?;
+            Ok::<_, BackendError>((connection, answer))
+        };
+        tokio::pin!(hedge);
+        tokio::select! {
+            answer = &mut first => {
+                self.metrics.control_hedge(&self.name, "lost");
+                match answer {
+                    Ok(answer) => {
+                        self.control_rtt.observe(sent_at.elapsed());
+                        Ok(answer)
+                    }
+                    Err(error) => match hedge.await {
+                        Ok((second, answer)) => {
+                            self.adopt_control(&connection, second, hedged_at).await;
+                            Ok(answer)
+                        }
+                        Err(_) => Err(error),
+                    },
+                }
+            }
+            hedged = &mut hedge => match hedged {
+                Ok((second, answer)) => {
+                    self.metrics.control_hedge(&self.name, "won");
+                    self.adopt_control(&connection, second, hedged_at).await;
+                    Ok(answer)
+                }
+                Err(_) => {
+                    self.metrics.control_hedge(&self.name, "lost");
+                    first.await
+                }
+            },
+        }
+    }
+
+    /// How long a lookup waits on the control broker before a second broker is asked too:
+    /// [`HEDGE_RTT_FACTOR`] times its usual round trip, at least [`HEDGE_FLOOR`], so that a
+    /// far cluster's ordinary latency never looks slow.
+    fn hedge_delay(&self) -> Duration {
+        (self.control_rtt.get() * HEDGE_RTT_FACTOR)
+            .max(HEDGE_FLOOR)
+            .min(self.settings.request_timeout)
+    }
+
+    /// A known broker that is not at `control`'s address, to hedge a lookup to.
+    fn hedge_broker(&self, control: &Arc<str>) -> Option<i32> {
+        let state = read(&self.state);
+        let mut brokers: Vec<(i32, &Arc<str>)> = state
+            .brokers
+            .iter()
+            .filter(|(_, address)| *address != control)
+            .map(|(node, address)| (*node, address))
+            .collect();
+        brokers.sort_unstable();
+        brokers.first().map(|(node, _)| *node)
+    }
+
+    /// Makes `second`, which answered a hedged lookup before `slow` did, the control
+    /// connection (unless the control connection was replaced meanwhile).
+    async fn adopt_control(
+        &self,
+        slow: &BrokerConnection,
+        second: BrokerConnection,
+        hedged_at: Instant,
+    ) {
+        self.control_rtt.reset(hedged_at.elapsed());
+        let mut control = self.control.lock().await;
+        if control
+            .as_ref()
+            .is_none_or(|current| current.address() == slow.address())
+        {
+            tracing::info!(
+                cluster = %self.name,
+                from = %slow.address(),
+                to = %second.address(),
+                "control connection moved: another broker answered a lookup first"
+            );
+            *control = Some(second);
+        }
     }
 
     /// Opens a connection to `address`, one of this cluster's brokers.
@@ -769,5 +924,59 @@ mod tests {
             cluster.virtual_node(i32::MAX),
             5_000_000 + i32::MAX % VIRTUAL_NODE_BLOCK
         );
+    }
+
+    #[test]
+    fn the_hedge_waits_four_round_trips_at_least_the_floor_at_most_the_timeout() {
+        let cluster = cluster();
+        assert_eq!(cluster.hedge_delay(), HEDGE_FLOOR, "no answer seen yet");
+        cluster.control_rtt.observe(Duration::from_millis(2));
+        assert_eq!(cluster.hedge_delay(), HEDGE_FLOOR, "a near cluster");
+        cluster.control_rtt.reset(Duration::from_millis(80));
+        assert_eq!(
+            cluster.hedge_delay(),
+            Duration::from_millis(320),
+            "a far one"
+        );
+        cluster.control_rtt.observe(Duration::from_millis(160));
+        assert_eq!(
+            cluster.control_rtt.get(),
+            Duration::from_millis(90),
+            "1/8 per answer"
+        );
+        cluster.control_rtt.reset(Duration::from_secs(5));
+        assert_eq!(
+            cluster.hedge_delay(),
+            Duration::from_secs(1),
+            "the request timeout"
+        );
+    }
+
+    #[test]
+    fn lookups_are_hedged_to_a_broker_at_another_address() {
+        let cluster = cluster();
+        let brokers = |ids: &[(i32, &str)]| {
+            MetadataResponse::default().with_brokers(
+                ids.iter()
+                    .map(|&(id, host)| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(id))
+                            .with_host(StrBytes::from_string(host.into()))
+                            .with_port(9092)
+                    })
+                    .collect(),
+            )
+        };
+        let control: Arc<str> = "a:9092".into();
+        assert_eq!(cluster.hedge_broker(&control), None, "no broker known");
+        cluster.absorb_metadata(&brokers(&[(1, "a")]));
+        assert_eq!(
+            cluster.hedge_broker(&control),
+            None,
+            "only the control broker"
+        );
+        cluster.absorb_metadata(&brokers(&[(3, "c"), (2, "b")]));
+        assert_eq!(cluster.hedge_broker(&control), Some(2));
+        assert_eq!(cluster.hedge_broker(&"b:9092".into()), Some(1));
     }
 }

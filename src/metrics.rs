@@ -67,6 +67,14 @@ pub struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HedgeLabels {
+    pub cluster: String,
+    /// `won` (the second broker answered first; the control connection moved to it) or
+    /// `lost` (the control broker answered first after all).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub cluster: String,
     /// `mirror_overflow`: `drop` or `block`.
@@ -196,6 +204,8 @@ pub struct Metrics {
     pub backend_bytes: Family<BackendBytesLabels, Counter>,
     /// Connections kshift opened to a cluster's brokers (client traffic and its own).
     pub backend_connections_opened: Family<ClusterLabels, Counter>,
+    /// Lookups kshift also asked of a second broker because its control broker was slow.
+    control_hedges: Family<HedgeLabels, Counter>,
     pub mirror_records: Family<MirrorLabels, Counter>,
     mirror_queue_bytes: Family<ClusterLabels, Gauge>,
     mirror_lag_records: Family<ClusterLabels, Gauge>,
@@ -260,6 +270,7 @@ impl Metrics {
             request_failures: Family::default(),
             backend_bytes: Family::default(),
             backend_connections_opened: Family::default(),
+            control_hedges: Family::default(),
             mirror_records: Family::default(),
             mirror_queue_bytes: Family::default(),
             mirror_lag_records: Family::default(),
@@ -354,6 +365,11 @@ impl Metrics {
             "backend_connections_opened",
             "Connections opened to backend brokers (attempts, successful or not)",
             metrics.backend_connections_opened.clone(),
+        );
+        registry.register(
+            "control_hedges",
+            "Metadata and coordinator lookups also sent to a second broker because the control broker was slow to answer",
+            metrics.control_hedges.clone(),
         );
         registry.register(
             "mirror_records",
@@ -502,6 +518,15 @@ impl Metrics {
         self.backend_connections_opened
             .get_or_create(&ClusterLabels {
                 cluster: cluster.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn control_hedge(&self, cluster: &str, outcome: &str) {
+        self.control_hedges
+            .get_or_create(&HedgeLabels {
+                cluster: cluster.to_string(),
+                outcome: outcome.to_string(),
             })
             .inc();
     }

@@ -5,7 +5,8 @@
 //! partitions' leaders; a moved leader shows as its new virtual node; a dead broker fails only
 //! its partitions, retriably, until it returns; a slow broker holds only its own partitions;
 //! every backend answer of one request shares one deadline; a fetch from one broker is
-//! forwarded undecoded, yet sessionless and without leader epochs.
+//! forwarded undecoded, yet sessionless and without leader epochs; a slow control broker
+//! holds up one client Metadata by the hedge delay, then none.
 
 mod common;
 mod raw;
@@ -22,7 +23,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    ProduceRequest, ProduceResponse, TopicName,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -666,5 +667,70 @@ async fn every_backend_answer_of_a_request_shares_one_deadline() {
         "{late:?}"
     );
     cluster.set_round_trip(-1, Duration::ZERO);
+    kshift.shutdown().await;
+}
+
+/// Client Metadata through kshift, `count` times on one connection: the topic's partitions
+/// as each answer lists them.
+async fn metadata_rounds(kshift: &Kshift, topic: &str, count: i32) {
+    let mut client = raw::RawClient::connect(kshift.addr()).await;
+    let request = MetadataRequest::default().with_topics(Some(vec![
+        kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.to_string())))),
+    ]));
+    for correlation in 1..=count {
+        client
+            .send(ApiKey::Metadata, 12, correlation, &request)
+            .await;
+        // Far less than the slow broker's round trip: only an answer from another broker
+        // arrives in time.
+        let answer: MetadataResponse = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.receive(ApiKey::Metadata, 12, correlation),
+        )
+        .await
+        .expect("Metadata answered without waiting for the slow broker");
+        assert_eq!(answer.topics.len(), 1, "{answer:?}");
+        assert_eq!(answer.topics[0].error_code, 0, "{answer:?}");
+        assert_eq!(
+            answer.topics[0].partitions.len(),
+            PARTITIONS as usize,
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_control_broker_is_hedged_once_then_left() {
+    let (topic, cluster, kshift) = cluster_and_kshift("slow-control", "").await;
+    // Brokers known, and kshift's control connection open to broker 1 (first in bootstrap).
+    metadata_rounds(&kshift, &topic, 1).await;
+    let hedges = |outcome: &str| {
+        common::metric_sum(
+            &kshift.state().metrics.exposition(),
+            "kshift_control_hedges_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    assert_eq!(hedges("won"), 0.0, "healthy brokers: no hedge");
+
+    // Broker 1 answers a minute late, as one stuck in a rolling restart might: without the
+    // hedge every client Metadata waited for it (the request timeout is 30 s).
+    cluster.set_round_trip(1, Duration::from_secs(60));
+    metadata_rounds(&kshift, &topic, 1).await;
+    assert_eq!(
+        hedges("won"),
+        1.0,
+        "the first lookup was hedged to another broker"
+    );
+    // The control connection moved: later lookups are not hedged at all.
+    metadata_rounds(&kshift, &topic, 5).await;
+    assert_eq!(
+        hedges("won"),
+        1.0,
+        "later lookups went to the new control broker"
+    );
+    assert_eq!(hedges("lost"), 0.0);
+    cluster.set_round_trip(1, Duration::ZERO);
     kshift.shutdown().await;
 }
