@@ -16,6 +16,13 @@
 //!
 //! `cargo bench --bench fetch_shape [-- --records 60000 --rounds 3 --slow-ms 1000
 //! --slow-broker 1]`.
+//!
+//! `-- --haproxy` runs issue 18's fetch cell against an L4 proxy instead: one mock broker with a
+//! one-partition topic, read by `kshift bench --mode fetch --fetch-from-bootstrap` (raw
+//! Fetch requests of at most 16 KB, one in flight, on one connection) through haproxy (TCP
+//! mode, the baseline), straight from the broker and through kshift, targets taking turns.
+//! It needs haproxy (`apt-get install haproxy`) and fails without it; `--fetch-records`
+//! (default 20,000) and `--fetch-rounds` (default 10) size it.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke run of a few
 //! seconds (6,000 records, one round, broker 1 200 ms late), which asserts that every record
 //! is read through both targets.
@@ -43,6 +50,10 @@ struct Settings {
     slow: Duration,
     /// Which broker is slow in the second cell.
     slow_broker: i32,
+    /// Run the raw-fetch cell against haproxy ([`haproxy_cell`]).
+    haproxy: bool,
+    fetch_records: u64,
+    fetch_rounds: u32,
 }
 
 fn settings() -> Settings {
@@ -62,24 +73,27 @@ fn settings() -> Settings {
             value("--slow-ms").unwrap_or(if full { 1000.0 } else { 200.0 }) as u64,
         ),
         slow_broker: value("--slow-broker").unwrap_or(1.0) as i32,
+        haproxy: args.iter().any(|a| a == "--haproxy"),
+        fetch_records: value("--fetch-records").unwrap_or(20_000.0) as u64,
+        fetch_rounds: value("--fetch-rounds").unwrap_or(10.0) as u32,
     }
 }
 
-/// Writes `records` records of 100 bytes, spread evenly over the partitions.
-fn fill(bootstrap: &str, records: u64) {
+/// Writes `records` records of 100 bytes to `topic`, spread evenly over its `partitions`,
+/// in batches of up to `batch_bytes`.
+fn fill(bootstrap: &str, topic: &str, partitions: i32, records: u64, batch_bytes: u32) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        // Large batches: the mock broker answers a fetch with one batch per partition.
         .set("linger.ms", "100")
         .set("batch.num.messages", "10000")
-        .set("batch.size", "1000000")
+        .set("batch.size", batch_bytes.to_string())
         .set("queue.buffering.max.messages", "5000000")
         .create()
         .expect("producer");
     let payload = [b'x'; 100];
     for sent in 0..records {
-        let partition = (sent % PARTITIONS as u64) as i32;
-        let mut record = BaseRecord::<[u8], [u8]>::to(TOPIC)
+        let partition = (sent % partitions as u64) as i32;
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
             .partition(partition)
             .payload(&payload[..]);
         while let Err((error, returned)) = producer.send(record) {
@@ -157,16 +171,125 @@ fn cell(
     ratios / f64::from(settings.rounds.max(1))
 }
 
+/// haproxy in TCP mode from a free port to `upstream`; killed when dropped.
+struct Haproxy {
+    child: std::process::Child,
+    address: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Haproxy {
+    fn start(upstream: &str) -> Haproxy {
+        use std::io::Write as _;
+        let port = harness::free_port();
+        let mut config = tempfile::NamedTempFile::new().expect("haproxy config file");
+        write!(
+            config,
+            "global\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+             timeout client 60s\n  timeout server 60s\nlisten kafka\n  bind 127.0.0.1:{port}\n  \
+             server b {upstream}\n"
+        )
+        .expect("write the haproxy config");
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(config.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("--haproxy needs haproxy on PATH (apt-get install haproxy): {error}")
+            });
+        let address = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "haproxy did not listen on {address} in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Haproxy {
+            child,
+            address,
+            _config: config,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 18's fetch cell: raw 16 KB fetches, one in flight, through haproxy, direct and
+/// through kshift, from one mock broker (`kshift bench --mode fetch --fetch-from-bootstrap`,
+/// haproxy first, so its ratios are to haproxy). Prints the bench's report.
+fn haproxy_cell(runtime: &tokio::runtime::Runtime, settings: &Settings) {
+    let cluster = MockKafka::start(1);
+    let topic = "fetch-l4-bench";
+    cluster.create_topic(topic, 1);
+    let broker = cluster.bootstrap();
+    // Batches of about one fetch (16 KB): a fetch answers at least one whole batch.
+    fill(&broker, topic, 1, settings.fetch_records, 16_384);
+    let proxy = runtime.block_on(Kshift::start_toml(&harness::single_cluster_toml_at(
+        &broker, "",
+    )));
+    let haproxy = Haproxy::start(&broker);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kshift"))
+        .args([
+            "bench",
+            "--mode",
+            "fetch",
+            "--fetch-from-bootstrap",
+            "--interval",
+            "0",
+        ])
+        .args(["--target", &format!("haproxy={}", haproxy.address)])
+        .args(["--target", &format!("direct={broker}")])
+        .args(["--target", &format!("kshift={}", proxy.bootstrap())])
+        // The mock broker has no CreateTopics; the topic is made and filled above.
+        .args(["--topic", topic, "--size", "100", "--skip-fill"])
+        .args(["--fetch-max-bytes", "16384"])
+        .args(["--messages", &settings.fetch_records.to_string()])
+        .args(["--rounds", &settings.fetch_rounds.to_string()])
+        .output()
+        .expect("run kshift bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "kshift bench --mode fetch failed:\n{stdout}\n{stderr}"
+    );
+    println!(
+        "\nraw fetches from one mock broker: {} records of 100 B per target and round, \
+         16 KB per fetch, 1 in flight, {} rounds, ratios to haproxy",
+        settings.fetch_records, settings.fetch_rounds
+    );
+    for line in stderr.lines().filter(|line| line.starts_with("round ")) {
+        println!("{line}");
+    }
+    print!("{stdout}");
+    drop(haproxy);
+    runtime.block_on(proxy.shutdown());
+}
+
 fn main() {
     let settings = settings();
     let runtime = common::runtime();
+    if settings.haproxy {
+        haproxy_cell(&runtime, &settings);
+        return;
+    }
     let cluster = MockKafka::start(3);
     cluster.create_topic(TOPIC, PARTITIONS);
     let config = harness::single_cluster_toml_at(&cluster.bootstrap(), "");
     let proxy = runtime.block_on(Kshift::start_toml(&config));
     let direct = cluster.bootstrap();
     let through_kshift = proxy.bootstrap();
-    fill(&direct, settings.records);
+    // Large batches: the mock broker answers a fetch with one batch per partition.
+    fill(&direct, TOPIC, PARTITIONS, settings.records, 1_000_000);
 
     println!(
         "fetch shape: {} records of 100 B over {PARTITIONS} partitions of 3 mock brokers, \

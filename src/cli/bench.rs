@@ -86,7 +86,8 @@ pub struct BenchOptions {
     /// fetch: the most bytes one Fetch asks of the partition (max.partition.fetch.bytes).
     #[arg(long, default_value_t = 1 << 20)]
     pub fetch_max_bytes: i32,
-    /// consume, fetch: read records already in the topic (from an earlier run); produce none.
+    /// consume, fetch: read records already in the topic (from an earlier run); produce none
+    /// and create no topic.
     #[arg(long)]
     pub skip_fill: bool,
     /// fetch: send the fetches to the bootstrap address itself, not to the leader metadata
@@ -169,9 +170,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     let mut targets = Vec::new();
     for (name, bootstrap) in &options.targets {
-        create_topic(bootstrap, &options.topic)
-            .await
-            .with_context(|| format!("target {name} ({bootstrap})"))?;
+        // With --skip-fill the records, and so the topic, are there already.
+        if !options.skip_fill {
+            create_topic(bootstrap, &options.topic)
+                .await
+                .with_context(|| format!("target {name} ({bootstrap})"))?;
+        }
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("acks", &options.acks)
@@ -440,12 +444,13 @@ async fn fill(
 
 /// Reads back, once per round and target (targets taking turns), the records [`fill`]
 /// wrote: `read_round` reads a target's `messages` records, recording its latencies, and
-/// says how many it read, and how, for the round's line.
+/// says how many it read, how, for the round's line, and how long the reading itself took
+/// when the round's set-up is not to count (`None`: the whole round counts).
 async fn read_rounds(
     mut targets: Vec<Target>,
     options: &BenchOptions,
     payload: &[u8],
-    mut read_round: impl AsyncFnMut(&mut Target) -> anyhow::Result<(u64, String)>,
+    mut read_round: impl AsyncFnMut(&mut Target) -> anyhow::Result<(u64, String, Option<Duration>)>,
 ) -> anyhow::Result<()> {
     fill(&mut targets, options, payload).await?;
     let rounds = options.rounds.max(1);
@@ -454,15 +459,16 @@ async fn read_rounds(
     for round in 1..=rounds {
         for target in &mut targets {
             let started = Instant::now();
-            let (records, how) = read_round(target)
+            let (records, how, reading) = read_round(target)
                 .await
                 .with_context(|| format!("target {}", target.name))?;
+            let busy = reading.unwrap_or_else(|| started.elapsed());
             target.sent += records;
-            target.busy += started.elapsed();
+            target.busy += busy;
             eprintln!(
                 "round {round}/{rounds} {:>10}: {records} records read in {:.3} s{how}",
                 target.name,
-                started.elapsed().as_secs_f64()
+                busy.as_secs_f64()
             );
             done += 1;
             progress.update(done);
@@ -483,7 +489,7 @@ async fn consume(
     read_rounds(targets, options, payload, async |target: &mut Target| {
         consume_round(target, options)
             .await
-            .map(|records| (records, String::new()))
+            .map(|records| (records, String::new(), None))
     })
     .await
 }
@@ -526,15 +532,19 @@ async fn consume_round(target: &mut Target, options: &BenchOptions) -> anyhow::R
 /// long-poll timing, not the path under test.
 async fn fetch(targets: Vec<Target>, options: &BenchOptions, payload: &[u8]) -> anyhow::Result<()> {
     read_rounds(targets, options, payload, async |target: &mut Target| {
-        let (records, fetches) = fetch_round(target, options).await?;
-        Ok((records, format!(" ({fetches} fetches)")))
+        let (records, fetches, reading) = fetch_round(target, options).await?;
+        Ok((records, format!(" ({fetches} fetches)"), Some(reading)))
     })
     .await
 }
 
 /// One round of [`fetch`]: `messages` records read from partition 0's log start; the
-/// records and fetches it took.
-async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Result<(u64, u64)> {
+/// records, the fetches it took and how long they took (after the round's connection,
+/// metadata and log-start lookup: the rate is the fetch path's own).
+async fn fetch_round(
+    target: &mut Target,
+    options: &BenchOptions,
+) -> anyhow::Result<(u64, u64, Duration)> {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
     use kafka_protocol::protocol::StrBytes;
@@ -570,7 +580,8 @@ async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Res
         None
     };
     let (mut offset, mut fetches) = (start, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let reading = Instant::now();
+    let deadline = reading + Duration::from_secs(60);
     while offset < end {
         if Instant::now() > deadline {
             bail!(
@@ -634,7 +645,11 @@ async fn fetch_round(target: &mut Target, options: &BenchOptions) -> anyhow::Res
         }
     }
     // The last batch may reach past `end`: its records beyond are not counted.
-    Ok((u64::try_from(offset.min(end) - start)?, fetches))
+    Ok((
+        u64::try_from(offset.min(end) - start)?,
+        fetches,
+        reading.elapsed(),
+    ))
 }
 
 /// Draws each target's latency by percentile (0 to 99.99, in nines) into an SVG file.
