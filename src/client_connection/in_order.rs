@@ -7,6 +7,10 @@
 //! waking its other worker thread (a futex call per request, and often the task moving to
 //! that thread). [`InOrder`] polls the set under a waker that tells a wake-up during its own
 //! poll (polled again at once, a few times at most) from one afterwards (the task's).
+//!
+//! A reply alone in the set (one request in flight, the latency-bound case) is held and
+//! polled as it is, outside the `FuturesOrdered`: its node, ready queue and waker cost
+//! ~1,500 instructions per request (callgrind). A second reply moves it in, at the front.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,20 +29,23 @@ const POLLING: u8 = 1;
 const WOKEN: u8 = 2;
 
 /// Futures whose outputs come out in the order they were pushed.
-pub struct InOrder<F: Future> {
+pub struct InOrder<F: Future + Unpin> {
+    /// The only future in the set, when there is one; `futures` is empty then.
+    alone: Option<F>,
     futures: FuturesOrdered<F>,
     waker: Arc<PollAgain>,
     /// `waker` as a [`Waker`], made once.
     as_waker: Waker,
 }
 
-impl<F: Future> InOrder<F> {
+impl<F: Future + Unpin> InOrder<F> {
     pub fn new() -> InOrder<F> {
         let waker = Arc::new(PollAgain {
             state: AtomicU8::new(0),
             task: Mutex::new(None),
         });
         InOrder {
+            alone: None,
             futures: FuturesOrdered::new(),
             as_waker: Waker::from(waker.clone()),
             waker,
@@ -46,7 +53,30 @@ impl<F: Future> InOrder<F> {
     }
 
     pub fn push_back(&mut self, future: F) {
+        if self.futures.is_empty() && self.alone.is_none() {
+            self.alone = Some(future);
+            return;
+        }
+        if let Some(first) = self.alone.take() {
+            self.futures.push_front(first);
+        }
         self.futures.push_back(future);
+    }
+
+    /// One poll of the set: the future alone, or the ordered ones.
+    fn poll_set(
+        alone: &mut Option<F>,
+        futures: &mut FuturesOrdered<F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<F::Output>> {
+        match alone {
+            Some(future) => {
+                let output = std::task::ready!(Pin::new(future).poll(cx));
+                *alone = None;
+                Poll::Ready(Some(output))
+            }
+            None => Pin::new(futures).poll_next(cx),
+        }
     }
 
     /// The next output in order, `Ready(None)` when the set is empty.
@@ -60,7 +90,7 @@ impl<F: Future> InOrder<F> {
         let mut inner = Context::from_waker(&self.as_waker);
         for _ in 0..POLLS_IN_PLACE {
             self.waker.state.store(POLLING, Ordering::SeqCst);
-            let polled = Pin::new(&mut self.futures).poll_next(&mut inner);
+            let polled = Self::poll_set(&mut self.alone, &mut self.futures, &mut inner);
             let state = self.waker.state.swap(0, Ordering::SeqCst);
             if polled.is_ready() || state & WOKEN == 0 {
                 return polled;
@@ -153,5 +183,36 @@ mod tests {
         assert!(set.poll_next(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), POLLS_IN_PLACE);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1, "left to the scheduler");
+    }
+
+    #[test]
+    fn a_reply_alone_keeps_its_place_when_more_arrive() {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<u32>();
+        let (second_tx, second_rx) = tokio::sync::oneshot::channel::<u32>();
+        let (third_tx, third_rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut set = InOrder::new();
+        set.push_back(first_rx);
+        assert!(set.poll_next(&mut cx).is_pending(), "alone, polled once");
+        set.push_back(second_rx);
+        set.push_back(third_rx);
+        third_tx.send(3).unwrap();
+        second_tx.send(2).unwrap();
+        assert!(
+            set.poll_next(&mut cx).is_pending(),
+            "the first is not ready"
+        );
+        first_tx.send(1).unwrap();
+        assert!(matches!(set.poll_next(&mut cx), Poll::Ready(Some(Ok(1)))));
+        assert!(matches!(set.poll_next(&mut cx), Poll::Ready(Some(Ok(2)))));
+        // Empty again: the next one is held alone, and still comes out after the rest.
+        let (fourth_tx, fourth_rx) = tokio::sync::oneshot::channel::<u32>();
+        fourth_tx.send(4).unwrap();
+        set.push_back(fourth_rx);
+        assert!(matches!(set.poll_next(&mut cx), Poll::Ready(Some(Ok(3)))));
+        assert!(matches!(set.poll_next(&mut cx), Poll::Ready(Some(Ok(4)))));
+        assert!(matches!(set.poll_next(&mut cx), Poll::Ready(None)));
     }
 }
