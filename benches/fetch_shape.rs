@@ -233,6 +233,11 @@ fn haproxy_cell(runtime: &tokio::runtime::Runtime, settings: &Settings) {
     let broker = cluster.bootstrap();
     // Batches of about one fetch (16 KB): a fetch answers at least one whole batch.
     fill(&broker, topic, 1, settings.fetch_records, 16_384);
+    if let Ok(hold) = std::env::var("EXP_HOLD") {
+        println!("EXP broker {broker}");
+        std::thread::sleep(Duration::from_secs(hold.parse().unwrap()));
+        return;
+    }
     let proxy = runtime.block_on(Kshift::start_toml(&harness::single_cluster_toml_at(
         &broker, "",
     )));

@@ -194,15 +194,22 @@ impl ClientConnection {
             };
             let started = std::time::Instant::now();
             let api_key = request.api_key;
-            // Boxed: the largest handler's submit future would otherwise sit inside every
-            // connection's task, idle ones too (~3 KiB each, benches/scale.rs).
-            let pending = Box::pin(dispatch::submit(
-                &self.state,
-                &self.upstream,
-                &self.positions,
-                request,
-            ))
-            .await;
+            // A forward on an open connection needs no await, and no submit future.
+            let pending =
+                match dispatch::submit_now(&self.state, &self.upstream, &self.positions, request) {
+                    Ok(pending) => pending,
+                    // Boxed: the largest handler's submit future would otherwise sit inside
+                    // every connection's task, idle ones too (~3 KiB each, benches/scale.rs).
+                    Err(request) => {
+                        Box::pin(dispatch::submit(
+                            &self.state,
+                            &self.upstream,
+                            &self.positions,
+                            request,
+                        ))
+                        .await
+                    }
+                };
             let metrics = self.state.metrics.clone();
             let reply: PendingReply = Box::pin(async move {
                 let reply = pending.await;

@@ -822,6 +822,17 @@ impl UpstreamConnections {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The open connection to `node` of `cluster` on `lane`, without waiting: `None` when
+    /// there is none yet, it broke, or another request is opening one (then
+    /// [`UpstreamConnections::get`] decides what to do).
+    pub fn try_get(&self, cluster: &Cluster, node: i32, lane: Lane) -> Option<BrokerConnection> {
+        let connections = self.connections.try_lock().ok()?;
+        connections
+            .get(&(cluster.id, node, lane))
+            .filter(|connection| !connection.is_poisoned())
+            .cloned()
+    }
+
     /// The connection to `node` of `cluster` on `lane`, opened if needed.
     pub async fn get(
         &self,

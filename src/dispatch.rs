@@ -12,6 +12,35 @@ use crate::handlers::fetch::positions::ReadPositions;
 use crate::handlers::{admin_apis, fetch, groups, produce, transactions, virtual_cluster};
 use crate::state::ProxyState;
 
+/// The submit phase without an await, for the requests that need none: a Produce or
+/// Fetch forwarded as it came on a connection already open ([`produce::forward_now`],
+/// [`fetch::forward_now`]). The request back for [`submit`] otherwise.
+pub fn submit_now(
+    state: &Arc<ProxyState>,
+    upstream: &Arc<UpstreamConnections>,
+    positions: &Arc<ReadPositions>,
+    request: Request,
+) -> Result<PendingReply, Request> {
+    let forward_now = match request.api_key {
+        ApiKey::Produce => produce::forward_now,
+        ApiKey::Fetch => fetch::forward_now,
+        _ => return Err(request),
+    };
+    if !served_range(request.api_key)
+        .is_some_and(|(min, max)| (min..=max).contains(&request.api_version))
+    {
+        return Err(request);
+    }
+    let context = Context {
+        state: state.clone(),
+        upstream: upstream.clone(),
+        positions: positions.clone(),
+        routing: state.routing.load(),
+        request,
+    };
+    forward_now(context).map_err(|context| context.request)
+}
+
 /// Runs the submit phase of `request` and returns its wait phase.
 pub async fn submit(
     state: &Arc<ProxyState>,

@@ -34,7 +34,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{is_leadership_error, Lane, ResponseFuture};
+use crate::cluster::{is_leadership_error, BrokerConnection, Lane, ResponseFuture};
 use crate::codec::batch::next_offset;
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
@@ -113,6 +113,42 @@ pub async fn submit_fetch(context: Context) -> PendingReply {
 /// full path's handling on the request decoded then ([`complete_forwarded`]). The context
 /// back, with nothing sent, when the fetch is not of that kind.
 async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
+    let Some(forward) = forwardable(&context) else {
+        return Err(context);
+    };
+    let connection = context
+        .upstream
+        .get(context.cluster(forward.cluster), forward.node, Lane::Fetch)
+        .await;
+    Ok(send_forward(context, forward, connection))
+}
+
+/// [`forward_unchanged`] without an await, for the client connection's reader to call before
+/// it builds (and boxes) the full submit future: only when the connection to the broker is
+/// open already. The context back otherwise. Walking the request twice then is harmless:
+/// [`positions::ReadPositions::check`] with the same position decides the same.
+pub fn forward_now(context: Context) -> Result<PendingReply, Context> {
+    let Some(forward) = forwardable(&context) else {
+        return Err(context);
+    };
+    match context
+        .upstream
+        .try_get(context.cluster(forward.cluster), forward.node, Lane::Fetch)
+    {
+        Some(connection) => Ok(send_forward(context, forward, Ok(connection))),
+        None => Err(context),
+    }
+}
+
+/// A fetch [`forward_unchanged`] can pass on: where to, and its body as the broker gets it.
+struct Forward {
+    cluster: ClusterId,
+    node: i32,
+    max_wait_ms: i32,
+    body: Bytes,
+}
+
+fn forwardable(context: &Context) -> Option<Forward> {
     let version = context.request.api_version;
     let client_id = context.client_id();
     let mut target: Option<(ClusterId, i32)> = None;
@@ -134,12 +170,38 @@ async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
                 && context.positions.check(topic, index, offset, route.read) == ReadDecision::Serve
         });
     let (Ok(Some(walk)), Some((cluster, node))) = (walk, target) else {
-        return Err(context);
+        return None;
     };
-    let body = codec::scan::patched(context.request.body.clone(), &walk.patches);
-    let sent = send_part(&context, cluster, node, Lane::Fetch, body).await;
-    let deadline = context.deadline(walk.max_wait_ms);
-    Ok(Box::pin(async move {
+    Some(Forward {
+        cluster,
+        node,
+        max_wait_ms: walk.max_wait_ms,
+        body: codec::scan::patched(context.request.body.clone(), &walk.patches),
+    })
+}
+
+/// Sends `forward` on `connection` and returns its reply.
+fn send_forward(
+    context: Context,
+    forward: Forward,
+    connection: Result<BrokerConnection, BackendError>,
+) -> PendingReply {
+    let Forward {
+        cluster,
+        node,
+        max_wait_ms,
+        body,
+    } = forward;
+    let sent = connection.and_then(|connection| {
+        connection.request(
+            context.request.api_key,
+            context.request.api_version,
+            &context.request.client_id,
+            body,
+        )
+    });
+    let deadline = context.deadline(max_wait_ms);
+    Box::pin(async move {
         let answer = match sent {
             Ok(response) => response.wait_until(deadline).await,
             Err(error) => Err(error),
@@ -149,7 +211,7 @@ async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
                 .unwrap_or_else(|body| complete_forwarded(&context, cluster, node, Ok(body))),
             Err(error) => complete_forwarded(&context, cluster, node, Err(error)),
         }
-    }))
+    })
 }
 
 /// The answer to a forwarded fetch as the client gets it, when it has no error and nothing

@@ -5,7 +5,7 @@
 //! which cluster each partition's position belongs to and holds such fetches (empty
 //! answers) instead of reading the new cluster at an offset that means something else there.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
