@@ -22,7 +22,9 @@
 //! Fetch requests of at most 16 KB, one in flight, on one connection) through haproxy (TCP
 //! mode, the baseline), straight from the broker and through kshift, targets taking turns.
 //! It needs haproxy (`apt-get install haproxy`) and fails without it; `--fetch-records`
-//! (default 20,000) and `--fetch-rounds` (default 10) size it.
+//! (default 20,000) and `--fetch-rounds` (default 10) size it. With `--hold-broker SECONDS`
+//! it only fills the broker, prints `mock broker ADDRESS` and keeps it that long, for a
+//! proxy measured as its own process (`scripts/fetch-cost.sh`).
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a smoke run of a few
 //! seconds (6,000 records, one round, broker 1 200 ms late), which asserts that every record
 //! is read through both targets.
@@ -54,6 +56,8 @@ struct Settings {
     haproxy: bool,
     fetch_records: u64,
     fetch_rounds: u32,
+    /// With `--haproxy`: only fill the broker, print its address and keep it this long.
+    hold_broker: Option<Duration>,
 }
 
 fn settings() -> Settings {
@@ -76,6 +80,7 @@ fn settings() -> Settings {
         haproxy: args.iter().any(|a| a == "--haproxy"),
         fetch_records: value("--fetch-records").unwrap_or(20_000.0) as u64,
         fetch_rounds: value("--fetch-rounds").unwrap_or(10.0) as u32,
+        hold_broker: value("--hold-broker").map(Duration::from_secs_f64),
     }
 }
 
@@ -233,9 +238,10 @@ fn haproxy_cell(runtime: &tokio::runtime::Runtime, settings: &Settings) {
     let broker = cluster.bootstrap();
     // Batches of about one fetch (16 KB): a fetch answers at least one whole batch.
     fill(&broker, topic, 1, settings.fetch_records, 16_384);
-    if let Ok(hold) = std::env::var("EXP_HOLD") {
-        println!("EXP broker {broker}");
-        std::thread::sleep(Duration::from_secs(hold.parse().unwrap()));
+    if let Some(hold) = settings.hold_broker {
+        // For a proxy measured as its own process (`scripts/fetch-cost.sh`).
+        println!("mock broker {broker}");
+        std::thread::sleep(hold);
         return;
     }
     let proxy = runtime.block_on(Kshift::start_toml(&harness::single_cluster_toml_at(
