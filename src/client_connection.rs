@@ -200,12 +200,12 @@ impl ClientConnection {
                     Ok(pending) => pending,
                     // Boxed: the largest handler's submit future would otherwise sit inside
                     // every connection's task, idle ones too (~3 KiB each, benches/scale.rs).
-                    Err(request) => {
+                    Err(deferred) => {
                         Box::pin(dispatch::submit(
                             &self.state,
                             &self.upstream,
                             &self.positions,
-                            request,
+                            deferred,
                         ))
                         .await
                     }

@@ -39,7 +39,7 @@ use crate::codec::batch::next_offset;
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
-use crate::handler::{Context, PendingReply, Reply};
+use crate::handler::{self, Context, Forward, PendingReply, Reply};
 use crate::handlers::split::{self, Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::routing::ClusterId;
@@ -94,12 +94,17 @@ async fn send_part(
 }
 
 /// Submits a Fetch: forwarded as it came when all of it goes to one broker under its own
-/// names, decoded and split otherwise. Takes the request's context, so that the forwarded
-/// request's reply keeps it without a copy.
-pub async fn submit_fetch(context: Context) -> PendingReply {
-    let context = match forward_unchanged(context).await {
-        Ok(forwarded) => return forwarded,
-        Err(context) => context,
+/// names, decoded and split otherwise (at once when `may_forward` is false: it was found not
+/// to be forwardable). Takes the request's context, so that the forwarded request's reply
+/// keeps it without a copy.
+pub async fn submit_fetch(context: Context, may_forward: bool) -> PendingReply {
+    let context = if may_forward {
+        match handler::forward::<Unchanged>(context).await {
+            Ok(forwarded) => return forwarded,
+            Err(context) => context,
+        }
+    } else {
+        context
     };
     let submitted = split_and_fetch(&context).await;
     context.pending_or_error(submitted)
@@ -110,45 +115,36 @@ pub async fn submit_fetch(context: Context) -> PendingReply {
 /// that cluster. The request is walked in place (`codec::scan`) and passed on with kshift's
 /// session and epoch fields; an answer without errors goes back as it came, with its session
 /// id and preferred read replica set to kshift's. Any other answer, or a failure, gets the
-/// full path's handling on the request decoded then ([`complete_forwarded`]). The context
-/// back, with nothing sent, when the fetch is not of that kind.
-async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
-    let Some(forward) = forwardable(&context) else {
-        return Err(context);
-    };
-    let connection = context
-        .upstream
-        .get(context.cluster(forward.cluster), forward.node, Lane::Fetch)
-        .await;
-    Ok(send_forward(context, forward, connection))
-}
-
-/// [`forward_unchanged`] without an await, for the client connection's reader to call before
-/// it builds (and boxes) the full submit future: only when the connection to the broker is
-/// open already. The context back otherwise. Walking the request twice then is harmless:
-/// [`positions::ReadPositions::check`] with the same position decides the same.
-pub fn forward_now(context: Context) -> Result<PendingReply, Context> {
-    let Some(forward) = forwardable(&context) else {
-        return Err(context);
-    };
-    match context
-        .upstream
-        .try_get(context.cluster(forward.cluster), forward.node, Lane::Fetch)
-    {
-        Some(connection) => Ok(send_forward(context, forward, Ok(connection))),
-        None => Err(context),
-    }
-}
-
-/// A fetch [`forward_unchanged`] can pass on: where to, and its body as the broker gets it.
-struct Forward {
+/// full path's handling on the request decoded then ([`complete_forwarded`]).
+pub struct Unchanged {
     cluster: ClusterId,
     node: i32,
     max_wait_ms: i32,
+    /// The request as the broker gets it.
     body: Bytes,
 }
 
-fn forwardable(context: &Context) -> Option<Forward> {
+impl Forward for Unchanged {
+    const LANE: Lane = Lane::Fetch;
+
+    fn plan(context: &Context) -> Option<Unchanged> {
+        forwardable(context)
+    }
+
+    fn target(&self) -> (ClusterId, i32) {
+        (self.cluster, self.node)
+    }
+
+    fn send(
+        self,
+        context: Context,
+        connection: Result<BrokerConnection, BackendError>,
+    ) -> PendingReply {
+        send_forward(context, self, connection)
+    }
+}
+
+fn forwardable(context: &Context) -> Option<Unchanged> {
     let version = context.request.api_version;
     let client_id = context.client_id();
     let mut target: Option<(ClusterId, i32)> = None;
@@ -172,7 +168,7 @@ fn forwardable(context: &Context) -> Option<Forward> {
     let (Ok(Some(walk)), Some((cluster, node))) = (walk, target) else {
         return None;
     };
-    Some(Forward {
+    Some(Unchanged {
         cluster,
         node,
         max_wait_ms: walk.max_wait_ms,
@@ -183,10 +179,10 @@ fn forwardable(context: &Context) -> Option<Forward> {
 /// Sends `forward` on `connection` and returns its reply.
 fn send_forward(
     context: Context,
-    forward: Forward,
+    forward: Unchanged,
     connection: Result<BrokerConnection, BackendError>,
 ) -> PendingReply {
-    let Forward {
+    let Unchanged {
         cluster,
         node,
         max_wait_ms,
@@ -244,7 +240,7 @@ fn pass_answer(context: &Context, cluster: ClusterId, body: Bytes) -> Result<Rep
     Ok(context.respond_raw(codec::scan::patched(body, &patches)))
 }
 
-/// The full path's answer to a fetch [`forward_unchanged`] sent to `node` of `cluster`, on
+/// The full path's answer to a fetch [`Unchanged`] sent to `node` of `cluster`, on
 /// the request decoded after all: an answer with errors or with a cluster's fields to clear,
 /// or a failure.
 fn complete_forwarded(

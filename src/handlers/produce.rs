@@ -26,7 +26,7 @@ use crate::codec::batch;
 use crate::codec::{self, decode_body};
 use crate::error::BackendError;
 use crate::error::Error;
-use crate::handler::{ready, Context, PendingReply, Reply};
+use crate::handler::{self, ready, Context, Forward, PendingReply, Reply};
 use crate::handlers::split::{self, Split, SplitPart, Target};
 use crate::metrics::BackendFailure;
 use crate::mirror::{self, MirrorItem};
@@ -78,12 +78,17 @@ struct MirroredPartition {
 }
 
 /// Submits a Produce request: forwarded as it came when nothing in it changes, decoded and
-/// split otherwise. Takes the request's context, so that the forwarded request's reply
-/// keeps it without a copy.
-pub async fn submit(context: Context) -> PendingReply {
-    let context = match forward_unchanged(context).await {
-        Ok(forwarded) => return forwarded,
-        Err(context) => context,
+/// split otherwise (at once when `may_forward` is false: it was found not to be forwardable).
+/// Takes the request's context, so that the forwarded request's reply keeps it without a
+/// copy.
+pub async fn submit(context: Context, may_forward: bool) -> PendingReply {
+    let context = if may_forward {
+        match handler::forward::<Unchanged>(context).await {
+            Ok(forwarded) => return forwarded,
+            Err(context) => context,
+        }
+    } else {
+        context
     };
     let submitted = split_and_send(&context).await;
     context.pending_or_error(submitted)
@@ -232,45 +237,36 @@ async fn split_and_send(context: &Context) -> Result<PendingReply, Error> {
 /// all of whose partitions go under their own names, to no mirror, to one broker kshift
 /// knows to lead them. The request is walked in place (`codec::scan`), and an answer in
 /// which every partition succeeded goes back as it came; any other answer, or a failure,
-/// gets the full path's handling ([`complete`]). The context back, with nothing sent,
-/// when the request is not of that kind: [`submit`] then decodes and splits it. Decoding and
-/// splitting cost ~3,000 instructions per produce (callgrind), about 12% of kshift's.
-async fn forward_unchanged(context: Context) -> Result<PendingReply, Context> {
-    let Some(forward) = forwardable(&context) else {
-        return Err(context);
-    };
-    let connection = context
-        .upstream
-        .get(context.cluster(forward.cluster), forward.node, Lane::Other)
-        .await;
-    Ok(send_forward(context, forward, connection))
-}
-
-/// [`forward_unchanged`] without an await, for the client connection's reader to call before
-/// it builds (and boxes) the full submit future, whose state is that of the largest handler:
-/// moving it cost ~1,000 instructions of memcpy per request (callgrind). Only when the
-/// connection to the broker is open already; the context back otherwise.
-pub fn forward_now(context: Context) -> Result<PendingReply, Context> {
-    let Some(forward) = forwardable(&context) else {
-        return Err(context);
-    };
-    match context
-        .upstream
-        .try_get(context.cluster(forward.cluster), forward.node, Lane::Other)
-    {
-        Some(connection) => Ok(send_forward(context, forward, Ok(connection))),
-        None => Err(context),
-    }
-}
-
-/// Where a produce [`forward_unchanged`] can pass on goes, and its wait.
-struct Forward {
+/// gets the full path's handling ([`complete`]). A request not of that kind is decoded and
+/// split by [`submit`]: that costs ~3,000 instructions per produce (callgrind), about 12%
+/// of kshift's.
+pub struct Unchanged {
     cluster: ClusterId,
     node: i32,
     timeout_ms: i32,
 }
 
-fn forwardable(context: &Context) -> Option<Forward> {
+impl Forward for Unchanged {
+    const LANE: Lane = Lane::Other;
+
+    fn plan(context: &Context) -> Option<Unchanged> {
+        forwardable(context)
+    }
+
+    fn target(&self) -> (ClusterId, i32) {
+        (self.cluster, self.node)
+    }
+
+    fn send(
+        self,
+        context: Context,
+        connection: Result<BrokerConnection, BackendError>,
+    ) -> PendingReply {
+        send_forward(context, self, connection)
+    }
+}
+
+fn forwardable(context: &Context) -> Option<Unchanged> {
     if tracing_batches() {
         return None;
     }
@@ -296,7 +292,7 @@ fn forwardable(context: &Context) -> Option<Forward> {
     let (Ok(Some(head)), Some((cluster, node))) = (head, target) else {
         return None;
     };
-    (head.acks != 0).then_some(Forward {
+    (head.acks != 0).then_some(Unchanged {
         cluster,
         node,
         timeout_ms: head.timeout_ms,
@@ -306,10 +302,10 @@ fn forwardable(context: &Context) -> Option<Forward> {
 /// Sends the request on `connection` as it came and returns its reply.
 fn send_forward(
     context: Context,
-    forward: Forward,
+    forward: Unchanged,
     connection: Result<BrokerConnection, BackendError>,
 ) -> PendingReply {
-    let Forward {
+    let Unchanged {
         cluster,
         node,
         timeout_ms,
@@ -361,7 +357,7 @@ fn send_forward(
     })
 }
 
-/// The one part a request [`forward_unchanged`] sent makes: all of it, to `node`.
+/// The one part a request forwarded [`Unchanged`] makes: all of it, to `node`.
 fn unchanged_part(context: &Context, cluster: ClusterId, node: i32) -> Result<Part, Error> {
     let request: ProduceRequest = context.request.decode()?;
     let mut split = Split::default();
