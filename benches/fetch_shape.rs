@@ -29,6 +29,8 @@
 //! seconds (6,000 records, one round, broker 1 200 ms late), which asserts that every record
 //! is read through both targets.
 
+#[path = "common/args.rs"]
+mod args;
 mod common;
 #[path = "../tests/common/mod.rs"]
 mod harness;
@@ -61,15 +63,9 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    // A full run (`--bench`), not the smoke run of `cargo test`.
+    let args = args::Args::from_env();
+    let full = args.full();
+    let value = |name: &str| args.value(name);
     Settings {
         records: value("--records").unwrap_or(if full { 60_000.0 } else { 6_000.0 }) as u64,
         rounds: value("--rounds").unwrap_or(if full { 3.0 } else { 1.0 }) as u32,
@@ -77,7 +73,7 @@ fn settings() -> Settings {
             value("--slow-ms").unwrap_or(if full { 1000.0 } else { 200.0 }) as u64,
         ),
         slow_broker: value("--slow-broker").unwrap_or(1.0) as i32,
-        haproxy: args.iter().any(|a| a == "--haproxy"),
+        haproxy: args.flag("--haproxy"),
         fetch_records: value("--fetch-records").unwrap_or(20_000.0) as u64,
         fetch_rounds: value("--fetch-rounds").unwrap_or(10.0) as u32,
         hold_broker: value("--hold-broker").map(Duration::from_secs_f64),

@@ -16,6 +16,8 @@
 //! `--bench` (as `cargo test --all-targets` runs it) it is a smoke run of about 5 seconds
 //! (broker 1 200 ms late, 1 s warm-up, 0.5 s measured, nothing asserted).
 
+#[path = "common/args.rs"]
+mod args;
 mod common;
 #[path = "../tests/common/mod.rs"]
 mod harness;
@@ -90,14 +92,9 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
+    let args = args::Args::from_env();
+    let full = args.full();
+    let value = |name: &str| args.value(name);
     Settings {
         full,
         warm_up: Duration::from_millis(if full { 2000 } else { 1000 }),

@@ -15,17 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-plain}"
 rounds="${2:-20}"
-target_dir="${CARGO_TARGET_DIR:-target}"
-kshift="$target_dir/release/kshift"
-[ -x "$kshift" ] || { echo "no $kshift: run cargo build --release" >&2; exit 1; }
+. scripts/lib.sh
 holder=$(ls -t "$target_dir"/release/deps/fetch_shape-* 2>/dev/null | grep -v '\.d$' | head -1)
 [ -n "$holder" ] || { echo "no fetch_shape bench binary: run cargo bench --bench fetch_shape --no-run" >&2; exit 1; }
-[ "$mode" = plain ] || command -v valgrind >/dev/null || { echo "valgrind missing: apt-get install valgrind" >&2; exit 1; }
-
-work="$(mktemp -d)"
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+[ "$mode" = plain ] || require valgrind
 
 "$holder" --bench --haproxy --hold-broker 3600 >"$work/holder.out" 2>&1 &
 pids+=($!)
@@ -33,24 +26,14 @@ for _ in $(seq 300); do grep -q "^mock broker" "$work/holder.out" && break; slee
 broker=$(awk '/^mock broker/ { print $3 }' "$work/holder.out")
 [ -n "$broker" ] || { echo "the mock broker did not start: $(cat "$work/holder.out")" >&2; exit 1; }
 port=19531
-cat >"$work/kshift.toml" <<CFG
-[proxy]
-listen = "127.0.0.1:$port"
-[clusters.old]
-bootstrap = ["$broker"]
-[[routes]]
-topics = "*"
-write = "old"
-CFG
+passthrough_config "$work/kshift.toml" "$port" "$broker"
 
 # One kshift, possibly under a wrapper; sets $proxy_pid.
 start_kshift() { # wrapper...
   RUST_LOG=warn "$@" "$kshift" serve --config "$work/kshift.toml" >"$work/kshift.log" 2>&1 &
   proxy_pid=$!
   pids+=("$proxy_pid")
-  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0; sleep 0.1; done
-  echo "kshift did not listen: $(cat "$work/kshift.log")" >&2
-  exit 1
+  wait_for_port "$port" "$work/kshift.log"
 }
 stop_kshift() { kill -TERM "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; }
 # kshift bench reading the held topic through TARGETS (name=address) for N rounds.
@@ -64,15 +47,18 @@ read_rounds() { # rounds targets...
     --rounds "$n" "${targets[@]}" 2>"$work/bench.err" \
     || { echo "kshift bench failed: $(cat "$work/bench.err")" >&2; exit 1; }
 }
-fetches() { grep -o '([0-9]* fetches)' "$work/bench.err" | tr -d '(' | awk '{ n += $1 } END { print n }'; }
+# Fetches the last read_rounds made through TARGET (any, when not given).
+fetches() { # [target]
+  grep -E "^round .* ${1:-}" "$work/bench.err" | grep -o '([0-9]* fetches)' | tr -d '(' \
+    | awk '{ n += $1 } END { print n }'
+}
 ticks() { awk -v field="$2" '{ print $field }' "/proc/$1/stat"; }
 
 start_kshift
 read_rounds 1 "kshift=127.0.0.1:$port" >/dev/null # warm-up: connections, metadata
 user=$(ticks "$proxy_pid" 14) system=$(ticks "$proxy_pid" 15)
 read_rounds "$rounds" "direct=$broker" "kshift=127.0.0.1:$port"
-grep kshift "$work/bench.err" | grep -o '([0-9]* fetches)' | tr -d '(' | awk '{ n += $1 } END { print n }' >"$work/n"
-n=$(cat "$work/n")
+n=$(fetches kshift)
 awk -v u=$(($(ticks "$proxy_pid" 14) - user)) -v s=$(($(ticks "$proxy_pid" 15) - system)) \
   -v hz="$(getconf CLK_TCK)" -v n="$n" \
   'BEGIN { printf "kshift cpu per fetch: %.1f us (user %.1f, system %.1f), %d fetches\n", (u + s) / hz * 1e6 / n, u / hz * 1e6 / n, s / hz * 1e6 / n, n }'

@@ -20,7 +20,7 @@ broker 19710 19711
 haproxy_config 19711 19710 "  nbthread 2"
 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
 pids+=($!)
-passthrough_config "$work/kshift.toml" 19731 19700
+passthrough_config "$work/kshift.toml" 19731 127.0.0.1:19700
 RUST_LOG=warn "$kshift" serve --config "$work/kshift.toml" >"$work/kshift.log" 2>&1 &
 pids+=($!)
 wait_for_port 19731 "$work/kshift.log"

